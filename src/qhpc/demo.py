@@ -1,0 +1,92 @@
+"""The main job on embedded defaults: circuits on the local resources, end to end.
+
+Runs a Bell circuit and a small seeded random-circuit sampling batch on the
+``aer`` simulator and the ``emulator`` (a noisy 5-qubit line device with
+modelled device time), then an estimator task (⟨ZZ⟩, ⟨XX⟩ of the Bell state)
+through the same interface. Later issues grow this into the full hybrid demo.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qiskit.circuit import QuantumCircuit
+from qiskit.circuit.random import random_circuit
+
+from qhpc.resources import (
+    EstimatorResult,
+    EstimatorTask,
+    ResourceRegistry,
+    SamplerResult,
+    SamplerTask,
+)
+
+DEMO_RESOURCES = ("aer", "emulator")
+
+
+@dataclass
+class DemoStep:
+    resource: str
+    title: str
+    result: SamplerResult | EstimatorResult
+    seconds: float
+    circuits: list[str] = field(default_factory=list)
+
+
+def bell_circuit() -> QuantumCircuit:
+    circuit = QuantumCircuit(2, 2, name="bell")
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure([0, 1], [0, 1])
+    return circuit
+
+
+def random_batch(
+    count: int = 6, width: int = 4, depth: int = 4, seed: int = 7
+) -> list[QuantumCircuit]:
+    circuits = []
+    for index in range(count):
+        circuit = random_circuit(width, depth, max_operands=2, measure=True, seed=seed + index)
+        circuit.name = f"random-{index}"
+        circuits.append(circuit)
+    return circuits
+
+
+def run_demo(
+    registry: ResourceRegistry,
+    resources: tuple[str, ...] = DEMO_RESOURCES,
+    shots: int = 1000,
+    seed: int = 1234,
+    on_step: Callable[[DemoStep], None] | None = None,
+) -> list[DemoStep]:
+    """Run the demo payloads on each resource; ``on_step`` sees each result as it lands."""
+    steps: list[DemoStep] = []
+    bell = bell_circuit()
+    batch = random_batch()
+    observable_circuit = bell.remove_final_measurements(inplace=False)
+    payloads: list[tuple[str, Any, list[str]]] = [
+        ("Bell state", SamplerTask((bell,), shots=shots, seed=seed), ["bell"]),
+        (
+            f"random batch ({len(batch)} circuits × 4 qubits)",
+            SamplerTask(tuple(batch), shots=shots, seed=seed),
+            [c.name for c in batch],
+        ),
+        (
+            "Bell ⟨ZZ⟩ and ⟨XX⟩",
+            EstimatorTask.create(observable_circuit, ["ZZ", "XX"], shots=None, seed=seed),
+            ["ZZ", "XX"],
+        ),
+    ]
+    for name in resources:
+        resource = registry.get(name)
+        for title, payload, labels in payloads:
+            started = time.perf_counter()
+            result = resource.run(payload, timeout=600)
+            step = DemoStep(name, title, result, time.perf_counter() - started, labels)
+            steps.append(step)
+            if on_step is not None:
+                on_step(step)
+    return steps

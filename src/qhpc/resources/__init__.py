@@ -1,0 +1,114 @@
+"""QRMI-shaped quantum resources: the interface, payloads, adapters and configuration.
+
+The public surface of the room; other rooms import only these names. Adapters
+(aer, emulator, qx, qrmi) are built from configuration by ``load_registry`` or
+imported from their modules.
+"""
+
+from qhpc.resources.aer import (
+    AerResource,
+)
+from qhpc.resources.base import (
+    QuantumResource,
+    ResourceState,
+    ResourceStatus,
+    TaskStatus,
+)
+from qhpc.resources.circuits import (
+    CircuitFormat,
+    detect_format,
+    dump_circuit,
+    load_circuit,
+    load_circuits,
+)
+from qhpc.resources.config import (
+    ResourceRegistry,
+    ResourceSpec,
+    load_registry,
+)
+from qhpc.resources.emulator import (
+    CalibrationSchedule,
+    EmulatorResource,
+    ManualClock,
+    ScaledClock,
+    TimingModel,
+    Window,
+)
+from qhpc.resources.errors import (
+    AcquisitionError,
+    CircuitParseError,
+    PayloadError,
+    ResourceConfigError,
+    ResourceError,
+    TaskFailedError,
+    TaskNotFinishedError,
+    UnknownResourceError,
+    UnknownTaskError,
+    UnsupportedCircuitError,
+    UnsupportedPayloadError,
+)
+from qhpc.resources.payload import (
+    EstimatorResult,
+    EstimatorTask,
+    Payload,
+    SampledCircuit,
+    SamplerResult,
+    SamplerTask,
+    TaskResult,
+    validate_payload,
+)
+from qhpc.resources.qrmi import (
+    QrmiResource,
+)
+from qhpc.resources.qx import (
+    QxResource,
+)
+from qhpc.resources.target import (
+    DeviceTarget,
+    device_target,
+)
+
+__all__ = [
+    "AcquisitionError",
+    "AerResource",
+    "CalibrationSchedule",
+    "CircuitFormat",
+    "CircuitParseError",
+    "DeviceTarget",
+    "EmulatorResource",
+    "EstimatorResult",
+    "EstimatorTask",
+    "ManualClock",
+    "Payload",
+    "PayloadError",
+    "QrmiResource",
+    "QuantumResource",
+    "QxResource",
+    "ResourceConfigError",
+    "ResourceError",
+    "ResourceRegistry",
+    "ResourceSpec",
+    "ResourceState",
+    "ResourceStatus",
+    "SampledCircuit",
+    "SamplerResult",
+    "SamplerTask",
+    "ScaledClock",
+    "TaskFailedError",
+    "TaskNotFinishedError",
+    "TaskResult",
+    "TaskStatus",
+    "TimingModel",
+    "UnknownResourceError",
+    "UnknownTaskError",
+    "UnsupportedCircuitError",
+    "UnsupportedPayloadError",
+    "Window",
+    "detect_format",
+    "device_target",
+    "dump_circuit",
+    "load_circuit",
+    "load_circuits",
+    "load_registry",
+    "validate_payload",
+]

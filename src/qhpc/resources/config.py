@@ -1,0 +1,351 @@
+"""Resource configuration: qhpc's own TOML and IBM's ``qrmi_config.json``, read as is.
+
+A TOML file names resources under ``[resources.NAME]`` with a ``type``
+(``aer``, ``emulator``, ``qx``, or any QRMI type such as ``ibm-quantum-system``)
+and that type's options; ``qrmi_config = "path"`` pulls in a QRMI file too. A
+``.json`` file is read as a QRMI config. Errors name the file, the resource and
+the key. With no file at all, built-in defaults give an ``aer`` simulator, an
+``emulator`` (5-qubit line device) and ``qx``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qhpc.resources.base import QuantumResource
+from qhpc.resources.errors import ResourceConfigError, UnknownResourceError
+from qhpc.resources.target import device_target
+
+CONFIG_ENV = "QHPC_CONFIG"
+
+DEFAULT_CONFIG = """
+[resources.aer]
+type = "aer"
+
+[resources.emulator]
+type = "emulator"
+device = "line-5"
+noise = true
+
+[resources.qx]
+type = "qx"
+"""
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """One configured resource, before it is built."""
+
+    name: str
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+    source: str = "built-in defaults"
+
+    def public_options(self) -> dict[str, Any]:
+        """Options safe to show: environment values (vendor credentials) are hidden."""
+        shown = dict(self.options)
+        if "environment" in shown:
+            shown["environment"] = sorted(shown["environment"])
+        return shown
+
+
+class ResourceRegistry:
+    """Configured resources by name; each adapter is built on first use."""
+
+    def __init__(self, specs: list[ResourceSpec]) -> None:
+        self._specs: dict[str, ResourceSpec] = {}
+        for spec in specs:
+            if spec.name in self._specs:
+                raise ResourceConfigError(
+                    f"defined twice ({self._specs[spec.name].source} and {spec.source})",
+                    spec.name,
+                )
+            self._specs[spec.name] = spec
+        self._built: dict[str, QuantumResource] = {}
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def spec(self, name: str) -> ResourceSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownResourceError(name, self.names()) from None
+
+    def get(self, name: str) -> QuantumResource:
+        resource = self._built.get(name)
+        if resource is None:
+            resource = build_resource(self.spec(name))
+            self._built[name] = resource
+        return resource
+
+    def close(self) -> None:
+        for resource in self._built.values():
+            resource.close()
+        self._built.clear()
+
+    def __enter__(self) -> ResourceRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_registry(path: str | Path | None = None) -> ResourceRegistry:
+    """Registry from ``path``, else ``$QHPC_CONFIG``, else the user's config file, else defaults."""
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if chosen is None:
+        from platformdirs import user_config_path
+
+        user_file = user_config_path("qhpc") / "resources.toml"
+        if user_file.exists():
+            chosen = user_file
+    if chosen is None:
+        return ResourceRegistry(parse_toml(DEFAULT_CONFIG, "built-in defaults"))
+    return ResourceRegistry(load_specs(Path(chosen)))
+
+
+def load_specs(path: Path) -> list[ResourceSpec]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResourceConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.suffix == ".json":
+        return parse_qrmi_json(text, str(path))
+    return parse_toml(text, str(path), base=path.parent)
+
+
+def parse_toml(text: str, source: str, base: Path | None = None) -> list[ResourceSpec]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ResourceConfigError(f"{source} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"resources", "qrmi_config"}
+    if unknown:
+        raise ResourceConfigError(
+            f"{source}: unknown top-level key(s) {sorted(unknown)}; "
+            "expected [resources.NAME] tables and qrmi_config",
+            key=sorted(unknown)[0],
+        )
+    tables = data.get("resources", {})
+    if not isinstance(tables, dict):
+        raise ResourceConfigError(f"{source}: 'resources' must be a table", key="resources")
+    specs = []
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ResourceConfigError(f"{source}: must be a table", name)
+        if "type" not in table:
+            raise ResourceConfigError(f"{source}: missing 'type'", name, "type")
+        options = {k: v for k, v in table.items() if k != "type"}
+        spec = ResourceSpec(name=name, type=str(table["type"]), options=options, source=source)
+        _check_spec(spec)
+        specs.append(spec)
+    if "qrmi_config" in data:
+        qrmi_path = Path(str(data["qrmi_config"]))
+        if base is not None and not qrmi_path.is_absolute():
+            qrmi_path = base / qrmi_path
+        try:
+            qrmi_text = qrmi_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ResourceConfigError(
+                f"{source}: cannot read qrmi_config {qrmi_path}: {exc.strerror}", key="qrmi_config"
+            ) from None
+        specs.extend(parse_qrmi_json(qrmi_text, str(qrmi_path)))
+    return specs
+
+
+def parse_qrmi_json(text: str, source: str) -> list[ResourceSpec]:
+    """Specs from IBM's ``qrmi_config.json``: ``{"resources": [{name, type, environment}]}``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResourceConfigError(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("resources"), list):
+        raise ResourceConfigError(f'{source}: expected {{"resources": [...]}}', key="resources")
+    specs = []
+    for index, entry in enumerate(data["resources"]):
+        label = entry.get("name") if isinstance(entry, dict) else None
+        where = str(label) if label else f"resources[{index}]"
+        if not isinstance(entry, dict):
+            raise ResourceConfigError(f"{source}: each resource must be an object", where)
+        for key in ("name", "type"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ResourceConfigError(f"{source}: missing or empty {key!r}", where, key)
+        environment = entry.get("environment", {})
+        if not isinstance(environment, dict) or not all(
+            isinstance(v, str) for v in environment.values()
+        ):
+            raise ResourceConfigError(
+                f"{source}: 'environment' must map names to strings", where, "environment"
+            )
+        spec = ResourceSpec(
+            name=entry["name"],
+            type=entry["type"],
+            options={"environment": dict(environment)},
+            source=source,
+        )
+        _check_spec(spec)
+        specs.append(spec)
+    return specs
+
+
+# -- building adapters -------------------------------------------------------------
+
+_Builder = Callable[[ResourceSpec], QuantumResource]
+
+_OPTIONS: dict[str, set[str]] = {
+    "aer": {"method", "device", "noise", "max_qubits", "max_shots", "seed"},
+    "emulator": {
+        "device",
+        "noise",
+        "time_scale",
+        "seed",
+        "timing",
+        "calibration",
+        "offline",
+    },
+    "qx": {"max_qubits", "max_shots", "seed"},
+}
+_QRMI_OPTIONS = {"environment", "num_qubits", "max_shots"}
+
+
+def _qrmi_types() -> Mapping[str, object]:
+    from qhpc.resources.qrmi import QRMI_TYPES
+
+    types: Mapping[str, object] = QRMI_TYPES
+    return types
+
+
+def _check_spec(spec: ResourceSpec) -> None:
+    allowed = _OPTIONS.get(spec.type)
+    if allowed is None:
+        if spec.type not in _qrmi_types():
+            known = sorted([*_OPTIONS, *_qrmi_types()])
+            raise ResourceConfigError(
+                f"{spec.source}: unknown type {spec.type!r}; known types: {', '.join(known)}",
+                spec.name,
+                "type",
+            )
+        allowed = _QRMI_OPTIONS
+    for key in spec.options:
+        if key not in allowed:
+            raise ResourceConfigError(
+                f"{spec.source}: unknown option for type {spec.type!r}; "
+                f"allowed: {', '.join(sorted(allowed))}",
+                spec.name,
+                key,
+            )
+
+
+def build_resource(spec: ResourceSpec) -> QuantumResource:
+    builder = _BUILDERS.get(spec.type, _build_qrmi)
+    try:
+        return builder(spec)
+    except ResourceConfigError as exc:
+        if exc.resource is None:
+            raise ResourceConfigError(exc.detail, spec.name, exc.key) from None
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ResourceConfigError(f"{spec.source}: {exc}", spec.name) from None
+
+
+def _get(spec: ResourceSpec, key: str, kind: type, default: Any) -> Any:
+    value = spec.options.get(key, default)
+    if value is default:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ResourceConfigError(
+            f"{spec.source}: must be {kind.__name__}, got {value!r}", spec.name, key
+        )
+    return value
+
+
+def _build_aer(spec: ResourceSpec) -> QuantumResource:
+    from qhpc.resources.aer import AerResource
+
+    device = _get(spec, "device", str, None)
+    return AerResource(
+        spec.name,
+        method=_get(spec, "method", str, "automatic"),
+        device=device_target(device) if device else None,
+        noise=_get(spec, "noise", bool, False),
+        max_qubits=_get(spec, "max_qubits", int, None),
+        max_shots=_get(spec, "max_shots", int, 1_000_000),
+        seed=_get(spec, "seed", int, None),
+    )
+
+
+def _build_emulator(spec: ResourceSpec) -> QuantumResource:
+    from qhpc.resources.emulator import (
+        CalibrationSchedule,
+        EmulatorResource,
+        ScaledClock,
+        TimingModel,
+        Window,
+    )
+
+    timing = _get(spec, "timing", dict, {})
+    unknown = set(timing) - {"task_overhead", "circuit_overhead", "shot_time"}
+    if unknown:
+        raise ResourceConfigError(
+            f"unknown timing option(s) {sorted(unknown)}", spec.name, "timing"
+        )
+    calibration = _get(spec, "calibration", dict, None)
+    offline = _get(spec, "offline", list, [])
+    try:
+        windows = tuple(Window(float(a), float(b)) for a, b in offline)
+    except (TypeError, ValueError):
+        raise ResourceConfigError(
+            "offline must be a list of [start, end] pairs in seconds", spec.name, "offline"
+        ) from None
+    return EmulatorResource(
+        spec.name,
+        device=device_target(_get(spec, "device", str, "line-5")),
+        timing=TimingModel(**{k: float(v) for k, v in timing.items()}),
+        calibration=CalibrationSchedule(**calibration) if calibration else None,
+        offline=windows,
+        noise=_get(spec, "noise", bool, True),
+        clock=ScaledClock(_get(spec, "time_scale", float, 1.0)),
+        seed=_get(spec, "seed", int, None),
+    )
+
+
+def _build_qx(spec: ResourceSpec) -> QuantumResource:
+    from qhpc.resources.qx import QxResource
+
+    return QxResource(
+        spec.name,
+        max_qubits=_get(spec, "max_qubits", int, 24),
+        max_shots=_get(spec, "max_shots", int, 100_000),
+        seed=_get(spec, "seed", int, None),
+    )
+
+
+def _build_qrmi(spec: ResourceSpec) -> QuantumResource:
+    from qhpc.resources.qrmi import QrmiResource
+
+    resource: QuantumResource = QrmiResource(
+        spec.name,
+        spec.type,
+        dict(_get(spec, "environment", dict, {})),
+        num_qubits=_get(spec, "num_qubits", int, None),
+        max_shots=_get(spec, "max_shots", int, 100_000),
+    )
+    return resource
+
+
+_BUILDERS: dict[str, _Builder] = {
+    "aer": _build_aer,
+    "emulator": _build_emulator,
+    "qx": _build_qx,
+}
