@@ -1,0 +1,1 @@
+"""The broker: admission, scheduling policies, executors, sessions, reservations, accounting."""
