@@ -1,1 +1,40 @@
-"""The broker: admission, scheduling policies, executors, sessions, reservations, accounting."""
+"""The broker: admission, scheduling policies, executors, sessions, reservations, accounting.
+
+Public surface; other rooms import only these names.
+"""
+
+from qhpc.broker.scheduler import (
+    POLICIES,
+    FairSharePolicy,
+    FifoPolicy,
+    Policy,
+    PolicyError,
+    PriorityPolicy,
+    QueuedTask,
+    Reservation,
+    ReservationPolicy,
+    SchedulingView,
+    SessionLease,
+    SessionMode,
+    SessionPolicy,
+    build_policy,
+)
+from qhpc.broker.usage import UsageTracker
+
+__all__ = [
+    "POLICIES",
+    "FairSharePolicy",
+    "FifoPolicy",
+    "Policy",
+    "PolicyError",
+    "PriorityPolicy",
+    "QueuedTask",
+    "Reservation",
+    "ReservationPolicy",
+    "SchedulingView",
+    "SessionLease",
+    "SessionMode",
+    "SessionPolicy",
+    "UsageTracker",
+    "build_policy",
+]
