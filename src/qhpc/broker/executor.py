@@ -1,0 +1,119 @@
+"""One executor per resource: ask the policy, drive the resource, book the outcome.
+
+The executor is the only code that calls a resource's ``task_*`` methods. It
+runs one task at a time (a task is the non-preemptible unit), so the policy is
+asked again at every moment the resource frees up — which is what lets session
+tasks jump the queue and batch tasks fill every gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qhpc.broker.scheduler import QueuedTask
+from qhpc.resources import (
+    Payload,
+    QuantumResource,
+    ResourceState,
+    SamplerResult,
+    SamplerTask,
+    TaskResult,
+    TaskStatus,
+)
+
+log = logging.getLogger(__name__)
+
+#: how often a running task is polled for completion or a stop request
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one task on the resource."""
+
+    state: TaskStatus
+    result: TaskResult | None
+    error: str | None
+    qpu_seconds: float
+    shots: int
+    circuits: int
+    started_at: float
+    finished_at: float
+
+
+def usage_of(
+    payload: Payload, result: TaskResult | None, wall_seconds: float
+) -> tuple[float, int, int]:
+    """QPU seconds (the resource's own figure when it reports one), shots and circuits."""
+    qpu = wall_seconds
+    if result is not None and "qpu_seconds" in result.metadata:
+        qpu = float(result.metadata["qpu_seconds"])
+    if isinstance(payload, SamplerTask):
+        circuits = len(payload.circuits)
+        shots = payload.shots * circuits
+    else:
+        circuits = len(payload.parameter_values)
+        shots = (payload.shots or 0) * circuits
+    if isinstance(result, SamplerResult):
+        shots = sum(c.shots for c in result.circuits)
+    return qpu, shots, circuits
+
+
+def run_task(
+    resource: QuantumResource,
+    payload: Payload,
+    stop_requested: threading.Event,
+    clock: Callable[[], float] = time.time,
+) -> Outcome:
+    """Run ``payload`` on ``resource`` to a final state; never raises for task failures."""
+    started = clock()
+    wall = time.monotonic()
+    try:
+        resource_task = resource.task_start(payload)
+    except Exception as exc:  # admission failed at the resource: the task failed
+        return Outcome(
+            TaskStatus.FAILED, None, f"{type(exc).__name__}: {exc}", 0.0, 0, 0, started, clock()
+        )
+    stopped = False
+    while True:
+        status = resource.task_wait(resource_task, timeout=POLL_SECONDS)
+        if status.is_final:
+            break
+        if stop_requested.is_set() and not stopped:
+            resource.task_stop(resource_task)
+            stopped = True
+    elapsed = time.monotonic() - wall
+    result: TaskResult | None = None
+    error: str | None = None
+    if status is TaskStatus.COMPLETED:
+        try:
+            result = resource.task_result(resource_task)
+        except Exception as exc:
+            status, error = TaskStatus.FAILED, f"{type(exc).__name__}: {exc}"
+    else:
+        error = _last_line(resource.task_logs(resource_task)) or str(status)
+    qpu, shots, circuits = usage_of(payload, result, elapsed)
+    if status is not TaskStatus.COMPLETED:
+        shots = 0
+    return Outcome(status, result, error, qpu, shots, circuits, started, clock())
+
+
+def resource_can_start(resource: QuantumResource) -> bool:
+    """False while the device cannot start work (tasks then wait in the broker's queue)."""
+    try:
+        return resource.status().state is ResourceState.ONLINE
+    except Exception:
+        log.exception("status() of %s failed", resource.name)
+        return False
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+__all__ = ["Outcome", "QueuedTask", "resource_can_start", "run_task", "usage_of"]

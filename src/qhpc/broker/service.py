@@ -1,0 +1,396 @@
+"""The broker: admission, per-resource executors, sessions, cancellation, results.
+
+Pure Python, no HTTP inside: ``qhpc.api`` puts REST and ZeroMQ in front of it.
+State that must survive a crash lives in the store and is written before a
+batch submission is acknowledged; the in-memory queues are rebuilt from it at
+start (tasks that were running are queued again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from qhpc.broker.executor import Outcome, resource_can_start, run_task
+from qhpc.broker.scheduler import (
+    Policy,
+    QueuedTask,
+    Reservation,
+    SchedulingView,
+    SessionLease,
+    SessionMode,
+    build_policy,
+)
+from qhpc.broker.usage import UsageTracker
+from qhpc.errors import QhpcError
+from qhpc.resources import (
+    Payload,
+    PayloadError,
+    QuantumResource,
+    ResourceRegistry,
+    TaskResult,
+    TaskStatus,
+    validate_payload,
+)
+from qhpc.resources.codec import (
+    MAX_PAYLOAD_BYTES,
+    decode_payload,
+    decode_result,
+    encode_payload,
+    encode_result,
+)
+from qhpc.store import ConflictError, JobRecord, Store, TaskOutcome, TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(QhpcError):
+    """A request the broker refuses (bad state, limits); the message says why."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    policy: str = "fairshare"
+    starvation_limit: float = 60.0
+    fairshare_half_life: float = 7 * 24 * 3600.0
+    max_tasks_per_job: int = 10_000
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+
+
+@dataclass
+class _Running:
+    task: QueuedTask
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class Broker:
+    """Owns the queues and one executor thread per resource."""
+
+    def __init__(
+        self,
+        store: Store,
+        resources: ResourceRegistry,
+        config: BrokerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.resources = resources
+        self.config = config or BrokerConfig()
+        self.clock = clock
+        self.policy: Policy = build_policy(
+            self.config.policy, starvation_limit=self.config.starvation_limit
+        )
+        self.usage = UsageTracker(self.config.fairshare_half_life)
+        self._cond = threading.Condition()
+        self._queues: dict[str, dict[str, QueuedTask]] = {n: {} for n in resources.names()}
+        self._running: dict[str, _Running] = {}
+        self._payloads: dict[str, Payload] = {}
+        self._task_done: dict[str, threading.Event] = {}
+        self._durations: dict[str, float] = {}
+        self._last_batch_start: dict[str, float] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        requeued = self.store.requeue_running_tasks()
+        if requeued:
+            log.warning(
+                "requeued %d task(s) that were running when the broker stopped", len(requeued)
+            )
+        now = self.clock()
+        for record in self.store.usage(since=now - 10 * self.config.fairshare_half_life):
+            self.usage.record(record.account, record.qpu_seconds, record.finished_at)
+        with self._cond:
+            for task in self.store.queued_tasks():
+                self._enqueue(task)
+        for name in self.resources.names():
+            thread = threading.Thread(target=self._execute_loop, args=(name,), daemon=True,
+                                      name=f"qhpc-executor-{name}")  # fmt: skip
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            for running in self._running.values():
+                running.stop.set()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+
+    # -- admission -----------------------------------------------------------
+    def submit(
+        self,
+        *,
+        user: str,
+        account: str,
+        resource: str,
+        payloads: Sequence[Payload],
+        centre: str | None = None,
+        priority: int = 0,
+        name: str | None = None,
+        session_id: str | None = None,
+    ) -> JobRecord:
+        """Validate, persist (durable before return), queue; returns the job."""
+        target = self.resources.get(resource).target()
+        if not payloads:
+            raise PayloadError("a job needs at least one task")
+        if len(payloads) > self.config.max_tasks_per_job:
+            raise PayloadError(
+                f"{len(payloads)} tasks exceed the limit of {self.config.max_tasks_per_job} per job"
+            )
+        now = self.clock()
+        job_id = uuid.uuid4().hex
+        tasks = []
+        for index, payload in enumerate(payloads):
+            try:
+                validate_payload(payload, target)
+            except PayloadError as exc:
+                raise PayloadError(f"task {index}: {exc}") from None
+            data = encode_payload(payload)
+            if len(data) > self.config.max_payload_bytes:
+                raise PayloadError(
+                    f"task {index}: {len(data)} bytes exceed the limit of "
+                    f"{self.config.max_payload_bytes} bytes"
+                )
+            tasks.append(
+                TaskRecord(
+                    task_id=uuid.uuid4().hex, job_id=job_id, resource=resource, index=index,
+                    state="queued", payload=data, payload_kind=payload.kind, submitted_at=now,
+                    started_at=None, finished_at=None, resource_task_id=None, error=None,
+                    attempts=0, session_id=session_id, account=account, user=user,
+                    priority=priority, estimated_seconds=self._estimate(resource),
+                )
+            )  # fmt: skip
+        job = JobRecord(
+            job_id=job_id, user=user, account=account, centre=centre, resource=resource,
+            kind="session" if session_id else "batch", priority=priority, state="queued",
+            created_at=now, finished_at=None, session_id=session_id, name=name,
+            task_count=len(tasks),
+        )  # fmt: skip
+        self.store.create_job(job, tasks)
+        with self._cond:
+            for task, payload in zip(tasks, payloads, strict=True):
+                self._payloads[task.task_id] = payload
+                self._enqueue(task)
+            self._cond.notify_all()
+        return job
+
+    def cancel(self, job_id: str) -> list[str]:
+        """Cancel queued tasks now and stop running ones; returns affected task ids."""
+        now = self.clock()
+        cancelled = self.store.cancel_queued_tasks(job_id, now)
+        with self._cond:
+            for queue in self._queues.values():
+                for task_id in cancelled:
+                    queue.pop(task_id, None)
+            stopped = [r.task.task_id for r in self._running.values() if r.task.job_id == job_id]
+            for running in self._running.values():
+                if running.task.job_id == job_id:
+                    running.stop.set()
+            self._cond.notify_all()
+        self._update_job_state(job_id)
+        with self._cond:
+            for task_id in cancelled:
+                self._signal_done(task_id)
+        return cancelled + stopped
+
+    # -- results -------------------------------------------------------------
+    def wait_task(self, task_id: str, timeout: float | None = None) -> TaskRecord:
+        with self._cond:
+            event = self._task_done.setdefault(task_id, threading.Event())
+        task = self.store.get_task(task_id)
+        if task.state in ("queued", "running"):
+            event.wait(timeout)
+            task = self.store.get_task(task_id)
+        return task
+
+    def task_result(self, task_id: str) -> TaskResult | None:
+        data = self.store.task_result(task_id)
+        return None if data is None else decode_result(data)
+
+    # -- queue insight -------------------------------------------------------
+    def queue(self, resource: str) -> list[tuple[QueuedTask, float]]:
+        """Pending tasks in the order the policy would run them now, with ETAs (s from now)."""
+        now = self.clock()
+        with self._cond:
+            pending = dict(self._queues[resource])
+            view_base = self._view(resource, now, list(pending.values()))
+            running = self._running.get(resource)
+        ahead = self._estimate(resource) / 2 if running else 0.0
+        ordered: list[tuple[QueuedTask, float]] = []
+        # The policy's order is the order of repeated next_task calls; capped so a
+        # huge queue costs O(cap · n), the rest is shown in submission order.
+        cap = 500
+        remaining = dict(pending)
+        while remaining and len(ordered) < cap:
+            view = SchedulingView(
+                now=now, resource=resource, queue=list(remaining.values()),
+                sessions=view_base.sessions, reservations=view_base.reservations,
+                usage=view_base.usage, shares=view_base.shares,
+            )  # fmt: skip
+            task = self.policy.next_task(view) or min(
+                remaining.values(), key=lambda t: t.submitted_at
+            )
+            ordered.append((task, ahead))
+            ahead += task.estimated_seconds or self._estimate(resource)
+            del remaining[task.task_id]
+        for task in sorted(remaining.values(), key=lambda t: t.submitted_at):
+            ordered.append((task, ahead))
+            ahead += task.estimated_seconds or self._estimate(resource)
+        return ordered
+
+    def queue_length(self, resource: str) -> int:
+        with self._cond:
+            return len(self._queues[resource])
+
+    def is_busy(self, resource: str) -> bool:
+        with self._cond:
+            return resource in self._running
+
+    # -- internals -----------------------------------------------------------
+    def _enqueue(self, record: TaskRecord) -> None:
+        queue = self._queues.get(record.resource)
+        if queue is None:
+            log.error(
+                "task %s targets unknown resource %s; left queued", record.task_id, record.resource
+            )
+            return
+        queue[record.task_id] = QueuedTask(
+            task_id=record.task_id, job_id=record.job_id, resource=record.resource,
+            account=record.account, user=record.user, submitted_at=record.submitted_at,
+            priority=record.priority, session_id=record.session_id,
+            estimated_seconds=record.estimated_seconds,
+        )  # fmt: skip
+
+    def _view(self, resource: str, now: float, queue: list[QueuedTask]) -> SchedulingView:
+        sessions = [
+            SessionLease(
+                session_id=s.session_id, resource=s.resource, account=s.account, user=s.user,
+                opened_at=s.opened_at, deadline=s.deadline, mode=SessionMode(s.mode),
+            )
+            for s in self.store.list_sessions(open_only=True, resource=resource)
+        ]  # fmt: skip
+        reservations = [
+            Reservation(
+                reservation_id=r.reservation_id, resource=r.resource, account=r.account,
+                start=r.start, end=r.end, allow_backfill=r.allow_backfill,
+            )
+            for r in self.store.list_reservations(resource=resource, ending_after=now)
+        ]  # fmt: skip
+        usage = self.usage.snapshot(now)
+        # Shares of every account that counts in the fair-share normalisation:
+        # those with work queued and those with usage.
+        accounts = {t.account for t in queue} | {a for a, u in usage.items() if u > 0}
+        shares = {a.name: a.shares for a in self.store.list_accounts() if a.name in accounts}
+        return SchedulingView(
+            now=now, resource=resource, queue=queue, sessions=sessions,
+            reservations=reservations, usage=usage, shares=shares,
+            last_batch_start=self._last_batch_start.get(resource),
+        )  # fmt: skip
+
+    def _next(self, resource_name: str, resource: QuantumResource) -> QueuedTask | None:
+        # Caller holds self._cond.
+        queue = self._queues[resource_name]
+        if not queue or not resource_can_start(resource):
+            return None
+        task = self.policy.next_task(self._view(resource_name, self.clock(), list(queue.values())))
+        if task is not None:
+            del queue[task.task_id]
+            self._running[resource_name] = _Running(task)
+            if task.session_id is None:
+                self._last_batch_start[resource_name] = self.clock()
+        return task
+
+    def _execute_loop(self, resource_name: str) -> None:
+        resource = self.resources.get(resource_name)
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                task = self._next(resource_name, resource)
+                if task is None:
+                    # Woken by submissions, cancellations and session changes; the
+                    # timeout re-checks device state and time-based policy rules.
+                    self._cond.wait(timeout=0.5)
+                    continue
+                running = self._running[resource_name]
+            try:
+                self._run_one(resource, task, running)
+            except Exception:
+                log.exception("executor for %s failed on task %s", resource_name, task.task_id)
+            finally:
+                with self._cond:
+                    self._running.pop(resource_name, None)
+                    self._cond.notify_all()
+
+    def _run_one(self, resource: QuantumResource, task: QueuedTask, running: _Running) -> None:
+        payload = self._payloads.pop(task.task_id, None)
+        if payload is None:
+            payload = decode_payload(self.store.get_task(task.task_id).payload)
+        self.store.mark_task_running(task.task_id, None, self.clock())
+        outcome: Outcome = run_task(resource, payload, running.stop, self.clock)
+        state = "cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state)
+        self.store.finish_task(
+            task.task_id,
+            TaskOutcome(
+                state=state,
+                result=None if outcome.result is None else encode_result(outcome.result),
+                error=outcome.error,
+                qpu_seconds=outcome.qpu_seconds,
+                shots=outcome.shots,
+                circuits=outcome.circuits,
+                finished_at=outcome.finished_at,
+            ),
+        )
+        self.usage.record(task.account, outcome.qpu_seconds, outcome.finished_at)
+        if outcome.state is TaskStatus.COMPLETED:
+            previous = self._durations.get(resource.name)
+            took = outcome.qpu_seconds
+            self._durations[resource.name] = (
+                took if previous is None else 0.8 * previous + 0.2 * took
+            )
+        # Job state first, so a waiter woken by the task sees a consistent job.
+        self._update_job_state(task.job_id)
+        with self._cond:
+            self._signal_done(task.task_id)
+
+    def _signal_done(self, task_id: str) -> None:
+        # Caller holds self._cond.
+        event = self._task_done.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    def _update_job_state(self, job_id: str) -> None:
+        try:
+            self._settle_job(job_id)
+        except ConflictError:
+            pass  # the executor and a cancel raced to the same final state
+
+    def _settle_job(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job.kind == "session":
+            return  # a session job ends when its session closes
+        states = [t.state for t in self.store.tasks_of_job(job_id)]
+        if any(s in ("queued", "running") for s in states):
+            new = "running" if any(s != "queued" for s in states) else "queued"
+            if new != job.state:
+                self.store.set_job_state(job_id, new)
+            return
+        if all(s == "completed" for s in states):
+            final = "completed"
+        elif any(s == "failed" for s in states):
+            final = "failed"
+        else:
+            final = "cancelled"
+        if job.state != final:
+            self.store.set_job_state(job_id, final, finished_at=self.clock())
+
+    def _estimate(self, resource: str) -> float:
+        return self._durations.get(resource, 0.0)

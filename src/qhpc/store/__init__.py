@@ -1,0 +1,52 @@
+"""Persistent state of the broker: one interface, SQLite or PostgreSQL underneath.
+
+``Store.open("state.db")`` (embedded SQLite) or
+``Store.open("postgresql://user:pw@host/db")`` (production). See ``store.py`` for the
+durability guarantees of each backend and ``migrations.py`` for schema versions.
+"""
+
+from __future__ import annotations
+
+from qhpc.store.errors import ConflictError, NotFoundError, StoreError
+from qhpc.store.migrations import LATEST_VERSION
+from qhpc.store.records import (
+    FINAL_STATES,
+    JOB_KINDS,
+    JOB_STATES,
+    PAYLOAD_KINDS,
+    ROLLUP_GROUPS,
+    TASK_STATES,
+    TOKEN_ROLES,
+    AccountRecord,
+    JobRecord,
+    ReservationRecord,
+    SessionRecord,
+    TaskOutcome,
+    TaskRecord,
+    TokenRecord,
+    UsageRecord,
+)
+from qhpc.store.store import Store
+
+__all__ = [
+    "FINAL_STATES",
+    "JOB_KINDS",
+    "JOB_STATES",
+    "LATEST_VERSION",
+    "PAYLOAD_KINDS",
+    "ROLLUP_GROUPS",
+    "TASK_STATES",
+    "TOKEN_ROLES",
+    "AccountRecord",
+    "ConflictError",
+    "JobRecord",
+    "NotFoundError",
+    "ReservationRecord",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "TaskOutcome",
+    "TaskRecord",
+    "TokenRecord",
+    "UsageRecord",
+]

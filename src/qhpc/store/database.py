@@ -1,0 +1,192 @@
+"""Connecting to the backend and running transactions, the only dialect-aware code.
+
+:class:`Database` wraps a SQLAlchemy ``Engine`` (pooled, shared by all threads) and
+hands out transactions through :meth:`Database.tx`, which also turns driver errors
+into the store's typed errors.
+
+SQLite specifics, and why:
+
+* The ``sqlite3`` module's own transaction handling is switched off
+  (``isolation_level = None``) and every transaction is started by an explicit
+  ``BEGIN``: otherwise reads run outside any transaction and DDL commits implicitly.
+* Write transactions use ``BEGIN IMMEDIATE``, taking SQLite's single write lock up
+  front. A deferred transaction that reads and then writes can fail with
+  ``SQLITE_BUSY`` immediately (no busy-wait helps) when another writer committed in
+  between; taking the lock first makes writers queue instead.
+* Writers of one process also queue on a Python lock, so in-process contention is
+  resolved by a fair wait rather than SQLite's sleep-and-retry busy handler, which
+  stays in place (``busy_timeout``) for other processes.
+* ``:memory:`` databases live in one shared connection (``StaticPool``), so there every
+  transaction, read or write, holds the lock.
+
+PostgreSQL specifics: the ``psycopg`` (v3) driver, ``connect_timeout`` so that an
+unreachable server fails fast, ``pool_pre_ping`` so a restarted server costs no
+failed request, and transaction-scoped advisory locks where a check-then-insert must
+not race (migrations, reservation overlap).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+
+from qhpc.store.errors import ConflictError, StoreError
+
+#: Seconds a PostgreSQL connection attempt may take before the store gives up.
+PG_CONNECT_TIMEOUT = 5
+#: Milliseconds an SQLite writer waits for another process's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_WRITE_OPTION = "qhpc_write"
+_PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+_SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
+
+
+class Database:
+    """An engine plus the rules for starting transactions on it."""
+
+    def __init__(self, engine: Engine, *, display_url: str, memory: bool = False) -> None:
+        self.engine = engine
+        self.display_url = display_url
+        self.backend = engine.dialect.name
+        self.is_sqlite = self.backend == "sqlite"
+        self._memory = memory
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def connect(cls, url: str | Path) -> Database:
+        """Builds the engine for ``url`` (no connection is made yet)."""
+        if isinstance(url, Path):
+            return _sqlite_database(url)
+        if url in (":memory:", "sqlite://", "sqlite:///:memory:"):
+            return _sqlite_database(None)
+        if "://" not in url:
+            return _sqlite_database(Path(url))
+        scheme = url.split("://", 1)[0].lower()
+        if scheme in _SQLITE_SCHEMES:
+            database = make_url(url).database
+            return _sqlite_database(Path(database) if database else None)
+        if scheme in _PG_SCHEMES:
+            return _postgres_database(make_url(url))
+        raise StoreError(
+            f"unknown store URL scheme {scheme!r}: use postgresql://..., sqlite:///path "
+            "or a plain file path"
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self, *, write: bool = False, lock: str | None = None) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises.
+
+        ``write`` marks transactions that modify data (SQLite takes the write lock at
+        BEGIN). ``lock`` names a PostgreSQL advisory lock held until commit, for
+        check-then-write sequences that row locks cannot protect.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
+        guard = self._write_lock if self.is_sqlite and (write or self._memory) else None
+        with guard if guard is not None else nullcontext():
+            try:
+                conn = self.engine.connect()
+            except exc.DBAPIError as error:
+                raise StoreError(
+                    f"cannot connect to the store at {self.display_url}: {error.orig}"
+                ) from error
+            try:
+                if write:
+                    conn.execution_options(**{_WRITE_OPTION: True})
+                with conn.begin():
+                    if lock is not None and not self.is_sqlite:
+                        # Scoped to the schema so that separate stores in one database
+                        # (tests use one schema each) do not wait for each other;
+                        # coalesce because a NULL key would silently take no lock.
+                        conn.execute(
+                            text(
+                                "SELECT pg_advisory_xact_lock("
+                                "hashtext(coalesce(current_schema(), '') || ':' || :name))"
+                            ),
+                            {"name": lock},
+                        )
+                    yield conn
+            except exc.IntegrityError as error:
+                raise ConflictError(f"conflicts with stored data: {error.orig}") from error
+            except exc.SQLAlchemyError as error:
+                raise StoreError(f"database error ({self.display_url}): {error}") from error
+            finally:
+                conn.close()
+
+
+def _sqlite_database(path: Path | None) -> Database:
+    if path is None:
+        engine = create_engine(
+            "sqlite+pysqlite://",
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+        )
+        display = "sqlite://:memory:"
+    else:
+        path = path.expanduser()
+        # The embedded default lives in a state directory that may not exist yet.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            URL.create("sqlite+pysqlite", database=str(path)),
+            connect_args={
+                "check_same_thread": False,
+                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            },
+        )
+        display = f"sqlite:///{path}"
+    memory = path is None
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, see module doc
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if not memory:
+                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+                if mode is None or str(mode[0]).lower() != "wal":
+                    raise StoreError(f"{display}: SQLite refused WAL mode (got {mode!r})")
+            # FULL: a commit returns only after the WAL is fsync'd, so an acknowledged
+            # job survives power loss, not just a crash of the process.
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return Database(engine, display_url=display, memory=memory)
+
+
+def _postgres_database(url: URL) -> Database:
+    # SQLAlchemy's default driver for postgresql:// is psycopg2; qhpc depends on psycopg 3.
+    url = url.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {"application_name": "qhpc"}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
+    engine = create_engine(
+        url,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=8,
+        max_overflow=8,
+        pool_timeout=30,
+    )
+    return Database(engine, display_url=url.render_as_string(hide_password=True))

@@ -1,0 +1,97 @@
+"""Schema migrations: a numbered list applied in order, one transaction each.
+
+The table ``schema_version`` holds one row per applied migration; the database's
+version is the highest ``version`` in it (0 for an empty database). :func:`migrate`,
+called by ``Store.open``, applies every migration above that version, each together
+with its ``schema_version`` row in one transaction, so a crash leaves the database at
+a clean version and the next open resumes. Both backends run DDL transactionally.
+
+Concurrent openers are serialized: on SQLite by the write lock of ``BEGIN IMMEDIATE``,
+on PostgreSQL by an advisory lock; each re-reads the version under the lock, so a
+migration is never applied twice.
+
+A database whose version is higher than the last migration here was written by a newer
+qhpc; it is refused, since this code cannot know what the extra migrations changed.
+
+Adding a migration: append ``Migration(N + 1, "what", function)`` and change the
+tables in ``schema.py`` to match. Migration 1 creates the tables from ``schema.py``,
+so the first migration that alters a table must also freeze migration 1 (replace its
+``create_all`` with a copy of the version-1 table definitions): a fresh database passes
+through every step, and the test that migrates an empty database fails until then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, insert, select
+
+from qhpc.store import schema
+from qhpc.store.database import Database
+from qhpc.store.errors import StoreError
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial(conn: Connection) -> None:
+    tables = [t for t in schema.metadata.sorted_tables if t is not schema.schema_version]
+    schema.metadata.create_all(conn, tables=tables)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "jobs, tasks, sessions, reservations, accounts, tokens, usage", _v1_initial),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def _check_numbering() -> None:
+    for position, migration in enumerate(MIGRATIONS, start=1):
+        if migration.version != position:
+            raise AssertionError(f"migration {migration.version} is listed at {position}")
+
+
+_check_numbering()
+
+
+def current_version(conn: Connection) -> int:
+    """The database's schema version; 0 when it has no ``schema_version`` table."""
+    if not conn.dialect.has_table(conn, schema.schema_version.name):
+        return 0
+    version = conn.execute(select(func.max(schema.schema_version.c.version))).scalar()
+    return int(version) if version is not None else 0
+
+
+def migrate(
+    db: Database,
+    migrations: tuple[Migration, ...] = MIGRATIONS,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Brings the database up to the last of ``migrations``; returns that version."""
+    latest = migrations[-1].version
+    while True:
+        with db.tx(write=True, lock="qhpc-migrate") as conn:
+            schema.schema_version.create(conn, checkfirst=True)
+            version = current_version(conn)
+            if version > latest:
+                raise StoreError(
+                    f"the store at {db.display_url} has schema version {version}, newer "
+                    f"than the {latest} this qhpc knows: upgrade qhpc to use it"
+                )
+            if version == latest:
+                return version
+            step = migrations[version]
+            step.apply(conn)
+            conn.execute(
+                insert(schema.schema_version).values(
+                    version=step.version, description=step.description, applied_at=clock()
+                )
+            )

@@ -1,0 +1,141 @@
+"""The records the store keeps: plain frozen dataclasses, one per table.
+
+Times are float UNIX seconds chosen by the caller (the store never reads a clock for
+data, so tests and replays are deterministic). States are plain strings; the tuples
+below name the valid ones and the store refuses others with ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+JOB_STATES: tuple[str, ...] = ("queued", "running", "completed", "failed", "cancelled")
+TASK_STATES: tuple[str, ...] = JOB_STATES
+#: States a job or task never leaves.
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+#: States a task can be finished from.
+OPEN_TASK_STATES: tuple[str, ...] = ("queued", "running")
+JOB_KINDS: tuple[str, ...] = ("batch", "session", "hybrid")
+PAYLOAD_KINDS: tuple[str, ...] = ("sampler", "estimator")
+TOKEN_ROLES: tuple[str, ...] = ("admin", "centre", "user", "session")
+ROLLUP_GROUPS: tuple[str, ...] = ("job", "user", "account", "centre", "resource")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    user: str
+    account: str
+    centre: str | None
+    resource: str
+    kind: str
+    priority: int
+    state: str
+    created_at: float
+    finished_at: float | None
+    session_id: str | None
+    name: str | None
+    task_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    task_id: str
+    job_id: str
+    resource: str
+    index: int
+    state: str
+    payload: bytes
+    payload_kind: str
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    resource_task_id: str | None
+    error: str | None
+    attempts: int
+    session_id: str | None
+    account: str
+    user: str
+    priority: int
+    estimated_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """How a task ended, as given to :meth:`Store.finish_task`."""
+
+    state: str
+    result: bytes | None
+    error: str | None
+    qpu_seconds: float
+    shots: int
+    circuits: int
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    session_id: str
+    resource: str
+    user: str
+    account: str
+    centre: str | None
+    mode: str
+    opened_at: float
+    deadline: float
+    closed_at: float | None
+    slurm_job_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRecord:
+    """Exclusive use of ``resource`` by ``account`` during ``[start, end)``."""
+
+    reservation_id: str
+    resource: str
+    account: str
+    start: float
+    end: float
+    allow_backfill: bool
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    name: str
+    shares: float
+    centre: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token; only its hash is ever stored (hashing is the caller's job)."""
+
+    token_id: str
+    token_hash: str
+    role: str
+    subject: str
+    account: str | None
+    centre: str | None
+    session_id: str | None
+    resource: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One finished task's consumption, booked exactly once."""
+
+    task_id: str
+    job_id: str
+    user: str
+    account: str
+    centre: str | None
+    resource: str
+    session_id: str | None
+    qpu_seconds: float
+    shots: int
+    circuits: int
+    finished_at: float

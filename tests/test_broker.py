@@ -1,0 +1,108 @@
+"""The broker core on a real store and real local resources."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qiskit.circuit import QuantumCircuit
+
+from qhpc.broker.service import Broker, BrokerConfig
+from qhpc.resources import (
+    AerResource,
+    PayloadError,
+    ResourceRegistry,
+    ResourceSpec,
+    SamplerResult,
+    SamplerTask,
+    UnknownResourceError,
+)
+from qhpc.store import AccountRecord, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "broker.db") as opened:
+        yield opened
+
+
+@pytest.fixture
+def broker(store: Store) -> Iterator[Broker]:
+    registry = ResourceRegistry([ResourceSpec("aer", "aer", {"seed": 3})])
+    service = Broker(store, registry, BrokerConfig(policy="fifo"))
+    service.start()
+    yield service
+    service.stop()
+    registry.close()
+
+
+def test_batch_job_runs_and_is_accounted(
+    broker: Broker, store: Store, bell: QuantumCircuit
+) -> None:
+    store.upsert_account(AccountRecord("chem", 1.0, None))
+    job = broker.submit(
+        user="alice", account="chem", resource="aer",
+        payloads=[SamplerTask((bell,), shots=100) for _ in range(5)],
+    )  # fmt: skip
+    tasks = store.tasks_of_job(job.job_id)
+    assert len(tasks) == 5
+    for task in tasks:
+        done = broker.wait_task(task.task_id, timeout=60)
+        assert done.state == "completed"
+        result = broker.task_result(task.task_id)
+        assert isinstance(result, SamplerResult)
+        assert sum(result.circuits[0].counts.values()) == 100
+    assert store.get_job(job.job_id).state == "completed"
+    rollup = store.usage_rollup("account")
+    assert rollup[0]["group"] == "chem"
+    assert rollup[0]["tasks"] == 5
+    assert rollup[0]["shots"] == 500
+
+
+def test_admission_errors_leave_nothing_behind(
+    broker: Broker, store: Store, bell: QuantumCircuit
+) -> None:
+    wide = QuantumCircuit(40, 1)
+    wide.measure(0, 0)
+    with pytest.raises(UnknownResourceError):
+        broker.submit(user="a", account="x", resource="nope", payloads=[SamplerTask((bell,), 1)])
+    with pytest.raises(PayloadError, match="task 1: shots=2000000 exceeds"):
+        broker.submit(
+            user="a", account="x", resource="aer",
+            payloads=[SamplerTask((bell,), 1), SamplerTask((bell,), 2_000_000)],
+        )  # fmt: skip
+    assert store.list_jobs() == []
+
+
+def test_cancel_stops_queued_work(broker: Broker, store: Store, bell: QuantumCircuit) -> None:
+    big = tuple(bell.copy(name=f"c{i}") for i in range(2000))
+    job = broker.submit(
+        user="a", account="x", resource="aer",
+        payloads=[SamplerTask(big, shots=500) for _ in range(4)],
+    )  # fmt: skip
+    affected = broker.cancel(job.job_id)
+    assert affected
+    for task in store.tasks_of_job(job.job_id):
+        assert broker.wait_task(task.task_id, timeout=60).state in ("cancelled", "completed")
+    assert store.get_job(job.job_id).state in ("cancelled", "completed")
+
+
+def test_restart_requeues_and_finishes(tmp_path: Path, bell: QuantumCircuit) -> None:
+    path = tmp_path / "restart.db"
+    registry = ResourceRegistry([ResourceSpec("aer", "aer", {})])
+    with Store.open(path) as store:
+        first = Broker(store, registry)  # not started: nothing executes
+        job = first.submit(
+            user="a", account="x", resource="aer", payloads=[SamplerTask((bell,), 10)] * 3
+        )
+    with Store.open(path) as store:
+        second = Broker(store, registry)
+        second.start()
+        try:
+            for task in store.tasks_of_job(job.job_id):
+                assert second.wait_task(task.task_id, timeout=60).state == "completed"
+        finally:
+            second.stop()
+    registry.close()
+    assert isinstance(AerResource, type)
