@@ -106,3 +106,64 @@ def test_restart_requeues_and_finishes(tmp_path: Path, bell: QuantumCircuit) -> 
             second.stop()
     registry.close()
     assert isinstance(AerResource, type)
+
+
+def test_session_tasks_tokens_and_close(broker: Broker, store: Store, bell: QuantumCircuit) -> None:
+    import time as _time
+
+    from qhpc.broker.scheduler import SessionMode
+    from qhpc.security import AuthError, Role
+
+    session, secret = broker.open_session(
+        user="bob", account="phys", resource="aer", deadline=_time.time() + 60,
+        mode=SessionMode.MULTIPLEX, slurm_job_id="42",
+    )  # fmt: skip
+    principal = broker.access.authenticate(secret)
+    assert principal.role is Role.SESSION
+    assert principal.session_id == session.session_id
+    assert principal.resource == "aer"
+    ids = [
+        broker.submit_session_task(session.session_id, SamplerTask((bell,), 20)) for _ in range(3)
+    ]
+    for task_id in ids:
+        assert broker.wait_task(task_id, timeout=60).state == "completed"
+    assert [t.index for t in store.tasks_of_job(session.session_id)] == [0, 1, 2]
+    broker.close_session(session.session_id)
+    with pytest.raises(AuthError, match="revoked"):
+        broker.access.authenticate(secret)
+    assert store.get_job(session.session_id).state == "completed"
+    from qhpc.broker.service import BrokerError
+
+    with pytest.raises(BrokerError, match="closed"):
+        broker.submit_session_task(session.session_id, SamplerTask((bell,), 1))
+
+
+def test_expired_sessions_are_closed(broker: Broker, store: Store) -> None:
+    import time as _time
+
+    from qhpc.security import AuthError
+
+    session, secret = broker.open_session(
+        user="bob", account="phys", resource="aer", deadline=_time.time() + 0.2
+    )
+    _time.sleep(0.3)
+    with pytest.raises(AuthError, match="expired"):
+        broker.access.authenticate(secret)
+    broker.close_expired_sessions()  # the broker's reaper may have been first; both end closed
+    assert store.get_session(session.session_id).closed_at is not None
+
+
+def test_exclusive_session_is_single(broker: Broker) -> None:
+    import time as _time
+
+    from qhpc.broker.scheduler import SessionMode
+    from qhpc.broker.service import BrokerError
+
+    deadline = _time.time() + 60
+    broker.open_session(
+        user="a", account="x", resource="aer", deadline=deadline, mode=SessionMode.EXCLUSIVE
+    )
+    with pytest.raises(BrokerError, match="already held by an exclusive session"):
+        broker.open_session(
+            user="b", account="y", resource="aer", deadline=deadline, mode=SessionMode.EXCLUSIVE
+        )

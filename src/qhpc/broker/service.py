@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from qhpc.broker.access import Access
 from qhpc.broker.executor import Outcome, resource_can_start, run_task
 from qhpc.broker.scheduler import (
     Policy,
@@ -43,7 +44,8 @@ from qhpc.resources.codec import (
     encode_payload,
     encode_result,
 )
-from qhpc.store import ConflictError, JobRecord, Store, TaskOutcome, TaskRecord
+from qhpc.security import Role
+from qhpc.store import ConflictError, JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class Broker:
             self.config.policy, starvation_limit=self.config.starvation_limit
         )
         self.usage = UsageTracker(self.config.fairshare_half_life)
+        self.access = Access(store, clock)
+        self._session_counts: dict[str, int] = {}
         self._cond = threading.Condition()
         self._queues: dict[str, dict[str, QueuedTask]] = {n: {} for n in resources.names()}
         self._running: dict[str, _Running] = {}
@@ -108,6 +112,9 @@ class Broker:
         with self._cond:
             for task in self.store.queued_tasks():
                 self._enqueue(task)
+        reaper = threading.Thread(target=self._reap_sessions, daemon=True, name="qhpc-reaper")
+        reaper.start()
+        self._threads.append(reaper)
         for name in self.resources.names():
             thread = threading.Thread(target=self._execute_loop, args=(name,), daemon=True,
                                       name=f"qhpc-executor-{name}")  # fmt: skip
@@ -201,6 +208,112 @@ class Broker:
                 self._signal_done(task_id)
         return cancelled + stopped
 
+    # -- sessions --------------------------------------------------------------
+    def open_session(
+        self,
+        *,
+        user: str,
+        account: str,
+        resource: str,
+        deadline: float,
+        mode: SessionMode = SessionMode.MULTIPLEX,
+        centre: str | None = None,
+        slurm_job_id: str | None = None,
+    ) -> tuple[SessionRecord, str]:
+        """Open a lease on ``resource``; returns it and a session token valid until the deadline."""
+        self.resources.spec(resource)  # unknown resource → UnknownResourceError
+        now = self.clock()
+        if deadline <= now:
+            raise BrokerError(f"session deadline {deadline:.0f} is not in the future")
+        if mode is SessionMode.EXCLUSIVE and any(
+            s.mode == SessionMode.EXCLUSIVE
+            for s in self.store.list_sessions(open_only=True, resource=resource)
+        ):
+            raise BrokerError(f"{resource} is already held by an exclusive session")
+        session = SessionRecord(
+            session_id=uuid.uuid4().hex, resource=resource, user=user, account=account,
+            centre=centre, mode=str(mode), opened_at=now, deadline=deadline, closed_at=None,
+            slurm_job_id=slurm_job_id,
+        )  # fmt: skip
+        self.store.create_session(session)
+        label = f"session of Slurm job {slurm_job_id}" if slurm_job_id else "session"
+        job = JobRecord(
+            job_id=session.session_id, user=user, account=account, centre=centre,
+            resource=resource, kind="session", priority=0, state="running", created_at=now,
+            finished_at=None, session_id=session.session_id, name=label, task_count=0,
+        )  # fmt: skip
+        self.store.create_job(job, [])
+        _, secret = self.access.issue(
+            Role.SESSION, user, account=account, centre=centre,
+            session_id=session.session_id, resource=resource, expires_at=deadline,
+        )  # fmt: skip
+        with self._cond:
+            self._cond.notify_all()
+        return session, secret
+
+    def submit_session_task(self, session_id: str, payload: Payload) -> str:
+        """Queue one task inside an open session (session priority); returns its id."""
+        session = self.store.get_session(session_id)
+        now = self.clock()
+        if session.closed_at is not None or session.deadline <= now:
+            raise BrokerError(f"session {session_id} is closed")
+        target = self.resources.get(session.resource).target()
+        validate_payload(payload, target)
+        data = encode_payload(payload)
+        if len(data) > self.config.max_payload_bytes:
+            raise PayloadError(
+                f"{len(data)} bytes exceed the limit of {self.config.max_payload_bytes}"
+            )
+        with self._cond:
+            index = self._session_counts.get(session_id)
+            if index is None:  # first task since this broker started
+                index = self.store.get_job(session_id).task_count
+            self._session_counts[session_id] = index + 1
+        task = TaskRecord(
+            task_id=uuid.uuid4().hex, job_id=session.session_id, resource=session.resource,
+            index=index, state="queued", payload=data, payload_kind=payload.kind,
+            submitted_at=now, started_at=None, finished_at=None, resource_task_id=None,
+            error=None, attempts=0, session_id=session_id, account=session.account,
+            user=session.user, priority=0, estimated_seconds=self._estimate(session.resource),
+        )  # fmt: skip
+        self.store.add_tasks(session.session_id, [task])
+        with self._cond:
+            self._payloads[task.task_id] = payload
+            self._enqueue(task)
+            self._cond.notify_all()
+        return task.task_id
+
+    def close_session(self, session_id: str) -> None:
+        """Close a session: cancel its leftovers, revoke its tokens, end its job."""
+        now = self.clock()
+        self.store.close_session(session_id, now)
+        self.store.revoke_session_tokens(session_id, now)
+        self.cancel(session_id)
+        job = self.store.get_job(session_id)
+        states = {t.state for t in self.store.tasks_of_job(session_id)}
+        if job.state not in ("completed", "failed", "cancelled"):
+            final = "completed" if states <= {"completed", "cancelled"} else "failed"
+            try:
+                self.store.set_job_state(session_id, final, finished_at=now)
+            except ConflictError:
+                pass
+        with self._cond:
+            self._session_counts.pop(session_id, None)
+            self._cond.notify_all()
+
+    def close_expired_sessions(self) -> list[str]:
+        """Close every open session past its deadline; returns their ids."""
+        now = self.clock()
+        expired = [
+            s.session_id for s in self.store.list_sessions(open_only=True) if s.deadline <= now
+        ]
+        for session_id in expired:
+            try:
+                self.close_session(session_id)
+            except ConflictError:
+                pass  # closed meanwhile
+        return expired
+
     # -- results -------------------------------------------------------------
     def wait_task(self, task_id: str, timeout: float | None = None) -> TaskRecord:
         with self._cond:
@@ -255,6 +368,19 @@ class Broker:
             return resource in self._running
 
     # -- internals -----------------------------------------------------------
+    def _reap_sessions(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._cond.wait(timeout=1.0)
+                if self._stopping:
+                    return
+            try:
+                self.close_expired_sessions()
+            except Exception:
+                log.exception("closing expired sessions failed")
+
     def _enqueue(self, record: TaskRecord) -> None:
         queue = self._queues.get(record.resource)
         if queue is None:
