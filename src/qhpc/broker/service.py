@@ -94,6 +94,7 @@ class Broker:
         self._running: dict[str, _Running] = {}
         self._payloads: dict[str, Payload] = {}
         self._task_done: dict[str, threading.Event] = {}
+        self._on_done: dict[str, Callable[[str], None]] = {}
         self._durations: dict[str, float] = {}
         self._last_batch_start: dict[str, float] = {}
         self._threads: list[threading.Thread] = []
@@ -324,6 +325,19 @@ class Broker:
             task = self.store.get_task(task_id)
         return task
 
+    def when_done(self, task_id: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(task_id)`` once the task is final (at once if it already is).
+
+        The callback runs on an executor thread while the broker's lock is held:
+        it must only hand the id over (e.g. to a queue), never block.
+        """
+        with self._cond:
+            self._on_done[task_id] = callback
+        if self.store.get_task(task_id).state not in ("queued", "running"):
+            with self._cond:
+                if self._on_done.pop(task_id, None) is not None:
+                    callback(task_id)
+
     def task_result(self, task_id: str) -> TaskResult | None:
         data = self.store.task_result(task_id)
         return None if data is None else decode_result(data)
@@ -492,6 +506,9 @@ class Broker:
         event = self._task_done.pop(task_id, None)
         if event is not None:
             event.set()
+        callback = self._on_done.pop(task_id, None)
+        if callback is not None:
+            callback(task_id)
 
     def _update_job_state(self, job_id: str) -> None:
         try:

@@ -1,0 +1,1 @@
+"""HTTP (FastAPI) and ZeroMQ in front of the broker: thin, no business logic."""

@@ -1,0 +1,251 @@
+"""The ZeroMQ fast path: session task → result without HTTP.
+
+Wire protocol (version 1). The client is a DEALER, the broker a ROUTER; every
+message is three frames::
+
+    [PROTOCOL, command, body]          client → broker
+    [PROTOCOL, reply, body]            broker → client
+
+``PROTOCOL`` is ``b"QHPC/1"``: a peer speaking another version gets an ERROR
+at once. Commands:
+
+- ``HELLO`` — body: the session token (UTF-8). Binds this connection to the
+  session; reply ``READY`` with msgpack ``{"session_id", "resource"}``.
+  The token is checked once, not per task.
+- ``RUN`` — body: 8-byte request id + a codec-encoded payload. Reply ``RESULT``
+  with the same request id + a codec-encoded result, or ``ERROR``.
+
+``ERROR`` bodies are msgpack ``{"request_id", "status", "detail"}`` with HTTP-like
+statuses (400 bad frame, 401 token, 409 session closed, 422 payload, 500
+task failed). A bad frame never stops the server.
+
+The server runs one thread that owns the socket (ZeroMQ sockets are not
+thread-safe); executors hand finished task ids over through a queue and wake
+the thread with an eventfd registered in the same poller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import zmq
+
+from qhpc.broker.service import Broker
+from qhpc.errors import QhpcError
+from qhpc.resources import Payload, PayloadError, TaskResult
+from qhpc.resources.codec import decode_payload, decode_result, encode_payload
+from qhpc.security import AuthError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = b"QHPC/1"
+HELLO = b"HELLO"
+READY = b"READY"
+RUN = b"RUN"
+RESULT = b"RESULT"
+ERROR = b"ERROR"
+REQUEST_ID_BYTES = 8
+
+
+class FastPathError(QhpcError):
+    """The broker answered a fast-path request with an error."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{status}: {detail}")
+
+
+@dataclass
+class _Pending:
+    identity: bytes
+    request_id: bytes
+
+
+class FastPathServer:
+    """Serves session tasks over ZeroMQ for one broker."""
+
+    def __init__(self, broker: Broker, endpoint: str = "tcp://127.0.0.1:0") -> None:
+        self.broker = broker
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._socket.bind(endpoint)
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sessions: dict[bytes, str] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._done: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="qhpc-fastpath", daemon=True)
+
+    def start(self) -> FastPathServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        os.eventfd_write(self._wake, 1)
+        self._thread.join(timeout=10)
+        self._socket.close()
+        os.close(self._wake)
+
+    # -- loop ------------------------------------------------------------------
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        while not self._stop.is_set():
+            events = dict(poller.poll(1000))
+            if self._wake in events:
+                try:
+                    os.eventfd_read(self._wake)
+                except BlockingIOError:
+                    pass
+                self._send_finished()
+            if self._socket in events:
+                for _ in range(1000):  # drain what is there, then look at completions again
+                    try:
+                        frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(frames)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        try:
+            if len(frames) != 4 or frames[1] != PROTOCOL:
+                raise _Reject(400, b"", f"expected 3 frames starting with {PROTOCOL.decode()}")
+            command, body = frames[2], frames[3]
+            if command == HELLO:
+                self._hello(identity, body)
+            elif command == RUN:
+                self._run(identity, body)
+            else:
+                raise _Reject(400, b"", f"unknown command {command[:20]!r}")
+        except _Reject as reject:
+            self._error(identity, reject.request_id, reject.status, reject.detail)
+        except Exception:  # the loop must survive anything a client sends
+            log.exception("fast path: unexpected error")
+            self._error(identity, b"", 500, "internal error")
+
+    def _hello(self, identity: bytes, body: bytes) -> None:
+        try:
+            principal = self.broker.access.authenticate(body.decode("utf-8", "replace"))
+        except AuthError as exc:
+            raise _Reject(401, b"", str(exc)) from None
+        if principal.session_id is None:
+            raise _Reject(401, b"", "the fast path needs a session token")
+        self._sessions[identity] = principal.session_id
+        reply = {"session_id": principal.session_id, "resource": principal.resource}
+        self._socket.send_multipart([identity, PROTOCOL, READY, msgspec.msgpack.encode(reply)])
+
+    def _run(self, identity: bytes, body: bytes) -> None:
+        request_id = body[:REQUEST_ID_BYTES]
+        if len(request_id) != REQUEST_ID_BYTES:
+            raise _Reject(400, b"", "RUN body must start with an 8-byte request id")
+        session_id = self._sessions.get(identity)
+        if session_id is None:
+            raise _Reject(401, request_id, "send HELLO with a session token first")
+        try:
+            payload = decode_payload(body[REQUEST_ID_BYTES:])
+            task_id = self.broker.submit_session_task(session_id, payload)
+        except PayloadError as exc:
+            raise _Reject(422, request_id, str(exc)) from None
+        except QhpcError as exc:
+            raise _Reject(409, request_id, str(exc)) from None
+        self._pending[task_id] = _Pending(identity, request_id)
+        self.broker.when_done(task_id, self._finished)
+
+    def _finished(self, task_id: str) -> None:
+        # Runs on an executor thread: only hand over, never touch the socket.
+        self._done.put(task_id)
+        os.eventfd_write(self._wake, 1)
+
+    def _send_finished(self) -> None:
+        while True:
+            try:
+                task_id = self._done.get_nowait()
+            except queue.Empty:
+                return
+            pending = self._pending.pop(task_id, None)
+            if pending is None:
+                continue
+            task = self.broker.store.get_task(task_id)
+            data = self.broker.store.task_result(task_id) if task.state == "completed" else None
+            if data is None:
+                detail = f"task {task_id} {task.state}: {task.error or 'no result'}"
+                self._error(pending.identity, pending.request_id, 500, detail)
+                continue
+            self._socket.send_multipart(
+                [pending.identity, PROTOCOL, RESULT, pending.request_id + data]
+            )
+
+    def _error(self, identity: bytes, request_id: bytes, status: int, detail: str) -> None:
+        body = msgspec.msgpack.encode(
+            {"request_id": request_id, "status": status, "detail": detail}
+        )
+        self._socket.send_multipart([identity, PROTOCOL, ERROR, body])
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, request_id: bytes, detail: str) -> None:
+        self.status = status
+        self.request_id = request_id
+        self.detail = detail
+
+
+class FastPathClient:
+    """A session's quantum side: ``run(payload)`` → result, over one ZeroMQ connection."""
+
+    def __init__(self, endpoint: str, session_token: str, timeout: float = 600.0) -> None:
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(endpoint)
+        self.timeout = timeout
+        self._counter = 0
+        _, body = self._call(HELLO, session_token.encode())
+        info: dict[str, Any] = msgspec.msgpack.decode(body)
+        self.session_id: str = info["session_id"]
+        self.resource: str = info["resource"]
+
+    def run(self, payload: Payload) -> TaskResult:
+        return decode_result(self.run_encoded(encode_payload(payload)))
+
+    def run_encoded(self, payload: bytes) -> bytes:
+        """Send an already encoded payload; returns the encoded result (no decode cost)."""
+        self._counter += 1
+        request_id = self._counter.to_bytes(REQUEST_ID_BYTES, "big")
+        _, body = self._call(RUN, request_id + payload)
+        if body[:REQUEST_ID_BYTES] != request_id:
+            raise FastPathError(400, "reply for another request")
+        return body[REQUEST_ID_BYTES:]
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> FastPathClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, command: bytes, body: bytes) -> tuple[bytes, bytes]:
+        self._socket.send_multipart([PROTOCOL, command, body])
+        if not self._socket.poll(int(self.timeout * 1000)):
+            raise FastPathError(504, f"no answer from the broker within {self.timeout:g} s")
+        frames = self._socket.recv_multipart()
+        if len(frames) != 3 or frames[0] != PROTOCOL:
+            raise FastPathError(400, "malformed reply from the broker")
+        if frames[1] == ERROR:
+            error: dict[str, Any] = msgspec.msgpack.decode(frames[2])
+            raise FastPathError(int(error["status"]), str(error["detail"]))
+        return frames[1], frames[2]

@@ -1,0 +1,105 @@
+"""The ZeroMQ fast path against a real broker, over loopback TCP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+from qiskit.circuit import QuantumCircuit
+
+from qhpc.api.fastpath import PROTOCOL, FastPathClient, FastPathError, FastPathServer
+from qhpc.broker.service import Broker, BrokerConfig
+from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerResult, SamplerTask
+from qhpc.security import Role
+from qhpc.store import Store
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    registry = ResourceRegistry([ResourceSpec("aer", "aer", {"seed": 1})])
+    with Store.open(tmp_path / "fast.db") as store:
+        service = Broker(store, registry, BrokerConfig(policy="fifo"))
+        service.start()
+        yield service
+        service.stop()
+    registry.close()
+
+
+@pytest.fixture
+def server(broker: Broker) -> Iterator[FastPathServer]:
+    running = FastPathServer(broker).start()
+    yield running
+    running.stop()
+
+
+def open_session(broker: Broker, seconds: float = 60) -> str:
+    _, token = broker.open_session(
+        user="u", account="a", resource="aer", deadline=time.time() + seconds
+    )
+    return token
+
+
+def test_session_tasks_round_trip(
+    broker: Broker, server: FastPathServer, bell: QuantumCircuit
+) -> None:
+    with FastPathClient(server.endpoint, open_session(broker), timeout=30) as client:
+        assert client.resource == "aer"
+        for _ in range(5):
+            result = client.run(SamplerTask((bell,), shots=64))
+            assert isinstance(result, SamplerResult)
+            assert sum(result.circuits[0].counts.values()) == 64
+    tasks = broker.store.tasks_of_job(client.session_id)
+    assert [t.state for t in tasks] == ["completed"] * 5
+
+
+def test_bad_tokens_and_bad_frames_get_errors_and_server_keeps_serving(
+    broker: Broker, server: FastPathServer, bell: QuantumCircuit
+) -> None:
+    with pytest.raises(FastPathError) as caught:
+        FastPathClient(server.endpoint, "qhpc_not-a-real-token", timeout=10)
+    assert caught.value.status == 401
+    _, user_token = broker.access.issue(Role.USER, "u")
+    with pytest.raises(FastPathError, match="needs a session token"):
+        FastPathClient(server.endpoint, user_token, timeout=10)
+
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(server.endpoint)
+    garbage: list[list[bytes]] = [
+        [b"junk"],
+        [b"HTTP/1.1", b"GET", b"/"],
+        [PROTOCOL, b"FLY", b""],
+        [PROTOCOL, b"RUN", b"short"],
+        [PROTOCOL, b"RUN", b"12345678" + b"not a payload"],
+    ]
+    statuses = []
+    for frames in garbage:
+        raw.send_multipart(frames)
+        assert raw.poll(5000), f"no answer to {frames}"
+        reply = raw.recv_multipart()
+        assert reply[0] == PROTOCOL
+        assert reply[1] == b"ERROR"
+        statuses.append(msgspec.msgpack.decode(reply[2])["status"])
+    raw.close()
+    assert statuses == [400, 400, 400, 400, 401]
+
+    with FastPathClient(server.endpoint, open_session(broker), timeout=30) as client:
+        with pytest.raises(FastPathError) as bad_payload:
+            client.run_encoded(b"\x81\xa1v\x63")
+        assert bad_payload.value.status == 422
+        assert client.run(SamplerTask((bell,), shots=8)).kind == "sampler"
+
+
+def test_closed_session_is_refused(
+    broker: Broker, server: FastPathServer, bell: QuantumCircuit
+) -> None:
+    token = open_session(broker)
+    with FastPathClient(server.endpoint, token, timeout=30) as client:
+        broker.close_session(client.session_id)
+        with pytest.raises(FastPathError) as caught:
+            client.run(SamplerTask((bell,), shots=8))
+        assert caught.value.status == 409
