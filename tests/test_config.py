@@ -160,3 +160,19 @@ def test_duplicate_names_are_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "r.toml", 'qrmi_config = "q.json"\n[resources.sim]\ntype="aer"\n')
     with pytest.raises(ResourceConfigError, match="defined twice"):
         load_registry(path)
+
+
+def test_null_resource_is_instant_and_configurable(tmp_path: Path) -> None:
+    from qiskit.circuit import QuantumCircuit
+
+    from qhpc.resources import NullResource, SamplerResult, SamplerTask
+
+    path = write(tmp_path, "n.toml", '[resources.void]\ntype = "null"\nmax_qubits = 8\n')
+    with load_registry(path) as registry:
+        void = registry.get("void")
+        assert isinstance(void, NullResource)
+        circuit = QuantumCircuit(3, 3)
+        circuit.measure_all(add_bits=False)
+        result = void.run(SamplerTask((circuit,), shots=7))
+        assert isinstance(result, SamplerResult)
+        assert result.circuits[0].counts == {"000": 7}

@@ -47,6 +47,9 @@ from qhpc.resources.errors import (
     UnsupportedCircuitError,
     UnsupportedPayloadError,
 )
+from qhpc.resources.null import (
+    NullResource,
+)
 from qhpc.resources.payload import (
     EstimatorResult,
     EstimatorTask,
@@ -79,6 +82,7 @@ __all__ = [
     "EstimatorResult",
     "EstimatorTask",
     "ManualClock",
+    "NullResource",
     "Payload",
     "PayloadError",
     "QrmiResource",

@@ -213,6 +213,7 @@ _OPTIONS: dict[str, set[str]] = {
         "offline",
     },
     "qx": {"max_qubits", "max_shots", "seed"},
+    "null": {"max_qubits", "max_shots"},
 }
 _QRMI_OPTIONS = {"environment", "num_qubits", "max_shots"}
 
@@ -344,7 +345,18 @@ def _build_qrmi(spec: ResourceSpec) -> QuantumResource:
     return resource
 
 
+def _build_null(spec: ResourceSpec) -> QuantumResource:
+    from qhpc.resources.null import NullResource
+
+    return NullResource(
+        spec.name,
+        max_qubits=_get(spec, "max_qubits", int, 64),
+        max_shots=_get(spec, "max_shots", int, 1_000_000),
+    )
+
+
 _BUILDERS: dict[str, _Builder] = {
+    "null": _build_null,
     "aer": _build_aer,
     "emulator": _build_emulator,
     "qx": _build_qx,
