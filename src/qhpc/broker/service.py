@@ -49,6 +49,10 @@ from qhpc.store import ConflictError, JobRecord, SessionRecord, Store, TaskOutco
 
 log = logging.getLogger(__name__)
 
+#: seconds a read of sessions, reservations and shares serves scheduling decisions;
+#: the broker's own changes invalidate it at once, outside writes show up within this
+INPUT_REFRESH = 0.5
+
 
 class BrokerError(QhpcError):
     """A request the broker refuses (bad state, limits); the message says why."""
@@ -89,6 +93,9 @@ class Broker:
         self.usage = UsageTracker(self.config.fairshare_half_life)
         self.access = Access(store, clock)
         self._session_counts: dict[str, int] = {}
+        self._inputs: (
+            tuple[float, list[SessionLease], list[Reservation], dict[str, float]] | None
+        ) = None
         self._cond = threading.Condition()
         self._queues: dict[str, dict[str, QueuedTask]] = {n: {} for n in resources.names()}
         self._running: dict[str, _Running] = {}
@@ -248,8 +255,7 @@ class Broker:
             Role.SESSION, user, account=account, centre=centre,
             session_id=session.session_id, resource=resource, expires_at=deadline,
         )  # fmt: skip
-        with self._cond:
-            self._cond.notify_all()
+        self.invalidate()
         return session, secret
 
     def submit_session_task(self, session_id: str, payload: Payload) -> str:
@@ -300,7 +306,7 @@ class Broker:
                 pass
         with self._cond:
             self._session_counts.pop(session_id, None)
-            self._cond.notify_all()
+        self.invalidate()
 
     def close_expired_sessions(self) -> list[str]:
         """Close every open session past its deadline; returns their ids."""
@@ -409,29 +415,51 @@ class Broker:
             estimated_seconds=record.estimated_seconds,
         )  # fmt: skip
 
-    def _view(self, resource: str, now: float, queue: list[QueuedTask]) -> SchedulingView:
+    def invalidate(self) -> None:
+        """Re-read sessions, reservations and shares at the next scheduling decision."""
+        with self._cond:
+            self._inputs = None
+            self._cond.notify_all()
+
+    def _policy_inputs(
+        self, now: float
+    ) -> tuple[list[SessionLease], list[Reservation], dict[str, float]]:
+        # Caller holds self._cond. Re-read at most every INPUT_REFRESH seconds (and at
+        # once after the broker's own changes): three queries per decision would cost
+        # more than the decision itself on the hot path.
+        cached = self._inputs
+        if cached is not None and now - cached[0] < INPUT_REFRESH:
+            return cached[1], cached[2], cached[3]
         sessions = [
             SessionLease(
                 session_id=s.session_id, resource=s.resource, account=s.account, user=s.user,
                 opened_at=s.opened_at, deadline=s.deadline, mode=SessionMode(s.mode),
             )
-            for s in self.store.list_sessions(open_only=True, resource=resource)
+            for s in self.store.list_sessions(open_only=True)
         ]  # fmt: skip
         reservations = [
             Reservation(
                 reservation_id=r.reservation_id, resource=r.resource, account=r.account,
                 start=r.start, end=r.end, allow_backfill=r.allow_backfill,
             )
-            for r in self.store.list_reservations(resource=resource, ending_after=now)
+            for r in self.store.list_reservations(ending_after=now)
         ]  # fmt: skip
+        shares = {a.name: a.shares for a in self.store.list_accounts()}
+        self._inputs = (now, sessions, reservations, shares)
+        return sessions, reservations, shares
+
+    def _view(self, resource: str, now: float, queue: list[QueuedTask]) -> SchedulingView:
+        sessions, reservations, all_shares = self._policy_inputs(now)
         usage = self.usage.snapshot(now)
         # Shares of every account that counts in the fair-share normalisation:
         # those with work queued and those with usage.
         accounts = {t.account for t in queue} | {a for a, u in usage.items() if u > 0}
-        shares = {a.name: a.shares for a in self.store.list_accounts() if a.name in accounts}
+        shares = {a: v for a, v in all_shares.items() if a in accounts}
         return SchedulingView(
-            now=now, resource=resource, queue=queue, sessions=sessions,
-            reservations=reservations, usage=usage, shares=shares,
+            now=now, resource=resource, queue=queue,
+            sessions=[x for x in sessions if x.resource == resource],
+            reservations=[r for r in reservations if r.resource == resource],
+            usage=usage, shares=shares,
             last_batch_start=self._last_batch_start.get(resource),
         )  # fmt: skip
 
