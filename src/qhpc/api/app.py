@@ -1,0 +1,75 @@
+"""The FastAPI application: routers under ``/v1``, problem bodies, the body-size guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+import qhpc
+from qhpc.api import routes_admin, routes_jobs, routes_resources, routes_sessions
+from qhpc.api.limits import BodyLimit
+from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
+from qhpc.api.views import Problem
+from qhpc.broker.service import Broker
+
+API_PREFIX = "/v1"
+
+_DESCRIPTION = """\
+REST front of the qhpc broker: resources, batch jobs, sessions, reservations,
+accounts, accounting and tokens. Authenticate with `Authorization: Bearer <token>`.
+Every error is an RFC 9457 problem body (`application/problem+json`).
+"""
+
+
+def _problem_responses() -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "missing, malformed, unknown, expired or revoked token",
+        403: "the token may not do this",
+        404: "no such object (or not visible to this token)",
+        409: "conflicts with the current state",
+        413: "request body too large",
+        422: "invalid input: validation, circuits, payloads",
+    }
+    return {
+        status: {"model": Problem, "description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
+        for status, text in described.items()
+    }
+
+
+def create_app(broker: Broker, *, max_body_bytes: int | None = None) -> FastAPI:
+    """The API over ``broker``; the caller starts and stops the broker.
+
+    ``max_body_bytes`` defaults to the broker's payload limit
+    (``BrokerConfig.max_payload_bytes``, i.e. ``MAX_PAYLOAD_BYTES``).
+    """
+    app = FastAPI(
+        title="qhpc broker",
+        version=qhpc.__version__,
+        description=_DESCRIPTION,
+        responses=_problem_responses(),
+    )
+    app.state.broker = broker
+    install_handlers(app)
+    v1 = APIRouter(prefix=API_PREFIX)
+    for router in (
+        routes_resources.system,
+        routes_resources.resources,
+        routes_jobs.jobs,
+        routes_jobs.tasks,
+        routes_sessions.sessions,
+        routes_admin.reservations,
+        routes_admin.accounts,
+        routes_admin.accounting,
+        routes_admin.tokens,
+    ):
+        v1.include_router(router)
+    app.include_router(v1)
+    limit = broker.config.max_payload_bytes if max_body_bytes is None else max_body_bytes
+    app.add_middleware(BodyLimit, max_bytes=limit)
+    return app
+
+
+def openapi_json(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document of ``app``, for publishing (``json.dumps`` it)."""
+    return app.openapi()

@@ -1,0 +1,42 @@
+"""Dependencies every router shares: the broker and the authenticated principal."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from qhpc.broker.service import Broker
+from qhpc.security import AuthError, Principal
+
+# auto_error=False: the scheme is declared for OpenAPI, but the header is parsed
+# below so that "missing" and "malformed" get their own 401 messages.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="a qhpc token (qhpc_…) issued by an admin, or a session token",
+)
+
+
+def get_broker(request: Request) -> Broker:
+    return cast(Broker, request.app.state.broker)
+
+
+BrokerDep = Annotated[Broker, Depends(get_broker)]
+
+
+def get_principal(
+    request: Request,
+    broker: BrokerDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> Principal:
+    header = request.headers.get("authorization")
+    if header is None:
+        raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+    scheme, _, secret = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
+    return broker.access.authenticate(secret.strip())
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

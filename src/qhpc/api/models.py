@@ -1,0 +1,170 @@
+"""Request bodies of the REST API (pydantic, validated before any handler runs).
+
+Bounds are part of the contract, not decoration: every number that reaches the
+store fits a 64-bit integer or a finite float, and every name is a short plain
+token, so no input can make the database (SQLite or PostgreSQL) fail with a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+#: user, account, centre, resource names: Slurm-like identifiers
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
+#: UNIX seconds, up to the year 5138
+Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
+#: durations in seconds, up to ten years
+Seconds = Annotated[float, Field(gt=0, le=10 * 366 * 86400, allow_inf_nan=False)]
+Priority = Annotated[int, Field(ge=-1000, le=1000)]
+Shots = Annotated[int, Field(gt=0, le=10**9)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: one circuit: OpenQASM 2/3 or cQASM source, or base64 QPY
+CircuitText = Annotated[str, StringConstraints(min_length=1)]
+#: one task payload as produced by ``qhpc.resources.codec.encode_payload``, base64
+PayloadText = Annotated[str, StringConstraints(min_length=1)]
+
+# Ids and names in URLs: any printable text (a wrong one is simply not found), but no
+# control characters, which PostgreSQL refuses in text columns (NUL) and logs mangle.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]{1,128}$"
+#: an id or name in the path
+PathId = Annotated[str, Path(pattern=_PRINTABLE)]
+#: an optional name filter in the query
+QueryName = Annotated[str | None, Query(pattern=_PRINTABLE)]
+#: free text stored as is (job names)
+Label = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{0,200}$")]
+
+TaskStateName = Literal["queued", "running", "completed", "failed", "cancelled"]
+GroupBy = Literal["account", "user", "centre", "job", "resource"]
+
+
+class _Body(BaseModel):
+    # Unknown fields are refused so a typo (``shot`` for ``shots``) is not silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CircuitsBody(_Body):
+    circuits: list[CircuitText] | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="circuits as OpenQASM 2/3 or cQASM source, or base64 QPY; "
+        "together they form one sampler task (see split_circuits)",
+    )
+    shots: Shots | None = Field(None, description="shots per circuit; required with circuits")
+    seed: Seed | None = None
+    payloads: list[PayloadText] | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="alternatively, base64 codec-encoded payloads, one task each",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CircuitsBody:
+        if (self.circuits is None) == (self.payloads is None):
+            raise ValueError("give either circuits (with shots) or payloads, not both or neither")
+        if self.circuits is not None and self.shots is None:
+            raise ValueError("shots is required with circuits")
+        if self.payloads is not None and (self.shots is not None or self.seed is not None):
+            raise ValueError("shots and seed belong inside encoded payloads")
+        return self
+
+
+_BELL = (
+    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
+    "h q[0];\ncx q[0], q[1];\nmeasure q -> c;\n"
+)
+
+
+class JobSubmission(CircuitsBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"resource": "aer", "circuits": [_BELL], "shots": 1000}]},
+    )
+
+    resource: Name
+    split_circuits: bool = Field(
+        False, description="one task per circuit instead of one task for all circuits"
+    )
+    priority: Priority = Field(0, description="positive values need an admin token")
+    account: Name | None = Field(None, description="defaults to the token's account")
+    user: Name | None = Field(None, description="centre and admin tokens may submit for a user")
+    centre: Name | None = Field(None, description="admins only; centre tokens use their own")
+    name: Label | None = None
+
+
+class SessionTaskSubmission(CircuitsBody):
+    @model_validator(mode="after")
+    def _single(self) -> SessionTaskSubmission:
+        if self.payloads is not None and len(self.payloads) != 1:
+            raise ValueError("a session task carries exactly one payload")
+        return self
+
+
+class SessionRequest(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"resource": "aer", "user": "alice", "account": "chem", "duration_seconds": 3600}
+            ]
+        },
+    )
+
+    resource: Name
+    user: Name | None = None
+    account: Name | None = None
+    centre: Name | None = None
+    deadline: Timestamp | None = Field(None, description="UNIX seconds when the lease ends")
+    duration_seconds: Seconds | None = Field(None, description="or: lease length from now")
+    mode: Literal["multiplex", "exclusive"] = "multiplex"
+    slurm_job_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _one_end(self) -> SessionRequest:
+        if (self.deadline is None) == (self.duration_seconds is None):
+            raise ValueError("give either deadline or duration_seconds")
+        return self
+
+
+class ReservationRequest(_Body):
+    resource: Name
+    account: Name
+    start: Timestamp
+    end: Timestamp
+    allow_backfill: bool = Field(
+        False, description="let other work run in the window while the account has none queued"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReservationRequest:
+        if not self.start < self.end:
+            raise ValueError("a reservation must start before it ends")
+        return self
+
+
+class AccountUpdate(_Body):
+    shares: float = Field(gt=0, le=1e9, allow_inf_nan=False)
+    centre: Name | None = None
+
+
+class TokenRequest(_Body):
+    role: Literal["admin", "centre", "user"] = Field(
+        description="session tokens come from POST /v1/sessions"
+    )
+    subject: Name
+    account: Name | None = None
+    centre: Name | None = None
+    resource: Name | None = Field(None, description="restrict the token to one resource")
+    ttl_seconds: Seconds | None = Field(None, description="lifetime; no expiry if omitted")
+
+    @model_validator(mode="after")
+    def _centre_named(self) -> TokenRequest:
+        if self.role == "centre" and self.centre is None:
+            raise ValueError("a centre token needs centre")
+        return self

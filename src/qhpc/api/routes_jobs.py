@@ -1,0 +1,121 @@
+"""Batch jobs (submit, list, inspect, cancel, results) and single tasks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from qhpc.api import rules
+from qhpc.api.deps import BrokerDep, CurrentPrincipal
+from qhpc.api.models import JobSubmission, PathId, QueryName, TaskStateName
+from qhpc.api.views import (
+    CancelView,
+    JobResults,
+    JobSummary,
+    JobView,
+    TaskDetail,
+    TaskResultView,
+    job_summary,
+    result_json,
+    task_view,
+)
+from qhpc.api.wire import payloads_of
+from qhpc.broker.service import Broker
+from qhpc.store import JobRecord
+
+jobs = APIRouter(prefix="/jobs", tags=["jobs"])
+tasks = APIRouter(prefix="/tasks", tags=["tasks"])
+
+#: longest a GET /tasks/{id}?wait= may hold a request (and a server thread)
+MAX_WAIT_SECONDS = 60.0
+
+
+def _job_view(broker: Broker, job: JobRecord) -> JobView:
+    records = broker.store.tasks_of_job(job.job_id)
+    places = {}
+    if any(t.state == "queued" for t in records):
+        places = rules.queue_places(broker, job.resource)
+    return JobView(
+        **job_summary(job).model_dump(),
+        tasks=[task_view(t, places.get(t.task_id)) for t in records],
+    )
+
+
+@jobs.post("", status_code=201, summary="submit a batch job (circuits or encoded payloads)")
+def submit_job(broker: BrokerDep, principal: CurrentPrincipal, body: JobSubmission) -> JobView:
+    owner = rules.resolve_owner(
+        broker, principal, resource=body.resource, user=body.user, account=body.account,
+        centre=body.centre,
+    )  # fmt: skip
+    rules.check_priority(principal, body.priority)
+    broker.resources.spec(body.resource)  # unknown resource → 404 before parsing circuits
+    job = broker.submit(
+        user=owner.user, account=owner.account, centre=owner.centre, resource=body.resource,
+        payloads=payloads_of(body, split=body.split_circuits), priority=body.priority,
+        name=body.name,
+    )  # fmt: skip
+    return _job_view(broker, job)
+
+
+@jobs.get("", summary="jobs visible to the token, newest first")
+def list_jobs(
+    broker: BrokerDep,
+    principal: CurrentPrincipal,
+    state: TaskStateName | None = None,
+    resource: QueryName = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> list[JobSummary]:
+    found = rules.list_visible_jobs(
+        broker, principal, state=state, resource=resource, limit=limit, offset=offset
+    )
+    return [job_summary(j) for j in found]
+
+
+@jobs.get("/{job_id}", summary="a job with its tasks, queue positions and ETAs")
+def get_job(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -> JobView:
+    return _job_view(broker, rules.visible_job(broker, principal, job_id))
+
+
+@jobs.delete("/{job_id}", summary="cancel a job: queued tasks now, running ones stopped")
+def cancel_job(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -> CancelView:
+    rules.visible_job(broker, principal, job_id)
+    affected = broker.cancel(job_id)
+    job = broker.store.get_job(job_id)
+    return CancelView(**job_summary(job).model_dump(), affected_tasks=affected)
+
+
+@jobs.get("/{job_id}/results", summary="per task: state, error and result")
+def job_results(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -> JobResults:
+    job = rules.visible_job(broker, principal, job_id)
+    views = []
+    for task in broker.store.tasks_of_job(job_id):
+        result = broker.task_result(task.task_id) if task.state == "completed" else None
+        views.append(
+            TaskResultView(
+                task_id=task.task_id, index=task.index, state=task.state, error=task.error,
+                result=result_json(result),
+            )
+        )  # fmt: skip
+    return JobResults(job_id=job.job_id, state=job.state, tasks=views)
+
+
+@tasks.get(
+    "/{task_id}",
+    summary="one task; with wait=SECONDS, blocks until it is final or the time is up",
+)
+def get_task(
+    broker: BrokerDep,
+    principal: CurrentPrincipal,
+    task_id: PathId,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)] = 0.0,
+) -> TaskDetail:
+    task = rules.visible_task(broker, principal, task_id)
+    if wait > 0 and task.state in ("queued", "running"):
+        task = broker.wait_task(task_id, timeout=wait)
+    place = None
+    if task.state == "queued":
+        place = rules.queue_places(broker, task.resource).get(task_id)
+    result = broker.task_result(task_id) if task.state == "completed" else None
+    return TaskDetail(**task_view(task, place).model_dump(), result=result_json(result))

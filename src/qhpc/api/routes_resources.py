@@ -1,0 +1,100 @@
+"""System endpoints (no token) and resource status, target and queue."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+import qhpc
+from qhpc.api.deps import BrokerDep, CurrentPrincipal
+from qhpc.api.models import PathId
+from qhpc.api.views import (
+    Health,
+    QueueEntry,
+    QueueView,
+    ResourceDetail,
+    ResourceSummary,
+    VersionInfo,
+    json_safe,
+)
+from qhpc.broker.service import Broker
+from qhpc.security import Principal, Role
+
+system = APIRouter(tags=["system"])
+resources = APIRouter(prefix="/resources", tags=["resources"])
+
+
+@system.get("/health", summary="liveness probe (no token needed)")
+def health() -> Health:
+    return Health(status="ok")
+
+
+@system.get("/version", summary="broker and API version (no token needed)")
+def version() -> VersionInfo:
+    return VersionInfo(version=qhpc.__version__, api="v1")
+
+
+def _summary(broker: Broker, name: str) -> ResourceSummary:
+    spec = broker.resources.spec(name)  # unknown name → 404
+    status = broker.resources.get(name).status()
+    return ResourceSummary(
+        name=name,
+        type=spec.type,
+        state=str(status.state),
+        busy=status.busy,
+        pending=status.pending,
+        reason=status.reason,
+        queue_length=broker.queue_length(name),
+        running=broker.is_busy(name),
+    )
+
+
+@resources.get("", summary="every resource with its status and broker queue length")
+def list_resources(broker: BrokerDep, principal: CurrentPrincipal) -> list[ResourceSummary]:
+    return [_summary(broker, name) for name in broker.resources.names()]
+
+
+@resources.get("/{name}", summary="one resource: status, target and metadata")
+def get_resource(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -> ResourceDetail:
+    summary = _summary(broker, name)
+    resource = broker.resources.get(name)
+    # Adapters keep credential values out of metadata (only variable names).
+    return ResourceDetail(
+        **summary.model_dump(),
+        target=json_safe(resource.target().to_dict()),
+        metadata=json_safe(resource.metadata()),
+    )
+
+
+def _sees_details(principal: Principal, user: str, session_id: str | None) -> bool:
+    if principal.role in (Role.ADMIN, Role.CENTRE):
+        return True
+    if principal.role is Role.SESSION:
+        return session_id is not None and session_id == principal.session_id
+    return user == principal.subject
+
+
+@resources.get(
+    "/{name}/queue",
+    summary="pending tasks in the order they would run, with ETAs",
+    description="Admin and centre tokens see every entry; users (and session tokens) see "
+    "their own entries in full and others only as anonymous positions.",
+)
+def get_queue(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -> QueueView:
+    broker.resources.spec(name)
+    entries = []
+    for position, (task, eta) in enumerate(broker.queue(name), start=1):
+        if principal.role is Role.SESSION:
+            mine = task.session_id is not None and task.session_id == principal.session_id
+        else:
+            mine = task.user == principal.subject
+        if _sees_details(principal, task.user, task.session_id):
+            entries.append(
+                QueueEntry(
+                    position=position, eta_seconds=eta, mine=mine, task_id=task.task_id,
+                    job_id=task.job_id, user=task.user, account=task.account,
+                    session_id=task.session_id,
+                )
+            )  # fmt: skip
+        else:
+            entries.append(QueueEntry(position=position, eta_seconds=eta, mine=False))
+    return QueueView(resource=name, length=len(entries), entries=entries)

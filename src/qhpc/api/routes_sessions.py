@@ -1,0 +1,99 @@
+"""Sessions: leases on a resource whose tasks jump the batch queue.
+
+Slurm's prolog opens one (admin or centre token), the job's program submits
+tasks with the session token it got, the epilog closes it. Over REST a task is
+one request; the ZeroMQ fast path (``qhpc.api.fastpath``) serves the same
+sessions without HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from qhpc.api import rules
+from qhpc.api.deps import BrokerDep, CurrentPrincipal
+from qhpc.api.models import PathId, QueryName, SessionRequest, SessionTaskSubmission
+from qhpc.api.views import SessionCreated, SessionTaskCreated, SessionView, session_view
+from qhpc.api.wire import payloads_of
+from qhpc.broker import SessionMode
+from qhpc.security import PermissionDenied, Role
+
+sessions = APIRouter(prefix="/sessions", tags=["sessions"])
+
+
+@sessions.post(
+    "",
+    status_code=201,
+    summary="open a session; the response carries its token, shown only here",
+    description="Admin and centre tokens open sessions for their users, user tokens for "
+    "themselves. Give either deadline (UNIX seconds) or duration_seconds.",
+)
+def open_session(
+    broker: BrokerDep, principal: CurrentPrincipal, body: SessionRequest
+) -> SessionCreated:
+    owner = rules.resolve_owner(
+        broker, principal, resource=body.resource, user=body.user, account=body.account,
+        centre=body.centre,
+    )  # fmt: skip
+    if body.deadline is not None:
+        deadline = body.deadline
+    else:
+        assert body.duration_seconds is not None  # the model guarantees one of the two
+        deadline = broker.clock() + body.duration_seconds
+    session, secret = broker.open_session(
+        user=owner.user, account=owner.account, resource=body.resource, deadline=deadline,
+        mode=SessionMode(body.mode), centre=owner.centre, slurm_job_id=body.slurm_job_id,
+    )  # fmt: skip
+    return SessionCreated(**session_view(session).model_dump(), token=secret)
+
+
+@sessions.get("", summary="sessions visible to the token, oldest first")
+def list_sessions(
+    broker: BrokerDep,
+    principal: CurrentPrincipal,
+    resource: QueryName = None,
+    include_closed: Annotated[bool, Query()] = False,
+) -> list[SessionView]:
+    found = broker.store.list_sessions(open_only=not include_closed, resource=resource)
+    return [session_view(s) for s in found if rules.session_visible(principal, s)]
+
+
+@sessions.get("/{session_id}", summary="one session")
+def get_session(broker: BrokerDep, principal: CurrentPrincipal, session_id: PathId) -> SessionView:
+    return session_view(rules.visible_session(broker, principal, session_id))
+
+
+@sessions.delete(
+    "/{session_id}",
+    summary="close a session: cancel its leftover tasks, revoke its token",
+)
+def close_session(
+    broker: BrokerDep, principal: CurrentPrincipal, session_id: PathId
+) -> SessionView:
+    rules.visible_session(broker, principal, session_id)
+    broker.close_session(session_id)  # already closed → 409
+    return session_view(broker.store.get_session(session_id))
+
+
+@sessions.post(
+    "/{session_id}/tasks",
+    status_code=201,
+    summary="queue one task in the session (session token of this session only)",
+)
+def submit_session_task(
+    broker: BrokerDep,
+    principal: CurrentPrincipal,
+    session_id: PathId,
+    body: SessionTaskSubmission,
+    response: Response,
+) -> SessionTaskCreated:
+    if principal.role is not Role.SESSION:
+        raise PermissionDenied("session tasks are submitted with the session's own token")
+    if principal.session_id != session_id:
+        raise PermissionDenied("this session token belongs to another session")
+    (payload,) = payloads_of(body)  # the model admits exactly one payload
+    task_id = broker.submit_session_task(session_id, payload)
+    response.headers["Location"] = f"/v1/tasks/{task_id}"
+    return SessionTaskCreated(task_id=task_id, session_id=session_id)

@@ -1,0 +1,275 @@
+"""Response bodies of the REST API and their construction from store records.
+
+Token views carry neither the hash nor the secret; the secret appears only in
+:class:`TokenCreated` / :class:`SessionCreated`, once, when it is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from qhpc.resources import TaskResult
+from qhpc.store import (
+    AccountRecord,
+    JobRecord,
+    ReservationRecord,
+    SessionRecord,
+    TaskRecord,
+    TokenRecord,
+)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; some problems add fields (line, column, errors …)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class VersionInfo(BaseModel):
+    version: str
+    api: str
+
+
+class ResourceSummary(BaseModel):
+    name: str
+    type: str
+    state: str
+    busy: bool
+    pending: int = Field(description="tasks pending inside the device (vendor queue)")
+    reason: str
+    queue_length: int = Field(description="tasks waiting in the broker for this resource")
+    running: bool = Field(description="the broker is running a task on it now")
+
+
+class ResourceDetail(ResourceSummary):
+    target: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class QueueEntry(BaseModel):
+    position: int
+    eta_seconds: float
+    mine: bool
+    task_id: str | None = None
+    job_id: str | None = None
+    user: str | None = None
+    account: str | None = None
+    session_id: str | None = None
+
+
+class QueueView(BaseModel):
+    resource: str
+    length: int
+    entries: list[QueueEntry]
+
+
+class TaskView(BaseModel):
+    task_id: str
+    job_id: str
+    index: int
+    resource: str
+    state: str
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    attempts: int
+    session_id: str | None
+    queue_position: int | None = None
+    eta_seconds: float | None = None
+
+
+class TaskDetail(TaskView):
+    result: dict[str, Any] | None = None
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    name: str | None
+    user: str
+    account: str
+    centre: str | None
+    resource: str
+    kind: str
+    priority: int
+    state: str
+    created_at: float
+    finished_at: float | None
+    session_id: str | None
+    task_count: int
+
+
+class JobView(JobSummary):
+    tasks: list[TaskView]
+
+
+class CancelView(JobSummary):
+    affected_tasks: list[str]
+
+
+class TaskResultView(BaseModel):
+    task_id: str
+    index: int
+    state: str
+    error: str | None
+    result: dict[str, Any] | None
+
+
+class JobResults(BaseModel):
+    job_id: str
+    state: str
+    tasks: list[TaskResultView]
+
+
+class SessionView(BaseModel):
+    session_id: str
+    resource: str
+    user: str
+    account: str
+    centre: str | None
+    mode: str
+    opened_at: float
+    deadline: float
+    closed_at: float | None
+    slurm_job_id: str | None
+
+
+class SessionCreated(SessionView):
+    token: str = Field(description="the session token; shown only in this response")
+
+
+class SessionTaskCreated(BaseModel):
+    task_id: str
+    session_id: str
+
+
+class ReservationView(BaseModel):
+    reservation_id: str
+    resource: str
+    account: str
+    start: float
+    end: float
+    allow_backfill: bool
+    created_by: str
+
+
+class AccountView(BaseModel):
+    name: str
+    shares: float
+    centre: str | None
+
+
+class UsageRow(BaseModel):
+    group: str | None
+    tasks: int
+    qpu_seconds: float
+    shots: int
+    circuits: int
+
+
+class AccountingView(BaseModel):
+    group_by: str
+    since: float | None
+    until: float | None
+    rows: list[UsageRow]
+
+
+class TokenView(BaseModel):
+    token_id: str
+    role: str
+    subject: str
+    account: str | None
+    centre: str | None
+    session_id: str | None
+    resource: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+class TokenCreated(TokenView):
+    token: str = Field(description="the secret; shown only in this response")
+
+
+# -- construction ----------------------------------------------------------------------
+
+
+def job_summary(job: JobRecord) -> JobSummary:
+    return JobSummary(
+        job_id=job.job_id, name=job.name, user=job.user, account=job.account,
+        centre=job.centre, resource=job.resource, kind=job.kind, priority=job.priority,
+        state=job.state, created_at=job.created_at, finished_at=job.finished_at,
+        session_id=job.session_id, task_count=job.task_count,
+    )  # fmt: skip
+
+
+def task_view(task: TaskRecord, place: tuple[int, float] | None = None) -> TaskView:
+    return TaskView(
+        task_id=task.task_id, job_id=task.job_id, index=task.index, resource=task.resource,
+        state=task.state, submitted_at=task.submitted_at, started_at=task.started_at,
+        finished_at=task.finished_at, error=task.error, attempts=task.attempts,
+        session_id=task.session_id,
+        queue_position=None if place is None else place[0],
+        eta_seconds=None if place is None else place[1],
+    )  # fmt: skip
+
+
+def session_view(session: SessionRecord) -> SessionView:
+    return SessionView(
+        session_id=session.session_id, resource=session.resource, user=session.user,
+        account=session.account, centre=session.centre, mode=session.mode,
+        opened_at=session.opened_at, deadline=session.deadline, closed_at=session.closed_at,
+        slurm_job_id=session.slurm_job_id,
+    )  # fmt: skip
+
+
+def reservation_view(r: ReservationRecord) -> ReservationView:
+    return ReservationView(
+        reservation_id=r.reservation_id, resource=r.resource, account=r.account, start=r.start,
+        end=r.end, allow_backfill=r.allow_backfill, created_by=r.created_by,
+    )  # fmt: skip
+
+
+def account_view(a: AccountRecord) -> AccountView:
+    return AccountView(name=a.name, shares=a.shares, centre=a.centre)
+
+
+def token_view(t: TokenRecord) -> TokenView:
+    # Built field by field (not from asdict) so token_hash can never slip through.
+    return TokenView(
+        token_id=t.token_id, role=t.role, subject=t.subject, account=t.account,
+        centre=t.centre, session_id=t.session_id, resource=t.resource,
+        created_at=t.created_at, expires_at=t.expires_at, revoked_at=t.revoked_at,
+    )  # fmt: skip
+
+
+def result_json(result: TaskResult | None) -> dict[str, Any] | None:
+    return None if result is None else json_safe(result.to_dict())
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: NaN/inf become null, bytes become base64 text, unknown objects text."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if hasattr(value, "item"):  # numpy scalars
+        return json_safe(value.item())
+    return str(value)

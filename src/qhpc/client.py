@@ -1,0 +1,400 @@
+"""Python client of the broker's REST API.
+
+>>> client = connect("http://qpu-broker:8080", token)          # doctest: +SKIP
+>>> job = client.submit("aer", [circuit], shots=1000)           # doctest: +SKIP
+>>> client.wait(job["job_id"], timeout=60)                      # doctest: +SKIP
+>>> counts = client.results(job["job_id"])[0].circuits[0].counts  # doctest: +SKIP
+
+Every error answer (an RFC 9457 problem body) becomes a :class:`ClientError`
+carrying the HTTP status and the server's detail; an unreachable broker is a
+:class:`ClientError` too, with ``status`` ``None``. Plain dicts mirror the JSON
+the API returns, except results, which come back as
+:class:`~qhpc.resources.SamplerResult` / :class:`~qhpc.resources.EstimatorResult`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+from qiskit.circuit import QuantumCircuit
+
+from qhpc.errors import QhpcError
+from qhpc.resources.codec import encode_payload
+from qhpc.resources.payload import (
+    EstimatorResult,
+    Payload,
+    SampledCircuit,
+    SamplerResult,
+    TaskResult,
+)
+
+FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+class ClientError(QhpcError):
+    """The broker refused a request (``status`` set) or could not be reached (``None``)."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        title: str | None = None,
+        type: str | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.detail = detail
+        self.status = status
+        self.title = title
+        self.type = type
+        self.body = dict(body or {})
+        prefix = f"{status} {title}: " if status is not None and title else ""
+        super().__init__(prefix + detail)
+
+
+def result_from_dict(data: Mapping[str, Any]) -> TaskResult:
+    """The inverse of ``SamplerResult.to_dict`` / ``EstimatorResult.to_dict`` (JSON form).
+
+    JSON has no NaN: the server sends ``null`` for non-finite numbers, read back as NaN.
+    """
+    kind = data.get("kind")
+    metadata = dict(data.get("metadata") or {})
+    if kind == "sampler":
+        return SamplerResult(
+            circuits=tuple(
+                SampledCircuit(
+                    counts={str(k): int(v) for k, v in c["counts"].items()},
+                    shots=int(c["shots"]),
+                    num_bits=int(c["num_bits"]),
+                    memory=None if c.get("memory") is None else tuple(c["memory"]),
+                )
+                for c in data["circuits"]
+            ),
+            metadata=metadata,
+        )
+    if kind == "estimator":
+        return EstimatorResult(
+            values=tuple(tuple(_float(v) for v in row) for row in data["values"]),
+            std_errors=tuple(tuple(_float(v) for v in row) for row in data["std_errors"]),
+            shots=data.get("shots"),
+            metadata=metadata,
+        )
+    raise ClientError(f"unknown result kind {kind!r} in the broker's answer")
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def circuit_text(circuit: QuantumCircuit | str) -> str:
+    """How a circuit travels in JSON: source text as is, a QuantumCircuit as base64 QPY."""
+    if isinstance(circuit, str):
+        return circuit
+    from qiskit import qpy
+
+    buffer = io.BytesIO()
+    qpy.dump(circuit, buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def payload_text(payload: Payload) -> str:
+    return base64.b64encode(encode_payload(payload)).decode("ascii")
+
+
+class Client:
+    """A connection to one broker with one token; use :func:`connect` to make one."""
+
+    def __init__(self, http: httpx.Client, url: str) -> None:
+        self._http = http
+        self.url = url
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            response = self._http.request(method, "/v1" + path, json=json, params=query, **extra)
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach broker at {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_of(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- system and resources ----------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/health"))
+
+    def version(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/version"))
+
+    def resources(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/resources"))
+
+    def resource(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/resources/{name}"))
+
+    def queue(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/resources/{name}/queue"))
+
+    # -- jobs --------------------------------------------------------------------------
+    def submit(
+        self,
+        resource: str,
+        circuits: Sequence[QuantumCircuit | str],
+        shots: int,
+        priority: int = 0,
+        account: str | None = None,
+        name: str | None = None,
+        *,
+        user: str | None = None,
+        seed: int | None = None,
+        split_circuits: bool = False,
+    ) -> dict[str, Any]:
+        """Submit circuits (one task, or one per circuit with ``split_circuits``)."""
+        if isinstance(circuits, QuantumCircuit | str):
+            circuits = [circuits]
+        body = {
+            "resource": resource, "circuits": [circuit_text(c) for c in circuits],
+            "shots": shots, "priority": priority, "account": account, "name": name,
+            "user": user, "seed": seed, "split_circuits": split_circuits,
+        }  # fmt: skip
+        return dict(self._request("POST", "/jobs", json=_compact(body)))
+
+    def submit_payloads(
+        self,
+        resource: str,
+        payloads: Sequence[Payload],
+        priority: int = 0,
+        account: str | None = None,
+        name: str | None = None,
+        *,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit ready-made payloads (sampler or estimator tasks), one task each."""
+        body = {
+            "resource": resource, "payloads": [payload_text(p) for p in payloads],
+            "priority": priority, "account": account, "name": name, "user": user,
+        }  # fmt: skip
+        return dict(self._request("POST", "/jobs", json=_compact(body)))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/jobs/{job_id}"))
+
+    def jobs(
+        self,
+        state: str | None = None,
+        resource: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        params = {"state": state, "resource": resource, "limit": limit, "offset": offset}
+        return list(self._request("GET", "/jobs", params=params))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/jobs/{job_id}"))
+
+    def results(self, job_id: str) -> list[TaskResult | None]:
+        """Results by task index; ``None`` for a task without one (see :meth:`job`)."""
+        answer = self._request("GET", f"/jobs/{job_id}/results")
+        return [
+            None if t["result"] is None else result_from_dict(t["result"]) for t in answer["tasks"]
+        ]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Poll the job with growing pauses until it is final; returns it.
+
+        Raises :class:`TimeoutError` if it is not final after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.05
+        while True:
+            job = self.job(job_id)
+            if job["state"] in FINAL_STATES:
+                return job
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout} s")
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 2.0)
+
+    def task(self, task_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """One task; ``wait`` > 0 lets the broker hold the answer until it is final."""
+        params = {"wait": wait} if wait > 0 else None
+        budget = None if wait <= 0 else wait + (self._http.timeout.read or 30.0)
+        return dict(self._request("GET", f"/tasks/{task_id}", params=params, timeout=budget))
+
+    # -- sessions ----------------------------------------------------------------------
+    def open_session(
+        self,
+        resource: str,
+        *,
+        duration_seconds: float | None = None,
+        deadline: float | None = None,
+        user: str | None = None,
+        account: str | None = None,
+        mode: str = "multiplex",
+        slurm_job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Open a session; the answer's ``token`` is the session token (shown once)."""
+        body = {
+            "resource": resource, "duration_seconds": duration_seconds, "deadline": deadline,
+            "user": user, "account": account, "mode": mode, "slurm_job_id": slurm_job_id,
+        }  # fmt: skip
+        return dict(self._request("POST", "/sessions", json=_compact(body)))
+
+    def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
+        params = {"include_closed": include_closed}
+        return list(self._request("GET", "/sessions", params=params))
+
+    def close_session(self, session_id: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/sessions/{session_id}"))
+
+    def submit_session_task(
+        self,
+        session_id: str,
+        circuits: Sequence[QuantumCircuit | str] | None = None,
+        shots: int | None = None,
+        *,
+        payload: Payload | None = None,
+    ) -> str:
+        """Queue one task in a session (needs this session's token); returns its id."""
+        if payload is not None:
+            body: dict[str, Any] = {"payloads": [payload_text(payload)]}
+        else:
+            body = {"circuits": [circuit_text(c) for c in circuits or ()], "shots": shots}
+        answer = self._request("POST", f"/sessions/{session_id}/tasks", json=body)
+        return str(answer["task_id"])
+
+    # -- reservations, accounts, accounting, tokens -----------------------------------
+    def reservations(
+        self, resource: str | None = None, include_past: bool = False
+    ) -> list[dict[str, Any]]:
+        params = {"resource": resource, "include_past": include_past}
+        return list(self._request("GET", "/reservations", params=params))
+
+    def create_reservation(
+        self, resource: str, account: str, start: float, end: float, allow_backfill: bool = False
+    ) -> dict[str, Any]:
+        body = {
+            "resource": resource, "account": account, "start": start, "end": end,
+            "allow_backfill": allow_backfill,
+        }  # fmt: skip
+        return dict(self._request("POST", "/reservations", json=body))
+
+    def delete_reservation(self, reservation_id: str) -> None:
+        self._request("DELETE", f"/reservations/{reservation_id}")
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/accounts"))
+
+    def account(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/accounts/{name}"))
+
+    def set_account(self, name: str, shares: float, centre: str | None = None) -> dict[str, Any]:
+        body = _compact({"shares": shares, "centre": centre})
+        return dict(self._request("PUT", f"/accounts/{name}", json=body))
+
+    def accounting(
+        self, group_by: str = "account", since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"group_by": group_by, "since": since, "until": until}
+        return list(self._request("GET", "/accounting", params=params)["rows"])
+
+    def create_token(
+        self,
+        role: str,
+        subject: str,
+        account: str | None = None,
+        centre: str | None = None,
+        ttl_seconds: float | None = None,
+        resource: str | None = None,
+    ) -> dict[str, Any]:
+        """Issue a token (admin); the answer's ``token`` is the secret, shown once."""
+        body = {
+            "role": role, "subject": subject, "account": account, "centre": centre,
+            "ttl_seconds": ttl_seconds, "resource": resource,
+        }  # fmt: skip
+        return dict(self._request("POST", "/tokens", json=_compact(body)))
+
+    def tokens(
+        self, subject: str | None = None, include_revoked: bool = False
+    ) -> list[dict[str, Any]]:
+        params = {"subject": subject, "include_revoked": include_revoked}
+        return list(self._request("GET", "/tokens", params=params))
+
+    def revoke_token(self, token_id: str) -> None:
+        self._request("DELETE", f"/tokens/{token_id}")
+
+
+def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _error_of(response: httpx.Response) -> ClientError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        return ClientError(
+            str(body["detail"]),
+            status=response.status_code,
+            title=body.get("title"),
+            type=body.get("type"),
+            body=body,
+        )
+    text = response.text[:500] or response.reason_phrase
+    return ClientError(text, status=response.status_code, title=response.reason_phrase)
+
+
+def connect(url: str, token: str, timeout: float = 30) -> Client:
+    """A client of the broker at ``url`` (``http://host:port``) using ``token``.
+
+    Checks that the broker answers (``/v1/health``) so a wrong URL fails here,
+    with a :class:`ClientError` naming it, rather than at the first real call.
+    """
+    base = url.rstrip("/").removesuffix("/v1")
+    http = httpx.Client(
+        base_url=base,
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        timeout=timeout,
+    )
+    client = Client(http, base)
+    try:
+        client.health()
+    except ClientError:
+        http.close()
+        raise
+    return client
