@@ -159,3 +159,17 @@ def test_mutated_programs_parse_or_fail_cleanly(source: str, position: int) -> N
             assert exc.line >= 1
     else:
         assert circuit.num_qubits >= 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[100000000];\n',
+        "OPENQASM 3.0;\nqubit[5000] q;\n",
+        "OPENQASM 2.0;\nqreg a[4000];\nqreg b[4000];\nqreg c[4000];\n",
+        "OPENQASM 2.0;\nqreg q[" + "9" * 500 + "];\n",
+    ],
+)
+def test_huge_register_declarations_are_refused_before_parsing(source: str) -> None:
+    with pytest.raises(CircuitParseError, match="at most 4096 per register"):
+        load_circuits(source)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qhpc import __version__
+from qhpc.cli_broker import register as register_broker_commands
 from qhpc.errors import QhpcError
 from qhpc.resources import (
     EstimatorResult,
@@ -36,6 +37,7 @@ resources_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(resources_app, name="resources")
+register_broker_commands(app)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -74,7 +74,7 @@ def bootstrap_admin_token(broker: Broker) -> str | None:
     return secret
 
 
-def _write_secret(path: Path, secret: str) -> None:
+def write_secret(path: Path, secret: str) -> None:
     # Created 0600 from the start: the secret must never be readable by others.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     secret = bootstrap_admin_token(broker)
     if secret is not None:
         if args.admin_token_file is not None:
-            _write_secret(args.admin_token_file, secret)
+            write_secret(args.admin_token_file, secret)
             print(f"qhpc: admin token written to {args.admin_token_file}", file=sys.stderr)
         else:
             print(f"qhpc: admin token (shown once): {secret}", file=sys.stderr)

@@ -21,6 +21,9 @@ from qhpc.resources.errors import CircuitParseError, UnsupportedCircuitError
 QPY_MAGIC = b"QISKIT"
 #: largest circuit source accepted (a guard against accidental multi-GB uploads)
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
+#: widest register a source may declare: a 20-byte "qreg q[100000000];" would
+#: otherwise cost the parser gigabytes before any resource limit is checked
+MAX_DECLARED_BITS = 4096
 
 
 class CircuitFormat(enum.StrEnum):
@@ -87,6 +90,8 @@ def load_circuits(
     if kind is CircuitFormat.QPY:
         return _load_qpy(source if isinstance(source, bytes) else source.encode(), name)
     text = source.decode("utf-8", errors="replace") if isinstance(source, bytes) else source
+    if kind in (CircuitFormat.QASM2, CircuitFormat.QASM3):
+        _check_declared_sizes(text, kind)
     if kind is CircuitFormat.QASM2:
         circuit = _load_qasm2(text)
     elif kind is CircuitFormat.QASM3:
@@ -129,6 +134,24 @@ def dump_circuit(circuit: QuantumCircuit, fmt: CircuitFormat | str) -> str | byt
 
         return str(qasm3.dumps(circuit))
     return circuit_to_cqasm(circuit)
+
+
+_DECLARATION = re.compile(r"\b(?:qreg|creg|qubit|bit)\s*\w*\s*\[\s*(\d+)\s*\]")
+
+
+def _check_declared_sizes(text: str, kind: CircuitFormat) -> None:
+    total = 0
+    for match in _DECLARATION.finditer(text):
+        size = int(match[1][:12])  # a 1000-digit number is just "too big"
+        total += size
+        if size > MAX_DECLARED_BITS or total > 2 * MAX_DECLARED_BITS:
+            line = text.count("\n", 0, match.start()) + 1
+            raise CircuitParseError(
+                "OpenQASM 2" if kind is CircuitFormat.QASM2 else "OpenQASM 3",
+                f"declares {size} (qu)bits; at most {MAX_DECLARED_BITS} per register and "
+                f"{2 * MAX_DECLARED_BITS} in all are accepted",
+                line=line,
+            )
 
 
 _QASM2_POSITION = re.compile(r"<input>:(\d+),(\d+):\s*(.*)", re.DOTALL)

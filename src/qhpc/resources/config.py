@@ -99,7 +99,7 @@ class ResourceRegistry:
 
 def load_registry(path: str | Path | None = None) -> ResourceRegistry:
     """Registry from ``path``, else ``$QHPC_CONFIG``, else the user's config file, else defaults."""
-    chosen = path or os.environ.get(CONFIG_ENV)
+    chosen = path or os.environ.get(CONFIG_ENV) or None  # an empty variable means unset
     if chosen is None:
         from platformdirs import user_config_path
 

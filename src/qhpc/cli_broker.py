@@ -1,0 +1,257 @@
+"""``qhpc serve`` and the commands that talk to a broker over REST.
+
+The broker's address and token come from ``--url`` / ``--token`` or the
+environment (``QHPC_URL``, ``QHPC_TOKEN``) — the same variables a Slurm job
+gets from qhpc's TaskProlog.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qhpc.client import Client, connect
+from qhpc.resources import load_circuits
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar="QHPC_URL", help="Broker URL.", show_default=True)
+]
+TokenOption = Annotated[
+    str, typer.Option("--token", envvar="QHPC_TOKEN", help="Bearer token (or $QHPC_TOKEN).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+token_app = typer.Typer(help="Create, list and revoke broker tokens (admin).")
+
+
+def _client(url: str, token: str) -> Client:
+    return connect(url, token)
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def serve(
+    db: Annotated[
+        str | None, typer.Option(help="SQLite path or postgresql:// URL (default: user data dir).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", envvar="QHPC_CONFIG")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="REST port.")] = 8080,
+    fastpath: Annotated[
+        str, typer.Option(help="ZeroMQ fast-path endpoint for session tasks.")
+    ] = "tcp://127.0.0.1:5555",
+    policy: Annotated[str, typer.Option(help="fifo, priority or fairshare.")] = "fairshare",
+    admin_token_file: Annotated[
+        Path | None, typer.Option(help="Write a first admin token here (mode 0600).")
+    ] = None,
+) -> None:
+    """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
+    from platformdirs import user_data_path
+
+    from qhpc.api.fastpath import FastPathServer
+    from qhpc.api.server import bootstrap_admin_token, run_server, write_secret
+    from qhpc.broker.service import Broker, BrokerConfig
+    from qhpc.resources import load_registry
+    from qhpc.store import Store
+
+    if db is None:
+        data_dir = user_data_path("qhpc", ensure_exists=True)
+        db = str(data_dir / "qhpc.db")
+    store = Store.open(db)
+    registry = load_registry(config)
+    broker = Broker(store, registry, BrokerConfig(policy=policy))
+    secret = bootstrap_admin_token(broker)
+    if secret is not None:
+        if admin_token_file is not None:
+            write_secret(admin_token_file, secret)
+            err.print(f"admin token written to {admin_token_file}")
+        else:
+            err.print(f"admin token (shown once): [bold]{secret}[/]")
+    broker.start()
+    fast = FastPathServer(broker, fastpath).start()
+    err.print(
+        f"qhpc broker: REST http://{host}:{port}/v1, fast path {fast.endpoint}, store {store.url}"
+    )
+    try:
+        run_server(broker, host, port)
+    finally:
+        fast.stop()
+        broker.stop()
+        registry.close()
+        store.close()
+
+
+def submit(
+    files: Annotated[list[Path], typer.Argument(help="Circuit files (QASM 2/3, cQASM, QPY).")],
+    resource: Annotated[str, typer.Option("--resource", "-r")] = "aer",
+    shots: Annotated[int, typer.Option("--shots", "-s")] = 1024,
+    priority: Annotated[int, typer.Option(help="Job priority (admins may raise it).")] = 0,
+    account: Annotated[str | None, typer.Option(help="Account to charge.")] = None,
+    name: Annotated[str | None, typer.Option(help="Job name.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Submit circuits as one batch job (one task per file)."""
+    circuits = [c for path in files for c in load_circuits(path)]
+    with _client(url, token) as client:
+        job = client.submit(resource, circuits, shots, priority, account, name, split_circuits=True)
+    if as_json:
+        _print_json(job)
+    else:
+        out.print(f"job [bold]{job['job_id']}[/] queued: {len(job.get('tasks', []))} task(s)")
+
+
+def status(
+    job_id: Annotated[str, typer.Argument()],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Show a job and its tasks (state, queue position, ETA)."""
+    with _client(url, token) as client:
+        job = client.job(job_id)
+    if as_json:
+        _print_json(job)
+        return
+    out.print(f"job {job['job_id']} [bold]{job['state']}[/] on {job['resource']}")
+    table = Table("task", "state", "position", "eta s", "error")
+    for task in job.get("tasks", []):
+        table.add_row(
+            str(task.get("index")), task["state"], str(task.get("queue_position") or ""),
+            "" if task.get("eta_seconds") is None else f"{task['eta_seconds']:.1f}",
+            task.get("error") or "",
+        )  # fmt: skip
+    out.print(table)
+
+
+def queue(
+    resource: Annotated[str, typer.Argument()],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """The resource's queue in the order the policy would run it, with ETAs."""
+    with _client(url, token) as client:
+        answer = client.queue(resource)
+    if as_json:
+        _print_json(answer)
+        return
+    entries = answer.get("entries", answer.get("tasks", []))
+    table = Table("position", "task", "job", "user", "eta s", title=f"queue of {resource}")
+    for entry in entries:
+        table.add_row(
+            str(entry.get("position")), str(entry.get("task_id") or "…"),
+            str(entry.get("job_id") or ""), str(entry.get("user") or "other"),
+            f"{float(entry.get('eta_seconds') or 0):.1f}",
+        )  # fmt: skip
+    out.print(table)
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument()],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+) -> None:
+    """Cancel a job: queued tasks at once, running ones through the resource."""
+    with _client(url, token) as client:
+        client.cancel(job_id)
+    out.print(f"job {job_id}: cancel requested")
+
+
+def result(
+    job_id: Annotated[str, typer.Argument()],
+    wait: Annotated[float, typer.Option(help="Wait up to this many seconds.")] = 0.0,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Print a job's results (counts or expectation values per task)."""
+    with _client(url, token) as client:
+        if wait > 0:
+            client.wait(job_id, timeout=wait)
+        results = client.results(job_id)
+    data = [None if r is None else r.to_dict() for r in results]
+    if as_json:
+        _print_json(data)
+        return
+    for index, item in enumerate(data):
+        if item is None:
+            out.print(f"task {index}: no result (see `qhpc status {job_id}`)")
+        elif item["kind"] == "sampler":
+            for sampled in item["circuits"]:
+                top = sorted(sampled["counts"].items(), key=lambda kv: -kv[1])[:8]
+                shown = ", ".join(f"{k}: {v}" for k, v in top)
+                out.print(f"task {index}: {shown}")
+        else:
+            out.print(f"task {index}: values {item['values']} ± {item['std_errors']}")
+
+
+def accounting(
+    group_by: Annotated[str, typer.Option(help="account, user, centre, job or resource.")] = (
+        "account"
+    ),
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """QPU seconds, shots, circuits and tasks, rolled up."""
+    with _client(url, token) as client:
+        rows = client.accounting(group_by)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(group_by, "tasks", "qpu seconds", "shots", "circuits")
+    for row in rows:
+        table.add_row(
+            str(row["group"]), str(row["tasks"]), f"{row['qpu_seconds']:.3f}",
+            str(row["shots"]), str(row["circuits"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin, centre or user.")],
+    subject: Annotated[str, typer.Option(help="User or centre name.")],
+    account: Annotated[str | None, typer.Option()] = None,
+    centre: Annotated[str | None, typer.Option()] = None,
+    ttl: Annotated[float | None, typer.Option(help="Lifetime in seconds.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+) -> None:
+    """Issue a token; the secret is printed once, on stdout."""
+    with _client(url, token) as client:
+        created = client.create_token(role, subject, account, centre, ttl)
+    err.print(f"token {created.get('token_id')} for {subject} ({role})")
+    sys.stdout.write(created["token"] + "\n")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument()],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+) -> None:
+    """Revoke a token by id."""
+    with _client(url, token) as client:
+        client.revoke_token(token_id)
+    out.print(f"token {token_id} revoked")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (serve, submit, status, queue, cancel, result, accounting):
+        app.command()(command)
+    app.add_typer(token_app, name="token")
