@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -157,7 +158,7 @@ def _sqlite_database(path: Path | None) -> Database:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if not memory:
-                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+                mode = _enable_wal(cursor)
                 if mode is None or str(mode[0]).lower() != "wal":
                     raise StoreError(f"{display}: SQLite refused WAL mode (got {mode!r})")
             # FULL: a commit returns only after the WAL is fsync'd, so an acknowledged
@@ -166,6 +167,19 @@ def _sqlite_database(path: Path | None) -> Database:
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
+
+    def _enable_wal(cursor: sqlite3.Cursor) -> Any:
+        # Switching a new file to WAL needs a lock that SQLite does not wait for (the
+        # busy handler is not consulted), so concurrent first opens can see "database
+        # is locked"; retry for a while. Once the file is in WAL mode this is a no-op.
+        for attempt in range(100):
+            try:
+                return cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 99:
+                    raise
+                time.sleep(0.05)
+        return None
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
