@@ -105,10 +105,19 @@ def test_bad_input_gives_one_clear_line_and_exit_1(
 def test_demo_runs_on_embedded_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["demo", "--shots", "200", "--json"], capsys)
     assert code == 0
-    steps = json.loads(out)
+    report = json.loads(out)
+    steps = report["resources"]
     assert {s["resource"] for s in steps} == {"aer", "emulator"}
     bell = [s for s in steps if s["title"] == "Bell state"]
     assert all(set(s["circuits"][0]["counts"]) >= {"00", "11"} for s in bell)
     estimates = [s for s in steps if s["kind"] == "estimator"]
     aer_zz = next(s for s in estimates if s["resource"] == "aer")["values"][0][0]
     assert aer_zz == pytest.approx(1.0)
+    broker = report["broker"]
+    assert {j["account"]: j["state"] for j in broker["jobs"]} == {
+        "chem": "completed",
+        "phys": "completed",
+    }
+    booked = {row["group"]: row for row in broker["accounting"]}
+    assert booked["chem"]["tasks"] == 6
+    assert booked["phys"]["tasks"] == 4  # three batch tasks and one session task

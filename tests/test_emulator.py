@@ -177,3 +177,16 @@ def test_bad_schedules_are_config_errors() -> None:
         Window(5, 5)
     with pytest.raises(ResourceConfigError, match="time_scale must be positive"):
         ScaledClock(0)
+
+
+def test_estimates_follow_the_timing_model_and_scale(bell: QuantumCircuit) -> None:
+    from qhpc.resources import EstimatorTask
+
+    resource = EmulatorResource(
+        "est", device=device_target("line-5"), timing=TIMING, noise=False, clock=ScaledClock(10.0)
+    )
+    assert resource.estimate_seconds(SamplerTask((bell, bell), shots=100)) == pytest.approx(0.4)
+    circuit = bell.remove_final_measurements(inplace=False)
+    estimator = EstimatorTask.create(circuit, ["ZZ", "XX"], shots=100)  # two groups
+    assert resource.estimate_seconds(estimator) == pytest.approx(0.4)
+    resource.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -166,7 +167,7 @@ def demo(
     as_json: JsonOption = False,
 ) -> None:
     """Run the main job: Bell + random circuits + an estimator on aer and the emulator."""
-    from qhpc.demo import DemoStep, run_demo
+    from qhpc.demo import DemoStep, run_broker_demo, run_demo
 
     if not as_json:
         out.rule("[bold]qhpc demo[/]: local resources on embedded defaults")
@@ -177,15 +178,52 @@ def demo(
 
     with _registry(config) as registry:
         steps = run_demo(registry, shots=shots, on_step=show)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not as_json:
+            out.rule("[bold]broker[/]: two accounts share the emulator (SQLite store)")
+        broker_demo = run_broker_demo(str(Path(tmp) / "demo.db"), shots=shots)
     if as_json:
-        data = [
-            {"resource": s.resource, "title": s.title, "seconds": s.seconds, **s.result.to_dict()}
-            for s in steps
-        ]
+        data: dict[str, Any] = {
+            "resources": [
+                {"resource": s.resource, "title": s.title, "seconds": s.seconds}
+                | s.result.to_dict()
+                for s in steps
+            ],
+            "broker": {
+                "jobs": [
+                    {"job_id": j, "account": a, "state": st, "tasks": n}
+                    for j, a, st, n in broker_demo.jobs
+                ],
+                "accounting": broker_demo.accounting,
+                "session_latency_ms": broker_demo.session_latency_ms,
+            },
+        }
         out.print_json(data=data)
     else:
+        _print_broker_demo(broker_demo)
         used = len({s.resource for s in steps})
         out.print(f"[green]demo finished:[/] {len(steps)} tasks on {used} resources")
+
+
+def _print_broker_demo(demo: Any) -> None:
+    queue = Table("position", "account", "eta s", title="emulator queue after submission")
+    for position, account, _, eta in demo.queue:
+        queue.add_row(str(position), account, f"{eta:.2f}")
+    out.print(queue)
+    out.print(
+        f"a session task of account phys jumped that queue: answered in "
+        f"{demo.session_latency_ms:.0f} ms"
+    )
+    jobs = Table("job", "account", "state", "tasks")
+    for job_id, account, state, tasks in demo.jobs:
+        jobs.add_row(job_id[:12], account, state, str(tasks))
+    out.print(jobs)
+    accounting = Table("account", "tasks", "qpu seconds", "shots", title="accounting")
+    for row in demo.accounting:
+        accounting.add_row(
+            str(row["group"]), str(row["tasks"]), f"{row['qpu_seconds']:.3f}", str(row["shots"])
+        )
+    out.print(accounting)
 
 
 def _run_with_progress(

@@ -90,3 +90,78 @@ def run_demo(
             if on_step is not None:
                 on_step(step)
     return steps
+
+
+@dataclass
+class BrokerDemo:
+    """What the broker part of the demo saw."""
+
+    queue: list[tuple[int, str, str, float]]  # position, account, resource, eta seconds
+    jobs: list[tuple[str, str, str, int]]  # job id, account, state, tasks
+    accounting: list[dict[str, Any]]
+    session_latency_ms: float
+
+
+def run_broker_demo(db_path: str, shots: int = 500) -> BrokerDemo:
+    """A broker on SQLite with an emulated QPU and Aer; two accounts share the emulator.
+
+    ``chem`` submits a batch, ``phys`` holds a session (its tasks jump the queue),
+    and the fair-share policy orders what is left. Returns the queue as it stood
+    after submission, the final job states and the accounting per account.
+    """
+    from qhpc.broker.service import Broker, BrokerConfig
+    from qhpc.resources import ResourceSpec
+    from qhpc.store import AccountRecord, Store
+
+    registry = ResourceRegistry(
+        [
+            ResourceSpec("aer", "aer", {"seed": 5}),
+            ResourceSpec(
+                "emulator", "emulator", {"device": "line-5", "time_scale": 20.0, "seed": 5}
+            ),
+        ]
+    )
+    with Store.open(db_path) as store:
+        store.upsert_account(AccountRecord("chem", 1.0, None))
+        store.upsert_account(AccountRecord("phys", 1.0, None))
+        broker = Broker(store, registry, BrokerConfig(policy="fairshare"))
+        broker.start()
+        try:
+            batch = random_batch()
+            jobs = [
+                broker.submit(
+                    user="alice", account="chem", resource="emulator",
+                    payloads=[SamplerTask((c,), shots=shots, seed=i) for i, c in enumerate(batch)],
+                ),
+                broker.submit(
+                    user="bob", account="phys", resource="aer",
+                    payloads=[SamplerTask((bell_circuit(),), shots=shots)] * 3,
+                ),
+            ]  # fmt: skip
+            queue = [
+                (position, task.account, task.resource, eta)
+                for position, (task, eta) in enumerate(broker.queue("emulator"), start=1)
+            ]
+            session, _ = broker.open_session(
+                user="bob", account="phys", resource="emulator", deadline=time.time() + 600
+            )
+            started = time.perf_counter()
+            task_id = broker.submit_session_task(
+                session.session_id, SamplerTask((bell_circuit(),), shots=shots)
+            )
+            broker.wait_task(task_id, timeout=600)
+            latency = (time.perf_counter() - started) * 1e3
+            broker.close_session(session.session_id)
+            for job in jobs:
+                for task in store.tasks_of_job(job.job_id):
+                    broker.wait_task(task.task_id, timeout=600)
+            final = [store.get_job(j.job_id) for j in jobs]
+            return BrokerDemo(
+                queue=queue,
+                jobs=[(j.job_id, j.account, j.state, j.task_count) for j in final],
+                accounting=store.usage_rollup("account"),
+                session_latency_ms=latency,
+            )
+        finally:
+            broker.stop()
+            registry.close()

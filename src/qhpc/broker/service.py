@@ -153,7 +153,8 @@ class Broker:
         session_id: str | None = None,
     ) -> JobRecord:
         """Validate, persist (durable before return), queue; returns the job."""
-        target = self.resources.get(resource).target()
+        qpu = self.resources.get(resource)
+        target = qpu.target()
         if not payloads:
             raise PayloadError("a job needs at least one task")
         if len(payloads) > self.config.max_tasks_per_job:
@@ -180,7 +181,8 @@ class Broker:
                     state="queued", payload=data, payload_kind=payload.kind, submitted_at=now,
                     started_at=None, finished_at=None, resource_task_id=None, error=None,
                     attempts=0, session_id=session_id, account=account, user=user,
-                    priority=priority, estimated_seconds=self._estimate(resource),
+                    priority=priority,
+                    estimated_seconds=qpu.estimate_seconds(payload) or self._estimate(resource),
                 )
             )  # fmt: skip
         job = JobRecord(
@@ -264,8 +266,8 @@ class Broker:
         now = self.clock()
         if session.closed_at is not None or session.deadline <= now:
             raise BrokerError(f"session {session_id} is closed")
-        target = self.resources.get(session.resource).target()
-        validate_payload(payload, target)
+        qpu = self.resources.get(session.resource)
+        validate_payload(payload, qpu.target())
         data = encode_payload(payload)
         if len(data) > self.config.max_payload_bytes:
             raise PayloadError(
@@ -281,7 +283,8 @@ class Broker:
             index=index, state="queued", payload=data, payload_kind=payload.kind,
             submitted_at=now, started_at=None, finished_at=None, resource_task_id=None,
             error=None, attempts=0, session_id=session_id, account=session.account,
-            user=session.user, priority=0, estimated_seconds=self._estimate(session.resource),
+            user=session.user, priority=0,
+            estimated_seconds=qpu.estimate_seconds(payload) or self._estimate(session.resource),
         )  # fmt: skip
         self.store.add_tasks(session.session_id, [task])
         with self._cond:

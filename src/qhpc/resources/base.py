@@ -111,6 +111,10 @@ class QuantumResource(abc.ABC):
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type_name}
 
+    def estimate_seconds(self, payload: Payload) -> float | None:
+        """Expected device time of ``payload`` before it ran, if the resource can tell."""
+        return None
+
     def task_wait(self, task_id: str, timeout: float | None = None) -> TaskStatus:
         """Block until the task is final or ``timeout`` seconds pass; return its status."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -24,8 +24,9 @@ from qiskit.circuit import QuantumCircuit
 from qhpc.resources.aer import AerResource
 from qhpc.resources.base import ResourceState
 from qhpc.resources.errors import ResourceConfigError
+from qhpc.resources.estimation import MeasurementPlan
 from qhpc.resources.local import SamplingResource, TaskRecord, TaskStopped
-from qhpc.resources.payload import SampledCircuit
+from qhpc.resources.payload import Payload, SampledCircuit, SamplerTask
 from qhpc.resources.target import DeviceTarget
 
 
@@ -184,6 +185,16 @@ class EmulatorResource(SamplingResource):
             else {"every_s": self.calibration.every, "duration_s": self.calibration.duration},
             "offline": [[w.start, w.end] for w in self.offline],
         }
+
+    def estimate_seconds(self, payload: Payload) -> float | None:
+        """Real seconds the payload will occupy the device (modelled time / time scale)."""
+        if isinstance(payload, SamplerTask):
+            modelled = self.timing.duration(len(payload.circuits), payload.shots)
+        else:
+            groups = len(MeasurementPlan.build(payload).groups)
+            shots = payload.shots or self.default_estimator_shots
+            modelled = self.timing.duration(groups * len(payload.parameter_values), shots)
+        return modelled / float(getattr(self.clock, "scale", 1.0))
 
     # -- operator controls ----------------------------------------------------
     def pause(self) -> None:
