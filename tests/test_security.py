@@ -38,6 +38,9 @@ def test_roles_and_ownership() -> None:
     assert centre.may_act_for("bob", "surf")
     assert not other_centre.may_act_for("bob", "surf")
     assert not centre.may_act_for("bob", None)
+    local_alice = Principal("t5", Role.USER, "alice")
+    assert local_alice.may_act_for("alice", None)
+    assert not local_alice.may_act_for("alice", "surf")  # the centre's alice is someone else
     with pytest.raises(PermissionDenied, match="belongs to another user"):
         alice.check_owner("bob", "surf", "job 7")
     with pytest.raises(PermissionDenied, match="role admin; yours is user"):

@@ -81,7 +81,9 @@ class Principal:
             return True
         if self.role is Role.CENTRE:
             return centre is not None and centre == self.centre
-        return user == self.subject
+        # A user name is only unique within its centre: the local "alice" is not the
+        # "alice" a federated centre submits for.
+        return user == self.subject and centre == self.centre
 
     def check_owner(self, user: str, centre: str | None, what: str) -> None:
         if not self.may_act_for(user, centre):
