@@ -4,6 +4,12 @@ In-process through FastAPI's TestClient first; then one test against the real
 server process (``python -m qhpc.api``) through ``qhpc.client``; then a bounded
 schemathesis fuzz of the published OpenAPI document.
 
+Every test that touches a store runs twice: on SQLite (a temp file) and on
+PostgreSQL (``QHPC_TEST_POSTGRES_URL``, a fresh schema per test, dropped after),
+as in ``test_store.py``: without the variable the PostgreSQL cases are skipped,
+except under CI=true, where they fail. ``make unit`` starts the private cluster.
+The fuzz runs on SQLite only (time budget; it checks the HTTP layer, not the store).
+
 Choices the tests pin down: a job, task or session that exists but belongs to
 someone else answers 404, exactly like one that does not exist (no probing of
 ids); every input problem (validation, circuits, payloads) is 422.
@@ -18,17 +24,20 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from qiskit import qpy
 from qiskit.circuit import QuantumCircuit
+from sqlalchemy.engine import make_url
 
 import qhpc
 from qhpc.api import bootstrap_admin_token, create_app, openapi_json
@@ -104,9 +113,43 @@ class World:
         self.south = issue(Role.CENTRE, "south-gw", account="south-acc", centre="south")[1]
 
 
-def make_world(tmp_path: Path, start: bool) -> Iterator[tuple[World, TestClient]]:
+PG_URL = os.environ.get("QHPC_TEST_POSTGRES_URL", "")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """A URL whose connections see only a fresh, uniquely named schema; dropped after."""
+    if not PG_URL:
+        message = (
+            "QHPC_TEST_POSTGRES_URL is unset: run `make unit` or "
+            "`QHPC_TEST_POSTGRES_URL=$(scripts/postgres.sh start) pytest`"
+        )
+        if IN_CI:
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
+    name = f"qhpc_api_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+    url = make_url(PG_URL).update_query_dict({"options": f"-c search_path={name}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where the broker keeps its state: an SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "api.db")
+    else:
+        yield from postgres_schema_url()
+
+
+def make_world(store_url: str, start: bool) -> Iterator[tuple[World, TestClient]]:
     regs = registry()
-    with Store.open(tmp_path / "api.db") as store:
+    with Store.open(store_url) as store:
         broker = Broker(store, regs, BrokerConfig(policy="fifo"))
         if start:
             broker.start()
@@ -120,14 +163,14 @@ def make_world(tmp_path: Path, start: bool) -> Iterator[tuple[World, TestClient]
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[World, TestClient]]:
-    yield from make_world(tmp_path, start=True)
+def world(store_url: str) -> Iterator[tuple[World, TestClient]]:
+    yield from make_world(store_url, start=True)
 
 
 @pytest.fixture
-def idle(tmp_path: Path) -> Iterator[tuple[World, TestClient]]:
+def idle(store_url: str) -> Iterator[tuple[World, TestClient]]:
     """A broker that is never started: submitted tasks stay queued (stable queues)."""
-    yield from make_world(tmp_path, start=False)
+    yield from make_world(store_url, start=False)
 
 
 def submit(http: TestClient, secret: str, **body: Any) -> httpx.Response:
@@ -190,9 +233,9 @@ def test_every_kind_of_bad_token_is_401(world: tuple[World, TestClient]) -> None
         still_serves(http, w.alice)
 
 
-def test_bootstrap_admin_token(tmp_path: Path) -> None:
+def test_bootstrap_admin_token(store_url: str) -> None:
     regs = registry()
-    with Store.open(tmp_path / "boot.db") as store:
+    with Store.open(store_url) as store:
         broker = Broker(store, regs)
         secret = bootstrap_admin_token(broker)
         assert secret is not None
@@ -487,6 +530,40 @@ def test_sessions_and_session_tasks_over_rest(world: tuple[World, TestClient]) -
     assert len(http.get("/v1/sessions?include_closed=true", headers=bearer(w.admin)).json()) == 2
 
 
+def test_exclusive_session_lifecycle_on_an_idle_broker(idle: tuple[World, TestClient]) -> None:
+    # Nothing runs: the session's task stays queued until the close cancels it.
+    w, http = idle
+    body = {"resource": "emu", "user": "bob", "account": "phys", "duration_seconds": 600,
+            "mode": "exclusive"}  # fmt: skip
+    opened = http.post("/v1/sessions", json=body, headers=bearer(w.admin))
+    assert opened.status_code == 201, opened.text
+    sid, token = opened.json()["session_id"], opened.json()["token"]
+    assert opened.json()["mode"] == "exclusive"
+    second = http.post("/v1/sessions", json=body | {"user": "carl"}, headers=bearer(w.admin))
+    assert "already held by an exclusive session" in assert_problem(second, 409)["detail"]
+    for secret in (w.bob, token, w.admin):
+        seen = http.get(f"/v1/sessions/{sid}", headers=bearer(secret))
+        assert seen.status_code == 200 and seen.json()["closed_at"] is None
+        assert "token" not in seen.json()
+    created = http.post(f"/v1/sessions/{sid}/tasks", json={"circuits": [BELL], "shots": 5},
+                        headers=bearer(token))  # fmt: skip
+    assert created.status_code == 201, created.text
+    task_id = created.json()["task_id"]
+    queued = http.get(f"/v1/tasks/{task_id}", headers=bearer(token)).json()
+    assert (queued["state"], queued["queue_position"]) == ("queued", 1)
+    (entry,) = http.get("/v1/resources/emu/queue", headers=bearer(token)).json()["entries"]
+    assert entry["mine"] and entry["session_id"] == sid
+    session_job = http.get(f"/v1/jobs/{sid}", headers=bearer(w.bob)).json()
+    assert (session_job["kind"], session_job["task_count"]) == ("session", 1)
+    closed = http.delete(f"/v1/sessions/{sid}", headers=bearer(w.admin))
+    assert closed.status_code == 200 and closed.json()["closed_at"] is not None
+    assert http.get(f"/v1/tasks/{task_id}", headers=bearer(w.bob)).json()["state"] == "cancelled"
+    assert http.get(f"/v1/jobs/{sid}", headers=bearer(w.bob)).json()["state"] != "running"
+    assert_problem(http.get(f"/v1/tasks/{task_id}", headers=bearer(token)), 401)
+    # the resource is free for the next exclusive holder
+    assert http.post("/v1/sessions", json=body, headers=bearer(w.admin)).status_code == 201
+
+
 # -- reservations, accounts, accounting, tokens ---------------------------------------
 
 
@@ -635,11 +712,10 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_real_server_process(tmp_path: Path, bell: QuantumCircuit) -> None:
-    db = tmp_path / "served.db"
+def test_real_server_process(tmp_path: Path, store_url: str, bell: QuantumCircuit) -> None:
     config = tmp_path / "resources.toml"
     config.write_text('[resources.aer]\ntype = "aer"\nseed = 5\n')
-    with Store.open(db) as store:  # tokens made before the server starts: it must read them
+    with Store.open(store_url) as store:  # tokens made before the server starts: it must read them
         access = Access(store, time.time)
         _, admin = access.issue(Role.ADMIN, "root")
         _, user = access.issue(Role.USER, "alice", account="chem")
@@ -648,7 +724,7 @@ def test_real_server_process(tmp_path: Path, bell: QuantumCircuit) -> None:
     # The child must import this very qhpc, whatever the venv's editable install points at.
     src = str(Path(qhpc.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "qhpc.api", "--db", str(db), "--config", str(config),
+    command = [sys.executable, "-m", "qhpc.api", "--db", store_url, "--config", str(config),
                "--port", str(port), "--policy", "fifo"]  # fmt: skip
     log = tmp_path / "server.log"  # a file, not a pipe: a chatty server can never block on it
     with log.open("wb") as sink:

@@ -103,3 +103,20 @@ def test_closed_session_is_refused(
         with pytest.raises(FastPathError) as caught:
             client.run(SamplerTask((bell,), shots=8))
         assert caught.value.status == 409
+
+
+def test_pipelined_requests_come_back_in_order(
+    broker: Broker, server: FastPathServer, bell: QuantumCircuit
+) -> None:
+    from qhpc.resources.codec import decode_result, encode_payload
+
+    shots = [8, 16, 24, 32, 40, 48]
+    payloads = [encode_payload(SamplerTask((bell,), shots=s)) for s in shots]
+    with FastPathClient(server.endpoint, open_session(broker), timeout=30) as client:
+        answers = client.run_many_encoded(payloads, window=4)
+    totals = []
+    for answer in answers:
+        result = decode_result(answer)
+        assert isinstance(result, SamplerResult)
+        totals.append(sum(result.circuits[0].counts.values()))
+    assert totals == shots

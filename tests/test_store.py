@@ -469,6 +469,58 @@ def test_add_tasks_grows_session_jobs(store: Store) -> None:
         store.add_tasks("s-job", [make_task(job, 4)])
 
 
+def test_record_finished_tasks_writes_behind_in_one_batch(store: Store) -> None:
+    one, _ = job_with_tasks("s-a", 0, kind="session", session_id="sa")
+    two, _ = job_with_tasks("s-b", 0, kind="session", session_id="sb", centre=None)
+    store.create_job(one, [])
+    store.create_job(two, [])
+    batch = [
+        (make_task(one, 0), done(10.0)),
+        (make_task(two, 0), done(11.0, state="cancelled", qpu=0.0)),
+        (make_task(one, 1), done(12.0, state="failed", qpu=0.5)),
+    ]
+    booked = store.record_finished_tasks(batch)
+    assert [u.task_id for u in booked] == ["s-a.0", "s-a.1"]  # cancelled without QPU time: no usage
+    assert booked[0].centre == "jsc"
+    assert [t.state for t in store.tasks_of_job("s-a")] == ["completed", "failed"]
+    assert store.get_job("s-a").task_count == 2
+    assert store.task_result("s-a.0") == b"result\x00"
+    assert store.get_task("s-b.0").finished_at == 11.0
+    with pytest.raises(ConflictError):  # the same task twice is refused, nothing doubled
+        store.record_finished_tasks([(make_task(one, 0), done())], relaxed=False)
+    assert len(store.usage()) == 2
+    store.set_job_state("s-b", "completed", finished_at=20.0)
+    with pytest.raises(ConflictError, match="completed"):
+        store.record_finished_tasks([(make_task(two, 1), done())])
+    assert store.record_finished_tasks([]) == []
+
+
+def test_relaxed_commits_survive_a_killed_writer(tmp_path: Path) -> None:
+    path = tmp_path / "relaxed.db"
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_store import job_with_tasks, make_task, done
+from qhpc.store import Store
+store = Store.open({str(path)!r})
+job, _ = job_with_tasks("s", 0, kind="session", session_id="s")
+store.create_job(job, [])
+store.record_finished_tasks([(make_task(job, i), done()) for i in range(50)])
+print("acked", flush=True)
+import time; time.sleep(60)
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "acked"
+    finally:
+        child.kill()
+        child.wait()
+    with Store.open(path) as reopened:
+        assert len(reopened.tasks_of_job("s")) == 50
+        assert len(reopened.usage()) == 50
+
+
 def test_task_lifecycle_and_usage(store: Store) -> None:
     job, tasks = job_with_tasks("j1", 3)
     store.create_job(job, tasks)

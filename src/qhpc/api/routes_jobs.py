@@ -32,7 +32,7 @@ MAX_WAIT_SECONDS = 60.0
 
 
 def _job_view(broker: Broker, job: JobRecord) -> JobView:
-    records = broker.store.tasks_of_job(job.job_id)
+    records = broker.tasks_of_job(job.job_id)
     places = {}
     if any(t.state == "queued" for t in records):
         places = rules.queue_places(broker, job.resource)
@@ -82,7 +82,7 @@ def get_job(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -> J
 def cancel_job(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -> CancelView:
     rules.visible_job(broker, principal, job_id)
     affected = broker.cancel(job_id)
-    job = broker.store.get_job(job_id)
+    job = broker.get_job(job_id)
     return CancelView(**job_summary(job).model_dump(), affected_tasks=affected)
 
 
@@ -90,7 +90,7 @@ def cancel_job(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -
 def job_results(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -> JobResults:
     job = rules.visible_job(broker, principal, job_id)
     views = []
-    for task in broker.store.tasks_of_job(job_id):
+    for task in broker.tasks_of_job(job_id):
         result = broker.task_result(task.task_id) if task.state == "completed" else None
         views.append(
             TaskResultView(

@@ -88,19 +88,19 @@ def check_priority(principal: Principal, priority: int) -> None:
 
 def visible_job(broker: Broker, principal: Principal, job_id: str) -> JobRecord:
     no_session_tokens(principal)
-    job = broker.store.get_job(job_id)
+    job = broker.get_job(job_id)
     if not principal.may_act_for(job.user, job.centre):
         raise NotFoundError(f"no job {job_id!r}")
     return job
 
 
 def visible_task(broker: Broker, principal: Principal, task_id: str) -> TaskRecord:
-    task = broker.store.get_task(task_id)
+    task = broker.get_task(task_id)
     if principal.role is Role.SESSION:
         if task.session_id is None or task.session_id != principal.session_id:
             raise NotFoundError(f"no task {task_id!r}")
         return task
-    job = broker.store.get_job(task.job_id)
+    job = broker.get_job(task.job_id)
     if not principal.may_act_for(job.user, job.centre):
         raise NotFoundError(f"no task {task_id!r}")
     return task

@@ -13,10 +13,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qhpc.broker.access import Access
 from qhpc.broker.executor import Outcome, resource_can_start, run_task
+from qhpc.broker.journal import Journal
 from qhpc.broker.scheduler import (
     Policy,
     QueuedTask,
@@ -93,6 +94,10 @@ class Broker:
         self.usage = UsageTracker(self.config.fairshare_half_life)
         self.access = Access(store, clock)
         self._session_counts: dict[str, int] = {}
+        self.journal = Journal(store, self._journal_committed)
+        self._open_sessions: dict[str, SessionRecord] = {}
+        self._in_flight: dict[str, TaskRecord] = {}
+        self._outcomes: dict[str, tuple[str, bytes | None, str | None]] = {}
         self._inputs: (
             tuple[float, list[SessionLease], list[Reservation], dict[str, float]] | None
         ) = None
@@ -120,6 +125,9 @@ class Broker:
         with self._cond:
             for task in self.store.queued_tasks():
                 self._enqueue(task)
+            for open_session in self.store.list_sessions(open_only=True):
+                self._open_sessions[open_session.session_id] = open_session
+        self.journal.start()
         reaper = threading.Thread(target=self._reap_sessions, daemon=True, name="qhpc-reaper")
         reaper.start()
         self._threads.append(reaper)
@@ -138,6 +146,7 @@ class Broker:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        self.journal.stop()
 
     # -- admission -----------------------------------------------------------
     def submit(
@@ -207,6 +216,18 @@ class Broker:
             for queue in self._queues.values():
                 for task_id in cancelled:
                     queue.pop(task_id, None)
+                in_memory = [t for t in queue.values() if t.job_id == job_id and t.task_id in
+                             self._in_flight]  # fmt: skip
+                for queued in in_memory:
+                    del queue[queued.task_id]
+                    self._payloads.pop(queued.task_id, None)
+                    self.journal.append(
+                        self._in_flight[queued.task_id],
+                        TaskOutcome(
+                            "cancelled", None, "cancelled before it started", 0.0, 0, 0, now
+                        ),
+                    )
+                    cancelled.append(queued.task_id)
             stopped = [r.task.task_id for r in self._running.values() if r.task.job_id == job_id]
             for running in self._running.values():
                 if running.task.job_id == job_id:
@@ -215,7 +236,8 @@ class Broker:
         self._update_job_state(job_id)
         with self._cond:
             for task_id in cancelled:
-                self._signal_done(task_id)
+                if task_id not in self._in_flight:  # in-memory ones signal at commit
+                    self._signal_done(task_id)
         return cancelled + stopped
 
     # -- sessions --------------------------------------------------------------
@@ -253,6 +275,8 @@ class Broker:
             finished_at=None, session_id=session.session_id, name=label, task_count=0,
         )  # fmt: skip
         self.store.create_job(job, [])
+        with self._cond:
+            self._open_sessions[session.session_id] = session
         _, secret = self.access.issue(
             Role.SESSION, user, account=account, centre=centre,
             session_id=session.session_id, resource=resource, expires_at=deadline,
@@ -260,15 +284,23 @@ class Broker:
         self.invalidate()
         return session, secret
 
-    def submit_session_task(self, session_id: str, payload: Payload) -> str:
-        """Queue one task inside an open session (session priority); returns its id."""
-        session = self.store.get_session(session_id)
+    def submit_session_task(
+        self, session_id: str, payload: Payload, encoded: bytes | None = None
+    ) -> str:
+        """Queue one task inside an open session (session priority); returns its id.
+
+        Nothing is written yet: the task runs from memory and is stored, with its
+        outcome, by the journal once it has finished (write-behind, see journal.py).
+        """
+        with self._cond:
+            session = self._open_sessions.get(session_id)
         now = self.clock()
-        if session.closed_at is not None or session.deadline <= now:
+        if session is None or session.deadline <= now:
+            self.store.get_session(session_id)  # unknown → NotFoundError
             raise BrokerError(f"session {session_id} is closed")
         qpu = self.resources.get(session.resource)
         validate_payload(payload, qpu.target())
-        data = encode_payload(payload)
+        data = encode_payload(payload) if encoded is None else encoded
         if len(data) > self.config.max_payload_bytes:
             raise PayloadError(
                 f"{len(data)} bytes exceed the limit of {self.config.max_payload_bytes}"
@@ -286,8 +318,10 @@ class Broker:
             user=session.user, priority=0,
             estimated_seconds=qpu.estimate_seconds(payload) or self._estimate(session.resource),
         )  # fmt: skip
-        self.store.add_tasks(session.session_id, [task])
         with self._cond:
+            if session_id not in self._open_sessions:
+                raise BrokerError(f"session {session_id} is closed")
+            self._in_flight[task.task_id] = task
             self._payloads[task.task_id] = payload
             self._enqueue(task)
             self._cond.notify_all()
@@ -297,8 +331,12 @@ class Broker:
         """Close a session: cancel its leftovers, revoke its tokens, end its job."""
         now = self.clock()
         self.store.close_session(session_id, now)
+        with self._cond:
+            self._open_sessions.pop(session_id, None)
         self.store.revoke_session_tokens(session_id, now)
         self.cancel(session_id)
+        self._wait_idle(session_id)
+        self.journal.flush()
         job = self.store.get_job(session_id)
         states = {t.state for t in self.store.tasks_of_job(session_id)}
         if job.state not in ("completed", "failed", "cancelled"):
@@ -325,9 +363,41 @@ class Broker:
         return expired
 
     # -- results -------------------------------------------------------------
+    def get_job(self, job_id: str) -> JobRecord:
+        """A job; a session job's task count includes its tasks still in flight."""
+        job = self.store.get_job(job_id)
+        with self._cond:
+            extra = sum(1 for t in self._in_flight.values() if t.job_id == job_id)
+        return replace(job, task_count=job.task_count + extra) if extra else job
+
+    def tasks_of_job(self, job_id: str) -> list[TaskRecord]:
+        """A job's tasks by index, including session tasks in flight (not stored yet)."""
+        stored = self.store.tasks_of_job(job_id)
+        with self._cond:
+            pending = [t for t in self._in_flight.values() if t.job_id == job_id]
+        if not pending:
+            return stored
+        known = {t.task_id for t in stored}
+        merged = stored + [t for t in pending if t.task_id not in known]
+        return sorted(merged, key=lambda t: t.index)
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        """A task, also while it is a session task in flight (not stored yet)."""
+        with self._cond:
+            pending = self._in_flight.get(task_id)
+        return pending if pending is not None else self.store.get_task(task_id)
+
     def wait_task(self, task_id: str, timeout: float | None = None) -> TaskRecord:
         with self._cond:
             event = self._task_done.setdefault(task_id, threading.Event())
+            in_flight = task_id in self._in_flight
+        if in_flight:
+            event.wait(timeout)
+            with self._cond:
+                pending = self._in_flight.get(task_id)
+            if pending is not None:  # still running: not stored yet
+                return pending
+            return self.store.get_task(task_id)
         task = self.store.get_task(task_id)
         if task.state in ("queued", "running"):
             event.wait(timeout)
@@ -342,10 +412,23 @@ class Broker:
         """
         with self._cond:
             self._on_done[task_id] = callback
+            if task_id in self._in_flight:
+                return  # signalled when the journal has committed it
         if self.store.get_task(task_id).state not in ("queued", "running"):
             with self._cond:
                 if self._on_done.pop(task_id, None) is not None:
                     callback(task_id)
+
+    def take_outcome(self, task_id: str) -> tuple[str, bytes | None, str | None]:
+        """State, encoded result and error of a final task, from memory when the journal
+        has just committed it (the fast path's read), else from the store."""
+        with self._cond:
+            kept = self._outcomes.pop(task_id, None)
+        if kept is not None:
+            return kept
+        task = self.store.get_task(task_id)
+        data = self.store.task_result(task_id) if task.state == "completed" else None
+        return task.state, data, task.error
 
     def task_result(self, task_id: str) -> TaskResult | None:
         data = self.store.task_result(task_id)
@@ -502,23 +585,24 @@ class Broker:
                     self._cond.notify_all()
 
     def _run_one(self, resource: QuantumResource, task: QueuedTask, running: _Running) -> None:
-        payload = self._payloads.pop(task.task_id, None)
+        with self._cond:
+            in_memory = self._in_flight.get(task.task_id)
+            payload = self._payloads.pop(task.task_id, None)
         if payload is None:
             payload = decode_payload(self.store.get_task(task.task_id).payload)
-        self.store.mark_task_running(task.task_id, None, self.clock())
+        started = self.clock()
+        if in_memory is None:
+            self.store.mark_task_running(task.task_id, None, started)
         outcome: Outcome = run_task(resource, payload, running.stop, self.clock)
         state = "cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state)
-        self.store.finish_task(
-            task.task_id,
-            TaskOutcome(
-                state=state,
-                result=None if outcome.result is None else encode_result(outcome.result),
-                error=outcome.error,
-                qpu_seconds=outcome.qpu_seconds,
-                shots=outcome.shots,
-                circuits=outcome.circuits,
-                finished_at=outcome.finished_at,
-            ),
+        finished = TaskOutcome(
+            state=state,
+            result=None if outcome.result is None else encode_result(outcome.result),
+            error=outcome.error,
+            qpu_seconds=outcome.qpu_seconds,
+            shots=outcome.shots,
+            circuits=outcome.circuits,
+            finished_at=outcome.finished_at,
         )
         self.usage.record(task.account, outcome.qpu_seconds, outcome.finished_at)
         if outcome.state is TaskStatus.COMPLETED:
@@ -527,10 +611,30 @@ class Broker:
             self._durations[resource.name] = (
                 took if previous is None else 0.8 * previous + 0.2 * took
             )
+        if in_memory is not None:
+            # Write-behind: the journal stores it and then releases the result.
+            self.journal.append(replace(in_memory, started_at=started, attempts=1), finished)
+            return
+        self.store.finish_task(task.task_id, finished)
         # Job state first, so a waiter woken by the task sees a consistent job.
         self._update_job_state(task.job_id)
         with self._cond:
             self._signal_done(task.task_id)
+
+    def _journal_committed(self, batch: Sequence[tuple[TaskRecord, TaskOutcome]]) -> None:
+        with self._cond:
+            for task, outcome in batch:
+                self._in_flight.pop(task.task_id, None)
+                if task.task_id in self._on_done:
+                    self._outcomes[task.task_id] = (outcome.state, outcome.result, outcome.error)
+                self._signal_done(task.task_id)
+
+    def _wait_idle(self, job_id: str, timeout: float = 60.0) -> None:
+        """Until no task of ``job_id`` runs (a closing session waits for its last task)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: all(r.task.job_id != job_id for r in self._running.values()), timeout
+            )
 
     def _signal_done(self, task_id: str) -> None:
         # Caller holds self._cond.

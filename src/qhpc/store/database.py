@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
@@ -88,12 +88,17 @@ class Database:
         self.engine.dispose()
 
     @contextmanager
-    def tx(self, *, write: bool = False, lock: str | None = None) -> Iterator[Connection]:
+    def tx(
+        self, *, write: bool = False, lock: str | None = None, relaxed: bool = False
+    ) -> Iterator[Connection]:
         """One transaction: committed when the block ends, rolled back if it raises.
 
         ``write`` marks transactions that modify data (SQLite takes the write lock at
         BEGIN). ``lock`` names a PostgreSQL advisory lock held until commit, for
-        check-then-write sequences that row locks cannot protect.
+        check-then-write sequences that row locks cannot protect. ``relaxed`` commits
+        without waiting for the disk: the data survives a crash of the broker process
+        but not of the machine (SQLite ``synchronous = NORMAL`` in WAL mode, PostgreSQL
+        ``synchronous_commit = off``) — for write-behind of session tasks only.
         """
         if self._closed:
             raise StoreError("the store is closed")
@@ -105,10 +110,17 @@ class Database:
                 raise StoreError(
                     f"cannot connect to the store at {self.display_url}: {error.orig}"
                 ) from error
+            relax_sqlite = relaxed and self.is_sqlite and not self._memory
             try:
                 if write:
                     conn.execution_options(**{_WRITE_OPTION: True})
+                if relax_sqlite:
+                    # On the raw connection: SQLAlchemy would wrap it in a transaction,
+                    # and the setting must be in place before BEGIN.
+                    _raw_sqlite(conn).execute("PRAGMA synchronous = NORMAL")
                 with conn.begin():
+                    if relaxed and not self.is_sqlite:
+                        conn.execute(text("SET LOCAL synchronous_commit = off"))
                     if lock is not None and not self.is_sqlite:
                         # Scoped to the schema so that separate stores in one database
                         # (tests use one schema each) do not wait for each other;
@@ -126,7 +138,19 @@ class Database:
             except exc.SQLAlchemyError as error:
                 raise StoreError(f"database error ({self.display_url}): {error}") from error
             finally:
+                if relax_sqlite:
+                    try:
+                        _raw_sqlite(conn).execute("PRAGMA synchronous = FULL")
+                    except Exception:
+                        # A connection that cannot be restored must not serve a durable
+                        # write later: drop it from the pool.
+                        conn.invalidate()
                 conn.close()
+
+
+def _raw_sqlite(conn: Connection) -> sqlite3.Connection:
+    # Only called on SQLite engines, whose DBAPI connections are sqlite3's.
+    return cast(sqlite3.Connection, conn.connection.dbapi_connection)
 
 
 def _sqlite_database(path: Path | None) -> Database:

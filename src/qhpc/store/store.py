@@ -314,6 +314,64 @@ class Store(AdminMixin):
             conn.execute(insert(schema.usage).values(schema.to_row(record)))
             return record
 
+    def record_finished_tasks(
+        self, finished: Sequence[tuple[TaskRecord, TaskOutcome]], *, relaxed: bool = True
+    ) -> list[UsageRecord]:
+        """Write-behind for session tasks: stores tasks that already ran, with their
+        outcome and usage, in one transaction (one commit for a whole batch).
+
+        The tasks' jobs must exist and not be final (ConflictError otherwise; nothing is
+        stored). ``relaxed`` commits without waiting for the disk (see
+        :meth:`Database.tx`): a crash of the broker loses nothing committed, a crash of
+        the machine may lose the last commits — allowed for session tasks, whose client
+        is live and retries, never used for batch work. Usage is booked as in
+        :meth:`finish_task`, exactly once per task (primary key).
+        """
+        if not finished:
+            return []
+        for _, outcome in finished:
+            _check_outcome(outcome)
+        by_job: dict[str, list[tuple[TaskRecord, TaskOutcome]]] = {}
+        for task, outcome in finished:
+            by_job.setdefault(task.job_id, []).append((task, outcome))
+        booked: list[UsageRecord] = []
+        with self._db.tx(write=True, relaxed=relaxed) as conn:
+            for job_id, items in by_job.items():
+                job = conn.execute(
+                    select(_j.c.state, _j.c.centre).where(_j.c.job_id == job_id).with_for_update()
+                ).first()
+                if job is None:
+                    raise NotFoundError(f"no job {job_id!r}")
+                if job.state in FINAL_STATES:
+                    raise ConflictError(f"job {job_id!r} is {job.state}; it takes no more tasks")
+                rows = _task_rows(job_id, [t for t, _ in items])
+                for row, (_, outcome) in zip(rows, items, strict=True):
+                    row.update(
+                        state=outcome.state, result=outcome.result, error=outcome.error,
+                        finished_at=outcome.finished_at,
+                    )  # fmt: skip
+                conn.execute(insert(_t), rows)
+                conn.execute(
+                    update(_j)
+                    .where(_j.c.job_id == job_id)
+                    .values(task_count=_j.c.task_count + len(rows))
+                )
+                usage = [
+                    UsageRecord(
+                        task_id=task.task_id, job_id=job_id, user=task.user,
+                        account=task.account, centre=job.centre, resource=task.resource,
+                        session_id=task.session_id, qpu_seconds=outcome.qpu_seconds,
+                        shots=outcome.shots, circuits=outcome.circuits,
+                        finished_at=outcome.finished_at,
+                    )
+                    for task, outcome in items
+                    if outcome.state == "completed" or outcome.qpu_seconds > 0
+                ]  # fmt: skip
+                if usage:
+                    conn.execute(insert(schema.usage), [schema.to_row(u) for u in usage])
+                booked.extend(usage)
+        return booked
+
     def task_result(self, task_id: str) -> bytes | None:
         """The result bytes a finished task stored (``None`` if none)."""
         with self._db.tx() as conn:
