@@ -1,9 +1,20 @@
-"""Broker throughput: session tasks per second through the ZeroMQ fast path.
+"""Broker throughput: the ZeroMQ fast path and the REST API.
 
 A real broker (SQLite store in a temp dir, or ``--db postgresql://…``) with a
-null (instant) resource, so the figure is the broker's own cost: admission,
-persistence, scheduling, executor hand-off and transport. Several clients run
-concurrently, each in its own session, each sending tasks back to back.
+null (instant) resource, so the figures are the broker's own cost: admission,
+persistence, scheduling, executor hand-off and transport.
+
+- Fast path: several clients run concurrently, each in its own session, each
+  sending tasks back to back.
+- REST: a real uvicorn server in this process on 127.0.0.1 (a free port), with
+  several concurrent httpx clients (threads, one keep-alive connection each).
+  Requests/s of ``GET /v1/health`` (no token, no store) and ``GET /v1/resources``
+  (token lookup + resource status); then batch work end to end: N jobs of one
+  task each, and jobs of 100 tasks each, submitted as encoded payloads with
+  ``POST /v1/jobs``, timed from the first request until the store shows every
+  job final. Clients and server share this process (one GIL) and the machine's
+  cores, so the REST figures are a floor for a server running alone.
+
 Prints medians over repetitions; ``--json PATH`` writes a report.
 
 Run: ``.venv/bin/python bench/bench_broker.py [--quick] [--json results/broker.json]``
@@ -12,20 +23,35 @@ Run: ``.venv/bin/python bench/bench_broker.py [--quick] [--json results/broker.j
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import socket
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import uvicorn
 from qiskit.circuit import QuantumCircuit
 
+from qhpc.api import create_app
 from qhpc.api.fastpath import FastPathClient, FastPathServer
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerTask
 from qhpc.resources.codec import encode_payload
-from qhpc.store import Store
+from qhpc.security import Role
+from qhpc.store import FINAL_STATES, Store
+
+#: concurrent REST clients (threads, one keep-alive connection each)
+REST_CLIENTS = 4
+#: tasks per job in the batch tasks/s measurement
+BATCH_TASKS_PER_JOB = 100
+#: the issue's goal for REST on a 2-core machine
+REST_GOAL_REQUESTS_PER_S = 1_000
 
 
 def payload_bytes() -> bytes:
@@ -76,6 +102,160 @@ def fastpath_rate(
     return clients * tasks / elapsed
 
 
+# -- REST ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def rest_server(broker: Broker) -> Iterator[str]:
+    """uvicorn serving the broker's API in a thread of this process; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(broker), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    # Outside the main thread, Server.run leaves signal handling alone.
+    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def in_parallel(
+    url: str, token: str | None, clients: int, work: Callable[[httpx.Client, int], None]
+) -> float:
+    """Run ``work(connection, index)`` in ``clients`` threads from a common start.
+
+    Each thread has its own keep-alive connection, opened before the start.
+    Returns the ``perf_counter`` time of the start; raises if any thread failed.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    connections = [httpx.Client(base_url=url, headers=headers, timeout=120) for _ in range(clients)]
+    for connection in connections:
+        connection.get("/v1/health").raise_for_status()
+    barrier = threading.Barrier(clients + 1)
+    failures: list[BaseException] = []
+
+    def run(connection: httpx.Client, index: int) -> None:
+        barrier.wait()
+        try:
+            work(connection, index)
+        except BaseException as exc:  # reported below: a failed run has no rate
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c, i)) for i, c in enumerate(connections)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    for connection in connections:
+        connection.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} REST client(s) failed: {failures[0]!r}")
+    return started
+
+
+def expect(response: httpx.Response, status: int) -> None:
+    if response.status_code != status:
+        request = response.request
+        raise RuntimeError(
+            f"{request.method} {request.url.path}: {response.status_code} {response.text[:300]}"
+        )
+
+
+def rest_requests_rate(url: str, path: str, token: str | None, clients: int, total: int) -> float:
+    """GET ``path`` about ``total`` times over ``clients`` connections; requests per second."""
+    each = max(1, total // clients)
+
+    def work(connection: httpx.Client, index: int) -> None:
+        for _ in range(each):
+            expect(connection.get(path), 200)
+
+    started = in_parallel(url, token, clients, work)
+    return clients * each / (time.perf_counter() - started)
+
+
+def final_jobs(store: Store) -> tuple[int, int]:
+    """(jobs in a final state, of which completed) across the whole store."""
+    counts = store.job_counts()
+    return sum(counts[s] for s in FINAL_STATES), counts["completed"]
+
+
+def rest_batch_seconds(
+    url: str, token: str, store: Store, clients: int, jobs: int, tasks_per_job: int
+) -> float:
+    """Submit ``jobs`` jobs of ``tasks_per_job`` tasks over REST; seconds until all are final.
+
+    Completion is read from the store in this process every 20 ms, not over REST, so
+    that polling does not compete with the submissions for the server.
+    """
+    encoded = base64.b64encode(payload_bytes()).decode("ascii")
+    body = {"resource": "null", "payloads": [encoded] * tasks_per_job, "name": "bench"}
+    final_before, completed_before = final_jobs(store)
+
+    def work(connection: httpx.Client, index: int) -> None:
+        for _ in range(index, jobs, clients):
+            expect(connection.post("/v1/jobs", json=body), 201)
+
+    started = in_parallel(url, token, clients, work)
+    deadline = time.monotonic() + 600
+    while True:
+        final, completed = final_jobs(store)
+        if final >= final_before + jobs:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {final - final_before} of {jobs} jobs final after 600 s")
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    if completed - completed_before != jobs:
+        raise RuntimeError(f"{jobs - (completed - completed_before)} job(s) did not complete")
+    return elapsed
+
+
+def rest_report(broker: Broker, quick: bool, repeats: int) -> dict[str, float | int]:
+    """Medians of the REST measurements over ``repeats``, as report entries."""
+    requests = 400 if quick else 3000
+    single_jobs = 60 if quick else 600
+    big_jobs = 2 if quick else 10
+    _, token = broker.access.issue(Role.USER, "bench", account="bench")
+    health: list[float] = []
+    listing: list[float] = []
+    single: list[float] = []
+    batch: list[float] = []
+    with rest_server(broker) as url:
+        for _ in range(repeats):
+            health.append(rest_requests_rate(url, "/v1/health", None, REST_CLIENTS, requests))
+            listing.append(rest_requests_rate(url, "/v1/resources", token, REST_CLIENTS, requests))
+            seconds = rest_batch_seconds(url, token, broker.store, REST_CLIENTS, single_jobs, 1)
+            single.append(single_jobs / seconds)
+            seconds = rest_batch_seconds(
+                url, token, broker.store, REST_CLIENTS, big_jobs, BATCH_TASKS_PER_JOB
+            )
+            batch.append(big_jobs * BATCH_TASKS_PER_JOB / seconds)
+    return {
+        "rest_clients": REST_CLIENTS,
+        "rest_health_requests_per_s": statistics.median(health),
+        "rest_resources_requests_per_s": statistics.median(listing),
+        "rest_batch_1task_jobs_per_s": statistics.median(single),
+        "rest_batch_tasks_per_s": statistics.median(batch),
+        "rest_batch_tasks_per_job": BATCH_TASKS_PER_JOB,
+        "rest_goal_requests_per_s": REST_GOAL_REQUESTS_PER_S,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few tasks (CI smoke test)")
@@ -96,6 +276,7 @@ def main() -> None:
             piped = [
                 fastpath_rate(broker, server, 1, tasks * 4, pipelined=True) for _ in range(repeats)
             ]
+            rest = rest_report(broker, args.quick, repeats)
         finally:
             server.stop()
             broker.stop()
@@ -108,6 +289,7 @@ def main() -> None:
         "fastpath_4_clients_tasks_per_s": statistics.median(four),
         "fastpath_pipelined_tasks_per_s": statistics.median(piped),
         "goal_tasks_per_s": 10_000,
+        **rest,
     }
     for key, value in report.items():
         print(f"{key:<34} {value:>12.3f}" if isinstance(value, float) else f"{key:<34} {value:>12}")
