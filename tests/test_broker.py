@@ -167,3 +167,39 @@ def test_exclusive_session_is_single(broker: Broker) -> None:
         broker.open_session(
             user="b", account="y", resource="aer", deadline=deadline, mode=SessionMode.EXCLUSIVE
         )
+
+
+def test_clean_stop_requeues_the_running_task_instead_of_cancelling_it(
+    tmp_path: Path, bell: QuantumCircuit
+) -> None:
+    import time as _time
+
+    path = tmp_path / "stop.db"
+    timing = {"task_overhead": 30.0, "circuit_overhead": 0.0, "shot_time": 0.0}
+    slow = ResourceSpec("qpu", "emulator", {"noise": False, "timing": timing})
+    registry = ResourceRegistry([slow])
+    with Store.open(path) as store:
+        first = Broker(store, registry)
+        first.start()
+        job = first.submit(
+            user="a", account="x", resource="qpu", payloads=[SamplerTask((bell,), 5)]
+        )
+        (task,) = store.tasks_of_job(job.job_id)
+        deadline = _time.monotonic() + 30
+        while store.get_task(task.task_id).state != "running":
+            assert _time.monotonic() < deadline
+            _time.sleep(0.01)
+        first.stop()
+        assert store.get_task(task.task_id).state == "running"  # not cancelled
+        assert store.get_job(job.job_id).state != "cancelled"
+    registry.close()
+    fast = ResourceSpec("qpu", "emulator", {"noise": False, "time_scale": 1e6})
+    registry = ResourceRegistry([fast])
+    with Store.open(path) as store:
+        second = Broker(store, registry)
+        second.start()
+        try:
+            assert second.wait_task(task.task_id, timeout=60).state == "completed"
+        finally:
+            second.stop()
+    registry.close()

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 #: seconds a read of sessions, reservations and shares serves scheduling decisions;
 #: the broker's own changes invalidate it at once, outside writes show up within this
 INPUT_REFRESH = 0.5
+#: how often sessions past their deadline are looked for
+REAP_SECONDS = 1.0
 
 
 class BrokerError(QhpcError):
@@ -72,6 +74,7 @@ class BrokerConfig:
 class _Running:
     task: QueuedTask
     stop: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False  # stopped because a user cancelled (not because we shut down)
 
 
 class Broker:
@@ -109,6 +112,7 @@ class Broker:
         self._on_done: dict[str, Callable[[str], None]] = {}
         self._durations: dict[str, float] = {}
         self._last_batch_start: dict[str, float] = {}
+        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stopping = False
 
@@ -143,6 +147,7 @@ class Broker:
             for running in self._running.values():
                 running.stop.set()
             self._cond.notify_all()
+        self._stopped.set()
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
@@ -186,7 +191,9 @@ class Broker:
                 )
             tasks.append(
                 TaskRecord(
-                    task_id=uuid.uuid4().hex, job_id=job_id, resource=resource, index=index,
+                    # Job id + index: tasks of one job share a submission time, and the
+                    # policies break ties by task id, so this keeps them in index order.
+                    task_id=f"{job_id}{index:06x}", job_id=job_id, resource=resource, index=index,
                     state="queued", payload=data, payload_kind=payload.kind, submitted_at=now,
                     started_at=None, finished_at=None, resource_task_id=None, error=None,
                     attempts=0, session_id=session_id, account=account, user=user,
@@ -231,6 +238,7 @@ class Broker:
             stopped = [r.task.task_id for r in self._running.values() if r.task.job_id == job_id]
             for running in self._running.values():
                 if running.task.job_id == job_id:
+                    running.cancelled = True
                     running.stop.set()
             self._cond.notify_all()
         self._update_job_state(job_id)
@@ -446,7 +454,7 @@ class Broker:
         ordered: list[tuple[QueuedTask, float]] = []
         # The policy's order is the order of repeated next_task calls; capped so a
         # huge queue costs O(cap · n), the rest is shown in submission order.
-        cap = 500
+        cap = 100
         remaining = dict(pending)
         while remaining and len(ordered) < cap:
             view = SchedulingView(
@@ -475,13 +483,8 @@ class Broker:
 
     # -- internals -----------------------------------------------------------
     def _reap_sessions(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                self._cond.wait(timeout=1.0)
-                if self._stopping:
-                    return
+        # Its own event, not the broker's condition: every submission notifies that.
+        while not self._stopped.wait(REAP_SECONDS):
             try:
                 self.close_expired_sessions()
             except Exception:
@@ -593,6 +596,12 @@ class Broker:
         started = self.clock()
         if in_memory is None:
             self.store.mark_task_running(task.task_id, None, started)
+        else:
+            with self._cond:
+                if task.task_id in self._in_flight:
+                    self._in_flight[task.task_id] = replace(
+                        in_memory, state="running", started_at=started
+                    )
         outcome: Outcome = run_task(resource, payload, running.stop, self.clock)
         state = "cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state)
         finished = TaskOutcome(
@@ -611,6 +620,10 @@ class Broker:
             self._durations[resource.name] = (
                 took if previous is None else 0.8 * previous + 0.2 * took
             )
+        if outcome.state is TaskStatus.CANCELLED and not running.cancelled and self._stopping:
+            # Interrupted by our own shutdown, not by its owner: leave it "running" in
+            # the store, and the next start queues it again (as after a crash).
+            return
         if in_memory is not None:
             # Write-behind: the journal stores it and then releases the result.
             self.journal.append(replace(in_memory, started_at=started, attempts=1), finished)
@@ -655,15 +668,15 @@ class Broker:
         job = self.store.get_job(job_id)
         if job.kind == "session":
             return  # a session job ends when its session closes
-        states = [t.state for t in self.store.tasks_of_job(job_id)]
-        if any(s in ("queued", "running") for s in states):
-            new = "running" if any(s != "queued" for s in states) else "queued"
+        counts = self.store.task_state_counts(job_id)
+        if counts.get("queued", 0) or counts.get("running", 0):
+            new = "running" if set(counts) - {"queued"} else "queued"
             if new != job.state:
                 self.store.set_job_state(job_id, new)
             return
-        if all(s == "completed" for s in states):
+        if set(counts) <= {"completed"}:
             final = "completed"
-        elif any(s == "failed" for s in states):
+        elif counts.get("failed", 0):
             final = "failed"
         else:
             final = "cancelled"

@@ -218,6 +218,14 @@ class Store(AdminMixin):
             raise NotFoundError(f"no task {task_id!r}")
         return schema.from_row(TaskRecord, row)
 
+    def task_state_counts(self, job_id: str) -> dict[str, int]:
+        """How many of a job's tasks are in each state (one GROUP BY, no payloads read)."""
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                select(_t.c.state, func.count()).where(_t.c.job_id == job_id).group_by(_t.c.state)
+            ).all()
+        return {str(state): int(count) for state, count in rows}
+
     def tasks_of_job(self, job_id: str) -> list[TaskRecord]:
         """A job's tasks by index (NotFoundError if there is no such job)."""
         with self._db.tx() as conn:
