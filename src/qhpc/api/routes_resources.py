@@ -24,12 +24,12 @@ resources = APIRouter(prefix="/resources", tags=["resources"])
 
 
 @system.get("/health", summary="liveness probe (no token needed)")
-def health() -> Health:
+async def health() -> Health:
     return Health(status="ok")
 
 
 @system.get("/version", summary="broker and API version (no token needed)")
-def version() -> VersionInfo:
+async def version() -> VersionInfo:
     return VersionInfo(version=qhpc.__version__, api="v1")
 
 
