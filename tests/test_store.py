@@ -893,3 +893,14 @@ def test_tokens_and_results_round_trip(
     store.create_job(job, tasks)
     store.finish_task(tasks[0].task_id, replace(done(), result=result))
     assert store.task_result(tasks[0].task_id) == result
+
+
+def test_finishing_a_task_settles_its_job_in_the_same_transaction(store: Store) -> None:
+    job, tasks = job_with_tasks("settle", 2)
+    store.create_job(job, tasks)
+    store.mark_task_running("settle.0", None, 101.0)
+    store.finish_task("settle.0", done(102.0))
+    assert store.get_job("settle").state == "running"  # one task still queued
+    store.finish_task("settle.1", done(103.0, state="failed", qpu=0.0))
+    settled = store.get_job("settle")
+    assert (settled.state, settled.finished_at) == ("failed", 103.0)

@@ -303,6 +303,9 @@ class Store(AdminMixin):
             if row is None:
                 state = _task_state(conn, task_id)
                 raise ConflictError(f"task {task_id!r} is already {state}")
+            # In the same transaction, so a reader who sees the task final also sees
+            # its job settled.
+            _settle_job(conn, row.job_id, outcome.finished_at)
             if outcome.state != "completed" and outcome.qpu_seconds <= 0:
                 return None
             centre = conn.execute(select(_j.c.centre).where(_j.c.job_id == row.job_id)).scalar()
@@ -417,6 +420,35 @@ class Store(AdminMixin):
                 query.values(state="queued", started_at=None).returning(_t.c.task_id)
             ).scalars()
             return sorted(ids)
+
+
+def _settle_job(conn: Connection, job_id: str, at: float) -> None:
+    """Derive a batch job's state from its tasks' (session jobs end with their session).
+
+    Any task open → running (or queued if none started); all completed → completed;
+    any failed → failed; otherwise cancelled.
+    """
+    job = conn.execute(select(_j.c.state, _j.c.kind).where(_j.c.job_id == job_id)).first()
+    if job is None or job.kind == "session" or job.state in FINAL_STATES:
+        return
+    counts = {
+        str(state): int(n)
+        for state, n in conn.execute(
+            select(_t.c.state, func.count()).where(_t.c.job_id == job_id).group_by(_t.c.state)
+        ).all()
+    }
+    if counts.get("queued", 0) or counts.get("running", 0):
+        new, finished = ("running" if set(counts) - {"queued"} else "queued"), None
+    elif set(counts) <= {"completed"}:
+        new, finished = "completed", at
+    elif counts.get("failed", 0):
+        new, finished = "failed", at
+    else:
+        new, finished = "cancelled", at
+    if new != job.state:
+        conn.execute(
+            update(_j).where(_j.c.job_id == job_id).values(state=new, finished_at=finished)
+        )
 
 
 def _task_state(conn: Connection, task_id: str) -> str:
