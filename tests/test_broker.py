@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from qiskit.circuit import QuantumCircuit
@@ -202,4 +203,46 @@ def test_clean_stop_requeues_the_running_task_instead_of_cancelling_it(
             assert second.wait_task(task.task_id, timeout=60).state == "completed"
         finally:
             second.stop()
+    registry.close()
+
+
+def test_restart_stops_orphaned_runs_on_devices_that_outlive_the_broker(
+    tmp_path: Path, bell: QuantumCircuit
+) -> None:
+    from qhpc.resources import NullResource
+    from qhpc.resources.codec import encode_payload
+    from qhpc.store import JobRecord, TaskRecord
+
+    class RemoteLike(NullResource):
+        remembers_tasks = True
+        stopped: ClassVar[list[str]] = []
+
+        def task_stop(self, task_id: str) -> None:
+            if task_id.startswith("vendor-"):
+                self.stopped.append(task_id)
+                return
+            super().task_stop(task_id)
+
+    path = tmp_path / "orphans.db"
+    with Store.open(path) as store:
+        job = JobRecord("j1", "a", "x", None, "dev", "batch", 0, "queued", 1.0, None, None, None, 1)
+        task = TaskRecord(
+            "t1", "j1", "dev", 0, "queued", encode_payload(SamplerTask((bell,), 5)), "sampler",
+            1.0, None, None, None, None, 0, None, "x", "a", 0, 0.0,
+        )  # fmt: skip
+        store.create_job(job, [task])
+        store.mark_task_running("t1", None, 2.0)
+        store.set_resource_task_id("t1", "vendor-42")  # then the broker "crashed"
+    registry = ResourceRegistry([])
+    device = RemoteLike("dev")
+    registry._specs["dev"] = ResourceSpec("dev", "null", {})
+    registry._built["dev"] = device
+    with Store.open(path) as store:
+        broker = Broker(store, registry)
+        broker.start()
+        try:
+            assert broker.wait_task("t1", timeout=30).state == "completed"
+        finally:
+            broker.stop()
+    assert device.stopped == ["vendor-42"]
     registry.close()

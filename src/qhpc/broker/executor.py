@@ -68,8 +68,12 @@ def run_task(
     payload: Payload,
     stop_requested: threading.Event,
     clock: Callable[[], float] = time.time,
+    on_started: Callable[[str], None] | None = None,
 ) -> Outcome:
-    """Run ``payload`` on ``resource`` to a final state; never raises for task failures."""
+    """Run ``payload`` on ``resource`` to a final state; never raises for task failures.
+
+    ``on_started`` receives the resource's own task id as soon as it exists.
+    """
     started = clock()
     wall = time.monotonic()
     try:
@@ -78,6 +82,11 @@ def run_task(
         return Outcome(
             TaskStatus.FAILED, None, f"{type(exc).__name__}: {exc}", 0.0, 0, 0, started, clock()
         )
+    if on_started is not None:
+        try:
+            on_started(resource_task)
+        except Exception:
+            log.exception("recording the resource task id %s failed", resource_task)
     stopped = False
     while True:
         status = resource.task_wait(resource_task, timeout=POLL_SECONDS)

@@ -123,6 +123,7 @@ class Broker:
             log.warning(
                 "requeued %d task(s) that were running when the broker stopped", len(requeued)
             )
+            self._stop_orphans(requeued)
         now = self.clock()
         for record in self.store.usage(since=now - 10 * self.config.fairshare_half_life):
             self.usage.record(record.account, record.qpu_seconds, record.finished_at)
@@ -140,6 +141,17 @@ class Broker:
                                       name=f"qhpc-executor-{name}")  # fmt: skip
             thread.start()
             self._threads.append(thread)
+
+    def _stop_orphans(self, task_ids: list[str]) -> None:
+        """Stop runs a remote device may still be doing for tasks we will run again."""
+        for task_id in task_ids:
+            task = self.store.get_task(task_id)
+            if task.resource_task_id is None or task.resource not in self._queues:
+                continue
+            try:
+                self.resources.get(task.resource).task_stop(task.resource_task_id)
+            except Exception as error:  # gone already, or the device is unreachable
+                log.info("orphaned run %s of task %s: %s", task.resource_task_id, task_id, error)
 
     def stop(self) -> None:
         with self._cond:
@@ -602,7 +614,13 @@ class Broker:
                     self._in_flight[task.task_id] = replace(
                         in_memory, state="running", started_at=started
                     )
-        outcome: Outcome = run_task(resource, payload, running.stop, self.clock)
+        remember = None
+        if in_memory is None and resource.remembers_tasks:
+
+            def remember(resource_task: str) -> None:
+                self.store.set_resource_task_id(task.task_id, resource_task)
+
+        outcome: Outcome = run_task(resource, payload, running.stop, self.clock, remember)
         state = "cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state)
         finished = TaskOutcome(
             state=state,

@@ -65,6 +65,9 @@ class QuantumResource(abc.ABC):
 
     #: adapter type as written in configuration files (``aer``, ``emulator`` …)
     type_name: str = "abstract"
+    #: whether task ids outlive this process (a remote device keeps running a task
+    #: after the broker dies), so the broker should store them to stop orphans
+    remembers_tasks: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -220,6 +220,7 @@ class QrmiResource(QuantumResource):
     """
 
     type_name = "qrmi"
+    remembers_tasks = True
     #: seconds between status polls in task_wait (vendors rate-limit their APIs)
     poll_interval = 2.0
 

@@ -278,6 +278,15 @@ class Store(AdminMixin):
                 state = _task_state(conn, task_id)
                 raise ConflictError(f"task {task_id!r} is {state}, not queued")
 
+    def set_resource_task_id(self, task_id: str, resource_task_id: str) -> None:
+        """Remember the resource's own id of a running task (to stop an orphan later)."""
+        with self._db.tx(write=True) as conn:
+            conn.execute(
+                update(_t)
+                .where(_t.c.task_id == task_id, _t.c.state == "running")
+                .values(resource_task_id=resource_task_id)
+            )
+
     def finish_task(self, task_id: str, outcome: TaskOutcome) -> UsageRecord | None:
         """Ends a queued or running task and books its usage, in one transaction.
 
