@@ -19,7 +19,7 @@ import io
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from qiskit.circuit import QuantumCircuit
@@ -33,6 +33,9 @@ from qhpc.resources.payload import (
     SamplerResult,
     TaskResult,
 )
+
+if TYPE_CHECKING:
+    from qhpc.program import RemoteQPU
 
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
@@ -356,6 +359,13 @@ class Client:
 
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", f"/tokens/{token_id}")
+
+    # -- programming model ------------------------------------------------------------
+    def qpu(self, name: str) -> RemoteQPU:
+        """A QPU on this broker with the same interface as a local one (``submit`` …)."""
+        from qhpc.program import RemoteQPU
+
+        return RemoteQPU(self, name)
 
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:

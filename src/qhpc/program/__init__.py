@@ -1,0 +1,73 @@
+"""What users import: jobs, stacks of plugins over QPUs, local or remote.
+
+The model follows Atos/Eviden QLM's: a :class:`Job` is one circuit and how to
+read it out (counts, or an observable's expectation value), a :class:`Batch`
+is jobs submitted together, and a QPU's ``submit`` returns a :class:`Result`
+or :class:`BatchResult`. Plugins compose onto a QPU with ``|``; the stack is a
+QPU itself::
+
+    from qhpc.program import Job, LocalQPU, ObservableMeasurement, ScipyMinimize, Transpile
+    from qhpc.resources import AerResource
+
+    stack = ScipyMinimize() | ObservableMeasurement() | Transpile() | AerResource("aer")
+    result = stack.submit(Job.expectation(ansatz, hamiltonian, shots=20_000))
+    print(result.value, result.meta["nfev"])
+
+The bottom of a stack is any qhpc resource (wrapped in :class:`LocalQPU`) or a
+:class:`RemoteQPU` on a broker; the same stack code runs on both.
+``submit_async`` returns a :class:`Future` (``result()``/``join()``,
+``status()``, ``cancel()``). See ``docs/programming.md``.
+"""
+
+from __future__ import annotations
+
+from qhpc.program.errors import (
+    CancelledError,
+    JobError,
+    PluginError,
+    ProgramError,
+    RemoteError,
+    StackError,
+)
+from qhpc.program.future import Future
+from qhpc.program.generator import JobGenerator, job_generator
+from qhpc.program.job import Batch, Job, ObservableLike, ParameterValues
+from qhpc.program.minimize import ScipyMinimize
+from qhpc.program.mitigation import ReadoutMitigation
+from qhpc.program.observables import ObservableMeasurement
+from qhpc.program.qpu import Executor, LocalQPU, PayloadPlan, as_qpu
+from qhpc.program.remote import RemoteQPU, qpu, target_from_dict
+from qhpc.program.result import BatchResult, Result
+from qhpc.program.stack import Plugin, Stack
+from qhpc.program.transpile import Transpile
+
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "CancelledError",
+    "Executor",
+    "Future",
+    "Job",
+    "JobError",
+    "JobGenerator",
+    "LocalQPU",
+    "ObservableLike",
+    "ObservableMeasurement",
+    "ParameterValues",
+    "PayloadPlan",
+    "Plugin",
+    "PluginError",
+    "ProgramError",
+    "ReadoutMitigation",
+    "RemoteError",
+    "RemoteQPU",
+    "Result",
+    "ScipyMinimize",
+    "Stack",
+    "StackError",
+    "Transpile",
+    "as_qpu",
+    "job_generator",
+    "qpu",
+    "target_from_dict",
+]

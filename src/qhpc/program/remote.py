@@ -1,0 +1,177 @@
+"""``RemoteQPU``: a resource behind a qhpc broker, with the interface of a local QPU.
+
+A batch becomes one broker job whose tasks are the batch's payloads (the same
+translation as :class:`~qhpc.program.LocalQPU`): ``submit_payloads`` →
+``wait`` → ``results``. The broker accepts a job whole or not at all, and a
+submission that stops early (timeout, cancellation, interrupt) cancels its
+broker job, so nothing half-submitted is left queued. Plugins run on the
+client side: the stack above a RemoteQPU is the same code as above a local one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from qhpc.client import Client, ClientError
+from qhpc.program.errors import CancelledError, JobError, RemoteError
+from qhpc.program.future import current_future
+from qhpc.program.job import Batch
+from qhpc.program.qpu import Executor, PayloadPlan
+from qhpc.program.result import BatchResult
+from qhpc.resources.errors import TaskFailedError
+from qhpc.resources.payload import Payload, TaskResult
+from qhpc.resources.target import DeviceTarget
+
+FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class RemoteQPU(Executor):
+    """The broker resource ``resource``, reached through ``client``.
+
+    ``timeout`` bounds each broker job (seconds, None: no limit); ``priority``,
+    ``account`` and ``job_name`` are passed on with every submission.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        resource: str,
+        *,
+        timeout: float | None = None,
+        priority: int = 0,
+        account: str | None = None,
+        job_name: str | None = None,
+    ) -> None:
+        self.client = client
+        self.name = resource
+        self.timeout = timeout
+        self.priority = priority
+        self.account = account
+        self.job_name = job_name
+        self._specs: DeviceTarget | None = None
+        self.specs()  # an unknown resource fails here, not at the first submission
+
+    def specs(self) -> DeviceTarget:
+        if self._specs is None:
+            try:
+                data = self.client.resource(self.name)
+            except ClientError as exc:
+                if exc.status == 404:
+                    known = ", ".join(r["name"] for r in self.client.resources())
+                    raise RemoteError(
+                        f"unknown resource {self.name!r} at {self.client.url}; known: {known}"
+                    ) from exc
+                raise RemoteError(f"{self.name} at {self.client.url}: {exc}") from exc
+            self._specs = target_from_dict(data["target"])
+        return self._specs
+
+    # the primitives' QPU protocol, so Qiskit's SamplerV2/EstimatorV2 run remotely too
+    def target(self) -> DeviceTarget:
+        return self.specs()
+
+    def run(self, payload: Payload, timeout: float | None = None) -> TaskResult:
+        answer = self._run_payloads([payload], "a primitive task", timeout)[0]
+        if answer is None:
+            raise TaskFailedError(f"{self.name}: the broker returned no result")
+        return answer
+
+    def _submit_batch(self, batch: Batch) -> BatchResult:
+        plan = PayloadPlan.build(batch, self.specs())
+        answers = self._run_payloads(plan.payloads, batch.describe(), self.timeout, plan)
+        meta = {"resource": self.name, "payloads": len(plan.payloads), "broker": self.client.url}
+        return BatchResult(tuple(plan.results(answers)), meta)
+
+    def _run_payloads(
+        self,
+        payloads: list[Payload],
+        what: str,
+        timeout: float | None,
+        plan: PayloadPlan | None = None,
+    ) -> list[TaskResult | None]:
+        future = current_future()
+        if future is not None and future.cancel_requested:
+            raise CancelledError(f"{future.name} was cancelled before {what} was submitted")
+        try:
+            job = self.client.submit_payloads(
+                self.name, payloads, self.priority, self.account, self.job_name
+            )
+        except ClientError as exc:
+            raise JobError(f"the broker refused {what}: {exc.detail}") from exc
+        job_id = str(job["job_id"])
+        if future is not None:
+            future.remote_jobs.append(job_id)
+        finished = False
+        try:
+            state = self._wait(job_id, timeout)
+            finished = True
+            if state != "completed":
+                raise RemoteError(self._failure(job_id, state, what, plan))
+            return self.client.results(job_id)
+        finally:
+            if not finished:
+                self._cancel_quietly(job_id)
+
+    def _wait(self, job_id: str, timeout: float | None) -> str:
+        future = current_future()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        if future is not None:
+            future.set_probe(lambda: str(self.client.job(job_id)["state"]))
+        try:
+            while True:
+                state = str(self.client.job(job_id)["state"])
+                if state in FINAL:
+                    return state
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RemoteError(f"broker job {job_id} is still {state} after {timeout} s")
+                if future is not None:
+                    if future.wait_cancel(pause):
+                        raise CancelledError(f"{future.name} was cancelled (broker job {job_id})")
+                else:
+                    time.sleep(pause)
+                pause = min(pause * 1.5, 0.5)
+        except ClientError as exc:
+            raise RemoteError(f"lost broker job {job_id}: {exc}") from exc
+        finally:
+            if future is not None:
+                future.set_probe(None)
+
+    def _failure(self, job_id: str, state: str, what: str, plan: PayloadPlan | None) -> str:
+        lines = [f"broker job {job_id} on {self.name} {state} ({what})"]
+        try:
+            for task in self.client.job(job_id)["tasks"]:
+                if task.get("error"):
+                    where = plan.describe(int(task["index"])) if plan else f"task {task['index']}"
+                    lines.append(f"{where}: {task['error']}")
+        except (ClientError, KeyError, IndexError):
+            pass
+        return "; ".join(lines)
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            self.client.cancel(job_id)
+        except ClientError:
+            pass  # already final, or the broker is gone: nothing more to do
+
+    def __repr__(self) -> str:
+        return f"RemoteQPU({self.name} at {self.client.url})"
+
+
+def target_from_dict(data: dict[str, Any]) -> DeviceTarget:
+    """The inverse of ``DeviceTarget.to_dict`` (JSON form)."""
+    fields = dict(data)
+    fields["basis_gates"] = tuple(fields.get("basis_gates") or ())
+    coupling = fields.get("coupling_map")
+    fields["coupling_map"] = None if coupling is None else tuple(tuple(e) for e in coupling)
+    known = set(DeviceTarget.__dataclass_fields__)
+    return DeviceTarget(**{k: v for k, v in fields.items() if k in known})
+
+
+def qpu(client: Client, name: str, **options: Any) -> RemoteQPU:
+    """``qpu(qhpc.connect(url, token), "aer")``: the broker resource ``name`` as a QPU.
+
+    ``qhpc.connect(url, token).qpu(name)`` is meant to return the same; until
+    the client grows that method, use this function.
+    """
+    return RemoteQPU(client, name, **options)
