@@ -103,7 +103,8 @@ class RemoteQPU(Executor):
             future.remote_jobs.append(job_id)
         finished = False
         try:
-            state = self._wait(job_id, timeout)
+            task_ids = [str(t["task_id"]) for t in job.get("tasks", [])]
+            state = self._wait(job_id, task_ids, timeout)
             finished = True
             if state != "completed":
                 raise RemoteError(self._failure(job_id, state, what, plan))
@@ -112,13 +113,26 @@ class RemoteQPU(Executor):
             if not finished:
                 self._cancel_quietly(job_id)
 
-    def _wait(self, job_id: str, timeout: float | None) -> str:
+    def _wait(self, job_id: str, task_ids: list[str], timeout: float | None) -> str:
         future = current_future()
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         if future is not None:
             future.set_probe(lambda: str(self.client.job(job_id)["state"]))
         try:
+            # Long-poll each task (the broker answers the moment it is final) instead
+            # of polling the job: an evaluation then costs one round trip, not a sleep.
+            # Chunks of at most a second keep a cancel of the future responsive.
+            for task_id in task_ids:
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    chunk = 1.0 if left is None else min(1.0, left)
+                    if str(self.client.task(task_id, wait=chunk)["state"]) in FINAL:
+                        break
+                    if future is not None and future.cancel_requested:
+                        raise CancelledError(f"{future.name} was cancelled (broker job {job_id})")
             while True:
                 state = str(self.client.job(job_id)["state"])
                 if state in FINAL:
