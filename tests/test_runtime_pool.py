@@ -26,9 +26,13 @@ from qhpc.runtime import (
     RuntimePool,
     WaitTimeout,
 )
-from qhpc.runtime.isolation import DEFAULT_ENV_ALLOW
+from qhpc.runtime.isolation import DEFAULT_ENV_ALLOW, resolve_run_as
 
 ROOT = os.geteuid() == 0
+#: whether programs really switch to an unprivileged uid here: not when that uid
+#: cannot read the Python installation (e.g. pyenv under /root), see isolation.py
+DROPS = resolve_run_as("auto") is not None
+NO_DROP = "no unprivileged user can read this Python installation; programs run as the pool's user"
 SECRET_NAME = "QHPC_TEST_BROKER_SECRET"
 SECRET_VALUE = "s3cr3t-db-password"
 WAIT = 30.0
@@ -296,7 +300,7 @@ def test_the_environment_is_scrubbed(pool: RuntimePool) -> None:
     assert env["QHPC_SESSION"] == "tok" and env["QHPC_EXTRA"] == "1"
     allowed = {"HOME", "TMPDIR", "PWD", "QHPC_SESSION", "QHPC_EXTRA", "QHPC_PROGRAM_ID"}
     assert set(env) <= allowed | set(DEFAULT_ENV_ALLOW)
-    if ROOT:  # as nobody it cannot read the broker's environment either
+    if DROPS:  # as nobody it cannot read the broker's environment either
         assert outcome.return_value["broker_environ"] == "PermissionError"
 
 
@@ -317,7 +321,7 @@ def test_private_temp_dir_removed_afterwards(pool: RuntimePool) -> None:
     assert not Path(cwd).exists()
 
 
-@pytest.mark.skipif(not ROOT, reason="dropping privileges needs root")
+@pytest.mark.skipif(not DROPS, reason=NO_DROP)
 def test_runs_as_an_unprivileged_user(pool: RuntimePool) -> None:
     outcome = pool.run(
         src("""
@@ -448,7 +452,7 @@ def test_the_template_is_recycled_after_n_programs() -> None:
         assert wait_until(lambda pid=pid: gone(pid), 5.0)  # retired templates exit
 
 
-@pytest.mark.skipif(not ROOT, reason="RLIMIT_NPROC applies only under another uid")
+@pytest.mark.skipif(not DROPS, reason="RLIMIT_NPROC applies only under another uid; " + NO_DROP)
 def test_forks_can_be_blocked_under_a_dedicated_uid() -> None:
     with RuntimePool(size=1, preload=(), limits=Limits(processes=1)) as small:
         outcome = small.run(

@@ -3,11 +3,35 @@
 REST: ``create_app(broker)`` builds the app, ``run_server(broker)`` serves it with
 uvicorn, ``openapi_json(app)`` gives the spec to publish, and
 ``bootstrap_admin_token(broker)`` makes the first admin token of a fresh store.
+ZeroMQ: :mod:`qhpc.api.fastpath` (server and client of session tasks).
+
+The REST names load on first use, so that a hybrid program importing only the
+fast-path client does not pay for FastAPI and the broker.
 """
 
 from __future__ import annotations
 
-from qhpc.api.app import API_PREFIX, create_app, openapi_json
-from qhpc.api.server import bootstrap_admin_token, run_server
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qhpc.api.app import API_PREFIX, create_app, openapi_json
+    from qhpc.api.server import bootstrap_admin_token, run_server
 
 __all__ = ["API_PREFIX", "bootstrap_admin_token", "create_app", "openapi_json", "run_server"]
+
+_LAZY = {
+    "API_PREFIX": "qhpc.api.app",
+    "create_app": "qhpc.api.app",
+    "openapi_json": "qhpc.api.app",
+    "bootstrap_admin_token": "qhpc.api.server",
+    "run_server": "qhpc.api.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qhpc.api' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

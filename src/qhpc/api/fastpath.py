@@ -31,16 +31,18 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
 
-from qhpc.broker.service import Broker
 from qhpc.errors import QhpcError
 from qhpc.resources import Payload, PayloadError, TaskResult
 from qhpc.resources.codec import decode_payload, decode_result, encode_payload
 from qhpc.security import AuthError
+
+if TYPE_CHECKING:  # the client side (user programs) must not import the broker
+    from qhpc.broker.service import Broker
 
 log = logging.getLogger(__name__)
 

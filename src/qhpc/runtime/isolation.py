@@ -40,14 +40,18 @@ the template inherits as subreaper).
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import pwd
 import re
 import resource
 import shutil
 import signal
+import stat
+import sysconfig
 import tempfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import msgspec
 
@@ -65,6 +69,8 @@ DEFAULT_ENV_ALLOW: tuple[str, ...] = (
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
 )
+log = logging.getLogger(__name__)
+
 #: the users ``run_as="auto"`` tries, in order, when the pool runs as root
 AUTO_USERS: tuple[str, ...] = ("qhpc-runtime", "nobody")
 #: between the CPU soft limit (SIGXCPU, reported) and the hard limit (SIGKILL)
@@ -135,10 +141,44 @@ def resolve_run_as(spec: str | None) -> RunAs | None:
             if spec == "auto":
                 return None
             raise PermissionError(f"run_as={spec!r} needs a pool running as root")
+        blocked = _unreachable_python_dir(entry.pw_uid, entry.pw_gid)
+        if blocked is not None:
+            # A program that cannot import the standard library is no program at all
+            # (e.g. an interpreter under /root, mode 0700).
+            message = (
+                f"user {name!r} cannot read the Python installation ({blocked}); "
+                "install Python where that user can read it, or create a dedicated "
+                "'qhpc-runtime' user that can"
+            )
+            if spec == "auto":
+                log.warning("%s; programs run as the pool's own user", message)
+                return None
+            raise PermissionError(message)
         return RunAs(name, entry.pw_uid, entry.pw_gid)
     if spec == "auto":
         return None
     raise LookupError(f"run_as={spec!r}: no such user on this host")
+
+
+def _unreachable_python_dir(uid: int, gid: int) -> str | None:
+    """The first directory of the interpreter and its packages ``uid`` cannot enter."""
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        target = Path(paths[key]).resolve()
+        for directory in (*reversed(target.parents), target):
+            try:
+                info = directory.stat()
+            except OSError:
+                continue
+            if info.st_uid == uid:
+                allowed = info.st_mode & stat.S_IXUSR
+            elif info.st_gid == gid:
+                allowed = info.st_mode & stat.S_IXGRP
+            else:
+                allowed = info.st_mode & stat.S_IXOTH
+            if not allowed:
+                return str(directory)
+    return None
 
 
 def context_variables(context: ProgramContext, program_id: str) -> dict[str, str]:
