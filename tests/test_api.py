@@ -40,6 +40,7 @@ from qiskit.circuit import QuantumCircuit
 from sqlalchemy.engine import make_url
 
 import qhpc
+from helpers import free_port
 from qhpc.api import bootstrap_admin_token, create_app, openapi_json
 from qhpc.broker.access import Access
 from qhpc.broker.service import Broker, BrokerConfig
@@ -703,12 +704,6 @@ def test_client_cannot_reach_broker() -> None:
 
 
 # -- the real server process ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.slow

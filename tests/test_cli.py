@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qhpc.cli import main
+from helpers import run_cli
 
 BELL = """OPENQASM 2.0;
 include "qelib1.inc";
@@ -15,16 +15,6 @@ h q[0];
 cx q[0],q[1];
 measure q -> c;
 """
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(autouse=True)

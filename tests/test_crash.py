@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from qiskit.circuit import QuantumCircuit
 
+from helpers import free_port, start_serve, wait_healthy
 from qhpc import connect
 from qhpc.store import Store
 
 JOBS, TASKS_PER_JOB = 5, 100
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_broker(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
@@ -34,29 +25,7 @@ def start_broker(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
         '[resources.qpu]\ntype = "emulator"\nnoise = false\n'
         "timing = { task_overhead = 0.01, circuit_overhead = 0.0, shot_time = 0.0 }\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "QHPC_CONFIG"}
-    return subprocess.Popen(
-        [
-            sys.executable, "-m", "qhpc.cli", "serve", "--db", str(tmp_path / "crash.db"),
-            "--config", str(config), "--port", str(port), "--policy", "fifo",
-            "--fastpath", f"tcp://127.0.0.1:{free_port()}",
-            "--admin-token-file", str(tmp_path / "admin.token"),
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "broker exited during start-up"
-        try:
-            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("broker did not come up")
+    return start_serve(tmp_path, port, "--config", str(config), db=tmp_path / "crash.db")
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ same example code through a real broker served by uvicorn on 127.0.0.1.
 from __future__ import annotations
 
 import importlib.util
-import socket
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ import uvicorn
 from qiskit.circuit import Parameter, QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 
+from helpers import free_port
 from qhpc.api import create_app
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.client import connect
@@ -393,12 +393,6 @@ class Remote:
         return [
             j.job_id for j in self.store.list_jobs(limit=10_000) if j.state in {"queued", "running"}
         ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from qhpc.errors import QhpcError
 from qhpc.resources import (
     EstimatorResult,
     QuantumResource,
-    ResourceRegistry,
     SamplerResult,
     SamplerTask,
     TaskResult,
@@ -56,10 +55,6 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def _registry(config: Path | None) -> ResourceRegistry:
-    return load_registry(config)
-
-
 @app.command()
 def version() -> None:
     """Print the qhpc version."""
@@ -73,7 +68,7 @@ def resources_list(
     """List resources: type, state, busy, queue length, qubits."""
     if ctx.invoked_subcommand is not None:
         return
-    with _registry(config) as registry:
+    with load_registry(config) as registry:
         rows = []
         for name in registry.names():
             spec = registry.spec(name)
@@ -116,7 +111,7 @@ def resources_target(
     as_json: JsonOption = False,
 ) -> None:
     """Show a resource's target: qubits, coupling, basis gates, errors, durations."""
-    with _registry(config) as registry:
+    with load_registry(config) as registry:
         resource = registry.get(name)
         target = resource.target().to_dict()
         meta = resource.metadata()
@@ -149,7 +144,7 @@ def run(
     """Sample the circuit(s) in FILE on a resource and print the counts."""
     circuits = load_circuits(file)
     payload = SamplerTask(tuple(circuits), shots=shots, seed=seed)
-    with _registry(config) as registry:
+    with load_registry(config) as registry:
         qpu = registry.get(resource)
         started = time.perf_counter()
         result = _run_with_progress(qpu, payload, timeout, quiet=as_json)
@@ -176,7 +171,7 @@ def demo(
         if not as_json:
             _print_result(step.result, step.resource, step.seconds, step.circuits, step.title)
 
-    with _registry(config) as registry:
+    with load_registry(config) as registry:
         steps = run_demo(registry, shots=shots, on_step=show)
     with tempfile.TemporaryDirectory() as tmp:
         if not as_json:

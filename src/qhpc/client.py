@@ -26,13 +26,9 @@ from qiskit.circuit import QuantumCircuit
 
 from qhpc.errors import QhpcError
 from qhpc.resources.codec import encode_payload
-from qhpc.resources.payload import (
-    EstimatorResult,
-    Payload,
-    SampledCircuit,
-    SamplerResult,
-    TaskResult,
-)
+from qhpc.resources.errors import PayloadError
+from qhpc.resources.payload import Payload, TaskResult
+from qhpc.resources.payload import result_from_dict as payload_result_from_dict
 
 if TYPE_CHECKING:
     from qhpc.program import RemoteQPU
@@ -62,37 +58,11 @@ class ClientError(QhpcError):
 
 
 def result_from_dict(data: Mapping[str, Any]) -> TaskResult:
-    """The inverse of ``SamplerResult.to_dict`` / ``EstimatorResult.to_dict`` (JSON form).
-
-    JSON has no NaN: the server sends ``null`` for non-finite numbers, read back as NaN.
-    """
-    kind = data.get("kind")
-    metadata = dict(data.get("metadata") or {})
-    if kind == "sampler":
-        return SamplerResult(
-            circuits=tuple(
-                SampledCircuit(
-                    counts={str(k): int(v) for k, v in c["counts"].items()},
-                    shots=int(c["shots"]),
-                    num_bits=int(c["num_bits"]),
-                    memory=None if c.get("memory") is None else tuple(c["memory"]),
-                )
-                for c in data["circuits"]
-            ),
-            metadata=metadata,
-        )
-    if kind == "estimator":
-        return EstimatorResult(
-            values=tuple(tuple(_float(v) for v in row) for row in data["values"]),
-            std_errors=tuple(tuple(_float(v) for v in row) for row in data["std_errors"]),
-            shots=data.get("shots"),
-            metadata=metadata,
-        )
-    raise ClientError(f"unknown result kind {kind!r} in the broker's answer")
-
-
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
+    """A result from the broker's JSON (see :func:`qhpc.resources.payload.result_from_dict`)."""
+    try:
+        return payload_result_from_dict(data)
+    except PayloadError as exc:
+        raise ClientError(f"the broker's answer holds a {exc}") from None
 
 
 def circuit_text(circuit: QuantumCircuit | str) -> str:

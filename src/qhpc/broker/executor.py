@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qhpc.broker.scheduler import QueuedTask
 from qhpc.resources import (
     Payload,
     QuantumResource,
@@ -123,6 +122,3 @@ def resource_can_start(resource: QuantumResource) -> bool:
 def _last_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-__all__ = ["Outcome", "QueuedTask", "resource_can_start", "run_task", "usage_of"]

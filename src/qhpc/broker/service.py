@@ -253,7 +253,6 @@ class Broker:
                     running.cancelled = True
                     running.stop.set()
             self._cond.notify_all()
-        self._update_job_state(job_id)
         with self._cond:
             for task_id in cancelled:
                 if task_id not in self._in_flight:  # in-memory ones signal at commit
@@ -646,9 +645,8 @@ class Broker:
             # Write-behind: the journal stores it and then releases the result.
             self.journal.append(replace(in_memory, started_at=started, attempts=1), finished)
             return
+        # Settles the job in the same transaction, so a waiter woken below sees it final.
         self.store.finish_task(task.task_id, finished)
-        # Job state first, so a waiter woken by the task sees a consistent job.
-        self._update_job_state(task.job_id)
         with self._cond:
             self._signal_done(task.task_id)
 
@@ -675,31 +673,6 @@ class Broker:
         callback = self._on_done.pop(task_id, None)
         if callback is not None:
             callback(task_id)
-
-    def _update_job_state(self, job_id: str) -> None:
-        try:
-            self._settle_job(job_id)
-        except ConflictError:
-            pass  # the executor and a cancel raced to the same final state
-
-    def _settle_job(self, job_id: str) -> None:
-        job = self.store.get_job(job_id)
-        if job.kind == "session":
-            return  # a session job ends when its session closes
-        counts = self.store.task_state_counts(job_id)
-        if counts.get("queued", 0) or counts.get("running", 0):
-            new = "running" if set(counts) - {"queued"} else "queued"
-            if new != job.state:
-                self.store.set_job_state(job_id, new)
-            return
-        if set(counts) <= {"completed"}:
-            final = "completed"
-        elif counts.get("failed", 0):
-            final = "failed"
-        else:
-            final = "cancelled"
-        if job.state != final:
-            self.store.set_job_state(job_id, final, finished_at=self.clock())
 
     def _estimate(self, resource: str) -> float:
         return self._durations.get(resource, 0.0)

@@ -19,13 +19,11 @@ from qiskit.quantum_info import SparsePauliOp
 
 from qhpc.resources.errors import PayloadError
 from qhpc.resources.payload import (
-    EstimatorResult,
     EstimatorTask,
     Payload,
-    SampledCircuit,
-    SamplerResult,
     SamplerTask,
     TaskResult,
+    result_from_dict,
 )
 
 FORMAT_VERSION = 1
@@ -96,60 +94,13 @@ def decode_payload(data: bytes) -> Payload:
 
 
 def encode_result(result: TaskResult) -> bytes:
-    if isinstance(result, SamplerResult):
-        body: dict[str, Any] = {
-            "v": FORMAT_VERSION,
-            "kind": "sampler",
-            "circuits": [
-                {
-                    "counts": c.counts,
-                    "shots": c.shots,
-                    "num_bits": c.num_bits,
-                    "memory": None if c.memory is None else list(c.memory),
-                }
-                for c in result.circuits
-            ],
-            "metadata": _plain(result.metadata),
-        }
-    else:
-        body = {
-            "v": FORMAT_VERSION,
-            "kind": "estimator",
-            "values": [list(r) for r in result.values],
-            "std_errors": [list(r) for r in result.std_errors],
-            "shots": result.shots,
-            "metadata": _plain(result.metadata),
-        }
-    return _encoder.encode(body)
+    body = result.to_dict()
+    body["metadata"] = _plain(result.metadata)
+    return _encoder.encode({"v": FORMAT_VERSION, **body})
 
 
 def decode_result(data: bytes) -> TaskResult:
-    body = _envelope(data, "result")
-    kind = body.get("kind")
-    try:
-        if kind == "sampler":
-            return SamplerResult(
-                circuits=tuple(
-                    SampledCircuit(
-                        counts={str(k): int(v) for k, v in c["counts"].items()},
-                        shots=int(c["shots"]),
-                        num_bits=int(c["num_bits"]),
-                        memory=None if c.get("memory") is None else tuple(c["memory"]),
-                    )
-                    for c in body["circuits"]
-                ),
-                metadata=dict(body.get("metadata") or {}),
-            )
-        if kind == "estimator":
-            return EstimatorResult(
-                values=tuple(tuple(float(v) for v in r) for r in body["values"]),
-                std_errors=tuple(tuple(float(v) for v in r) for r in body["std_errors"]),
-                shots=body.get("shots"),
-                metadata=dict(body.get("metadata") or {}),
-            )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PayloadError(f"malformed {kind} result: {type(exc).__name__}: {exc}") from None
-    raise PayloadError(f"unknown result kind {kind!r}")
+    return result_from_dict(_envelope(data, "result"))
 
 
 def _envelope(data: bytes, what: str) -> dict[str, Any]:

@@ -217,6 +217,44 @@ class EstimatorResult:
 TaskResult: TypeAlias = SamplerResult | EstimatorResult
 
 
+def result_from_dict(data: Mapping[str, Any]) -> TaskResult:
+    """The inverse of ``SamplerResult.to_dict`` / ``EstimatorResult.to_dict``.
+
+    JSON has no NaN: ``None`` in values or standard errors reads back as NaN.
+    Raises :class:`PayloadError` naming what is malformed.
+    """
+    kind = data.get("kind")
+    try:
+        metadata = dict(data.get("metadata") or {})
+        if kind == "sampler":
+            return SamplerResult(
+                circuits=tuple(
+                    SampledCircuit(
+                        counts={str(k): int(v) for k, v in c["counts"].items()},
+                        shots=int(c["shots"]),
+                        num_bits=int(c["num_bits"]),
+                        memory=None if c.get("memory") is None else tuple(c["memory"]),
+                    )
+                    for c in data["circuits"]
+                ),
+                metadata=metadata,
+            )
+        if kind == "estimator":
+            return EstimatorResult(
+                values=tuple(tuple(_float(v) for v in row) for row in data["values"]),
+                std_errors=tuple(tuple(_float(v) for v in row) for row in data["std_errors"]),
+                shots=data.get("shots"),
+                metadata=metadata,
+            )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PayloadError(f"malformed {kind} result: {type(exc).__name__}: {exc}") from None
+    raise PayloadError(f"unknown result kind {kind!r}")
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def normalise_counts(raw: Mapping[str, int], num_bits: int) -> dict[str, int]:
     """Counts keyed by plain bitstrings: hex keys decoded, register spaces removed, padded."""
     out: dict[str, int] = {}

@@ -218,14 +218,6 @@ class Store(AdminMixin):
             raise NotFoundError(f"no task {task_id!r}")
         return schema.from_row(TaskRecord, row)
 
-    def task_state_counts(self, job_id: str) -> dict[str, int]:
-        """How many of a job's tasks are in each state (one GROUP BY, no payloads read)."""
-        with self._db.tx() as conn:
-            rows = conn.execute(
-                select(_t.c.state, func.count()).where(_t.c.job_id == job_id).group_by(_t.c.state)
-            ).all()
-        return {str(state): int(count) for state, count in rows}
-
     def tasks_of_job(self, job_id: str) -> list[TaskRecord]:
         """A job's tasks by index (NotFoundError if there is no such job)."""
         with self._db.tx() as conn:
@@ -402,8 +394,8 @@ class Store(AdminMixin):
         return None if result is None else bytes(result)
 
     def cancel_queued_tasks(self, job_id: str, at: float) -> list[str]:
-        """Cancels a job's queued tasks (running ones are left to finish); returns their
-        ids by index."""
+        """Cancels a job's queued tasks (running ones are left to finish) and settles the
+        job's state in the same transaction; returns the cancelled ids by index."""
         with self._db.tx(write=True) as conn:
             if conn.execute(select(_j.c.job_id).where(_j.c.job_id == job_id)).first() is None:
                 raise NotFoundError(f"no job {job_id!r}")
@@ -413,6 +405,7 @@ class Store(AdminMixin):
                 .values(state="cancelled", finished_at=at)
                 .returning(_t.c.task_id, _t.c.idx)
             ).all()
+            _settle_job(conn, job_id, at)
         return [task_id for task_id, _ in sorted(rows, key=lambda r: r[1])]
 
     def requeue_running_tasks(self, resource: str | None = None) -> list[str]:

@@ -1,0 +1,69 @@
+"""Helpers shared by several test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from qhpc.cli import main
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``qhpc ARGS`` in-process: exit code, stdout, stderr."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def start_serve(
+    tmp_path: Path,
+    port: int,
+    *extra: str,
+    db: Path,
+    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """``qhpc serve`` as a real process on 127.0.0.1 (fifo policy, admin token in a file)."""
+    env = {k: v for k, v in os.environ.items() if k != "QHPC_CONFIG"}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "qhpc.cli", "serve", "--db", str(db),
+            "--port", str(port), "--fastpath", f"tcp://127.0.0.1:{free_port()}",
+            "--admin-token-file", str(tmp_path / "admin.token"), "--policy", "fifo", *extra,
+        ],
+        stdout=stdout, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until ``url`` answers /v1/health; fails with the process's output if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise AssertionError(f"broker did not come up:\n{output}")
+        time.sleep(0.1)
