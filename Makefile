@@ -1,7 +1,9 @@
 # The two commands of the README: `make demo` runs the main job, `make test` the
 # whole test suite (ruff, mypy, pytest). Both create the venv and install qhpc
 # into it on first use, so a fresh clone needs nothing else.
-PYTHON ?= python3
+# Debian's /usr/bin/python3 where present: every user can read it, so co-located programs can
+# run under an unprivileged uid and Slurm's hooks can run as SlurmUser (a pyenv under /root cannot).
+PYTHON ?= $(shell test -x /usr/bin/python3 && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
