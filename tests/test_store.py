@@ -33,6 +33,7 @@ from qhpc.store import (
     ConflictError,
     JobRecord,
     NotFoundError,
+    ProgramRecord,
     ReservationRecord,
     SessionRecord,
     Store,
@@ -904,3 +905,58 @@ def test_finishing_a_task_settles_its_job_in_the_same_transaction(store: Store) 
     store.finish_task("settle.1", done(103.0, state="failed", qpu=0.0))
     settled = store.get_job("settle")
     assert (settled.state, settled.finished_at) == ("failed", 103.0)
+
+
+# -- programs of hybrid jobs --------------------------------------------------------------
+
+
+def _hybrid_job(job_id: str) -> tuple[JobRecord, ProgramRecord]:
+    job, _ = job_with_tasks(job_id, 0, kind="hybrid")
+    program = ProgramRecord(
+        job_id=job_id, source="def main(qpu):\n    return 1\n", entry_point=None, entry="main",
+        args='{"x": 1}', timeout=60.0, max_iterations=10, status="queued",
+    )  # fmt: skip
+    return job, program
+
+
+def test_program_lifecycle(store: Store) -> None:
+    job, program = _hybrid_job("h1")
+    store.create_program(job, program)
+    assert store.get_program("h1") == program
+    assert [p.job_id for p in store.open_programs()] == ["h1"]
+    store.start_program("h1", "s1", 101.0)
+    running = store.get_program("h1")
+    assert (running.status, running.session_id, running.started_at) == ("running", "s1", 101.0)
+    assert store.get_job("h1").state == "running"
+    with pytest.raises(ConflictError, match="already running"):
+        store.start_program("h1", "s2", 102.0)
+    finished = replace(
+        running, status="timeout", message="wall-clock timeout", return_value=None,
+        timings='{"run_s": 1.5}', progress='{"iteration": 3}', iterations=3, qpu_calls=7,
+        stdout="out\n", stderr="", finished_at=110.0,
+    )  # fmt: skip
+    store.finish_program(finished, "failed")
+    assert store.get_program("h1") == finished
+    job_after = store.get_job("h1")
+    assert (job_after.state, job_after.finished_at) == ("failed", 110.0)
+    assert store.open_programs() == []
+    with pytest.raises(ConflictError, match="already timeout"):
+        store.fail_program("h1", "again", 120.0)
+
+
+def test_program_creation_is_atomic_and_validated(store: Store) -> None:
+    job, program = _hybrid_job("h2")
+    with pytest.raises(ValueError, match="hybrid"):
+        store.create_program(replace(job, kind="batch"), program)
+    with pytest.raises(ValueError, match="unknown program status"):
+        store.create_program(job, replace(program, status="weird"))
+    store.create_program(job, program)
+    with pytest.raises(ConflictError):
+        store.create_program(job, program)  # the job row exists: nothing new is stored
+    with pytest.raises(NotFoundError):
+        store.get_program("nope")
+    with pytest.raises(NotFoundError):
+        store.start_program("nope", "s", 1.0)
+    failed = store.fail_program("h2", "the broker restarted", 130.0)
+    assert store.get_program("h2") == failed
+    assert store.get_job("h2").state == "failed"

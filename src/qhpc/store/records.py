@@ -19,6 +19,10 @@ JOB_KINDS: tuple[str, ...] = ("batch", "session", "hybrid")
 PAYLOAD_KINDS: tuple[str, ...] = ("sampler", "estimator")
 TOKEN_ROLES: tuple[str, ...] = ("admin", "centre", "user", "session")
 ROLLUP_GROUPS: tuple[str, ...] = ("job", "user", "account", "centre", "resource")
+#: How a hybrid program ended (``queued``/``running`` while it has not).
+PROGRAM_STATUSES: tuple[str, ...] = (
+    "queued", "running", "completed", "failed", "timeout", "cancelled", "limit", "killed",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +143,33 @@ class UsageRecord:
     shots: int
     circuits: int
     finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRecord:
+    """A hybrid job's program: what was submitted and, once it ended, its outcome.
+
+    ``source`` is the program text, or ``None`` when ``entry_point`` names a program
+    registered on the server (``args`` then carries its JSON spec). JSON columns
+    (``args``, ``return_value``, ``timings``, ``progress``) hold JSON text.
+    """
+
+    job_id: str
+    source: str | None
+    entry_point: str | None
+    entry: str
+    args: str
+    timeout: float
+    max_iterations: int | None
+    status: str
+    session_id: str | None = None
+    message: str | None = None
+    return_value: str | None = None
+    timings: str | None = None
+    progress: str | None = None
+    iterations: int = 0
+    qpu_calls: int = 0
+    stdout: str = ""
+    stderr: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None

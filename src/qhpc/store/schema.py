@@ -5,8 +5,8 @@ Column names follow the record fields except where a field name is an SQL keywor
 :func:`to_row`/:func:`from_row` translate. Types are portable: ``Text`` ids, ``Double``
 times, ``LargeBinary`` payloads (BLOB / BYTEA).
 
-Migration 1 creates exactly these tables (see ``migrations.py`` for the rule once a later
-migration changes one).
+Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs`` (see
+``migrations.py`` for the rule once a later migration changes one).
 """
 
 from __future__ import annotations
@@ -164,6 +164,36 @@ usage = Table(
     Index("ix_usage_username", "username"),
     Index("ix_usage_finished_at", "finished_at"),
 )
+
+programs = Table(
+    "programs",
+    metadata,
+    Column("job_id", Text, ForeignKey("jobs.job_id"), primary_key=True),
+    Column("source", Text),
+    Column("entry_point", Text),
+    Column("entry", Text, nullable=False),
+    Column("args", Text, nullable=False),
+    Column("timeout", Double, nullable=False),
+    Column("max_iterations", BigInteger),
+    Column("status", Text, nullable=False),
+    Column("session_id", Text),
+    Column("message", Text),
+    Column("return_value", Text),
+    Column("timings", Text),
+    Column("progress", Text),
+    Column("iterations", BigInteger, nullable=False),
+    Column("qpu_calls", BigInteger, nullable=False),
+    Column("stdout", Text, nullable=False),
+    Column("stderr", Text, nullable=False),
+    Column("started_at", Double),
+    Column("finished_at", Double),
+    Index("ix_programs_status", "status"),
+)
+
+#: tables migration 1 created; later tables come with their own migration
+V1_TABLES: tuple[str, ...] = (
+    "jobs", "tasks", "sessions", "reservations", "accounts", "tokens", "usage",
+)  # fmt: skip
 
 # Record field -> column, for fields whose names are SQL keywords.
 _RENAMES: dict[str, str] = {

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from qhpc.store import schema
 from qhpc.store._admin import AdminMixin
+from qhpc.store._programs import ProgramsMixin
 from qhpc.store.database import Database
 from qhpc.store.errors import ConflictError, NotFoundError
 from qhpc.store.migrations import migrate
@@ -57,7 +58,7 @@ _t = schema.tasks
 _TASK_COLUMNS = [c for c in _t.c if c.name != "result"]
 
 
-class Store(AdminMixin):
+class Store(AdminMixin, ProgramsMixin):
     """Jobs, tasks, sessions, reservations, accounts, tokens and usage of one broker."""
 
     def __init__(self, db: Database, schema_version: int) -> None:
