@@ -25,6 +25,7 @@ from qhpc.program.errors import (
     CancelledError,
     JobError,
     PluginError,
+    PluginSpecError,
     ProgramError,
     RemoteError,
     StackError,
@@ -36,8 +37,17 @@ from qhpc.program.minimize import ScipyMinimize
 from qhpc.program.mitigation import ReadoutMitigation
 from qhpc.program.observables import ObservableMeasurement
 from qhpc.program.qpu import Executor, LocalQPU, PayloadPlan, as_qpu
+from qhpc.program.registry import (
+    plugin_from_spec,
+    plugin_spec,
+    register_plugin,
+    registered_plugins,
+    stack_from_spec,
+    stack_spec,
+)
 from qhpc.program.remote import RemoteQPU, qpu, target_from_dict
 from qhpc.program.result import BatchResult, Result
+from qhpc.program.session import SessionQPU, session_qpu
 from qhpc.program.stack import Plugin, Stack
 from qhpc.program.transpile import Transpile
 
@@ -57,17 +67,26 @@ __all__ = [
     "PayloadPlan",
     "Plugin",
     "PluginError",
+    "PluginSpecError",
     "ProgramError",
     "ReadoutMitigation",
     "RemoteError",
     "RemoteQPU",
     "Result",
     "ScipyMinimize",
+    "SessionQPU",
     "Stack",
     "StackError",
     "Transpile",
     "as_qpu",
     "job_generator",
+    "plugin_from_spec",
+    "plugin_spec",
     "qpu",
+    "register_plugin",
+    "registered_plugins",
+    "session_qpu",
+    "stack_from_spec",
+    "stack_spec",
     "target_from_dict",
 ]

@@ -31,3 +31,12 @@ class CancelledError(ProgramError):
 
 class RemoteError(ProgramError):
     """The broker refused or failed a submission (the message names the broker job)."""
+
+
+class PluginSpecError(StackError, ValueError):
+    """A plugin cannot travel to a broker or be rebuilt there: unregistered, unknown name,
+    bad params (the message names the plugin)."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        self.plugin = plugin
+        super().__init__(message)

@@ -12,6 +12,7 @@ from qhpc.program.errors import JobError
 from qhpc.program.future import check_cancelled
 from qhpc.program.job import Batch, Job
 from qhpc.program.qpu import Executor
+from qhpc.program.registry import register_plugin
 from qhpc.program.result import BatchResult, Result
 from qhpc.program.stack import Plugin
 
@@ -69,6 +70,15 @@ class ScipyMinimize(Plugin):
             raise ValueError(f"restarts must be non-negative, got {restarts}")
         self.restarts = restarts
         self.restart_options = dict(restart_options or {})
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "tol": self.tol, "options": self.options,
+            "x0": None if self.x0 is None else self.x0.tolist(),
+            "bounds": self.bounds, "reevaluate": self.reevaluate, "seed": self.seed,
+            "spread": self.spread, "restarts": self.restarts,
+            "restart_options": self.restart_options,
+        }  # fmt: skip
 
     def execute(self, batch: Batch, below: Executor) -> BatchResult:
         open_jobs = [i for i, job in enumerate(batch) if _is_open(job)]
@@ -149,3 +159,6 @@ class ScipyMinimize(Plugin):
 
 def _is_open(job: Job) -> bool:
     return job.observable is not None and bool(job.free_parameters)
+
+
+register_plugin("ScipyMinimize", ScipyMinimize)

@@ -13,6 +13,7 @@ from qiskit.circuit import QuantumCircuit
 
 from qhpc.program.errors import JobError
 from qhpc.program.job import Batch, Job
+from qhpc.program.registry import register_plugin
 from qhpc.program.result import BatchResult, Result
 from qhpc.program.stack import Plugin
 from qhpc.resources.target import DeviceTarget
@@ -61,6 +62,12 @@ class ReadoutMitigation(Plugin):
         self.max_age = max_age
         self._calibrations: dict[_Key, _Calibration] = {}
         self._lock = threading.Lock()
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "max_qubits": self.max_qubits, "shots": self.shots,
+            "method": self.method, "max_age": self.max_age,
+        }  # fmt: skip
 
     def calibration(self, key: _Key) -> _Calibration | None:
         with self._lock:
@@ -203,3 +210,6 @@ def _mitigated(answer: Result, key: _Key, calibration: _Calibration) -> Result:
         mitigated[format(outcome, f"0{clbits}b")] = int(count)
     meta = {**answer.meta, "readout_mitigated": True, "raw_counts": counts}
     return answer.replace(counts=mitigated, meta=meta)
+
+
+register_plugin("ReadoutMitigation", ReadoutMitigation)

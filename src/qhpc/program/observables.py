@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from qiskit.circuit import ClassicalRegister, QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 
 from qhpc.program.job import Batch, Job
+from qhpc.program.registry import register_plugin
 from qhpc.program.result import BatchResult, Result
 from qhpc.program.stack import Plugin
 from qhpc.resources.estimation import MeasurementPlan
@@ -53,6 +55,9 @@ class ObservableMeasurement(Plugin):
             OrderedDict()
         )
         self._lock = threading.Lock()
+
+    def params(self) -> dict[str, Any]:
+        return {"default_shots": self.default_shots}
 
     def measurement(self, circuit: QuantumCircuit, observable: SparsePauliOp) -> _Measurement:
         key = (id(circuit), tuple(observable.to_list()))
@@ -148,3 +153,6 @@ def _combine(
             if key in answer.meta:
                 meta[key] = answer.meta[key]
     return estimate.values[0][0], estimate.std_errors[0][0], meta
+
+
+register_plugin("ObservableMeasurement", ObservableMeasurement)

@@ -42,6 +42,21 @@ class Plugin:
         """
         return result
 
+    def params(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this plugin (plain JSON data).
+
+        A broker rebuilds a registered plugin as ``factory(**plugin.params())``
+        (see :func:`~qhpc.program.register_plugin`); plugins that never travel
+        need not implement it.
+        """
+        raise NotImplementedError(f"{self.name} does not implement params()")
+
+    def spec(self) -> dict[str, Any]:
+        """``{"plugin": name, "params": {...}}``: how a broker rebuilds this plugin."""
+        from qhpc.program.registry import plugin_spec
+
+        return plugin_spec(self)
+
     def execute(self, batch: Batch, below: Executor) -> BatchResult:
         """compile → submit to ``below`` → post_process; override to resubmit."""
         try:

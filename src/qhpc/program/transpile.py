@@ -9,6 +9,7 @@ from typing import Any
 from qiskit.circuit import QuantumCircuit
 
 from qhpc.program.job import Batch, Job
+from qhpc.program.registry import register_plugin
 from qhpc.program.stack import Plugin
 from qhpc.resources.target import DeviceTarget
 
@@ -37,6 +38,12 @@ class Transpile(Plugin):
             OrderedDict()
         )
         self._lock = threading.Lock()
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "optimization_level": self.optimization_level,
+            "seed_transpiler": self.seed_transpiler,
+        }
 
     def _manager(self, specs: DeviceTarget) -> Any:
         manager = self._managers.get(specs)
@@ -88,3 +95,6 @@ class Transpile(Plugin):
             observable = observable.apply_layout(circuit.layout)
         meta = {**job.meta, "logical_qubits": job.circuit.num_qubits}
         return Job(circuit, observable, job.shots, params, job.name, meta)
+
+
+register_plugin("Transpile", Transpile)

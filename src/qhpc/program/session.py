@@ -1,0 +1,150 @@
+"""A session's QPU over the broker's ZeroMQ fast path, as a stack's bottom.
+
+Inside a Slurm job (or any shell) holding a session, ``QHPC_FASTPATH`` (the
+broker's fast-path endpoint) and ``QHPC_SESSION`` (the session token) are set;
+:func:`session_qpu` then gives a :class:`SessionQPU` (a :class:`~qhpc.program.LocalQPU`) whose every
+payload is one session task: the broker runs it at session priority and
+answers without HTTP. The same stack code therefore runs client-driven over a
+session exactly as it does over a local resource or a :class:`RemoteQPU`.
+
+The fast path carries tasks only, so the device target (what ``Transpile``
+compiles for) comes from the broker's REST API (``QHPC_URL``, read with the
+session token) or is given by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qhpc.program.errors import RemoteError
+from qhpc.program.qpu import LocalQPU
+from qhpc.resources.errors import TaskFailedError
+from qhpc.resources.payload import Payload, TaskResult
+from qhpc.resources.target import DeviceTarget
+
+if TYPE_CHECKING:
+    from qhpc.api.fastpath import FastPathClient
+
+FASTPATH_ENV = "QHPC_FASTPATH"
+SESSION_ENV = "QHPC_SESSION"
+URL_ENV = "QHPC_URL"
+RESOURCE_ENV = "QHPC_RESOURCE"
+
+#: ``runner(payload) -> result``: one session task, run to completion
+PayloadRunner = Callable[[Payload], TaskResult]
+
+
+class SessionResource:
+    """``run(payload)`` / ``target()`` over a payload runner (a session's fast path).
+
+    Errors of the fast path (a closed session, a failed task) become
+    :class:`~qhpc.resources.TaskFailedError`, so the QPU above reports them
+    naming the jobs the task carried.
+    """
+
+    def __init__(self, runner: PayloadRunner, target: DeviceTarget, name: str) -> None:
+        self._runner = runner
+        self._target = target
+        self.name = name
+
+    def run(self, payload: Payload, timeout: float | None = None) -> TaskResult:
+        from qhpc.errors import QhpcError
+
+        try:
+            return self._runner(payload)
+        except QhpcError as exc:
+            raise TaskFailedError(f"session task on {self.name}: {exc}") from exc
+
+    def target(self) -> DeviceTarget:
+        return self._target
+
+
+class SessionQPU(LocalQPU):
+    """A session's resource over the fast path; :meth:`close` ends the connection
+    (the session itself stays open: Slurm's epilog or its owner closes it)."""
+
+    def __init__(self, client: FastPathClient, target: DeviceTarget) -> None:
+        super().__init__(SessionResource(client.run, target, client.resource), name=client.resource)
+        self.client = client
+        self.session_id = client.session_id
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> SessionQPU:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def payload_runner(handle: object) -> PayloadRunner:
+    """How to run one payload through ``handle``.
+
+    ``handle`` is a session client (the fast path's ``FastPathClient``, the
+    runtime's direct channel: ``run(payload)``), the QPU handle a hybrid
+    program receives (its payload call, which keeps its timings), or anything
+    with ``run_payload(payload)``.
+    """
+    method = getattr(handle, "run_payload", None)
+    if callable(method):
+        return method  # type: ignore[no-any-return]
+    if hasattr(handle, "estimate") and callable(getattr(handle, "_call", None)):
+        return handle._call  # type: ignore[attr-defined,no-any-return]  # the runtime's handle
+    if hasattr(handle, "session_id") and callable(getattr(handle, "run", None)):
+        return handle.run  # type: ignore[attr-defined,no-any-return]  # a session client
+    raise RemoteError(
+        f"a {type(handle).__name__} cannot run payloads: give a session client or the "
+        "QPU handle of a hybrid program"
+    )
+
+
+def session_qpu(
+    endpoint: str | None = None,
+    token: str | None = None,
+    *,
+    target: DeviceTarget | None = None,
+    url: str | None = None,
+    timeout: float = 600.0,
+) -> SessionQPU:
+    """The session's resource as a QPU, over the fast path.
+
+    Unset arguments come from ``QHPC_FASTPATH``, ``QHPC_SESSION`` and
+    ``QHPC_URL``. Without ``target`` it is read from the broker's REST API.
+    """
+    from qhpc.api.fastpath import FastPathClient
+
+    endpoint = endpoint or os.environ.get(FASTPATH_ENV)
+    token = token or os.environ.get(SESSION_ENV)
+    if not endpoint or not token:
+        raise RemoteError(
+            f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "
+            f"{SESSION_ENV} (a session token), as qhpc's Slurm TaskProlog does"
+        )
+    client = FastPathClient(endpoint, token, timeout=timeout)
+    try:
+        if target is None:
+            target = _target_over_rest(url or os.environ.get(URL_ENV), token, client.resource)
+    except BaseException:
+        client.close()
+        raise
+    return SessionQPU(client, target)
+
+
+def _target_over_rest(url: str | None, token: str, resource: str) -> DeviceTarget:
+    from qhpc.client import ClientError, connect
+    from qhpc.program.remote import target_from_dict
+
+    if not url:
+        raise RemoteError(
+            f"the session's device target is needed to compile for {resource!r}: set "
+            f"{URL_ENV} (the broker's REST URL) or pass target="
+        )
+    try:
+        with connect(url, token) as client:
+            data: dict[str, Any] = client.resource(resource)
+    except ClientError as exc:
+        raise RemoteError(f"cannot read the target of {resource!r} at {url}: {exc}") from exc
+    return target_from_dict(data["target"])

@@ -1,0 +1,375 @@
+"""Stacks that travel: the plugin registry, stack specs, server-side rebuilds, remote = local.
+
+Tolerances (as in test_program.py): exact expectation values must reach the
+H2 ground energy within 1.6 mHa (chemical accuracy); with 20 000 shots per
+measurement group one evaluation's standard error is about 1.6 mHa and the
+stated tolerance is 10 mHa. The simulator is seeded, so the same stack gives
+the same numbers wherever it runs; the tests check that too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from qiskit.circuit import Parameter, QuantumCircuit
+
+from qhpc.program import (
+    Batch,
+    BatchResult,
+    Job,
+    LocalQPU,
+    ObservableMeasurement,
+    Plugin,
+    PluginError,
+    PluginSpecError,
+    ReadoutMitigation,
+    Result,
+    ScipyMinimize,
+    StackError,
+    Transpile,
+    plugin_from_spec,
+    plugin_spec,
+    register_plugin,
+    registered_plugins,
+    stack_from_spec,
+    stack_spec,
+)
+from qhpc.program.server import check_request, decode_answer, make_request, run_stack
+from qhpc.program.wire import (
+    decode_batch,
+    decode_batch_result,
+    encode_batch,
+    encode_batch_result,
+)
+from qhpc.resources import AerResource
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CHEMICAL_ACCURACY_MHA = 1.6
+SHOTS_TOLERANCE_MHA = 10.0
+
+
+def example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"remote_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def vqe() -> ModuleType:
+    return example("vqe_h2")
+
+
+@pytest.fixture
+def aer() -> Any:
+    resource = AerResource("aer", seed=7)
+    yield resource
+    resource.close()
+
+
+class Doubler(Plugin):
+    """A user-defined plugin nobody registered."""
+
+    def post_process(self, result: BatchResult) -> BatchResult:
+        return BatchResult(
+            tuple(r.replace(value=2 * (r.value or 0.0)) for r in result), result.meta
+        )
+
+
+# -- registry ------------------------------------------------------------------------
+
+
+def test_shipped_plugins_are_registered_under_their_class_names() -> None:
+    known = registered_plugins()
+    for plugin in (ScipyMinimize, ObservableMeasurement, Transpile, ReadoutMitigation):
+        assert known[plugin.__name__] is plugin
+
+
+def roundtrip(plugin: Plugin) -> Plugin:
+    """Through JSON text, as a broker would receive it."""
+    return plugin_from_spec(json.loads(json.dumps(plugin_spec(plugin))))
+
+
+scipy_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "method": st.sampled_from(["COBYLA", "Nelder-Mead", "Powell", "L-BFGS-B"]),
+        "tol": st.none() | st.floats(1e-9, 1.0),
+        "maxiter": st.integers(1, 10_000),
+        "x0": st.none() | st.lists(st.floats(-10, 10), min_size=1, max_size=6),
+        "reevaluate": st.booleans(),
+        "seed": st.none() | st.integers(0, 2**31),
+        "spread": st.floats(0, 3),
+        "restarts": st.integers(0, 3),
+        "restart_options": st.dictionaries(
+            st.sampled_from(["rhobeg", "maxiter"]), st.integers(1, 9)
+        ),
+    },
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scipy_params)
+def test_scipy_minimize_specs_round_trip(params: dict[str, Any]) -> None:
+    plugin = ScipyMinimize(**params)
+    rebuilt = roundtrip(plugin)
+    assert type(rebuilt) is ScipyMinimize
+    assert plugin_spec(rebuilt) == plugin_spec(plugin)
+    assert rebuilt.options == plugin.options and rebuilt.method == plugin.method
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 3),
+    st.none() | st.integers(0, 2**31),
+    st.none() | st.integers(1, 10**6),
+    st.sampled_from(["full", "tensored"]),
+    st.integers(1, 8),
+    st.none() | st.floats(0.1, 1e5),
+)
+def test_other_plugins_specs_round_trip(
+    level: int, seed: int | None, shots: int | None, method: str, qubits: int, age: float | None
+) -> None:
+    for plugin in (
+        Transpile(level, seed),
+        ObservableMeasurement(shots),
+        ReadoutMitigation(max_qubits=qubits, method=method, max_age=age),
+    ):
+        rebuilt = roundtrip(plugin)
+        assert type(rebuilt) is type(plugin)
+        assert plugin_spec(rebuilt) == plugin_spec(plugin)
+
+
+def test_stack_spec_round_trips_and_names_the_qpu(aer: AerResource) -> None:
+    stack = ScipyMinimize(maxiter=5) | ObservableMeasurement(100) | Transpile(0) | aer
+    spec = stack_spec(stack)
+    assert spec["qpu"] == "aer" and [p["plugin"] for p in spec["plugins"]] == [
+        "ScipyMinimize", "ObservableMeasurement", "Transpile",
+    ]  # fmt: skip
+    rebuilt = stack_from_spec(json.loads(json.dumps(spec)), LocalQPU(aer))
+    assert rebuilt.name == stack.name
+    assert stack_spec(rebuilt) == spec
+
+
+def test_registering_a_user_plugin_lets_it_travel() -> None:
+    class Scaled(Plugin):
+        def __init__(self, factor: float = 1.0) -> None:
+            self.factor = factor
+
+        def params(self) -> dict[str, Any]:
+            return {"factor": self.factor}
+
+    register_plugin("TestScaled", Scaled)
+    register_plugin("TestScaled", Scaled)  # the same again is harmless
+    assert plugin_spec(Scaled(2.5)) == {"plugin": "TestScaled", "params": {"factor": 2.5}}
+    rebuilt = plugin_from_spec({"plugin": "TestScaled", "params": {"factor": 2.5}})
+    assert isinstance(rebuilt, Scaled) and rebuilt.factor == 2.5
+    with pytest.raises(PluginSpecError, match="already registered"):
+        register_plugin("TestScaled", Doubler)
+
+
+# -- bad input: errors name the plugin ------------------------------------------------
+
+
+def test_unregistered_plugin_is_refused_by_name(aer: AerResource) -> None:
+    with pytest.raises(PluginSpecError, match="plugin Doubler is not registered") as caught:
+        stack_spec(ScipyMinimize() | Doubler() | aer)
+    assert caught.value.plugin == "Doubler"
+
+
+def test_a_subclass_of_a_registered_plugin_is_not_that_plugin(aer: AerResource) -> None:
+    class MyTranspile(Transpile):
+        pass
+
+    with pytest.raises(PluginSpecError, match="MyTranspile is not registered"):
+        stack_spec(MyTranspile() | aer)
+
+
+def test_stack_without_qpu_has_no_spec() -> None:
+    with pytest.raises(StackError, match="has no QPU"):
+        stack_spec(ScipyMinimize() | ObservableMeasurement())
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"plugin": "Nope", "params": {}},
+            r"unknown plugin 'Nope'; registered plugins: .*ScipyMinimize",
+        ),
+        ({"plugin": "Transpile", "params": {"level": 1}}, r"plugin Transpile: bad params .*level"),
+        (
+            {"plugin": "Transpile", "params": {"optimization_level": 7}},
+            r"plugin Transpile: bad params.*0\.\.3",
+        ),
+        (
+            {"plugin": "ObservableMeasurement", "params": {"default_shots": -1}},
+            "ObservableMeasurement: bad params",
+        ),
+        ({"plugin": "ScipyMinimize", "params": {"restarts": -1}}, "ScipyMinimize: bad params"),
+        ({"plugin": "Transpile", "extra": 1}, r"Transpile: unknown spec field\(s\) \['extra'\]"),
+        ({"plugin": "Transpile", "params": [1]}, "Transpile: params must be a map"),
+        ({"params": {}}, "needs a 'plugin' name"),
+        ("Transpile", "must be a map"),
+    ],
+)
+def test_bad_plugin_specs_name_the_plugin(spec: Any, message: str) -> None:
+    with pytest.raises(PluginSpecError, match=message):
+        plugin_from_spec(spec)
+
+
+def test_params_that_cannot_travel_are_refused(aer: AerResource) -> None:
+    plugin = ScipyMinimize(options={"callback": print})
+    with pytest.raises(PluginSpecError, match=r"ScipyMinimize: param options\.callback is a"):
+        stack_spec(plugin | aer)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "message"),
+    [
+        (lambda r: r.update(v=9), StackError, "request version 9"),
+        (lambda r: r["stack"].update(v=2), PluginSpecError, "stack spec version 2"),
+        (lambda r: r["stack"].update(qpu=None), StackError, "names no QPU"),
+        (
+            lambda r: r["stack"]["plugins"].append({"plugin": "Evil"}),
+            PluginSpecError,
+            "unknown plugin 'Evil'",
+        ),
+        (lambda r: r.update(target=None), StackError, "needs the device 'target'"),
+        (lambda r: r.update(batch="%%%"), ValueError, "not base64"),
+        (
+            lambda r: r.update(batch="AAAA"),
+            ValueError,
+            "not valid MessagePack|expected an encoded batch",
+        ),
+    ],
+)
+def test_bad_stack_requests_are_refused_whole(
+    aer: AerResource, vqe: Any, mutate: Any, error: type[Exception], message: str
+) -> None:
+    stack = ScipyMinimize(maxiter=3) | ObservableMeasurement() | Transpile() | aer
+    request = make_request(stack, Batch([Job.expectation(vqe.ansatz(), vqe.hamiltonian())]))
+    request = json.loads(json.dumps(request))
+    mutate(request)
+    with pytest.raises(error, match=message):
+        check_request(request)
+
+
+# -- the wire ---------------------------------------------------------------------------
+
+angles = st.floats(-3.2, 3.2, allow_nan=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.none() | st.integers(1, 10**5),
+            st.lists(angles, min_size=2, max_size=2),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_batches_round_trip_and_keep_shared_circuits(
+    items: list[tuple[bool, int | None, list[float]]],
+) -> None:
+    a, b = Parameter("a"), Parameter("b")
+    circuit = QuantumCircuit(2, name="shared")
+    circuit.ry(a, 0)
+    circuit.rx(b, 1)
+    circuit.cx(0, 1)
+    measured = circuit.measure_all(inplace=False)
+    jobs = []
+    for index, (expectation, shots, values) in enumerate(items):
+        if expectation:
+            jobs.append(
+                Job.expectation(circuit, {"ZZ": 0.5, "XI": -0.25}, shots, values, f"e{index}")
+            )
+        else:
+            jobs.append(Job.sample(measured, shots or 100, values, name=f"s{index}"))
+    batch = Batch(jobs, {"note": ("kept", 1)})
+    back = decode_batch(encode_batch(batch))
+    assert len(back) == len(batch) and back.meta == {"note": ["kept", 1]}
+    for got, sent in zip(back, batch, strict=True):
+        assert (got.name, got.shots, got.parameters) == (sent.name, sent.shots, sent.parameters)
+        assert got.circuit == sent.circuit
+        assert (got.observable is None) == (sent.observable is None)
+        if sent.observable is not None:
+            assert got.observable is not None and got.observable.equiv(sent.observable)
+    # jobs on one circuit object still share one (payload plans group by circuit)
+    ids = {id(j.circuit) for j in back if j.observable is not None}
+    assert len(ids) <= 1
+
+
+def test_batch_results_round_trip() -> None:
+    result = BatchResult(
+        (
+            Result(
+                value=-1.5, error=0.01, parameters=(0.1, 0.2), meta={"x": (0.1, 0.2), "nfev": 3}
+            ),
+            Result(counts={"00": 7, "11": 9}, meta={"shots": 16}),
+        ),
+        {"resource": "aer"},
+    )
+    back = decode_batch_result(encode_batch_result(result))
+    assert back.results[0].value == -1.5 and back.results[0].parameters == (0.1, 0.2)
+    assert back.results[0].meta == {"x": [0.1, 0.2], "nfev": 3}
+    assert back.results[1].counts == {"00": 7, "11": 9} and back.meta == {"resource": "aer"}
+
+
+# -- rebuilt stacks give what the local stack gives ------------------------------------------
+
+
+@pytest.mark.parametrize("shots", [None, 20_000])
+def test_a_rebuilt_stack_returns_what_the_local_stack_returns(vqe: Any, shots: int | None) -> None:
+    local_aer, server_aer = AerResource("aer", seed=7), AerResource("aer", seed=7)
+    try:
+        stack = (
+            ScipyMinimize(tol=1e-6, maxiter=300) | ObservableMeasurement() | Transpile() | local_aer
+        )
+        job = Job.expectation(vqe.ansatz(), vqe.hamiltonian(), shots=shots, name="vqe-h2")
+        local = stack.submit(job)
+        request = json.loads(json.dumps(make_request(stack, Batch([job]))))
+        answer = json.loads(json.dumps(run_stack(LocalQPU(server_aer), request)))
+        remote = decode_answer(answer)[0]
+    finally:
+        local_aer.close()
+        server_aer.close()
+    assert remote.value == local.value and remote.error == local.error
+    assert remote.parameters == local.parameters and remote.meta["nfev"] == local.meta["nfev"]
+    error_mha = abs(remote.value - vqe.EXACT_ENERGY) * 1000
+    assert error_mha < (CHEMICAL_ACCURACY_MHA if shots is None else SHOTS_TOLERANCE_MHA)
+
+
+class Failing(Plugin):
+    """Registered, and raises in compile."""
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def compile(self, batch: Batch, specs: Any) -> Batch:
+        raise ValueError("no good")
+
+
+register_plugin("TestFailing", Failing)
+
+
+def test_a_failing_plugin_on_the_server_names_plugin_and_job(aer: AerResource) -> None:
+    circuit = QuantumCircuit(1)
+    circuit.h(0)
+    stack = Transpile() | Failing() | aer
+    request = make_request(stack, Batch([Job.expectation(circuit, "Z", name="probe")]))
+    with pytest.raises(PluginError, match="plugin Failing failed in compile on job 'probe'"):
+        run_stack(LocalQPU(aer), request)
