@@ -14,6 +14,7 @@ from rich.table import Table
 
 from qhpc import __version__
 from qhpc.cli_broker import register as register_broker_commands
+from qhpc.cli_slurm import register as register_slurm_commands
 from qhpc.errors import QhpcError
 from qhpc.resources import (
     EstimatorResult,
@@ -38,6 +39,7 @@ resources_app = typer.Typer(
 )
 app.add_typer(resources_app, name="resources")
 register_broker_commands(app)
+register_slurm_commands(app)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -206,8 +206,16 @@ def accounting(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = "",
     as_json: JsonOption = False,
+    slurm: Annotated[
+        bool, typer.Option("--slurm", help="Per Slurm job, joined with sacct's records.")
+    ] = False,
 ) -> None:
     """QPU seconds, shots, circuits and tasks, rolled up."""
+    if slurm:
+        from qhpc.cli_slurm import print_slurm_accounting
+
+        print_slurm_accounting(url, token, as_json)
+        return
     with _client(url, token) as client:
         rows = client.accounting(group_by)
     if as_json:

@@ -1,0 +1,152 @@
+"""``qhpc slurm …``: commands for Slurm admins and users.
+
+Each command is a plain function registered on :data:`slurm_app`; add a new one
+with ``@slurm_app.command("name")`` below the others. ``qhpc accounting --slurm``
+lives in cli_broker.py and calls :func:`print_slurm_accounting`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qhpc.slurm import SlurmConfigError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+slurm_app = typer.Typer(
+    help="QPUs as Slurm resources: configuration, hooks, job helpers.", no_args_is_help=True
+)
+
+
+def _parse_sessions(items: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        name, sep, count = item.partition("=")
+        if not sep or not name or not count.strip().isdigit():
+            raise SlurmConfigError(f"--sessions: expected NAME=K, got {item!r}")
+        counts[name.strip()] = int(count)
+    return counts
+
+
+@slurm_app.command("config")
+def config(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
+    resources_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="QHPC_CONFIG",
+            help="The broker's resource config (qhpc TOML or qrmi_config.json).",
+        ),
+    ] = None,
+    sessions_per_qpu: Annotated[
+        int, typer.Option(help="Licence count K: jobs that may hold a session on a QPU at once.")
+    ] = 2,
+    sessions: Annotated[
+        list[str] | None, typer.Option("--sessions", help="Per-QPU K as NAME=K (repeatable).")
+    ] = None,
+    broker: Annotated[
+        str, typer.Option("--broker", envvar="QHPC_URL", help="Broker REST URL for the hooks.")
+    ] = "http://127.0.0.1:8080",
+    fastpath: Annotated[
+        str | None,
+        typer.Option(help="Fast-path endpoint jobs get (default tcp://<broker host>:5555)."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the admin or centre token the hooks use (default: $QHPC_TOKEN)."
+        ),
+    ] = None,
+    spool_dir: Annotated[
+        Path, typer.Option(help="Controller-side handover directory (SlurmUser only).")
+    ] = Path("/var/spool/qhpc-slurm"),
+    run_dir: Annotated[
+        Path, typer.Option(help="Node-side directory of per-job session files.")
+    ] = Path("/run/qhpc-slurm"),
+    slurm_user: Annotated[str, typer.Option(help="SlurmUser: owner of hooks.toml.")] = "slurm",
+    spank_plugin: Annotated[
+        Path | None, typer.Option(help="Path of the built qhpc_qpu.so (writes plugstack.conf).")
+    ] = None,
+    gres_node: Annotated[
+        str | None, typer.Option(help="Also write count-only GRES (gres.conf) for this node.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="Session mode: multiplex or exclusive.")] = (
+        "multiplex"
+    ),
+) -> None:
+    """Write qhpc.conf, plugstack.conf, gres.conf, hook wrappers and hooks.toml into --out."""
+    from qhpc.resources.config import load_registry
+    from qhpc.slurm import SlurmConfigRequest, write_config
+
+    if mode not in ("multiplex", "exclusive"):
+        raise SlurmConfigError(f"--mode: multiplex or exclusive, not {mode!r}")
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SlurmConfigError(f"cannot read {token_file}: {exc.strerror}") from None
+    else:
+        token = os.environ.get("QHPC_TOKEN", "").strip()
+    if not token:
+        raise SlurmConfigError(
+            "the hooks need an admin or centre token: --token-file FILE or $QHPC_TOKEN"
+        )
+    with load_registry(resources_config) as registry:
+        names = registry.names()
+    written = write_config(
+        SlurmConfigRequest(
+            resources=names, broker_url=broker, token=token, out_dir=out_dir,
+            sessions_per_qpu=sessions_per_qpu, sessions=_parse_sessions(sessions or []),
+            fastpath=fastpath, spool_dir=spool_dir, run_dir=run_dir, python=sys.executable,
+            slurm_user=slurm_user, spank_plugin=spank_plugin, gres_node=gres_node,
+            session_mode=mode,
+        )
+    )  # fmt: skip
+    for path in written.files:
+        out.print(str(path))
+    for note in written.notes:
+        err.print(f"note: {note}")
+
+
+def print_slurm_accounting(url: str, token: str, as_json: bool) -> None:
+    """``qhpc accounting --slurm``: broker usage per Slurm job joined with sacct."""
+    from qhpc.slurm import slurm_accounting
+
+    rows = slurm_accounting(url, token)
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(
+        "slurm job", "user", "account", "state", "resource", "tasks", "qpu seconds", "shots",
+        "sacct qpu s",
+    )  # fmt: skip
+    for row in rows:
+        table.add_row(
+            row["slurm_job_id"], _text(row["user"]), _text(row["account"]), _text(row["state"]),
+            _text(row["resource"]), _text(row["tasks"]), _seconds(row["qpu_seconds"]),
+            _text(row["shots"]), _seconds(row["sacct_qpu_seconds"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(slurm_app, name="slurm")

@@ -1,0 +1,342 @@
+"""Slurm hook entry points: ``python -m qhpc.slurm.hooks HOOK``.
+
+=====================  =========================  ==========================================
+hook                   runs as, where             does
+=====================  =========================  ==========================================
+``prolog-slurmctld``   SlurmUser, controller      opens the job's session at the broker
+                                                  (admin/centre token), writes the handover
+``prolog``             root, node (Alloc)         copies the handover into a file only the
+                                                  job's user can read
+``task-prolog``        the job's user, node       prints ``export QHPC_…`` lines, or
+                                                  ``print`` lines and fails when there is
+                                                  no session
+``epilog``             root, node                 removes the job's file
+``epilog-slurmctld``   SlurmUser, controller      closes the job's sessions, writes QPU
+                                                  seconds and shots into AdminComment
+=====================  =========================  ==========================================
+
+A job that asked for no QPU passes through every hook untouched. Hooks other
+than the TaskProlog always exit 0: a failing node Prolog or Epilog drains the
+node, and a failing PrologSlurmctld requeues the job again and again (see
+docs/slurm-admin.md). Problems reach the job through the handover instead, and
+the TaskProlog turns them into a message in the job's output and a failed job.
+The admin token is read from the settings file and never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from qhpc.slurm.errors import SlurmError
+from qhpc.slurm.handover import (
+    Handover,
+    handover_path,
+    read_handover,
+    remove_handover,
+    write_handover,
+)
+from qhpc.slurm.jobinfo import (
+    TASK_QPU_ENV,
+    UNLIMITED_SECONDS,
+    JobView,
+    job_from_env,
+    show_job,
+)
+from qhpc.slurm.settings import HookSettings, load_settings
+
+HOOKS = ("prolog-slurmctld", "prolog", "task-prolog", "epilog", "epilog-slurmctld")
+LOG_NAME = "hooks.log"
+
+ShowJob = Callable[[str], Mapping[str, str]]
+
+
+def _log(settings: HookSettings | None, message: str, stream: TextIO | None = None) -> None:
+    """One line to stderr (the daemon's log) and, if writable, the spool's hooks.log."""
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} qhpc-slurm[{os.getpid()}]: {message}"
+    print(line, file=stream or sys.stderr)
+    if settings is None:
+        return
+    try:
+        with (settings.spool_dir / LOG_NAME).open("a", encoding="utf-8") as log:
+            log.write(line + "\n")
+    except OSError:
+        pass
+
+
+def _job(env: Mapping[str, str], show: ShowJob) -> JobView:
+    """The job from the environment, completed by ``scontrol show job`` when needed."""
+    job = job_from_env(env)
+    if not job.wants_qpu:
+        return job
+    return job_from_env(env, show(job.job_id))
+
+
+# -- controller side ----------------------------------------------------------------------
+
+
+def prolog_slurmctld(
+    env: Mapping[str, str],
+    settings: HookSettings,
+    *,
+    show: ShowJob = show_job,
+    now: Callable[[], float] = time.time,
+) -> int:
+    """Open the job's session and leave the handover for the node's Prolog."""
+    from qhpc.slurm.link import BrokerLink, BrokerRefused, BrokerUnreachable
+
+    first = job_from_env(env)
+    if not first.wants_qpu:
+        return 0
+    spool = handover_path(settings.spool_dir, first.job_id)
+    try:
+        job = job_from_env(env, show(first.job_id))
+    except SlurmError as exc:
+        _log(settings, f"job {first.job_id}: {exc}; using the environment alone")
+        job = first
+    try:
+        resource = job.qpu()
+    except ValueError as exc:
+        return _refuse(settings, spool, job, None, f"{exc}")
+    deadline = now() + (job.time_limit_s or UNLIMITED_SECONDS)
+    try:
+        with BrokerLink(settings.broker_url, settings.token, settings.broker_timeout_s) as link:
+            created = link.open_session(
+                resource, deadline=deadline, user=job.user, account=job.account or job.user,
+                slurm_job_id=job.job_id, mode=settings.session_mode,
+            )  # fmt: skip
+    except BrokerUnreachable:
+        return _refuse(
+            settings, spool, job, resource,
+            f"the qhpc broker at {settings.broker_url} is unreachable; "
+            "the job was stopped before it started (ask your admin)",
+        )  # fmt: skip
+    except BrokerRefused as exc:
+        return _refuse(settings, spool, job, resource, f"the broker refused it: {exc.detail}")
+    handover = Handover(
+        job_id=job.job_id, resource=resource, session_id=str(created["session_id"]),
+        token=str(created["token"]), url=settings.broker_url, fastpath=settings.fastpath,
+        deadline=float(created["deadline"]),
+    )  # fmt: skip
+    write_handover(spool, handover)
+    _log(
+        settings,
+        f"job {job.job_id}: session {handover.session_id} on {resource} for {job.user} "
+        f"until {handover.deadline:.0f}",
+    )
+    return 0
+
+
+def _refuse(
+    settings: HookSettings, spool: Path, job: JobView, resource: str | None, reason: str
+) -> int:
+    qpu = f" on {resource}" if resource else ""
+    message = f"no QPU session{qpu} for job {job.job_id}: {reason}"
+    write_handover(spool, Handover(job_id=job.job_id, resource=resource, error=message))
+    _log(settings, message)
+    return 0
+
+
+def epilog_slurmctld(
+    env: Mapping[str, str],
+    settings: HookSettings,
+    *,
+    write_comment: Callable[[str, str], None] | None = None,
+    attempts: int = 3,
+    pause_s: float = 1.0,
+) -> int:
+    """Close every open session of the job; book its QPU seconds and shots into Slurm."""
+    from qhpc.slurm.link import BrokerLink, BrokerRefused, BrokerUnreachable
+    from qhpc.slurm.sacct import set_admin_comment, usage_comment
+
+    job_id = env.get("SLURM_JOB_ID", "")
+    if not job_id.isdigit():
+        return 0
+    spool = handover_path(settings.spool_dir, job_id)
+    handover = read_handover(spool)
+    if handover is None and not job_from_env(env).wants_qpu:
+        return 0
+    comment = write_comment or set_admin_comment
+    for attempt in range(attempts):
+        try:
+            with BrokerLink(settings.broker_url, settings.token, settings.broker_timeout_s) as link:
+                sessions = link.sessions_of_job(job_id, include_closed=True)
+                if handover is not None and handover.session_id:
+                    known = {s["session_id"] for s in sessions}
+                    if handover.session_id not in known:
+                        _log(settings, f"job {job_id}: session {handover.session_id} not found")
+                for session in sessions:
+                    if session.get("closed_at") is None:
+                        link.close_session(str(session["session_id"]))
+                if not sessions:
+                    break
+                since = min(float(s["opened_at"]) for s in sessions)
+                usage = link.usage_by_job(since=since)
+        except BrokerUnreachable as exc:
+            _log(settings, f"job {job_id}: {exc} (attempt {attempt + 1} of {attempts})")
+            if attempt + 1 < attempts:
+                time.sleep(pause_s)
+                continue
+            _log(
+                settings,
+                f"job {job_id}: sessions left open; the broker closes them at their deadline",
+            )
+            return 0
+        except BrokerRefused as exc:
+            _log(settings, f"job {job_id}: closing its session failed: {exc}")
+            return 0
+        rows = [usage.get(str(s["session_id"]), {}) for s in sessions]
+        text = usage_comment(
+            resources=[str(s["resource"]) for s in sessions],
+            qpu_seconds=sum(float(r.get("qpu_seconds", 0.0)) for r in rows),
+            shots=sum(int(r.get("shots", 0)) for r in rows),
+            tasks=sum(int(r.get("tasks", 0)) for r in rows),
+        )
+        try:
+            comment(job_id, text)
+        except SlurmError as exc:
+            _log(settings, f"job {job_id}: cannot record usage in Slurm: {exc}")
+        _log(settings, f"job {job_id}: closed {len(sessions)} session(s); {text}")
+        break
+    remove_handover(spool)
+    return 0
+
+
+# -- node side ----------------------------------------------------------------------------
+
+
+def prolog(
+    env: Mapping[str, str],
+    settings: HookSettings,
+    *,
+    show: ShowJob = show_job,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """(root) Give the job's user a private copy of its handover; never fails the node."""
+    job_id = env.get("SLURM_JOB_ID", "")
+    if not job_id.isdigit():
+        return 0
+    try:
+        job = _job(env, show)
+    except SlurmError as exc:
+        _log(settings, f"job {job_id}: {exc}; cannot tell whether it wants a QPU")
+        return 0
+    if not job.wants_qpu:
+        return 0
+    if job.uid is None:
+        _log(settings, f"job {job_id}: no SLURM_JOB_UID; no QPU session handed over")
+        return 0
+    source = handover_path(settings.spool_dir, job_id)
+    # With PrologFlags=Alloc this Prolog may start while PrologSlurmctld still runs.
+    give_up = clock() + settings.handover_wait_s
+    handover = read_handover(source)
+    while handover is None and clock() < give_up:
+        sleep(0.1)
+        handover = read_handover(source)
+    if handover is None:
+        handover = Handover(
+            job_id=job_id, resource=job.spank_qpu,
+            error=f"no QPU session for job {job_id}: the controller's hook left none "
+            f"within {settings.handover_wait_s:.0f} s (ask your admin to check hooks.log)",
+        )  # fmt: skip
+        _log(settings, handover.error or "")
+    try:
+        settings.run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        target = handover_path(settings.run_dir, job_id)
+        remove_handover(target)
+        write_handover(target, handover, uid=job.uid, gid=_gid_of(env))
+    except OSError as exc:
+        _log(settings, f"job {job_id}: cannot hand over its session: {exc}")
+    return 0
+
+
+def _gid_of(env: Mapping[str, str]) -> int | None:
+    text = env.get("SLURM_JOB_GID", "")
+    return int(text) if text.isdigit() else None
+
+
+def epilog(env: Mapping[str, str], settings: HookSettings) -> int:
+    """(root) Remove the job's private copy of its handover."""
+    job_id = env.get("SLURM_JOB_ID", "")
+    if job_id.isdigit():
+        try:
+            remove_handover(handover_path(settings.run_dir, job_id))
+        except OSError as exc:
+            _log(settings, f"job {job_id}: cannot remove its handover: {exc}")
+    return 0
+
+
+def task_prolog(env: Mapping[str, str], run_dir: Path, out: TextIO) -> int:
+    """(the job's user) ``export`` lines for the session, or ``print`` lines and exit 1."""
+    job_id = env.get("SLURM_JOB_ID", "")
+    if not job_id.isdigit():
+        return 0
+    try:
+        handover = read_handover(handover_path(run_dir, job_id))
+    except (OSError, ValueError) as exc:
+        handover = Handover(job_id=job_id, resource=None, error=f"unreadable handover: {exc}")
+    if handover is None:
+        qpu = env.get(TASK_QPU_ENV)
+        if not qpu:
+            return 0  # a job without a QPU
+        handover = Handover(
+            job_id=job_id, resource=qpu,
+            error=f"no QPU session for job {job_id} on {qpu}: nothing was handed over "
+            "(are qhpc's Prolog and PrologFlags=Alloc configured?)",
+        )  # fmt: skip
+    if not handover.ok:
+        out.write(f"print qhpc: error: {handover.error}\n")
+        out.flush()
+        return 1
+    for name, value in handover.exports().items():
+        out.write(f"export {name}={value}\n")
+    out.flush()
+    return 0
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qhpc.slurm.hooks", description=__doc__)
+    parser.add_argument("hook", choices=HOOKS)
+    parser.add_argument("--settings", type=Path, help="hook settings (not for task-prolog)")
+    parser.add_argument("--run-dir", type=Path, help="task-prolog: where handovers are")
+    args = parser.parse_args(argv)
+    environment = os.environ if env is None else env
+    if args.hook == "task-prolog":
+        if args.run_dir is None:
+            parser.error("task-prolog needs --run-dir")
+        return task_prolog(environment, args.run_dir, sys.stdout)
+    if args.settings is None:
+        parser.error(f"{args.hook} needs --settings")
+    try:
+        settings = load_settings(args.settings)
+    except SlurmError as exc:
+        _log(None, f"{args.hook}: {exc}")
+        return 0
+    handlers: dict[str, Callable[[Mapping[str, str], HookSettings], int]] = {
+        "prolog-slurmctld": prolog_slurmctld,
+        "prolog": prolog,
+        "epilog": epilog,
+        "epilog-slurmctld": epilog_slurmctld,
+    }
+    try:
+        return handlers[args.hook](environment, settings)
+    except Exception as exc:  # a hook must not drain the node or loop the job
+        _log(settings, f"{args.hook}: unexpected {type(exc).__name__}: {exc}")
+        return 0
+
+
+def _entry() -> Any:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

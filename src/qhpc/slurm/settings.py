@@ -1,0 +1,86 @@
+"""The hooks' settings file: where the broker is and the credential they use.
+
+Written by ``qhpc slurm config`` as TOML, mode 0600, owned by SlurmUser: it
+holds the admin (or centre) token that opens sessions for jobs, so only
+SlurmUser (PrologSlurmctld/EpilogSlurmctld) and root (the node's Prolog/Epilog)
+may read it. The TaskProlog, which runs as the job's user, never reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from qhpc.slurm.errors import HookSettingsError
+
+DEFAULT_SPOOL_DIR = Path("/var/spool/qhpc-slurm")
+DEFAULT_RUN_DIR = Path("/run/qhpc-slurm")
+SESSION_MODES = ("multiplex", "exclusive")
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """Everything the hooks need besides the job's own environment."""
+
+    broker_url: str
+    fastpath: str
+    token: str
+    spool_dir: Path = DEFAULT_SPOOL_DIR  # controller side, SlurmUser only
+    run_dir: Path = DEFAULT_RUN_DIR  # node side, one file per job readable by its user
+    session_mode: str = "multiplex"
+    handover_wait_s: float = 30.0  # how long the node Prolog waits for the controller's file
+    broker_timeout_s: float = 10.0
+
+    def to_toml(self) -> str:
+        """The settings as a TOML document (strings quoted JSON-style, valid TOML)."""
+        lines = [
+            "# qhpc Slurm hooks: broker address and credential. Keep mode 0600, owner SlurmUser.",
+            f"broker_url = {json.dumps(self.broker_url)}",
+            f"fastpath = {json.dumps(self.fastpath)}",
+            f"token = {json.dumps(self.token)}",
+            f"spool_dir = {json.dumps(str(self.spool_dir))}",
+            f"run_dir = {json.dumps(str(self.run_dir))}",
+            f"session_mode = {json.dumps(self.session_mode)}",
+            f"handover_wait_s = {float(self.handover_wait_s)!r}",
+            f"broker_timeout_s = {float(self.broker_timeout_s)!r}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def load_settings(path: Path) -> HookSettings:
+    """Read and check a settings file; errors name the file and the key."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HookSettingsError(f"cannot read hook settings {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise HookSettingsError(f"hook settings {path} are not valid TOML: {exc}") from None
+    known = set(HookSettings.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HookSettingsError(
+            f"hook settings {path}: unknown key(s) {unknown}; known: {sorted(known)}"
+        )
+    for key in ("broker_url", "fastpath", "token"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise HookSettingsError(f"hook settings {path}: {key!r} must be a non-empty string")
+    mode = data.get("session_mode", "multiplex")
+    if mode not in SESSION_MODES:
+        raise HookSettingsError(
+            f"hook settings {path}: session_mode must be one of {SESSION_MODES}, got {mode!r}"
+        )
+    try:
+        return HookSettings(
+            broker_url=data["broker_url"],
+            fastpath=data["fastpath"],
+            token=data["token"],
+            spool_dir=Path(data.get("spool_dir", DEFAULT_SPOOL_DIR)),
+            run_dir=Path(data.get("run_dir", DEFAULT_RUN_DIR)),
+            session_mode=mode,
+            handover_wait_s=float(data.get("handover_wait_s", 30.0)),
+            broker_timeout_s=float(data.get("broker_timeout_s", 10.0)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise HookSettingsError(f"hook settings {path}: {exc}") from None
