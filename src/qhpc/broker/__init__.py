@@ -3,6 +3,13 @@
 Public surface; other rooms import only these names.
 """
 
+from qhpc.broker.programs import (
+    ProgramError,
+    ProgramInfo,
+    ProgramLogs,
+    entry_points,
+    register_entry_point,
+)
 from qhpc.broker.scheduler import (
     POLICIES,
     FairSharePolicy,
@@ -28,6 +35,9 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PriorityPolicy",
+    "ProgramError",
+    "ProgramInfo",
+    "ProgramLogs",
     "QueuedTask",
     "Reservation",
     "ReservationPolicy",
@@ -37,4 +47,6 @@ __all__ = [
     "SessionPolicy",
     "UsageTracker",
     "build_policy",
+    "entry_points",
+    "register_entry_point",
 ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from qhpc.broker.access import Access
 from qhpc.broker.executor import Outcome, resource_can_start, run_task
 from qhpc.broker.journal import Journal
+from qhpc.broker.programs import ProgramManager
 from qhpc.broker.scheduler import (
     Policy,
     QueuedTask,
@@ -45,6 +46,7 @@ from qhpc.resources.codec import (
     encode_payload,
     encode_result,
 )
+from qhpc.runtime import Limits
 from qhpc.security import Role
 from qhpc.store import ConflictError, JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
 
@@ -68,6 +70,27 @@ class BrokerConfig:
     fairshare_half_life: float = 7 * 24 * 3600.0
     max_tasks_per_job: int = 10_000
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    #: warm spare processes of the runtime pool of hybrid programs (created on first use)
+    runtime_pool_size: int = 2
+    #: largest program source a hybrid job may carry
+    max_program_bytes: int = 1 << 20
+    program_default_timeout: float = 3600.0
+    program_max_timeout: float = 7 * 24 * 3600.0
+    program_limits: Limits = field(default_factory=Limits)
+    #: server-side programs offered besides the registered ones: name → "module:function"
+    entry_points: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionTaskOutcome:
+    """How one task of :meth:`Broker.run_session_task` ended."""
+
+    task_id: str
+    state: str
+    #: the codec-encoded result when completed
+    result: bytes | None
+    error: str | None
+    qpu_seconds: float = 0.0
 
 
 @dataclass
@@ -101,6 +124,7 @@ class Broker:
         self._open_sessions: dict[str, SessionRecord] = {}
         self._in_flight: dict[str, TaskRecord] = {}
         self._outcomes: dict[str, tuple[str, bytes | None, str | None]] = {}
+        self._outcome_seconds: dict[str, float] = {}
         self._inputs: (
             tuple[float, list[SessionLease], list[Reservation], dict[str, float]] | None
         ) = None
@@ -115,6 +139,7 @@ class Broker:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self.programs = ProgramManager(self)
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +166,7 @@ class Broker:
                                       name=f"qhpc-executor-{name}")  # fmt: skip
             thread.start()
             self._threads.append(thread)
+        self.programs.recover()
 
     def _stop_orphans(self, task_ids: list[str]) -> None:
         """Stop runs a remote device may still be doing for tasks we will run again."""
@@ -154,6 +180,7 @@ class Broker:
                 log.info("orphaned run %s of task %s: %s", task.resource_task_id, task_id, error)
 
     def stop(self) -> None:
+        self.programs.close()
         with self._cond:
             self._stopping = True
             for running in self._running.values():
@@ -228,7 +255,13 @@ class Broker:
         return job
 
     def cancel(self, job_id: str) -> list[str]:
-        """Cancel queued tasks now and stop running ones; returns affected task ids."""
+        """Cancel queued tasks now and stop running ones; returns affected task ids.
+
+        A hybrid job's program is stopped (status ``cancelled``); its session closes
+        when it has ended, which cancels the session's leftover tasks.
+        """
+        if self.programs.cancel(job_id):
+            return []
         now = self.clock()
         cancelled = self.store.cancel_queued_tasks(job_id, now)
         with self._cond:
@@ -311,6 +344,64 @@ class Broker:
         Nothing is written yet: the task runs from memory and is stored, with its
         outcome, by the journal once it has finished (write-behind, see journal.py).
         """
+        task, _ = self._session_task(session_id, payload, encoded)
+        with self._cond:
+            if session_id not in self._open_sessions:
+                raise BrokerError(f"session {session_id} is closed")
+            self._in_flight[task.task_id] = task
+            self._payloads[task.task_id] = payload
+            self._enqueue(task)
+            self._cond.notify_all()
+        return task.task_id
+
+    def run_session_task(
+        self, session_id: str, payload: Payload, encoded: bytes | None = None
+    ) -> SessionTaskOutcome:
+        """Run one session task to its end on the caller's thread and return its outcome.
+
+        The direct path of co-located programs. When the resource is idle, nothing is
+        queued for it and the policy would pick this task anyway, the task runs right
+        here — no executor hand-off — and its result is returned before the journal
+        has stored it (the caller is a live program: if the broker dies, so does the
+        program, and it is marked failed at restart). Otherwise the task is queued
+        like any session task and this waits for it.
+        """
+        task, qpu = self._session_task(session_id, payload, encoded)
+        done = threading.Event()
+        with self._cond:
+            if session_id not in self._open_sessions:
+                raise BrokerError(f"session {session_id} is closed")
+            self._in_flight[task.task_id] = task
+            self._payloads[task.task_id] = payload
+            queued = self._queued(task)
+            running = _Running(queued) if self._may_run_now(queued, qpu) else None
+            if running is not None:
+                self._running[task.resource] = running
+            else:
+                self._on_done[task.task_id] = lambda _: done.set()
+                self._enqueue(task)
+                self._cond.notify_all()
+        if running is None:
+            done.wait()
+            with self._cond:
+                qpu_seconds = self._outcome_seconds.get(task.task_id, 0.0)
+            state, data, error = self.take_outcome(task.task_id)
+            return SessionTaskOutcome(task.task_id, state, data, error, qpu_seconds)
+        try:
+            finished = self._run_one(qpu, queued, running)
+        finally:
+            with self._cond:
+                self._running.pop(task.resource, None)
+                self._cond.notify_all()
+        if finished is None:  # interrupted by the broker's own shutdown
+            return SessionTaskOutcome(task.task_id, "cancelled", None, "the broker is stopping")
+        return SessionTaskOutcome(
+            task.task_id, finished.state, finished.result, finished.error, finished.qpu_seconds
+        )
+
+    def _session_task(
+        self, session_id: str, payload: Payload, encoded: bytes | None
+    ) -> tuple[TaskRecord, QuantumResource]:
         with self._cond:
             session = self._open_sessions.get(session_id)
         now = self.clock()
@@ -337,17 +428,31 @@ class Broker:
             user=session.user, priority=0,
             estimated_seconds=qpu.estimate_seconds(payload) or self._estimate(session.resource),
         )  # fmt: skip
-        with self._cond:
-            if session_id not in self._open_sessions:
-                raise BrokerError(f"session {session_id} is closed")
-            self._in_flight[task.task_id] = task
-            self._payloads[task.task_id] = payload
-            self._enqueue(task)
-            self._cond.notify_all()
-        return task.task_id
+        return task, qpu
+
+    def _may_run_now(self, task: QueuedTask, resource: QuantumResource) -> bool:
+        """Would the executor start ``task`` at once if it were queued? (caller holds _cond)"""
+        name = task.resource
+        if self._stopping or name in self._running or self._queues[name]:
+            return False
+        if not resource_can_start(resource):
+            return False
+        now = self.clock()
+        sessions, reservations, _ = self._policy_inputs(now)
+        constrained = any(r.resource == name for r in reservations) or any(
+            s.resource == name
+            and s.mode is SessionMode.EXCLUSIVE
+            and s.session_id != task.session_id
+            for s in sessions
+        )
+        if not constrained:  # with one task pending, every policy picks it
+            return True
+        return self.policy.next_task(self._view(name, now, [task])) is task
 
     def close_session(self, session_id: str) -> None:
-        """Close a session: cancel its leftovers, revoke its tokens, end its job."""
+        """Close a session: stop a program running in it, cancel its leftovers, revoke its
+        tokens, end its job."""
+        self.programs.session_closed(session_id)
         now = self.clock()
         self.store.close_session(session_id, now)
         with self._cond:
@@ -443,6 +548,7 @@ class Broker:
         has just committed it (the fast path's read), else from the store."""
         with self._cond:
             kept = self._outcomes.pop(task_id, None)
+            self._outcome_seconds.pop(task_id, None)
         if kept is not None:
             return kept
         task = self.store.get_task(task_id)
@@ -508,7 +614,11 @@ class Broker:
                 "task %s targets unknown resource %s; left queued", record.task_id, record.resource
             )
             return
-        queue[record.task_id] = QueuedTask(
+        queue[record.task_id] = self._queued(record)
+
+    @staticmethod
+    def _queued(record: TaskRecord) -> QueuedTask:
+        return QueuedTask(
             task_id=record.task_id, job_id=record.job_id, resource=record.resource,
             account=record.account, user=record.user, submitted_at=record.submitted_at,
             priority=record.priority, session_id=record.session_id,
@@ -566,8 +676,8 @@ class Broker:
     def _next(self, resource_name: str, resource: QuantumResource) -> QueuedTask | None:
         # Caller holds self._cond.
         queue = self._queues[resource_name]
-        if not queue or not resource_can_start(resource):
-            return None
+        if not queue or resource_name in self._running or not resource_can_start(resource):
+            return None  # (running: a co-located program's task runs inline right now)
         task = self.policy.next_task(self._view(resource_name, self.clock(), list(queue.values())))
         if task is not None:
             del queue[task.task_id]
@@ -598,7 +708,10 @@ class Broker:
                     self._running.pop(resource_name, None)
                     self._cond.notify_all()
 
-    def _run_one(self, resource: QuantumResource, task: QueuedTask, running: _Running) -> None:
+    def _run_one(
+        self, resource: QuantumResource, task: QueuedTask, running: _Running
+    ) -> TaskOutcome | None:
+        """Run a task and book it; its outcome, or ``None`` if our own shutdown stopped it."""
         with self._cond:
             in_memory = self._in_flight.get(task.task_id)
             payload = self._payloads.pop(task.task_id, None)
@@ -640,15 +753,16 @@ class Broker:
         if outcome.state is TaskStatus.CANCELLED and not running.cancelled and self._stopping:
             # Interrupted by our own shutdown, not by its owner: leave it "running" in
             # the store, and the next start queues it again (as after a crash).
-            return
+            return None
         if in_memory is not None:
             # Write-behind: the journal stores it and then releases the result.
             self.journal.append(replace(in_memory, started_at=started, attempts=1), finished)
-            return
+            return finished
         # Settles the job in the same transaction, so a waiter woken below sees it final.
         self.store.finish_task(task.task_id, finished)
         with self._cond:
             self._signal_done(task.task_id)
+        return finished
 
     def _journal_committed(self, batch: Sequence[tuple[TaskRecord, TaskOutcome]]) -> None:
         with self._cond:
@@ -656,6 +770,7 @@ class Broker:
                 self._in_flight.pop(task.task_id, None)
                 if task.task_id in self._on_done:
                     self._outcomes[task.task_id] = (outcome.state, outcome.result, outcome.error)
+                    self._outcome_seconds[task.task_id] = outcome.qpu_seconds
                 self._signal_done(task.task_id)
 
     def _wait_idle(self, job_id: str, timeout: float = 60.0) -> None:

@@ -7,11 +7,12 @@ program likes (e.g. inside ``scipy.optimize.minimize``)::
         counts = qpu.run(circuit, shots=1000)                  # dict of counts
         energy = qpu.estimate(ansatz, hamiltonian, theta)      # float
 
-The handle sends each call as a session task over the broker's ZeroMQ fast
-path, so session priority applies. The same program file runs client-driven
-(anywhere: a laptop, a Slurm job — ``QHPC_FASTPATH`` and ``QHPC_SESSION`` come
-from the environment, e.g. qhpc's TaskProlog) or co-located in the broker's
-runtime pool (:func:`make_qpu` is the pool's factory). Quantum Inspire
+The handle sends each call as a task of its session, so session priority
+applies. The same program file runs client-driven (anywhere: a laptop, a Slurm
+job — ``QHPC_FASTPATH`` and ``QHPC_SESSION`` come from the environment, e.g.
+qhpc's TaskProlog; calls go over the broker's ZeroMQ fast path) or co-located in
+the broker's runtime pool (:func:`make_qpu` is the pool's factory; calls go over
+the direct Unix-socket channel of :mod:`qhpc.runtime.direct`). Quantum Inspire
 programs (``execute(qi)`` + ``finalize(results)``) get the same handle as
 ``qi``: ``qi.execute_circuit(cqasm, number_of_shots)`` runs unchanged.
 """
@@ -26,7 +27,6 @@ from typing import Any
 
 from qiskit.circuit import QuantumCircuit
 
-from qhpc.api.fastpath import FastPathClient
 from qhpc.resources import (
     EstimatorResult,
     EstimatorTask,
@@ -35,7 +35,10 @@ from qhpc.resources import (
     load_circuit,
 )
 from qhpc.resources.payload import ObservableLike
+from qhpc.runtime.direct import SCHEME as DIRECT_SCHEME
+from qhpc.runtime.direct import DirectClient
 from qhpc.runtime.errors import QpuNotConfiguredError
+from qhpc.runtime.fastpath import FastPathClient
 from qhpc.runtime.outcome import ProgramContext
 
 FASTPATH_ENV = "QHPC_FASTPATH"
@@ -60,7 +63,7 @@ class QpuTimings:
 class QPU:
     """A session's QPU as a hybrid program sees it."""
 
-    def __init__(self, client: FastPathClient, default_shots: int = 1024) -> None:
+    def __init__(self, client: FastPathClient | DirectClient, default_shots: int = 1024) -> None:
         self._client = client
         self.resource = client.resource
         self.session_id = client.session_id
@@ -78,7 +81,7 @@ class QPU:
                 f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "
                 f"{SESSION_ENV} (a session token), e.g. from qhpc's Slurm TaskProlog"
             )
-        return cls(FastPathClient(endpoint, token, timeout=timeout))
+        return cls(connect(endpoint, token, timeout=timeout))
 
     def run(
         self, circuits: QuantumCircuit | Sequence[QuantumCircuit], shots: int | None = None
@@ -127,8 +130,16 @@ class QPU:
         return result
 
 
+def connect(endpoint: str, token: str, timeout: float = 600.0) -> FastPathClient | DirectClient:
+    """A session client for ``endpoint``: ``unix://PATH`` is the broker's direct dispatch
+    socket (co-located programs), ``tcp://`` or ``ipc://`` its ZeroMQ fast path."""
+    if endpoint.startswith(DIRECT_SCHEME):
+        return DirectClient(endpoint, token, timeout=timeout)
+    return FastPathClient(endpoint, token, timeout=timeout)
+
+
 def make_qpu(context: ProgramContext) -> QPU:
     """The runtime pool's factory: a co-located program's QPU from its context."""
     if not context.endpoint or not context.session_token:
         raise QpuNotConfiguredError("this program was started without a QPU session")
-    return QPU(FastPathClient(context.endpoint, context.session_token))
+    return QPU(connect(context.endpoint, context.session_token))

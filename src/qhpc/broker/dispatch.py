@@ -1,0 +1,246 @@
+"""The broker's end of the direct dispatch channel (see :mod:`qhpc.runtime.direct`).
+
+Co-located programs connect to a Unix stream socket in a directory the broker
+made for it. Each connection is served by its own thread, which authenticates
+the session token once and then, per frame, runs the task through
+:meth:`Broker.run_session_task` — on this very thread when the resource is free.
+One thread per connection keeps a round trip to two context switches; the
+number of connections is bounded by the programs running at once.
+
+The socket is world-connectable (programs run under an unprivileged uid): what
+protects it is the session token, checked exactly as on the fast path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from qhpc.errors import QhpcError
+from qhpc.resources import PayloadError
+from qhpc.resources.codec import decode_payload
+from qhpc.runtime.direct import (
+    DIRECT_VERSION,
+    ERROR,
+    HELLO,
+    READY,
+    RESULT,
+    SCHEME,
+    TASK,
+    frame,
+    read_frame,
+)
+from qhpc.security import AuthError
+
+if TYPE_CHECKING:
+    from qhpc.broker.service import Broker
+
+log = logging.getLogger(__name__)
+
+#: the largest HELLO frame (a token)
+MAX_HELLO_BYTES = 4096
+
+
+@dataclass
+class DispatchStats:
+    """What one session's direct calls cost, seen from the broker (seconds)."""
+
+    calls: int = 0
+    #: frame received → reply sent, summed
+    busy_s: float = 0.0
+    #: the device's own time, summed
+    qpu_s: float = 0.0
+    first_call_at: float | None = None
+    last_reply_at: float | None = None
+
+    @property
+    def dispatch_overhead_s(self) -> float:
+        """Time in the broker's dispatch path that was not device time."""
+        return max(0.0, self.busy_s - self.qpu_s)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str, *, fatal: bool = False) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.fatal = status, detail, fatal
+
+
+class DirectDispatcher:
+    """Listens on ``unix://<private dir>/dispatch.sock`` for co-located programs."""
+
+    def __init__(self, broker: Broker, directory: str | None = None) -> None:
+        self.broker = broker
+        self._dir = directory or tempfile.mkdtemp(prefix="qhpc-dispatch-")
+        # Traversable by the programs' unprivileged uid, not listable.
+        os.chmod(self._dir, 0o711)
+        self.path = os.path.join(self._dir, "dispatch.sock")
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self._listener.listen(64)
+        self.endpoint = SCHEME + self.path
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._stats: dict[str, DispatchStats] = {}
+        self._stopped = False
+        self._max_frame = broker.config.max_payload_bytes + 1024
+        self._thread = threading.Thread(target=self._accept, name="qhpc-dispatch", daemon=True)
+        self._thread.start()
+
+    def stats(self, session_id: str) -> DispatchStats:
+        """The session's figures so far (a copy; zeros if it made no direct call)."""
+        with self._lock:
+            found = self._stats.get(session_id)
+            return DispatchStats(**vars(found)) if found else DispatchStats()
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._stats.pop(session_id, None)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            connections = list(self._connections)
+        try:  # wakes the thread blocked in accept() (close() alone would not, on Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(5)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        try:
+            os.rmdir(self._dir)
+        except OSError:
+            pass
+
+    # -- serving ---------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._stopped:
+                    conn.close()
+                    return
+                self._connections.add(conn)
+            threading.Thread(
+                target=self._serve, args=(conn,), name="qhpc-dispatch-conn", daemon=True
+            ).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            session_id = self._hello(conn)
+            if session_id is not None:
+                self._loop(conn, session_id)
+        except (OSError, ConnectionError):
+            pass  # the program ended or was killed
+        except Exception:
+            log.exception("direct dispatch: unexpected error")
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _hello(self, conn: socket.socket) -> str | None:
+        try:
+            received = read_frame(conn, MAX_HELLO_BYTES)
+            if received is None:
+                return None
+            kind, body = received
+            if kind != HELLO:
+                raise _Refused(400, "send a HELLO frame with a session token first", fatal=True)
+            try:
+                hello: dict[str, Any] = msgspec.msgpack.decode(body, type=dict)
+                version, token = hello["version"], str(hello["token"])
+            except (msgspec.DecodeError, KeyError, TypeError):
+                raise _Refused(400, "malformed HELLO frame", fatal=True) from None
+            if version != DIRECT_VERSION:
+                detail = f"dispatch protocol {version!r} is not {DIRECT_VERSION}"
+                raise _Refused(400, detail, fatal=True)
+            try:
+                principal = self.broker.access.authenticate(token)
+            except AuthError as exc:
+                raise _Refused(401, str(exc), fatal=True) from None
+            if principal.session_id is None:
+                raise _Refused(401, "the dispatch channel needs a session token", fatal=True)
+        except ValueError as exc:  # read_frame: oversized
+            self._refuse(conn, _Refused(400, str(exc), fatal=True))
+            return None
+        except _Refused as refused:
+            self._refuse(conn, refused)
+            return None
+        reply = {"session_id": principal.session_id, "resource": principal.resource}
+        conn.sendall(frame(READY, msgspec.msgpack.encode(reply)))
+        return principal.session_id
+
+    def _loop(self, conn: socket.socket, session_id: str) -> None:
+        broker = self.broker
+        with self._lock:
+            stats = self._stats.setdefault(session_id, DispatchStats())
+        while True:
+            try:
+                received = read_frame(conn, self._max_frame)
+            except ValueError as exc:
+                self._refuse(conn, _Refused(400, str(exc), fatal=True))
+                return
+            if received is None:
+                return
+            began = time.monotonic()
+            kind, data = received
+            try:
+                if kind != TASK:
+                    raise _Refused(400, f"unexpected frame kind {kind}", fatal=True)
+                try:
+                    payload = decode_payload(data)
+                    outcome = broker.run_session_task(session_id, payload, encoded=data)
+                except PayloadError as exc:
+                    raise _Refused(422, str(exc)) from None
+                except QhpcError as exc:
+                    raise _Refused(409, str(exc)) from None
+                if outcome.result is None:
+                    why = outcome.error or "no result"
+                    raise _Refused(500, f"task {outcome.task_id} {outcome.state}: {why}")
+                conn.sendall(frame(RESULT, outcome.result))
+                qpu_s = outcome.qpu_seconds
+            except _Refused as refused:
+                self._refuse(conn, refused)
+                if refused.fatal:
+                    return
+                qpu_s = 0.0
+            replied = time.monotonic()
+            with self._lock:
+                stats.calls += 1
+                stats.busy_s += replied - began
+                stats.qpu_s += qpu_s
+                if stats.first_call_at is None:
+                    stats.first_call_at = began
+                stats.last_reply_at = replied
+
+    @staticmethod
+    def _refuse(conn: socket.socket, refused: _Refused) -> None:
+        body = msgspec.msgpack.encode({"status": refused.status, "detail": refused.detail})
+        try:
+            conn.sendall(frame(ERROR, body))
+        except OSError:
+            pass
