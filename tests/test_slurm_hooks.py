@@ -1,0 +1,382 @@
+"""The Slurm hooks against a real broker on loopback, with Slurm's environment faked.
+
+Each hook is called as Slurm would call it — its environment as a mapping,
+``scontrol show job`` replaced by a stub — so the whole hand-over (controller →
+node → task) and the close-and-book epilog run without a cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helpers import free_port, start_serve, wait_healthy
+from qhpc.slurm import (
+    HookSettings,
+    hooks,
+    job_from_env,
+    join_accounting,
+    parse_show_job,
+    parse_time_limit,
+    parse_usage_comment,
+    qpus_in_licences,
+    slurm_accounting,
+    usage_comment,
+)
+from qhpc.slurm.handover import handover_path, read_handover
+
+RESOURCES = '[resources.sim]\ntype = "aer"\n'
+
+
+class Broker:
+    def __init__(self, url: str, fastpath: str, admin: str) -> None:
+        self.url, self.fastpath, self.admin = url, fastpath, admin
+
+    def get(self, path: str, token: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token or self.admin}"}
+        return httpx.get(self.url + "/v1" + path, headers=headers, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    home = tmp_path_factory.mktemp("broker")
+    config = home / "resources.toml"
+    config.write_text(RESOURCES)
+    port, fastpath = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    process = start_serve(
+        home, port, "--config", str(config), "--fastpath", fastpath,
+        db=home / "b.db", stdout=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield Broker(url, fastpath, (home / "admin.token").read_text().strip())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _settings(tmp_path: Path, broker: Broker, **overrides: object) -> HookSettings:
+    fields: dict[str, object] = {
+        "broker_url": broker.url, "fastpath": broker.fastpath, "token": broker.admin,
+        "spool_dir": tmp_path / "spool", "run_dir": tmp_path / "run", "handover_wait_s": 0.3,
+    }  # fmt: skip
+    fields.update(overrides)
+    (tmp_path / "spool").mkdir(exist_ok=True, mode=0o700)
+    return HookSettings(**fields)  # type: ignore[arg-type]
+
+
+def _show(limit: str = "00:10:00", account: str = "chem") -> hooks.ShowJob:
+    def show(job_id: str) -> Mapping[str, str]:
+        return {"JobId": job_id, "TimeLimit": limit, "Account": account}
+
+    return show
+
+
+def _env(job_id: str, **extra: str) -> dict[str, str]:
+    env = {
+        "SLURM_JOB_ID": job_id, "SLURM_JOB_USER": "alice",
+        "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_GID": str(os.getgid()),
+    }  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def _task_prolog(env: Mapping[str, str], run_dir: Path) -> tuple[int, dict[str, str], str]:
+    out = io.StringIO()
+    code = hooks.task_prolog(env, run_dir, out)
+    exports = {}
+    for line in out.getvalue().splitlines():
+        if line.startswith("export "):
+            name, value = line.removeprefix("export ").split("=", 1)
+            exports[name] = value
+    return code, exports, out.getvalue()
+
+
+def test_session_handed_over_used_closed_and_booked(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, broker)
+    env = _env("101", SLURM_JOB_LICENSES="qpu_sim:1", SPANK_SLURM_JOB_QPU="sim")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    spool = handover_path(settings.spool_dir, "101")
+    assert stat.S_IMODE(spool.stat().st_mode) == 0o600
+    controller = read_handover(spool)
+    assert controller is not None and controller.ok, controller
+
+    session = broker.get(f"/sessions/{controller.session_id}").json()
+    assert session["slurm_job_id"] == "101"
+    assert (session["user"], session["account"], session["resource"]) == ("alice", "chem", "sim")
+    assert 590 < session["deadline"] - session["opened_at"] <= 600
+
+    node_env = _env("101", SPANK_SLURM_JOB_QPU="sim")  # the node's Prolog sees no licences
+    assert hooks.prolog(node_env, settings, show=_show()) == 0
+    private = handover_path(settings.run_dir, "101")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o400
+    assert private.stat().st_uid == os.getuid()
+
+    code, exports, text = _task_prolog(_env("101", SLURM_JOB_QPU="sim"), settings.run_dir)
+    assert code == 0
+    assert set(exports) == {
+        "QHPC_URL", "QHPC_FASTPATH", "QHPC_RESOURCE", "QHPC_SESSION", "QHPC_SESSION_ID"
+    }  # fmt: skip
+    assert exports["QHPC_SESSION"] == controller.token
+    assert broker.admin not in text
+
+    from qhpc.runtime.program import QPU
+
+    for name, value in exports.items():
+        monkeypatch.setenv(name, value)
+    qpu = QPU.from_env(timeout=60)
+    try:
+        assert qpu.run(_bell(), shots=100)  # counts come back through the session
+    finally:
+        qpu.close()
+
+    comments: list[tuple[str, str]] = []
+    epilog_env = _env("101", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert (
+        hooks.epilog_slurmctld(
+            epilog_env, settings, write_comment=lambda j, t: comments.append((j, t))
+        )
+        == 0
+    )
+    assert broker.get(f"/sessions/{controller.session_id}").json()["closed_at"] is not None
+    ((job_id, comment),) = comments
+    booked = parse_usage_comment(comment)
+    assert job_id == "101" and booked is not None
+    assert (booked["resource"], booked["shots"], booked["tasks"]) == ("sim", 100, 1)
+    assert booked["qpu_seconds"] > 0
+    assert not spool.exists()
+
+    # the token of a finished job no longer works, with a message that says why
+    refused = broker.get("/sessions", token=controller.token)
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["detail"]
+
+    assert hooks.epilog(node_env, settings) == 0
+    assert not private.exists()
+
+
+def _bell() -> object:
+    from qiskit import QuantumCircuit
+
+    circuit = QuantumCircuit(2, 2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure([0, 1], [0, 1])
+    return circuit
+
+
+def test_job_without_qpu_passes_through(tmp_path: Path, broker: Broker) -> None:
+    settings = _settings(tmp_path, broker)
+    env = _env("102", SLURM_JOB_LICENSES="matlab:1")
+
+    def no_scontrol(job_id: str) -> Mapping[str, str]:
+        raise AssertionError("a job without a QPU needs no scontrol call")
+
+    before = broker.get("/sessions").json()
+    assert hooks.prolog_slurmctld(env, settings, show=no_scontrol) == 0
+    assert hooks.prolog(_env("102"), settings, show=lambda j: {"Licenses": "(null)"}) == 0
+    assert _task_prolog(_env("102"), settings.run_dir) == (0, {}, "")
+    assert hooks.epilog_slurmctld(env, settings, write_comment=_no_comment) == 0
+    assert broker.get("/sessions").json() == before
+    assert not list(settings.spool_dir.glob("job-*"))
+
+
+def _no_comment(job_id: str, text: str) -> None:
+    raise AssertionError("nothing to book for a job without a QPU")
+
+
+@pytest.mark.parametrize(
+    ("env_extra", "message"),
+    [
+        ({"SPANK_SLURM_JOB_QPU": "nope", "SLURM_JOB_LICENSES": ""}, "unknown resource 'nope'"),
+        (
+            {"SPANK_SLURM_JOB_QPU": "sim", "SLURM_JOB_LICENSES": "qpu_emu:1"},
+            "--qpu=sim but the job holds licence(s) qpu_emu",
+        ),
+        ({"SLURM_JOB_LICENSES": "qpu_sim:1,qpu_emu:1"}, "licences of several QPUs"),
+    ],
+)
+def test_bad_qpu_requests_fail_the_job_with_a_message(
+    tmp_path: Path, broker: Broker, env_extra: dict[str, str], message: str
+) -> None:
+    settings = _settings(tmp_path, broker)
+    env = _env("103", **env_extra)
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    assert hooks.prolog(env, settings, show=_show()) == 0
+    code, exports, text = _task_prolog(_env("103"), settings.run_dir)
+    assert (code, exports) == (1, {})
+    assert text.startswith("print qhpc: error: no QPU session")
+    assert message in text
+    assert hooks.epilog_slurmctld(env, settings, write_comment=_no_comment) == 0
+
+
+def test_broker_down_fails_the_job_fast_with_a_message(tmp_path: Path, broker: Broker) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    settings = _settings(tmp_path, broker, broker_url=down, broker_timeout_s=2.0)
+    env = _env("104", SPANK_SLURM_JOB_QPU="sim", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    assert hooks.prolog(env, settings, show=_show()) == 0
+    code, _, text = _task_prolog(_env("104", SLURM_JOB_QPU="sim"), settings.run_dir)
+    assert code == 1
+    assert f"the qhpc broker at {down} is unreachable" in text
+    assert broker.admin not in (settings.spool_dir / hooks.LOG_NAME).read_text()
+    # the epilog retries, then gives up without failing (the job is over anyway)
+    assert hooks.epilog_slurmctld(env, settings, attempts=2, pause_s=0.01) == 0
+
+
+def test_prolog_waits_for_a_late_controller_and_gives_up_cleanly(
+    tmp_path: Path, broker: Broker
+) -> None:
+    settings = _settings(tmp_path, broker, handover_wait_s=5.0)
+    env = _env("105", SPANK_SLURM_JOB_QPU="sim", SLURM_JOB_LICENSES="qpu_sim:1")
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:  # the controller finishes while the node waits
+        naps.append(seconds)
+        if len(naps) == 3:
+            hooks.prolog_slurmctld(env, settings, show=_show())
+
+    assert hooks.prolog(env, settings, show=_show(), sleep=nap) == 0
+    code, exports, _ = _task_prolog(_env("105"), settings.run_dir)
+    assert code == 0 and exports["QHPC_RESOURCE"] == "sim"
+    assert len(naps) == 3
+    assert hooks.epilog_slurmctld(env, settings, write_comment=lambda j, t: None) == 0
+
+    lonely = _settings(tmp_path, broker, handover_wait_s=0.0)
+    assert hooks.prolog(_env("106", SPANK_SLURM_JOB_QPU="sim"), lonely, show=_show()) == 0
+    code, _, text = _task_prolog(_env("106"), lonely.run_dir)
+    assert code == 1 and "the controller's hook left none" in text
+
+
+def test_epilog_after_the_reaper_closed_the_session(tmp_path: Path, broker: Broker) -> None:
+    settings = _settings(tmp_path, broker)
+    env = _env("107", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    handover = read_handover(handover_path(settings.spool_dir, "107"))
+    assert handover is not None and handover.session_id
+    closed = httpx.delete(
+        f"{broker.url}/v1/sessions/{handover.session_id}",
+        headers={"Authorization": f"Bearer {broker.admin}"}, timeout=10,
+    )  # fmt: skip
+    assert closed.status_code == 200
+    comments: list[str] = []
+    assert hooks.epilog_slurmctld(env, settings, write_comment=lambda j, t: comments.append(t)) == 0
+    assert comments == ["qhpc:resource=sim,qpu_s=0.000,shots=0,tasks=0"]
+
+
+def test_task_prolog_of_a_qpu_job_without_handover_fails(tmp_path: Path) -> None:
+    code, _, text = _task_prolog(_env("108", SLURM_JOB_QPU="sim"), tmp_path)
+    assert code == 1
+    assert "nothing was handed over" in text
+
+
+def test_settings_error_never_fails_the_node(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    assert hooks.main(["prolog", "--settings", str(missing)], env=_env("109")) == 0
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("00:01:00", 60), ("1-02:03:04", 93784), ("05:30", 330), ("7", 420), ("UNLIMITED", None)],
+)
+def test_time_limits(text: str, seconds: float | None) -> None:
+    assert parse_time_limit(text) == seconds
+
+
+@given(st.integers(0, 365), st.integers(0, 23), st.integers(0, 59), st.integers(0, 59))
+def test_time_limit_round_trip(days: int, hours: int, minutes: int, seconds: int) -> None:
+    text = f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
+    assert parse_time_limit(text) == ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def test_licences_and_show_job() -> None:
+    assert qpus_in_licences("qpu_sim:1,matlab:2,qpu_emu*3,qpu_sim:1") == ["sim", "emu"]
+    assert qpus_in_licences("") == qpus_in_licences(None) == []
+    line = (
+        "JobId=42 JobName=my job UserId=alice(1001) GroupId=alice(1001) Account=chem "
+        "TimeLimit=00:05:00 Licenses=qpu_sim:1 Command=/home/alice/run me.sh AdminComment=x"
+    )
+    record = parse_show_job(line)
+    assert record["JobName"] == "my job"
+    assert record["Command"] == "/home/alice/run me.sh"
+    job = job_from_env({"SLURM_JOB_ID": "42"}, record)
+    assert (job.user, job.uid, job.account, job.licensed_qpus) == ("alice", 1001, "chem", ("sim",))
+    assert job.time_limit_s == 300
+    assert job.qpu() == "sim"
+
+
+def test_usage_comment_round_trip() -> None:
+    text = usage_comment(resources=["sim", "sim"], qpu_seconds=1.23456, shots=4000, tasks=7)
+    assert text == "qhpc:resource=sim,qpu_s=1.235,shots=4000,tasks=7"
+    assert " " not in text
+    assert parse_usage_comment(text) == {
+        "resource": "sim", "qpu_seconds": 1.235, "shots": 4000, "tasks": 7
+    }  # fmt: skip
+    assert parse_usage_comment("set by an admin") is None
+
+
+def test_accounting_join() -> None:
+    sessions = [
+        {"session_id": "s1", "slurm_job_id": "12", "resource": "sim", "user": "alice",
+         "account": "chem"},
+        {"session_id": "s2", "slurm_job_id": "3", "resource": "sim", "user": "bob",
+         "account": "phys"},
+        {"session_id": "s3", "slurm_job_id": None, "resource": "sim", "user": "carol",
+         "account": "x"},
+    ]  # fmt: skip
+    usage = {"s1": {"qpu_seconds": 2.5, "shots": 100, "tasks": 4}}
+    sacct = [
+        {"job_id": 12, "user": "alice", "account": "chem", "state": {"current": "COMPLETED"},
+         "time": {"elapsed": 9},
+         "admin_comment": "qhpc:resource=sim,qpu_s=2.500,shots=100,tasks=4"},
+        {"job_id": 13, "user": "dave", "state": {"current": "COMPLETED"}, "admin_comment": ""},
+    ]  # fmt: skip
+    rows = join_accounting(sessions, usage, sacct)
+    assert [r["slurm_job_id"] for r in rows] == ["3", "12"]
+    three, twelve = rows
+    assert (twelve["qpu_seconds"], twelve["sacct_qpu_seconds"], twelve["in_sacct"]) == (
+        2.5, 2.5, True,
+    )  # fmt: skip
+    assert (twelve["state"], twelve["elapsed_s"]) == ("COMPLETED", 9)
+    assert (three["qpu_seconds"], three["state"], three["in_sacct"]) == (0.0, None, False)
+
+
+def test_slurm_accounting_against_the_broker(tmp_path: Path, broker: Broker) -> None:
+    settings = _settings(tmp_path, broker)
+    env = _env("110", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    assert hooks.epilog_slurmctld(env, settings, write_comment=lambda j, t: None) == 0
+    asked: list[list[str]] = []
+
+    def sacct(ids: object) -> list[dict[str, object]]:
+        asked.append(list(ids))  # type: ignore[call-overload]
+        return [{"job_id": 110, "state": {"current": "COMPLETED"},
+                 "admin_comment": "qhpc:resource=sim,qpu_s=0.000,shots=0,tasks=0"}]  # fmt: skip
+
+    rows = slurm_accounting(broker.url, broker.admin, sacct=sacct)
+    assert "110" in asked[0]
+    (row,) = [r for r in rows if r["slurm_job_id"] == "110"]
+    assert (row["user"], row["resource"], row["in_sacct"]) == ("alice", "sim", True)
+    assert json.dumps(rows)  # plain data for --json
