@@ -30,7 +30,8 @@ time_scale = 1000
 def _request(tmp_path: Path, **overrides: object) -> SlurmConfigRequest:
     fields: dict[str, object] = {
         "resources": ["sim", "emu"], "broker_url": "http://10.0.0.5:8080",
-        "token": "qhpc_secret", "out_dir": tmp_path / "out", "spool_dir": tmp_path / "spool",
+        "token": "qhpc_secret", "out_dir": tmp_path / "out", "hooks_dir": tmp_path / "hooks",
+        "spool_dir": tmp_path / "spool",
         "run_dir": tmp_path / "run", "slurm_user": "no-such-user-qhpc",
     }  # fmt: skip
     fields.update(overrides)
@@ -53,16 +54,17 @@ def test_licences_hooks_and_settings(tmp_path: Path) -> None:
         ("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "task-prolog"),
     ]:  # fmt: skip
         wrapper = Path(conf[key])
-        assert wrapper == out.resolve() / "hooks" / hook
+        assert wrapper == (tmp_path / "hooks").resolve() / hook
         assert wrapper.stat().st_mode & 0o777 == 0o755
         assert f"-m qhpc.slurm.hooks {hook}" in wrapper.read_text()
     assert "GresTypes" not in conf
-    task_wrapper = (out / "hooks" / "task-prolog").read_text()
+    task_wrapper = (tmp_path / "hooks" / "task-prolog").read_text()
     assert "--settings" not in task_wrapper  # the job's user never reads the credential
     assert f"--run-dir {tmp_path / 'run'}" in task_wrapper
     assert "qhpc_secret" not in "".join(p.read_text() for p in written.files if p.suffix != ".toml")
 
-    settings_path = out / "hooks.toml"
+    assert sorted(p.name for p in out.iterdir()) == ["qhpc.conf"]  # what `apply` takes
+    settings_path = tmp_path / "hooks" / "hooks.toml"
     assert stat.S_IMODE(settings_path.stat().st_mode) == 0o600
     settings = load_settings(settings_path)
     assert settings.token == "qhpc_secret"
@@ -81,12 +83,12 @@ def test_plugstack_and_gres(tmp_path: Path) -> None:
     gres = (out / "gres.conf").read_text().splitlines()
     assert "NodeName=node1 Name=qpu Type=sim Count=4 Flags=CountOnly" in gres
     assert "NodeName=node1 Name=qpu Type=emu Count=4 Flags=CountOnly" in gres
-    assert _conf_lines(out / "qhpc.conf")["GresTypes"] == "qpu"
+    assert "GresTypes" not in _conf_lines(out / "qhpc.conf")  # the base config's business
 
 
 def test_wrapper_runs_the_hooks_module(tmp_path: Path) -> None:
     write_config(_request(tmp_path))
-    wrapper = tmp_path / "out" / "hooks" / "task-prolog"
+    wrapper = tmp_path / "hooks" / "task-prolog"
     done = subprocess.run(
         [str(wrapper)], env={"SLURM_JOB_ID": "7", "PATH": os.environ["PATH"]},
         capture_output=True, text=True, timeout=60, check=False,
@@ -120,7 +122,8 @@ def test_cli_writes_from_the_resource_config(
     token.write_text("qhpc_admin\n")
     code, out, err = run_cli(
         ["slurm", "config", "--config", str(config), "--token-file", str(token),
-         "--out", str(tmp_path / "out"), "--spool-dir", str(tmp_path / "spool"),
+         "--out", str(tmp_path / "out"), "--hooks-dir", str(tmp_path / "hooks"),
+         "--spool-dir", str(tmp_path / "spool"),
          "--sessions", "emu=5", "--broker", "http://127.0.0.1:9999",
          "--fastpath", "tcp://127.0.0.1:7777", "--slurm-user", "no-such-user-qhpc"],
         capsys,
@@ -128,7 +131,7 @@ def test_cli_writes_from_the_resource_config(
     assert code == 0, err
     assert "qhpc.conf" in out
     assert _conf_lines(tmp_path / "out" / "qhpc.conf")["Licenses"] == "qpu_sim:2,qpu_emu:5"
-    settings = load_settings(tmp_path / "out" / "hooks.toml")
+    settings = load_settings(tmp_path / "hooks" / "hooks.toml")
     assert (settings.broker_url, settings.fastpath, settings.token) == (
         "http://127.0.0.1:9999", "tcp://127.0.0.1:7777", "qhpc_admin",
     )  # fmt: skip

@@ -39,7 +39,12 @@ def _parse_sessions(items: list[str]) -> dict[str, int]:
 
 @slurm_app.command("config")
 def config(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where the Slurm fragments go (qhpc.conf …).")
+    ],
+    hooks_dir: Annotated[
+        Path, typer.Option(help="Where the hook wrappers and hooks.toml go.")
+    ] = Path("/etc/qhpc/slurm-hooks"),
     resources_config: Annotated[
         Path | None,
         typer.Option(
@@ -85,7 +90,8 @@ def config(
         "multiplex"
     ),
 ) -> None:
-    """Write qhpc.conf, plugstack.conf, gres.conf, hook wrappers and hooks.toml into --out."""
+    """Write qhpc.conf, plugstack.conf, gres.conf into --out; hooks and hooks.toml into
+    --hooks-dir."""
     from qhpc.resources.config import load_registry
     from qhpc.slurm import SlurmConfigRequest, write_config
 
@@ -107,6 +113,7 @@ def config(
     written = write_config(
         SlurmConfigRequest(
             resources=names, broker_url=broker, token=token, out_dir=out_dir,
+            hooks_dir=hooks_dir,
             sessions_per_qpu=sessions_per_qpu, sessions=_parse_sessions(sessions or []),
             fastpath=fastpath, spool_dir=spool_dir, run_dir=run_dir, python=sys.executable,
             slurm_user=slurm_user, spank_plugin=spank_plugin, gres_node=gres_node,

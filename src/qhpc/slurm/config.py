@@ -2,14 +2,19 @@
 
 Writes into one directory:
 
+Into the Slurm directory (``--out``), the fragments an admin installs:
+
 - ``qhpc.conf`` — the slurm.conf fragment (``Include``-d by the base slurm.conf):
   one licence ``qpu_<name>:K`` per resource (K = how many jobs may hold a session
   on it at once; the broker multiplexes them), the hook lines pointing at the
-  wrappers below, ``PrologFlags=Alloc`` and, with GRES, ``GresTypes=qpu``;
+  wrappers below and ``PrologFlags=Alloc``;
 - ``plugstack.conf`` — the SPANK ``--qpu`` plugin with ``allowed=`` the resource names;
-- ``gres.conf`` — count-only ``qpu`` GRES per resource (optional);
-- ``hooks/`` — five tiny shell wrappers that exec this Python with
-  ``-m qhpc.slurm.hooks``;
+- ``gres.conf`` — count-only ``qpu`` GRES per resource (optional; ``GresTypes=qpu``
+  and the node's ``Gres=`` belong to the base slurm.conf, next to the node line).
+
+Into the hooks directory (``--hooks-dir``), what the fragments point at:
+
+- five tiny shell wrappers that exec this Python with ``-m qhpc.slurm.hooks``;
 - ``hooks.toml`` — the hooks' settings with the broker credential, mode 0600,
   owned by SlurmUser.
 
@@ -33,6 +38,7 @@ from qhpc.slurm.errors import SlurmError
 from qhpc.slurm.jobinfo import licence_name
 from qhpc.slurm.settings import DEFAULT_RUN_DIR, DEFAULT_SPOOL_DIR, HookSettings
 
+DEFAULT_HOOKS_DIR = Path("/etc/qhpc/slurm-hooks")
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")  # what a Slurm licence / GRES type may be called here
 
 # slurm.conf key → hook name of qhpc.slurm.hooks
@@ -57,6 +63,7 @@ class SlurmConfigRequest:
     broker_url: str
     token: str
     out_dir: Path
+    hooks_dir: Path = DEFAULT_HOOKS_DIR
     sessions_per_qpu: int = 2
     sessions: Mapping[str, int] = field(default_factory=dict)  # per-resource overrides
     fastpath: str | None = None  # default: the broker's host, port 5555
@@ -111,8 +118,6 @@ def render_qhpc_conf(request: SlurmConfigRequest, hooks_dir: Path) -> str:
         "PrologFlags=Alloc",
     ]
     lines += [f"{key}={hooks_dir / hook}" for key, hook in HOOK_KEYS.items()]
-    if request.gres_node:
-        lines += ["# Count-only GRES (the node line needs Gres=qpu:<name>:K too).", "GresTypes=qpu"]
     return "\n".join(lines) + "\n"
 
 
@@ -153,11 +158,11 @@ def write_config(request: SlurmConfigRequest) -> WrittenConfig:
     check_names(request.resources)
     request.licence_counts()  # check before writing anything
     out = request.out_dir.resolve()
-    hooks_dir = out / "hooks"
-    hooks_dir.mkdir(parents=True, exist_ok=True)
+    hooks_dir = request.hooks_dir.resolve()
     for directory in (out, hooks_dir):  # SlurmUser and job users must reach the wrappers
+        directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)
-    settings_path = out / "hooks.toml"
+    settings_path = hooks_dir / "hooks.toml"
     files: list[Path] = []
     notes: list[str] = []
 
