@@ -1,0 +1,375 @@
+"""A discrete-event simulator of one QPU behind the broker, for the scheduling study.
+
+The broker's own policy objects decide (``qhpc.broker.build_policy``, the same
+call the live broker makes), from :class:`~qhpc.broker.SchedulingView`\\ s built
+the way the broker builds them: pending :class:`~qhpc.broker.QueuedTask`\\ s,
+open :class:`~qhpc.broker.SessionLease`\\ s, decayed usage from the broker's
+:class:`~qhpc.broker.UsageTracker`, the accounts' shares and the last batch
+start. Like the broker's executor, the simulator asks the policy whenever the
+QPU is free and online, runs one task at a time (not preemptible), charges the
+task's device time to its account when it ends, and starts nothing while the
+QPU calibrates (a running task is not interrupted: the emulator's rule).
+
+Above the broker sits a stand-in for Slurm: a queue of job-level *grants*
+(a reservation of the QPU, a licence for a session), ordered by the broker's
+base policy (``fifo`` or ``fairshare``: Slurm's fair-share factor is the same
+formula), with ``job_start_latency`` between a grant and the program running.
+
+Time is modelled seconds; events are ordered by (time, sequence), so a run is
+a pure function of the workload and the strategy.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from qhpc.broker import (
+    FairSharePolicy,
+    FifoPolicy,
+    Policy,
+    QueuedTask,
+    SchedulingView,
+    SessionLease,
+    SessionMode,
+    UsageTracker,
+    build_policy,
+)
+from qhpc.resources import Window
+from qhpc.study.modes import Mode, Strategy, grant_capacity, start_batch, start_hybrid
+from qhpc.study.workload import Environment, QpuModel, Scenario, Workload
+
+RESOURCE = "qpu"
+
+
+@dataclass
+class TaskRun:
+    """One task's life: ready (its program had it) → submitted → started → finished."""
+
+    task_id: str
+    job_id: str
+    account: str
+    session: bool
+    iteration: int | None
+    circuits: int
+    shots: int
+    duration: float
+    ready_at: float
+    submitted_at: float
+    started_at: float = math.nan
+    finished_at: float = math.nan
+
+
+@dataclass
+class IterationRun:
+    job_id: str
+    account: str
+    index: int
+    requested_at: float
+    done_at: float = math.nan
+
+    @property
+    def latency(self) -> float:
+        return self.done_at - self.requested_at
+
+
+@dataclass
+class JobRun:
+    job_id: str
+    account: str
+    kind: str  # "hybrid" or "batch"
+    arrival: float
+    started_at: float = math.nan
+    finished_at: float = math.nan
+
+    @property
+    def turnaround(self) -> float:
+        return self.finished_at - self.arrival
+
+
+@dataclass
+class SimulationResult:
+    scenario: str
+    strategy: Strategy
+    tasks: list[TaskRun]
+    iterations: list[IterationRun]
+    jobs: list[JobRun]
+    calibrations: list[Window]
+    shares: dict[str, float]
+    decisions: int = 0
+
+    @property
+    def start(self) -> float:
+        return min(j.arrival for j in self.jobs)
+
+    @property
+    def end(self) -> float:
+        return max(j.finished_at for j in self.jobs)
+
+
+class SimulationError(RuntimeError):
+    """The simulation could not finish (work left that can never run)."""
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+
+@dataclass
+class _Grant:
+    job_id: str
+    account: str
+    requested_at: float
+    then: Callable[[], None]
+    seq: int
+
+
+class Engine:
+    """Events, the broker's queue and policy, the QPU, and Slurm's grants."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        grant_policy: Policy,
+        qpu: QpuModel,
+        environment: Environment,
+        shares: dict[str, float],
+        grant_capacity: int,
+    ) -> None:
+        self.policy = policy
+        self.grant_policy = grant_policy
+        self.qpu = qpu
+        self.environment = environment
+        self.shares = shares
+        self.capacity = grant_capacity
+        self.now = 0.0
+        self.usage = UsageTracker(environment.fairshare_half_life)
+        self.decisions = 0
+        self.tasks: list[TaskRun] = []
+        self.iterations: list[IterationRun] = []
+        self.jobs: dict[str, JobRun] = {}
+        self._events: list[_Event] = []
+        self._seq = itertools.count()
+        self._queue: dict[str, QueuedTask] = {}
+        self._runs: dict[str, TaskRun] = {}
+        self._sessions: dict[str, SessionLease] = {}
+        self._busy = False
+        self._wake_at: float | None = None
+        self._last_batch_start: float | None = None
+        self._grants_waiting: list[_Grant] = []
+        self._grants_held: set[str] = set()
+        self._ids = itertools.count()
+        self._callbacks: dict[str, Callable[[], None]] = {}
+
+    # -- events ----------------------------------------------------------------
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._events, _Event(when, next(self._seq), action))
+
+    def after(self, delay: float, action: Callable[[], None]) -> None:
+        self.at(self.now + delay, action)
+
+    def run(self) -> None:
+        while self._events:
+            event = heapq.heappop(self._events)
+            self.now = event.time
+            event.action()
+            self._dispatch()
+            self._grant()
+
+    # -- programs' side --------------------------------------------------------
+    def job_arrives(self, job_id: str, account: str, kind: str, arrival: float) -> None:
+        self.jobs[job_id] = JobRun(job_id, account, kind, arrival)
+
+    def job_started(self, job_id: str) -> None:
+        if math.isnan(self.jobs[job_id].started_at):
+            self.jobs[job_id].started_at = self.now
+
+    def job_finished(self, job_id: str) -> None:
+        self.jobs[job_id].finished_at = self.now
+
+    def open_session(self, job_id: str, account: str, mode: SessionMode) -> str:
+        session_id = f"s{next(self._ids)}-{job_id}"
+        self._sessions[session_id] = SessionLease(
+            session_id=session_id, resource=RESOURCE, account=account, user=account,
+            opened_at=self.now, deadline=math.inf, mode=mode,
+        )  # fmt: skip
+        return session_id
+
+    def close_session(self, session_id: str) -> None:
+        del self._sessions[session_id]
+
+    def submit(
+        self,
+        job_id: str,
+        account: str,
+        circuits_per_task: Sequence[int],
+        shots: int,
+        session: str | None,
+        ready_at: float,
+        done: Callable[[], None],
+        *,
+        iteration: int | None = None,
+        requested_at: float | None = None,
+    ) -> None:
+        """Queue tasks at the broker; ``done`` runs when the client has every result."""
+        record = None
+        if iteration is not None:
+            asked = self.now if requested_at is None else requested_at
+            record = IterationRun(job_id, account, iteration, asked)
+            self.iterations.append(record)
+        pending = len(circuits_per_task)
+
+        def one_done() -> None:
+            nonlocal pending
+            pending -= 1
+            if pending == 0:
+                if record is not None:
+                    record.done_at = self.now
+                done()
+
+        for circuits in circuits_per_task:
+            task_id = f"t{next(self._ids):08d}"
+            duration = self.qpu.duration(circuits, shots)
+            run = TaskRun(
+                task_id, job_id, account, session is not None, iteration, circuits, shots,
+                duration, ready_at, self.now,
+            )  # fmt: skip
+            self.tasks.append(run)
+            self._runs[task_id] = run
+            self._callbacks[task_id] = one_done
+            self._queue[task_id] = QueuedTask(
+                task_id=task_id, job_id=job_id, resource=RESOURCE, account=account,
+                user=account, submitted_at=self.now, session_id=session,
+                estimated_seconds=duration,
+            )  # fmt: skip
+
+    def request_grant(
+        self, job_id: str, account: str, ready_at: float, then: Callable[[], None]
+    ) -> None:
+        """Ask Slurm for the QPU (or a licence); ``then`` runs when the program starts."""
+        if self.capacity == 0:
+            self.after(self.environment.job_start_latency, then)
+            return
+        self._grants_waiting.append(_Grant(job_id, account, self.now, then, next(self._seq)))
+
+    def release_grant(self, job_id: str) -> None:
+        self._grants_held.discard(job_id)
+
+    # -- Slurm's side ----------------------------------------------------------
+    def _grant(self) -> None:
+        while self._grants_waiting and len(self._grants_held) < self.capacity:
+            by_id = {f"g{g.seq:08d}": g for g in self._grants_waiting}
+            view = SchedulingView(
+                now=self.now, resource=RESOURCE,
+                queue=[
+                    QueuedTask(
+                        task_id=key, job_id=g.job_id, resource=RESOURCE, account=g.account,
+                        user=g.account, submitted_at=g.requested_at,
+                    )
+                    for key, g in by_id.items()
+                ],
+                usage=self.usage.snapshot(self.now), shares=self.shares,
+            )  # fmt: skip
+            chosen = self.grant_policy.next_task(view)
+            if chosen is None:
+                return
+            grant = by_id[chosen.task_id]
+            self._grants_waiting.remove(grant)
+            self._grants_held.add(grant.job_id)
+            self.after(self.environment.job_start_latency, grant.then)
+
+    # -- the broker's executor -------------------------------------------------
+    def _dispatch(self) -> None:
+        if self._busy or not self._queue:
+            return
+        calibration = self.qpu.calibration
+        window = calibration.window_at(self.now) if calibration is not None else None
+        if window is not None:
+            # The broker waits while the resource is not online; look again at its end.
+            if self._wake_at != window.end:
+                self._wake_at = window.end
+                self.at(window.end, lambda: None)
+            return
+        view = SchedulingView(
+            now=self.now, resource=RESOURCE, queue=list(self._queue.values()),
+            sessions=list(self._sessions.values()), usage=self.usage.snapshot(self.now),
+            shares=self.shares, last_batch_start=self._last_batch_start,
+        )  # fmt: skip
+        self.decisions += 1
+        task = self.policy.next_task(view)
+        if task is None:
+            return
+        del self._queue[task.task_id]
+        if task.session_id is None:
+            self._last_batch_start = self.now
+        run = self._runs.pop(task.task_id)
+        run.started_at = self.now
+        self._busy = True
+        self.at(self.now + run.duration, lambda: self._finish(task, run))
+
+    def _finish(self, task: QueuedTask, run: TaskRun) -> None:
+        run.finished_at = self.now
+        self._busy = False
+        self.usage.record(task.account, run.duration, self.now)
+        callback = self._callbacks.pop(task.task_id)
+        if run.session or run.iteration is not None:
+            # A live client receives the result one round trip later.
+            self.after(self.environment.round_trip, callback)
+        else:
+            callback()
+
+    def calibrations(self, until: float) -> list[Window]:
+        schedule = self.qpu.calibration
+        if schedule is None:
+            return []
+        first = schedule.every if schedule.first is None else schedule.first
+        starts = itertools.count(first, schedule.every)
+        within = itertools.takewhile(lambda s: s < until, starts)
+        return [Window(s, s + schedule.duration) for s in within]
+
+
+def simulate(
+    scenario: Scenario, strategy: Strategy, workload: Workload | None = None
+) -> SimulationResult:
+    """Run ``workload`` (default: the scenario's own draw) under ``strategy``."""
+    workload = workload or scenario.materialise()
+    env = scenario.environment
+    policy = build_policy(strategy.base_policy, starvation_limit=env.starvation_limit)
+    grant_policy: Policy = FairSharePolicy() if strategy.fairshare else FifoPolicy()
+    shares = {a: float(scenario.shares.get(a, 1.0)) for a in workload.accounts()}
+    engine = Engine(
+        policy, grant_policy, scenario.qpu, env, shares, grant_capacity(strategy.mode, env.licences)
+    )
+    for hybrid in workload.hybrid:
+        engine.job_arrives(hybrid.job_id, hybrid.account, "hybrid", hybrid.arrival)
+        engine.at(hybrid.arrival, partial(start_hybrid, engine, hybrid, strategy.mode))
+    for batch in workload.batch:
+        engine.job_arrives(batch.job_id, batch.account, "batch", batch.arrival)
+        engine.at(batch.arrival, partial(start_batch, engine, batch, strategy.mode))
+    engine.run()
+    unfinished = [j.job_id for j in engine.jobs.values() if math.isnan(j.finished_at)]
+    if unfinished:
+        raise SimulationError(
+            f"{strategy.key} on {scenario.name}: job(s) never finished: {', '.join(unfinished[:5])}"
+        )
+    end = max(j.finished_at for j in engine.jobs.values())
+    return SimulationResult(
+        scenario=scenario.name,
+        strategy=strategy,
+        tasks=engine.tasks,
+        iterations=engine.iterations,
+        jobs=sorted(engine.jobs.values(), key=lambda j: (j.arrival, j.job_id)),
+        calibrations=engine.calibrations(end),
+        shares=shares,
+        decisions=engine.decisions,
+    )
+
+
+__all__ = ["Engine", "Mode", "SimulationError", "SimulationResult", "TaskRun", "simulate"]
