@@ -6,7 +6,7 @@ metrics and the goals, and writes ``study.json`` plus PNG plots to ``--out``.
 Same as ``qhpc bench study``. ``--publish`` rewrites ``bench/scenarios/*.json``
 from the scenario definitions in ``qhpc.study.workload``.
 
-Run: ``.venv/bin/python bench/bench_study.py [--scenario NAME|all] [--quick] [--out results/study]``
+Run: ``.venv/bin/python bench/bench_study.py [--scenario NAME|all] [--quick] [--out results]``
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="all", help="a name, a .json/.toml file, or all")
     parser.add_argument("--quick", action="store_true", help="a quarter of the jobs (CI smoke)")
-    parser.add_argument("--out", type=Path, default=Path("results/study"), help="results folder")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     parser.add_argument("--publish", action="store_true", help="rewrite bench/scenarios/*.json")

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import run_cli
 from qhpc.resources import CalibrationSchedule
 from qhpc.study import (
     SCENARIOS,
@@ -28,6 +29,7 @@ from qhpc.study import (
 )
 from qhpc.study.metrics import merge, subtract
 from qhpc.study.simulator import SimulationResult, TaskRun
+from qhpc.study.tables import BEGIN, END
 from qhpc.study.workload import Arrivals, BatchClass, HybridClass, QpuModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,3 +294,43 @@ def test_the_licence_count_trades_latency_for_utilisation() -> None:
     )  # fmt: skip
     assert one.iteration_latency_mean < many.iteration_latency_mean
     assert one.utilisation < many.utilisation
+
+
+# -- the bench CLI ---------------------------------------------------------------------------
+
+
+def test_quick_study_writes_a_json_report_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["bench", "study", "--quick", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "study.json").read_text())
+    assert set(report["scenarios"]) == set(SCENARIOS)
+    assert report["quick"] is True
+    for data in report["scenarios"].values():
+        assert set(data["runs"]) == {s.key for s in STRATEGIES}
+    assert {g["goal"] for g in report["goals"]} >= {"Jain fairness, equal shares"}
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert "gantt-vqe-heavy.png" in pngs and "latency-two-centres.png" in pngs
+    assert "fairness.png" in pngs
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "goals" in out
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{BEGIN}\nold figures\n{END}\ntail\n")
+    code, out, err = run_cli(
+        ["bench", "readme", "--out", str(tmp_path), "--readme", str(readme)], capsys
+    )
+    assert code == 0, err
+    text = readme.read_text()
+    assert "old figures" not in text and text.endswith(f"{END}\ntail\n")
+    assert "qhpc multiplex" in text
+
+
+def test_unknown_scenario_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["bench", "study", "-s", "nope", "--out", str(tmp_path)], capsys)
+    assert code == 1
+    assert "unknown scenario 'nope'" in err

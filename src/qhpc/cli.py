@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qhpc import __version__
+from qhpc.cli_bench import register as register_bench_commands
 from qhpc.cli_broker import register as register_broker_commands
 from qhpc.cli_slurm import register as register_slurm_commands
 from qhpc.errors import QhpcError
@@ -39,6 +40,7 @@ resources_app = typer.Typer(
 )
 app.add_typer(resources_app, name="resources")
 register_broker_commands(app)
+register_bench_commands(app)
 register_slurm_commands(app)
 
 out = Console(highlight=False)

@@ -1,0 +1,247 @@
+"""Markdown tables from the benchmark reports: the README's performance section and
+the tables of docs/benchmarks.md are generated, never typed.
+
+Inputs are the JSON files the bench scripts write into one results folder
+(``study.json``, ``resources.json``, ``broker.json``, ``vqe.json``,
+``dispatch.json``, ``study_real.json``); a missing file leaves its table out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qhpc.study.modes import MODE_TITLES, Mode
+
+BEGIN = "<!-- bench:begin -->"
+END = "<!-- bench:end -->"
+
+
+def _load(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / name
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def study_table(report: dict[str, Any], scenario: str) -> str:
+    runs = report["scenarios"][scenario]["runs"]
+    lines = [
+        "| mode (fair share on) | makespan | QPU utilisation | utilisation while work waits "
+        "| mean job turnaround | mean / p95 iteration latency | Jain fairness |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode in Mode:
+        m = runs.get(f"{mode}+fairshare")
+        if m is None:
+            continue
+        lines.append(
+            f"| {MODE_TITLES[mode]} | {_fmt(m['makespan'], '.0f')} s "
+            f"| {_fmt(m['utilisation'], '.0%')} | {_fmt(m['utilisation_waiting'], '.0%')} "
+            f"| {_fmt(m['turnaround_mean'], '.0f')} s "
+            f"| {_fmt(m['iteration_latency_mean'], '.2f')} / "
+            f"{_fmt(m['iteration_latency_p95'], '.2f')} s | {_fmt(m['jain'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def fairness_table(report: dict[str, Any]) -> str:
+    scenarios = list(report["scenarios"])
+    lines = [
+        "| mode | " + " | ".join(f"{s}: off / on" for s in scenarios) + " |",
+        "|---|" + "---|" * len(scenarios),
+    ]
+    for mode in Mode:
+        cells = []
+        for s in scenarios:
+            runs = report["scenarios"][s]["runs"]
+            off, on = runs.get(str(mode)), runs.get(f"{mode}+fairshare")
+            cells.append(f"{_fmt(off and off['jain'], '.2f')} / {_fmt(on and on['jain'], '.2f')}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals_table(report: dict[str, Any]) -> str:
+    lines = ["| goal | scenario | target | reached in this run |", "|---|---|---|---|"]
+    for g in report["goals"]:
+        mark = "✅" if g["reached"] else "❌"
+        lines.append(
+            f"| {g['goal']} | {g['scenario']} | {g['comparison']} {g['target']:g} "
+            f"| {mark} {_fmt(g['value'], '.3g')} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_table(report: dict[str, Any]) -> str:
+    sweep = report.get("licence_sweep")
+    if not sweep:
+        return ""
+    lines = [
+        "| licences (sessions at once) | makespan / exclusive | iteration latency / exclusive "
+        "| utilisation while work waits |",
+        "|---|---|---|---|",
+    ]
+    for row in sweep["rows"]:
+        lines.append(
+            f"| {row['licences']} | {row['makespan_ratio']:.2f} | {row['latency_ratio']:.2f} "
+            f"| {row['utilisation_waiting']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def real_table(real: dict[str, Any]) -> str:
+    lines = [
+        "| mode | measured makespan | simulated | measured mean iteration latency | simulated "
+        "| measured utilisation | simulated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in real["modes"].items():
+        meas, sim = row["measured"], row["simulated"]
+        lines.append(
+            f"| {key} | {_fmt(meas['makespan'], '.1f')} s | {_fmt(sim['makespan'], '.1f')} s "
+            f"| {_fmt(meas['iteration_latency_mean'], '.2f')} s "
+            f"| {_fmt(sim['iteration_latency_mean'], '.2f')} s "
+            f"| {_fmt(meas['utilisation'], '.0%')} | {_fmt(sim['utilisation'], '.0%')} |"
+        )
+    return "\n".join(lines)
+
+
+def micro_table(folder: Path) -> str:
+    """One row per headline micro-benchmark figure that has a report in ``folder``."""
+    rows: list[tuple[str, str, str]] = []
+    dispatch = _load(folder, "dispatch.json")
+    if dispatch:
+        a = dispatch["a_raw_unix_round_trip"]["median_us"]
+        b = dispatch["b_appendix_a_zmq_iteration"]["median_us"]
+        c = dispatch["c_qhpc_iteration"]["client-driven"]["median_us"]
+        rows += [
+            ("dispatcher: raw Unix socket round trip (the floor)", f"{a:.1f} µs",
+             "bench_dispatch.py"),
+            ("dispatcher: seed's Appendix-A ZeroMQ iteration", f"{b:.0f} µs", "bench_dispatch.py"),
+            ("dispatcher: qhpc iteration, client-driven (null circuit, fast path)",
+             f"{c / 1000:.2f} ms ({c / a:.0f}× the floor)", "bench_dispatch.py"),
+            ("runtime: cold start vs warm start",
+             f"{dispatch['d_cold_start']['median_us'] / 1000:.0f} ms vs "
+             f"{dispatch['d_warm']['start_s']['median_us'] / 1000:.2f} ms", "bench_dispatch.py"),
+        ]  # fmt: skip
+    broker = _load(folder, "broker.json")
+    if broker:
+        rows += [
+            ("broker: REST `GET /v1/health`, 4 clients",
+             f"{broker['rest_health_requests_per_s']:.0f} requests/s", "bench_broker.py"),
+            ("broker: REST batch, jobs of 100 tasks",
+             f"{broker['rest_batch_tasks_per_s']:.0f} tasks/s", "bench_broker.py"),
+            ("broker: ZeroMQ fast path, 1 client, one task at a time",
+             f"{broker['fastpath_1_client_tasks_per_s']:.0f} tasks/s "
+             f"({broker['fastpath_1_client_roundtrip_ms']:.2f} ms)", "bench_broker.py"),
+            ("broker: ZeroMQ fast path, 64 tasks in flight",
+             f"{broker['fastpath_pipelined_tasks_per_s']:.0f} tasks/s", "bench_broker.py"),
+        ]  # fmt: skip
+    vqe = _load(folder, "vqe.json")
+    if vqe:
+        rows += [
+            ("VQE H2 per evaluation: Aer direct / qhpc local / fast path / REST",
+             f"{vqe['aer_direct_median_ms']:.2f} / {vqe['qhpc_local_median_ms']:.2f} / "
+             f"{vqe['qhpc_remote_fastpath_median_ms']:.1f} / "
+             f"{vqe['qhpc_remote_rest_median_ms']:.1f} ms", "bench_vqe.py"),
+        ]  # fmt: skip
+    resources = _load(folder, "resources.json")
+    if resources:
+        rows += [
+            ("resources: qhpc task overhead over a direct Aer `run()`",
+             f"{resources['aer_task_overhead_ms']:.2f} ms", "bench_resources.py"),
+        ]  # fmt: skip
+    if not rows:
+        return ""
+    lines = ["| measurement | median | script |", "|---|---|---|"]
+    lines += [f"| {what} | {value} | `bench/{script}` |" for what, value, script in rows]
+    return "\n".join(lines)
+
+
+def readme_section(folder: Path) -> str:
+    """The text between the README's bench markers, from the reports in ``folder``."""
+    parts = []
+    study = _load(folder, "study.json")
+    if study and "vqe-heavy" in study["scenarios"]:
+        parts += [
+            "Scheduling study, VQE-heavy scenario (simulated with the broker's own policies; "
+            "modelled seconds), from `.venv/bin/python bench/bench_study.py` — scenarios, "
+            "the other tables and plots in [docs/benchmarks.md](docs/benchmarks.md):",
+            "",
+            study_table(study, "vqe-heavy"),
+            "",
+            goals_table(study),
+        ]
+    real = _load(folder, "study_real.json")
+    if real:
+        parts += [
+            "",
+            "The same comparison on a real broker with a scaled-time emulator, from "
+            "`.venv/bin/python bench/bench_study_real.py`, beside the simulator's prediction:",
+            "",
+            real_table(real),
+        ]
+    micro = micro_table(folder)
+    if micro:
+        parts += [
+            "",
+            "Micro-benchmarks (medians on a 2-core machine), from "
+            "`.venv/bin/python bench/run_all.py --micro-only`:",
+            "",
+            micro,
+        ]
+    return "\n".join(parts)
+
+
+def replace_between_markers(text: str, body: str) -> str:
+    """``text`` with everything between the bench markers replaced by ``body``."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the markers {BEGIN} and {END} are missing or out of order")
+    return text[: start + len(BEGIN)] + "\n" + body.strip() + "\n" + text[end:]
+
+
+def docs_section(folder: Path) -> str:
+    """The generated part of docs/benchmarks.md: every table of the latest reports."""
+    parts: list[str] = []
+    study = _load(folder, "study.json")
+    if study:
+        parts.append(
+            f"Generated from the reports of {study['created']} "
+            f"({'quick' if study['quick'] else 'full'} study run, {study['wall_seconds']:.1f} s)."
+        )
+        for name in study["scenarios"]:
+            parts += [
+                "",
+                f"#### {name}",
+                "",
+                study_table(study, name),
+                "",
+                f"![QPU timeline, {name}](img/gantt-{name}.png)",
+                f"![iteration latency, {name}](img/latency-{name}.png)",
+            ]
+        parts += [
+            "",
+            "#### Fairness (Jain index of QPU seconds / share while all accounts compete)",
+            "",
+            fairness_table(study),
+            "",
+            "![fairness](img/fairness.png) ![utilisation](img/utilisation.png)",
+        ]
+        sweep = sweep_table(study)
+        if sweep:
+            parts += ["", "#### Licence count (VQE-heavy, multiplex with fair share)", "", sweep]
+        parts += ["", "#### Goals", "", goals_table(study)]
+    real = _load(folder, "study_real.json")
+    if real:
+        parts += ["", "#### Real broker vs simulator", "", real_table(real)]
+    micro = micro_table(folder)
+    if micro:
+        parts += ["", "#### Micro-benchmarks", "", micro]
+    return "\n".join(parts)
