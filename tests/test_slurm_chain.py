@@ -34,6 +34,7 @@ from qhpc.slurm.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
+from qhpc.slurm.errors import SlurmCommandError
 from qhpc.slurm.templates import chain_step_script, hetjob_script
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "chain_vqe.py"
@@ -385,7 +386,7 @@ def test_parse_scontrol_job_lines() -> None:
 
 def test_missing_slurm_commands_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ChainError, match="sbatch not found"):
+    with pytest.raises(SlurmCommandError, match="sbatch not found"):
         SlurmCommands().sbatch([], tmp_path / "x.sh")
 
 

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qhpc.cli_slurm_jobs import register as register_job_helpers
 from qhpc.slurm import SlurmConfigError
 
 out = Console(highlight=False)
@@ -156,4 +157,5 @@ def _seconds(value: float | None) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    register_job_helpers(slurm_app)  # submit, job, chain, template (cli_slurm_jobs.py)
     app.add_typer(slurm_app, name="slurm")

@@ -46,6 +46,7 @@ from qhpc.slurm.checkpoint import (
     checkpoint_path,
     read_checkpoint,
 )
+from qhpc.slurm.errors import SlurmCommandError, SlurmError
 from qhpc.slurm.templates import chain_step_script
 
 MANIFEST = "chain.json"
@@ -88,10 +89,6 @@ class JobState:
         return self.state == "PENDING" and self.reason == NEVER_SATISFIED
 
 
-class SlurmCommandError(ChainError):
-    """A Slurm command failed; the message carries the command and its stderr."""
-
-
 class SlurmCommands:
     """The few Slurm commands a chain needs (pyslurm does not match Slurm 22.05)."""
 
@@ -129,6 +126,18 @@ class SlurmCommands:
         ids = [str(job_id) for job_id in job_ids]
         if ids:
             self._run(["scancel", *ids])
+
+    def chain_directory_of_job(self, job_id: int) -> Path:
+        """The directory of the chain a step's job belongs to (its output file lives there)."""
+        done = self._run(["scontrol", "show", "job", "-o", str(job_id)], check=False)
+        output = dict(_FIELD.findall(done.stdout)).get("StdOut", "")
+        directory = Path(output).parent if output else None
+        if directory is None or not (directory / MANIFEST).is_file():
+            raise ChainError(
+                f"job {job_id} is not a step of a qhpc chain slurmctld still knows: "
+                "give the chain's directory instead"
+            )
+        return directory
 
     def job_states(self, job_ids: Iterable[int]) -> dict[int, JobState]:
         """States of ``job_ids``: the controller's view, then accounting for purged jobs."""
@@ -418,7 +427,7 @@ class Chain:
                                              self.step_script(step))  # fmt: skip
                 submitted.append(previous)
                 self.manifest.job_ids[step - 1] = previous
-        except ChainError:
+        except SlurmError:
             self._cancel_quietly(submitted)
             for step in range(start, self.steps + 1):
                 self.manifest.job_ids[step - 1] = None
@@ -437,7 +446,7 @@ class Chain:
     def _cancel_quietly(self, job_ids: list[int]) -> None:
         try:
             self.slurm.scancel(job_ids)
-        except ChainError:
+        except SlurmError:
             pass  # the submission error is the one to report
 
     def status(self) -> ChainStatus:
@@ -609,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"qhpc chain: step {options.step} starts (Slurm job {job})", flush=True)
     try:
         path = run_step(options.dir, options.step)
-    except ChainError as exc:
+    except SlurmError as exc:
         print(f"qhpc chain: step {options.step} failed: {exc}", file=sys.stderr, flush=True)
         return 1
     print(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qhpc.errors import QhpcError
+from qhpc.slurm.errors import SlurmError
 
 CHAIN_DIR_ENV = "QHPC_CHAIN_DIR"
 STEP_ENV = "QHPC_CHAIN_STEP"
@@ -33,7 +33,7 @@ STEPS_ENV = "QHPC_CHAIN_STEPS"
 CHECKPOINT_FORMAT = 1
 
 
-class ChainError(QhpcError):
+class ChainError(SlurmError):
     """A job chain cannot be built, submitted, run or inspected as asked."""
 
 
