@@ -4,11 +4,13 @@ No lifecycle hooks: ``main(qpu)`` is an ordinary function. Run it
 
 - client-driven, anywhere with a session (a Slurm job gets one from qhpc's
   TaskProlog): ``QHPC_FASTPATH=tcp://broker:5555 QHPC_SESSION=... python examples/hybrid_vqe.py``
-- co-located, next to the QPU in the broker's runtime pool, unchanged.
+- co-located, next to the QPU in the broker's runtime pool, unchanged:
+  ``qhpc submit --hybrid examples/hybrid_vqe.py --resource aer --wait``
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,13 +41,25 @@ def ansatz() -> QuantumCircuit:
     return circuit
 
 
+def reporter() -> Callable[..., None]:
+    """``report(iteration, value)`` when running in qhpc's runtime, else a no-op."""
+    try:
+        from qhpc.runtime import current_program
+
+        return current_program().report
+    except Exception:
+        return lambda *args, **fields: None
+
+
 def main(qpu: Any, shots: int | None = None, maxiter: int = 300) -> dict[str, Any]:
     circuit = ansatz()
+    report = reporter()
     trace: list[float] = []
 
     def energy(theta: np.ndarray) -> float:
         value = float(qpu.estimate(circuit, H2, list(theta), shots=shots))
         trace.append(value)
+        report(len(trace), value)  # the progress line of `qhpc submit --hybrid --wait`
         return value
 
     found = minimize(energy, x0=np.full(4, 0.1), method="COBYLA", options={"maxiter": maxiter})

@@ -51,10 +51,10 @@ def session(broker: Broker) -> str:
     return broker.open_session(user="u", account="a", resource="aer", deadline=time.time() + 600)[1]
 
 
-def load_example() -> object:
+def load_example(path: Path = EXAMPLE) -> object:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("hybrid_vqe", EXAMPLE)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -77,6 +77,21 @@ def test_client_driven_vqe_reaches_chemical_accuracy(
     tasks = broker.tasks_of_job(qpu.session_id)
     assert len(tasks) == result["evaluations"]
     assert {t.state for t in tasks} == {"completed"}
+
+
+def test_client_driven_qaoa_finds_the_maximum_cut(
+    served: tuple[Broker, FastPathServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker, server = served
+    monkeypatch.setenv("QHPC_FASTPATH", server.endpoint)
+    monkeypatch.setenv("QHPC_SESSION", session(broker))
+    qpu = QPU.from_env()
+    try:
+        result = load_example(EXAMPLE.with_name("hybrid_qaoa.py")).main(qpu)  # type: ignore[attr-defined]
+    finally:
+        qpu.close()
+    assert result["best_cut"] == result["max_cut"] == 5
+    assert qpu.timings.calls == result["evaluations"] + 1  # + the final sample
 
 
 def test_co_located_program_runs_unchanged_in_the_runtime_pool(

@@ -56,6 +56,9 @@ def serve(
     admin_token_file: Annotated[
         Path | None, typer.Option(help="Write a first admin token here (mode 0600).")
     ] = None,
+    runtime_pool_size: Annotated[
+        int, typer.Option(min=1, help="Warm spare processes for hybrid programs.")
+    ] = 2,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
@@ -71,7 +74,9 @@ def serve(
         db = str(data_dir / "qhpc.db")
     store = Store.open(db)
     registry = load_registry(config)
-    broker = Broker(store, registry, BrokerConfig(policy=policy))
+    broker = Broker(
+        store, registry, BrokerConfig(policy=policy, runtime_pool_size=runtime_pool_size)
+    )
     secret = bootstrap_admin_token(broker)
     if secret is not None:
         if admin_token_file is not None:
@@ -94,17 +99,39 @@ def serve(
 
 
 def submit(
-    files: Annotated[list[Path], typer.Argument(help="Circuit files (QASM 2/3, cQASM, QPY).")],
+    files: Annotated[
+        list[Path], typer.Argument(help="Circuit files (QASM 2/3, cQASM, QPY), or one program.")
+    ],
     resource: Annotated[str, typer.Option("--resource", "-r")] = "aer",
     shots: Annotated[int, typer.Option("--shots", "-s")] = 1024,
     priority: Annotated[int, typer.Option(help="Job priority (admins may raise it).")] = 0,
     account: Annotated[str | None, typer.Option(help="Account to charge.")] = None,
     name: Annotated[str | None, typer.Option(help="Job name.")] = None,
+    hybrid: Annotated[
+        bool, typer.Option("--hybrid", help="FILES is one Python program the broker runs.")
+    ] = False,
+    args: Annotated[str | None, typer.Option(help="Hybrid: the entry's arguments (JSON).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Hybrid: wall-clock limit, s.")] = None,
+    max_iterations: Annotated[int | None, typer.Option(help="Hybrid: iteration limit.")] = None,
+    entry: Annotated[str, typer.Option(help="Hybrid: the function to call.")] = "main",
+    wait: Annotated[bool, typer.Option("--wait", help="Hybrid: follow it to its end.")] = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Submit circuits as one batch job (one task per file)."""
+    """Submit circuits as one batch job (one task per file), or a program (--hybrid)."""
+    if hybrid:
+        from qhpc.cli_hybrid import submit_hybrid
+
+        if len(files) != 1:
+            raise typer.BadParameter("--hybrid takes exactly one program file")
+        with _client(url, token) as client:
+            submit_hybrid(
+                client, files[0], resource=resource, args=args, timeout=timeout,
+                max_iterations=max_iterations, entry=entry, account=account, name=name,
+                wait=wait, as_json=as_json,
+            )  # fmt: skip
+        return
     circuits = [c for path in files for c in load_circuits(path)]
     with _client(url, token) as client:
         job = client.submit(resource, circuits, shots, priority, account, name, split_circuits=True)
@@ -126,6 +153,10 @@ def status(
     if as_json:
         _print_json(job)
         return
+    if job.get("kind") == "hybrid":
+        from qhpc.cli_hybrid import print_status
+
+        return print_status(job)
     out.print(f"job {job['job_id']} [bold]{job['state']}[/] on {job['resource']}")
     table = Table("task", "state", "position", "eta s", "error")
     for task in job.get("tasks", []):
@@ -178,10 +209,15 @@ def result(
     token: TokenOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Print a job's results (counts or expectation values per task)."""
+    """Print a job's results (counts or expectation values per task; a program's return
+    value and timings)."""
     with _client(url, token) as client:
         if wait > 0:
             client.wait(job_id, timeout=wait)
+        if client.job(job_id).get("kind") == "hybrid":
+            from qhpc.cli_hybrid import print_result
+
+            return print_result(client, job_id, as_json)
         results = client.results(job_id)
     data = [None if r is None else r.to_dict() for r in results]
     if as_json:
@@ -260,6 +296,8 @@ def token_revoke(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (serve, submit, status, queue, cancel, result, accounting):
+    from qhpc.cli_hybrid import logs
+
+    for command in (serve, submit, status, queue, cancel, result, accounting, logs):
         app.command()(command)
     app.add_typer(token_app, name="token")

@@ -16,7 +16,7 @@ from qhpc.broker.service import Broker
 API_PREFIX = "/v1"
 
 _DESCRIPTION = """\
-REST front of the qhpc broker: resources, batch jobs, sessions, reservations,
+REST front of the qhpc broker: resources, batch and hybrid jobs, sessions, reservations,
 accounts, accounting and tokens. Authenticate with `Authorization: Bearer <token>`.
 Every error is an RFC 9457 problem body (`application/problem+json`).
 """
@@ -57,6 +57,7 @@ def create_app(broker: Broker, *, max_body_bytes: int | None = None) -> FastAPI:
         routes_resources.resources,
         routes_jobs.jobs,
         routes_jobs.tasks,
+        routes_jobs.programs,
         routes_sessions.sessions,
         routes_admin.reservations,
         routes_admin.accounts,

@@ -7,7 +7,7 @@ token, so no input can make the database (SQLite or PostgreSQL) fail with a 500.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -94,6 +94,48 @@ class JobSubmission(CircuitsBody):
     user: Name | None = Field(None, description="centre and admin tokens may submit for a user")
     centre: Name | None = Field(None, description="admins only; centre tokens use their own")
     name: Label | None = None
+
+
+_PROGRAM = "def main(qpu, shots=1000):\n    return qpu.run(bell(), shots=shots)\n"
+
+
+class ProgramSubmission(_Body):
+    """A hybrid job: a program the broker runs next to the QPU (co-located)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"resource": "aer", "source": _PROGRAM, "timeout": 600}]},
+    )
+
+    resource: Name
+    source: str | None = Field(
+        None, min_length=1, description="the program text (a .py file); or entry_point"
+    )
+    filename: Label = Field("program.py", description="shown in tracebacks and messages")
+    entry_point: Name | None = Field(
+        None, description="a server-side program registered at the broker, instead of source"
+    )
+    entry: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")] = Field(
+        "main", description="the function to call; a module with execute(qi) also works"
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the entry function (JSON); the spec of an entry point",
+    )
+    timeout: Seconds | None = Field(None, description="wall-clock limit; the broker's default")
+    max_iterations: Annotated[int, Field(ge=1, le=10**12)] | None = Field(
+        None, description="stop (status limit) when report() passes this iteration"
+    )
+    account: Name | None = Field(None, description="defaults to the token's account")
+    user: Name | None = Field(None, description="centre and admin tokens may submit for a user")
+    centre: Name | None = Field(None, description="admins only; centre tokens use their own")
+    name: Label | None = None
+
+    @model_validator(mode="after")
+    def _one_program(self) -> ProgramSubmission:
+        if (self.source is None) == (self.entry_point is None):
+            raise ValueError("give either source or entry_point, not both or neither")
+        return self
 
 
 class SessionTaskSubmission(CircuitsBody):

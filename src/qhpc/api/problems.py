@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qhpc.broker import PolicyError
+from qhpc.broker import PolicyError, ProgramError
 from qhpc.broker.service import BrokerError
 from qhpc.errors import QhpcError
 from qhpc.resources import (
@@ -64,6 +64,7 @@ STATUS_OF: dict[type[QhpcError], int] = {
     UnsupportedCircuitError: 422,
     UnsupportedPayloadError: 422,
     PolicyError: 422,
+    ProgramError: 422,
     # A device adapter or the database failing is the service's state, not the
     # caller's mistake; 503 tells clients to retry later.
     ResourceError: 503,

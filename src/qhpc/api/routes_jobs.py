@@ -1,4 +1,4 @@
-"""Batch jobs (submit, list, inspect, cancel, results) and single tasks."""
+"""Jobs (submit, list, inspect, cancel, results), hybrid programs and their logs, tasks."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from fastapi import APIRouter, Query
 
 from qhpc.api import rules
 from qhpc.api.deps import BrokerDep, CurrentPrincipal
-from qhpc.api.models import JobSubmission, PathId, QueryName, TaskStateName
+from qhpc.api.models import JobSubmission, PathId, ProgramSubmission, QueryName, TaskStateName
+from qhpc.api.problems import InvalidRequest
 from qhpc.api.views import (
     CancelView,
     JobResults,
     JobSummary,
     JobView,
+    LogsView,
     TaskDetail,
     TaskResultView,
     job_summary,
+    program_view,
     result_json,
     task_view,
 )
@@ -26,6 +29,7 @@ from qhpc.store import JobRecord
 
 jobs = APIRouter(prefix="/jobs", tags=["jobs"])
 tasks = APIRouter(prefix="/tasks", tags=["tasks"])
+programs = APIRouter(prefix="/programs", tags=["programs"])
 
 #: longest a GET /tasks/{id}?wait= may hold a request (and a server thread)
 MAX_WAIT_SECONDS = 60.0
@@ -36,10 +40,38 @@ def _job_view(broker: Broker, job: JobRecord) -> JobView:
     places = {}
     if any(t.state == "queued" for t in records):
         places = rules.queue_places(broker, job.resource)
+    program = program_view(broker.programs.info(job.job_id)) if job.kind == "hybrid" else None
     return JobView(
         **job_summary(job).model_dump(),
         tasks=[task_view(t, places.get(t.task_id)) for t in records],
+        program=program,
     )
+
+
+@programs.post(
+    "",
+    status_code=201,
+    summary="submit a hybrid job: a program the broker runs next to the QPU",
+    description="The program (source, or a server-side entry_point) runs in the broker's "
+    "runtime pool with a QPU handle on a session of the job's owner. The job is stored "
+    "before this answers; follow it with GET /v1/jobs/{id} (progress), "
+    "GET /v1/jobs/{id}/logs and GET /v1/jobs/{id}/results (return value, timings). "
+    "A syntax error is refused here (422, with line and column).",
+)
+def submit_program(
+    broker: BrokerDep, principal: CurrentPrincipal, body: ProgramSubmission
+) -> JobView:
+    owner = rules.resolve_owner(
+        broker, principal, resource=body.resource, user=body.user, account=body.account,
+        centre=body.centre,
+    )  # fmt: skip
+    job = broker.programs.submit(
+        user=owner.user, account=owner.account, centre=owner.centre, resource=body.resource,
+        source=body.source, entry_point=body.entry_point, entry=body.entry, args=body.args,
+        timeout=body.timeout, max_iterations=body.max_iterations, name=body.name,
+        filename=body.filename,
+    )  # fmt: skip
+    return _job_view(broker, broker.get_job(job.job_id))
 
 
 @jobs.post("", status_code=201, summary="submit a batch job (circuits or encoded payloads)")
@@ -98,7 +130,31 @@ def job_results(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) 
                 result=result_json(result),
             )
         )  # fmt: skip
-    return JobResults(job_id=job.job_id, state=job.state, tasks=views)
+    program = program_view(broker.programs.info(job_id)) if job.kind == "hybrid" else None
+    return JobResults(job_id=job.job_id, state=job.state, tasks=views, program=program)
+
+
+@jobs.get(
+    "/{job_id}/logs",
+    summary="a hybrid job's program output (stdout, stderr), from offsets on",
+    description="Poll with the offsets of the previous answer to follow the output; "
+    "final is true once the program has ended.",
+)
+def job_logs(
+    broker: BrokerDep,
+    principal: CurrentPrincipal,
+    job_id: PathId,
+    stdout_offset: Annotated[int, Query(ge=0, le=2**40)] = 0,
+    stderr_offset: Annotated[int, Query(ge=0, le=2**40)] = 0,
+) -> LogsView:
+    job = rules.visible_job(broker, principal, job_id)
+    if job.kind != "hybrid":
+        raise InvalidRequest(f"job {job_id} is a {job.kind} job; only hybrid jobs have logs")
+    logs = broker.programs.logs(job_id, stdout_offset, stderr_offset)
+    return LogsView(
+        job_id=job_id, stdout=logs.stdout, stderr=logs.stderr,
+        stdout_offset=logs.stdout_offset, stderr_offset=logs.stderr_offset, final=logs.final,
+    )  # fmt: skip
 
 
 @tasks.get(

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from qhpc.broker import ProgramInfo
 from qhpc.resources import TaskResult
 from qhpc.store import (
     AccountRecord,
@@ -110,8 +111,43 @@ class JobSummary(BaseModel):
     task_count: int
 
 
+class ProgramView(BaseModel):
+    """A hybrid job's program: status, progress while it runs, outcome once it ended."""
+
+    status: str = Field(
+        description="queued, running, completed, failed, timeout, cancelled, limit or killed"
+    )
+    message: str | None = Field(description="why it ended that way (traceback, limit …)")
+    entry: str
+    entry_point: str | None
+    timeout: float
+    max_iterations: int | None
+    session_id: str | None
+    iterations: int = Field(description="the last iteration the program reported")
+    progress: dict[str, Any] | None = Field(description="its last report(iteration, value, …)")
+    progress_line: str | None = Field(description="the same, as one line")
+    qpu_calls: int = Field(description="tasks the program sent to its QPU")
+    return_value: Any = Field(description="what the entry function returned (JSON)")
+    timings: dict[str, float] = Field(
+        description="seconds: initialisation_s, run_s, classical_s, qpu_s, dispatch_overhead_s, "
+        "dispatch_overhead_per_call_s, termination_s, total_s"
+    )
+    started_at: float | None
+    finished_at: float | None
+
+
 class JobView(JobSummary):
     tasks: list[TaskView]
+    program: ProgramView | None = Field(None, description="hybrid jobs only")
+
+
+class LogsView(BaseModel):
+    job_id: str
+    stdout: str = Field(description="standard output from stdout_offset on")
+    stderr: str = Field(description="standard error from stderr_offset on")
+    stdout_offset: int = Field(description="pass back as stdout_offset to get only what is new")
+    stderr_offset: int
+    final: bool = Field(description="the program has ended: nothing more will come")
 
 
 class CancelView(JobSummary):
@@ -130,6 +166,7 @@ class JobResults(BaseModel):
     job_id: str
     state: str
     tasks: list[TaskResultView]
+    program: ProgramView | None = Field(None, description="hybrid jobs only")
 
 
 class SessionView(BaseModel):
@@ -211,6 +248,18 @@ def job_summary(job: JobRecord) -> JobSummary:
         centre=job.centre, resource=job.resource, kind=job.kind, priority=job.priority,
         state=job.state, created_at=job.created_at, finished_at=job.finished_at,
         session_id=job.session_id, task_count=job.task_count,
+    )  # fmt: skip
+
+
+def program_view(info: ProgramInfo) -> ProgramView:
+    record = info.record
+    return ProgramView(
+        status=record.status, message=record.message, entry=record.entry,
+        entry_point=record.entry_point, timeout=record.timeout,
+        max_iterations=record.max_iterations, session_id=record.session_id,
+        iterations=record.iterations, progress=info.progress, progress_line=info.progress_line,
+        qpu_calls=info.qpu_calls, return_value=info.return_value, timings=info.timings,
+        started_at=record.started_at, finished_at=record.finished_at,
     )  # fmt: skip
 
 
