@@ -214,22 +214,23 @@ class FakeJob:
                 return int(option.split(":")[1])
         return None
 
-    @property
-    def kill_on_invalid(self) -> bool:
-        return "--kill-on-invalid-dep=yes" in self.options
+    def kill_on_invalid(self, cluster_default: bool) -> bool:
+        if "--kill-on-invalid-dep=yes" in self.options:  # yes wins, as in sbatch
+            return True
+        return cluster_default and "--kill-on-invalid-dep=no" not in self.options
 
 
 class FakeSlurm(SlurmCommands):
     """afterok as Slurm does it: a job runs once its dependency completed; if the
-    dependency ended badly it is cancelled (``--kill-on-invalid-dep=yes`` or
-    ``honour_kill=False`` meaning the cluster ignores it) or left pending with
-    ``DependencyNeverSatisfied``. Jobs run their step in-process."""
+    dependency ended badly it is cancelled (``--kill-on-invalid-dep=yes``, or the
+    cluster's ``kill_invalid_depend`` unless the job said ``=no``) or left pending
+    with ``DependencyNeverSatisfied``. Jobs run their step in-process."""
 
-    def __init__(self, honour_kill: bool = True, refuse_after: int | None = None) -> None:
+    def __init__(self, kill_invalid_depend: bool = False, refuse_after: int | None = None) -> None:
         super().__init__()
         self.jobs: dict[int, FakeJob] = {}
         self.next_id = 100
-        self.honour_kill = honour_kill
+        self.kill_invalid_depend = kill_invalid_depend
         self.refuse_after = refuse_after
         self.cancelled: list[int] = []
 
@@ -263,7 +264,7 @@ class FakeSlurm(SlurmCommands):
             if before is None or before.state == "COMPLETED":
                 self._execute(job)
             elif before.state in ("FAILED", "CANCELLED"):
-                if job.kill_on_invalid and self.honour_kill:
+                if job.kill_on_invalid(self.kill_invalid_depend):
                     job.state = "CANCELLED"
                 else:
                     job.reason = "DependencyNeverSatisfied"
@@ -289,7 +290,8 @@ def test_submit_links_steps_with_afterok(tmp_path: Path) -> None:
     assert ids == [101, 102, 103]
     jobs = [slurm.jobs[i] for i in ids]
     assert [job.after for job in jobs] == [None, 101, 102]
-    assert all(job.kill_on_invalid and "--partition=qpu" in job.options for job in jobs)
+    assert all("--kill-on-invalid-dep=yes" in job.options for job in jobs)
+    assert all("--partition=qpu" in job.options for job in jobs)
     assert "--job-name=vqe.2of3" in jobs[1].options
     assert Chain.open(chain.directory, slurm=slurm).job_ids == ids
     assert chain.status().state == "pending"
@@ -300,11 +302,20 @@ def test_submit_links_steps_with_afterok(tmp_path: Path) -> None:
     assert chain.result() == {"total": 6, "seen": [1, 2, 3]}
 
 
-@pytest.mark.parametrize("honour_kill", [True, False])
-def test_a_failing_step_leaves_nothing_pending(tmp_path: Path, honour_kill: bool) -> None:
-    slurm = FakeSlurm(honour_kill=honour_kill)
+@pytest.mark.parametrize(
+    ("kill_invalid_depend", "sbatch_args", "slurm_kills"),
+    [
+        (False, [], True),  # the steps' own --kill-on-invalid-dep=yes
+        (True, ["--kill-on-invalid-dep=no"], False),  # the user's choice, respected
+        (False, ["--kill-on-invalid-dep=no"], False),
+    ],
+)
+def test_a_failing_step_leaves_nothing_pending(
+    tmp_path: Path, kill_invalid_depend: bool, sbatch_args: list[str], slurm_kills: bool
+) -> None:
+    slurm = FakeSlurm(kill_invalid_depend=kill_invalid_depend)
     program = write_program(tmp_path, COUNTER.replace("FAIL_AT = 0", "FAIL_AT = 2"))
-    chain = Chain(program, 4, tmp_path / "run", slurm=slurm)
+    chain = Chain(program, 4, tmp_path / "run", slurm=slurm, sbatch_args=sbatch_args)
     chain.submit()
     for _ in range(4):
         slurm.tick()
@@ -315,7 +326,11 @@ def test_a_failing_step_leaves_nothing_pending(tmp_path: Path, honour_kill: bool
     assert [s.state for s in status.steps] == ["COMPLETED", "FAILED", "CANCELLED", "CANCELLED"]
     assert not any(job.state == "PENDING" for job in slurm.jobs.values())
     # without Slurm's help the chain cancels the stuck steps itself
-    assert slurm.cancelled == ([] if honour_kill else [103, 104])
+    assert slurm.cancelled == ([] if slurm_kills else [103, 104])
+    assert all(
+        ("--kill-on-invalid-dep=yes" in job.options) == (not sbatch_args)
+        for job in slurm.jobs.values()
+    )
     assert "failed at step 2 (FAILED, exit code 1)" in status.describe()
     assert status.steps[0].checkpoint and not status.steps[1].checkpoint
 

@@ -419,8 +419,13 @@ class Chain:
                 options = [
                     f"--job-name={self.name}.{step}of{self.steps}",
                     f"--output={self.step_output(step)}",
-                    "--kill-on-invalid-dep=yes",
                 ]
+                if not any(
+                    a.startswith("--kill-on-invalid-dep") for a in self.manifest.sbatch_args
+                ):
+                    # sbatch sets both flags when given yes and no, and yes wins: leave the
+                    # choice to a user who made one
+                    options.append("--kill-on-invalid-dep=yes")
                 if previous is not None:
                     options.append(f"--dependency=afterok:{previous}")
                 previous = self.slurm.sbatch([*options, *self.manifest.sbatch_args],
