@@ -128,3 +128,29 @@ def test_quantum_inspire_calls_keep_their_results(served: tuple[Broker, FastPath
     assert counts == {"1": 50}
     assert qi.results == [{"counts": {"1": 50}, "shots": 50}]
     qi.close()
+
+
+def test_a_registered_entry_point_runs_as_a_hybrid_job(tmp_path: Path) -> None:
+    # operator.is_not(qpu, spec) stands in for a server-side program function(qpu, spec).
+    registry = ResourceRegistry([ResourceSpec("aer", "aer", {"seed": 5})])
+    config = BrokerConfig(
+        policy="fifo", runtime_pool_size=1, entry_points={"probe": "operator:is_not"}
+    )
+    with Store.open(tmp_path / "entry.db") as store:
+        broker = Broker(store, registry, config)
+        broker.start()
+        try:
+            job = broker.programs.submit(
+                user="u", account="a", resource="aer", entry_point="probe", args={"x": 1}
+            )
+            deadline = time.monotonic() + 60
+            while broker.get_job(job.job_id).state not in ("completed", "failed", "cancelled"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            info = broker.programs.info(job.job_id)
+            assert info.record.status == "completed", info.record.message
+            assert info.return_value is True
+            assert info.record.entry_point == "probe" and info.record.source is None
+        finally:
+            broker.stop()
+    registry.close()
