@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from qiskit.circuit import Parameter, QuantumCircuit
 
+import qhpc
+from helpers import free_port, start_serve, wait_healthy
+from qhpc.client import connect
 from qhpc.program import (
     Batch,
     BatchResult,
@@ -31,8 +36,11 @@ from qhpc.program import (
     PluginError,
     PluginSpecError,
     ReadoutMitigation,
+    RemoteError,
+    RemoteQPU,
     Result,
     ScipyMinimize,
+    SessionQPU,
     StackError,
     Transpile,
     plugin_from_spec,
@@ -373,3 +381,111 @@ def test_a_failing_plugin_on_the_server_names_plugin_and_job(aer: AerResource) -
     request = make_request(stack, Batch([Job.expectation(circuit, "Z", name="probe")]))
     with pytest.raises(PluginError, match="plugin Failing failed in compile on job 'probe'"):
         run_stack(LocalQPU(aer), request)
+
+
+# -- against a real `qhpc serve` (loopback, aer seeded like the local one) ---------------------
+
+
+class Served:
+    def __init__(self, url: str, fastpath: str, admin: str) -> None:
+        self.url, self.fastpath, self.admin = url, fastpath, admin
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with connect(self.url, self.admin) as client:
+            return client.jobs(limit=1000)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("served")
+    config = tmp / "resources.toml"
+    config.write_text('[resources.aer]\ntype = "aer"\nseed = 7\n')
+    port, fastpath = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    log = (tmp / "serve.log").open("wb")  # a file, not a pipe: nobody drains a pipe
+    process = start_serve(
+        tmp, port, "--config", str(config), "--fastpath", fastpath, db=tmp / "broker.db",
+        stdout=log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        admin = (tmp / "admin.token").read_text().strip()
+        with connect(url, admin) as client:
+            client.set_account("chem", 1.0)
+        yield Served(url, fastpath, admin)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def local_vqe(vqe: Any, shots: int | None) -> dict[str, Any]:
+    aer = AerResource("aer", seed=7)
+    try:
+        return dict(vqe.run(LocalQPU(aer), shots, vqe.parse([])))
+    finally:
+        aer.close()
+
+
+def test_inside_a_session_connect_and_qpu_use_the_fast_path(
+    served: Served, vqe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with connect(served.url, served.admin) as admin:
+        session = admin.open_session("aer", duration_seconds=600, user="alice", account="chem")
+    for name, value in {
+        "QHPC_URL": served.url, "QHPC_FASTPATH": served.fastpath,
+        "QHPC_SESSION": session["token"], "QHPC_RESOURCE": "aer",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("QHPC_TOKEN", raising=False)
+    before = len(served.jobs())
+    client = qhpc.connect()  # everything from the environment, as in a Slurm job
+    qpu = client.qpu()
+    assert isinstance(qpu, SessionQPU) and qpu.session_id == session["session_id"]
+    try:
+        for shots in (None, 20_000):
+            here = local_vqe(vqe, shots)
+            there = vqe.run(qpu, shots, vqe.parse([]))  # the same code
+            assert there["energy"] == pytest.approx(here["energy"], abs=1e-9)
+            assert there["nfev"] == here["nfev"]
+            tolerance = CHEMICAL_ACCURACY_MHA if shots is None else SHOTS_TOLERANCE_MHA
+            assert there["error_mha"] < tolerance
+    finally:
+        qpu.close()
+        client.close()
+    assert len(served.jobs()) == before  # session tasks, no new batch jobs
+    with connect(served.url, served.admin) as admin:
+        admin.close_session(session["session_id"])
+
+
+def test_stacks_over_a_remote_qpu_run_the_same_code(served: Served, vqe: Any) -> None:
+    with connect(served.url, served.admin) as client:
+        remote = client.qpu("aer", fastpath=False, account="chem")
+        assert isinstance(remote, RemoteQPU)
+        for shots in (None, 20_000):
+            here = local_vqe(vqe, shots)
+            there = vqe.run(remote, shots, vqe.parse([]))
+            assert there["energy"] == pytest.approx(here["energy"], abs=1e-9)
+            tolerance = CHEMICAL_ACCURACY_MHA if shots is None else SHOTS_TOLERANCE_MHA
+            assert there["error_mha"] < tolerance
+    assert not [j for j in served.jobs() if j["state"] in {"queued", "running"}]
+
+
+def test_a_rejected_remote_stack_leaves_nothing_on_the_broker(served: Served, vqe: Any) -> None:
+    job = Job.expectation(vqe.ansatz(), vqe.hamiltonian(), name="vqe")
+    with connect(served.url, served.admin) as client:
+        before = served.jobs()
+        remote = client.qpu("aer", fastpath=False, stacks="broker")
+        if client.offers_stacks():
+            with pytest.raises(PluginSpecError, match="plugin Doubler is not registered"):
+                (ScipyMinimize() | Doubler() | Transpile() | remote).submit(job)
+        else:
+            with pytest.raises(RemoteError, match="does not run stacks server side"):
+                (ScipyMinimize() | Transpile() | remote).submit(job)
+        with pytest.raises(StackError, match="has no QPU"):
+            (ScipyMinimize() | ObservableMeasurement()).submit(job)
+        assert served.jobs() == before

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from qhpc.client import Client
 
 
-def connect(url: str, token: str, timeout: float = 30.0) -> Client:
-    """A client of the broker at ``url`` (see :mod:`qhpc.client`)."""
+def connect(url: str | None = None, token: str | None = None, timeout: float = 30.0) -> Client:
+    """A client of the broker at ``url`` (default ``$QHPC_URL``; see :mod:`qhpc.client`)."""
     from qhpc.client import connect as _connect
 
     return _connect(url, token, timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -31,7 +32,13 @@ from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.payload import result_from_dict as payload_result_from_dict
 
 if TYPE_CHECKING:
-    from qhpc.program import RemoteQPU
+    from qhpc.program import RemoteQPU, SessionQPU
+
+URL_ENV = "QHPC_URL"
+TOKEN_ENV = "QHPC_TOKEN"
+SESSION_ENV = "QHPC_SESSION"
+FASTPATH_ENV = "QHPC_FASTPATH"
+RESOURCE_ENV = "QHPC_RESOURCE"
 
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
@@ -270,6 +277,49 @@ class Client:
         answer = self._request("POST", f"/sessions/{session_id}/tasks", json=body)
         return str(answer["task_id"])
 
+    # -- hybrid jobs (programs run next to the QPU) -------------------------------------
+    def submit_program(
+        self,
+        resource: str,
+        *,
+        source: str | None = None,
+        entry_point: str | None = None,
+        args: Mapping[str, Any] | None = None,
+        account: str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        max_iterations: int | None = None,
+    ) -> dict[str, Any]:
+        """Submit a hybrid job: program ``source``, or a server-side ``entry_point``."""
+        body = {
+            "resource": resource, "source": source, "entry_point": entry_point,
+            "args": None if args is None else dict(args), "account": account, "name": name,
+            "timeout": timeout, "max_iterations": max_iterations,
+        }  # fmt: skip
+        return dict(self._request("POST", "/programs", json=_compact(body)))
+
+    def program(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """A hybrid job's program; ``wait`` > 0 lets the broker hold the answer until it ends."""
+        params = {"wait": wait} if wait > 0 else None
+        budget = None if wait <= 0 else wait + (self._http.timeout.read or 30.0)
+        return dict(self._request("GET", f"/programs/{job_id}", params=params, timeout=budget))
+
+    def entry_points(self) -> list[str]:
+        """Names of the server-side programs this broker offers ([] if it runs none)."""
+        try:
+            answer = self._request("GET", "/programs/entry-points")
+        except ClientError as exc:
+            if exc.status in (404, 405):
+                return []
+            raise
+        return [str(e["name"]) if isinstance(e, Mapping) else str(e) for e in answer]
+
+    def offers_stacks(self) -> bool:
+        """Whether this broker rebuilds and runs whole stacks next to the QPU."""
+        from qhpc.program.server import ENTRY_NAME
+
+        return ENTRY_NAME in self.entry_points()
+
     # -- reservations, accounts, accounting, tokens -----------------------------------
     def reservations(
         self, resource: str | None = None, include_past: bool = False
@@ -331,11 +381,39 @@ class Client:
         self._request("DELETE", f"/tokens/{token_id}")
 
     # -- programming model ------------------------------------------------------------
-    def qpu(self, name: str) -> RemoteQPU:
-        """A QPU on this broker with the same interface as a local one (``submit`` …)."""
-        from qhpc.program import RemoteQPU
+    def qpu(
+        self, name: str | None = None, *, fastpath: bool | None = None, **options: Any
+    ) -> RemoteQPU | SessionQPU:
+        """A QPU on this broker with the same interface as a local one (``submit`` …).
 
-        return RemoteQPU(self, name)
+        Inside a session (``QHPC_FASTPATH`` and ``QHPC_SESSION`` set, as in a
+        Slurm job with ``--qpu``), the session's resource is reached over the
+        ZeroMQ fast path: every payload is a session task (session priority, no
+        HTTP). Elsewhere, or for another resource, it is a
+        :class:`~qhpc.program.RemoteQPU` (one broker job per batch; whole stacks
+        run on the broker). ``fastpath=True`` insists on the session, ``False``
+        refuses it; ``name`` defaults to ``QHPC_RESOURCE``. ``options`` go to
+        :class:`~qhpc.program.RemoteQPU`.
+        """
+        from qhpc.program import RemoteQPU, session_qpu
+
+        name = name or os.environ.get(RESOURCE_ENV)
+        if not name:
+            raise ClientError(f"name a resource: qpu('aer'), or set {RESOURCE_ENV}")
+        session_resource = os.environ.get(RESOURCE_ENV)
+        in_session = bool(os.environ.get(FASTPATH_ENV) and os.environ.get(SESSION_ENV))
+        if fastpath is None:
+            fastpath = in_session and (session_resource is None or session_resource == name)
+        if fastpath:
+            if options:
+                raise ClientError(f"options {sorted(options)} do not apply to a session's QPU")
+            return session_qpu(target=self._target(name))
+        return RemoteQPU(self, name, **options)
+
+    def _target(self, name: str) -> Any:
+        from qhpc.program import target_from_dict
+
+        return target_from_dict(self.resource(name)["target"])
 
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -359,12 +437,21 @@ def _error_of(response: httpx.Response) -> ClientError:
     return ClientError(text, status=response.status_code, title=response.reason_phrase)
 
 
-def connect(url: str, token: str, timeout: float = 30) -> Client:
+def connect(url: str | None = None, token: str | None = None, timeout: float = 30) -> Client:
     """A client of the broker at ``url`` (``http://host:port``) using ``token``.
 
-    Checks that the broker answers (``/v1/health``) so a wrong URL fails here,
-    with a :class:`ClientError` naming it, rather than at the first real call.
+    Unset, ``url`` is ``$QHPC_URL`` and ``token`` is ``$QHPC_TOKEN``, else
+    ``$QHPC_SESSION`` (what a Slurm job holding a session gets), so a program
+    written for a session needs no arguments. Checks that the broker answers
+    (``/v1/health``) so a wrong URL fails here, with a :class:`ClientError`
+    naming it, rather than at the first real call.
     """
+    url = url or os.environ.get(URL_ENV)
+    token = token or os.environ.get(TOKEN_ENV) or os.environ.get(SESSION_ENV)
+    if not url:
+        raise ClientError(f"no broker URL: pass one or set {URL_ENV}")
+    if not token:
+        raise ClientError(f"no token: pass one or set {TOKEN_ENV} (or {SESSION_ENV})")
     base = url.rstrip("/").removesuffix("/v1")
     http = httpx.Client(
         base_url=base,

@@ -74,6 +74,11 @@ class Executor(abc.ABC):
             )
         return answer.replace(batch=batch)
 
+    def run_stack(self, stack: Any, batch: Batch) -> BatchResult | None:
+        """Run ``batch`` through the whole ``stack`` (whose bottom this is) elsewhere, or
+        return None to have the stack's plugins run here (the default)."""
+        return None
+
     def submit_async(self, work: Work) -> Future[Any]:
         """Run ``submit(work)`` in a thread; returns a future (``result``/``join``, ``cancel``)."""
         return Future(lambda: self.submit(work), name=f"submission to {self.name}")

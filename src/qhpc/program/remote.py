@@ -4,8 +4,15 @@ A batch becomes one broker job whose tasks are the batch's payloads (the same
 translation as :class:`~qhpc.program.LocalQPU`): ``submit_payloads`` →
 ``wait`` → ``results``. The broker accepts a job whole or not at all, and a
 submission that stops early (timeout, cancellation, interrupt) cancels its
-broker job, so nothing half-submitted is left queued. Plugins run on the
-client side: the stack above a RemoteQPU is the same code as above a local one.
+broker job, so nothing half-submitted is left queued.
+
+A *stack* over a RemoteQPU is the same code as over a local one. Where the
+broker offers server-side stacks, the whole stack travels (its spec, see
+:mod:`qhpc.program.registry`) and is rebuilt and run next to the QPU as one
+hybrid job, its tasks at session priority (``stacks="auto"`` or ``"broker"``);
+every plugin must then be registered, and one that is not is refused by name
+before anything is sent. ``stacks="client"`` keeps the plugins on the client
+(one broker job per batch the plugins submit).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.target import DeviceTarget
 
 FINAL = frozenset({"completed", "failed", "cancelled"})
+#: where the plugins of a stack over a RemoteQPU run
+STACK_MODES = ("auto", "broker", "client")
 
 
 class RemoteQPU(Executor):
@@ -31,6 +40,9 @@ class RemoteQPU(Executor):
 
     ``timeout`` bounds each broker job (seconds, None: no limit); ``priority``,
     ``account`` and ``job_name`` are passed on with every submission.
+    ``stacks``: ``"auto"`` runs whole stacks on the broker when it offers
+    server-side stacks, else their plugins on the client; ``"broker"`` insists
+    on the broker; ``"client"`` always runs plugins on the client.
     """
 
     def __init__(
@@ -42,8 +54,13 @@ class RemoteQPU(Executor):
         priority: int = 0,
         account: str | None = None,
         job_name: str | None = None,
+        stacks: str = "auto",
     ) -> None:
+        if stacks not in STACK_MODES:
+            raise ValueError(f"stacks must be one of {STACK_MODES}, not {stacks!r}")
         self.client = client
+        self.stacks = stacks
+        self._broker_stacks: bool | None = None
         self.name = resource
         self.timeout = timeout
         self.priority = priority
@@ -76,6 +93,77 @@ class RemoteQPU(Executor):
             raise TaskFailedError(f"{self.name}: the broker returned no result")
         return answer
 
+    # -- whole stacks on the broker ------------------------------------------------------
+    def runs_stacks(self) -> bool:
+        """Whether stacks over this QPU run on the broker (asked once, then remembered)."""
+        if self.stacks == "client":
+            return False
+        if self._broker_stacks is None:
+            self._broker_stacks = self.client.offers_stacks()
+        if not self._broker_stacks and self.stacks == "broker":
+            raise RemoteError(
+                f"the broker at {self.client.url} does not run stacks server side; "
+                "use RemoteQPU(..., stacks='client') to run the plugins here"
+            )
+        return self._broker_stacks
+
+    def run_stack(self, stack: Any, batch: Batch) -> BatchResult | None:
+        if not self.runs_stacks():
+            return None
+        from qhpc.program.server import ENTRY_NAME, decode_answer, make_request
+
+        request = make_request(stack, batch, self.specs())  # PluginSpecError: nothing sent
+        what = f"stack {stack.name} on {batch.describe()}"
+        future = current_future()
+        if future is not None and future.cancel_requested:
+            raise CancelledError(f"{future.name} was cancelled before {what} was submitted")
+        try:
+            job = self.client.submit_program(
+                self.name, entry_point=ENTRY_NAME, args=request, account=self.account,
+                name=self.job_name or stack.name, timeout=self.timeout,
+            )  # fmt: skip
+        except ClientError as exc:
+            raise JobError(f"the broker refused {what}: {exc.detail}") from exc
+        job_id = str(job["job_id"])
+        if future is not None:
+            future.remote_jobs.append(job_id)
+        finished = False
+        try:
+            program = self._wait_program(job_id)
+            finished = True
+        finally:
+            if not finished:
+                self._cancel_quietly(job_id)
+        status = str(program.get("status"))
+        if status != "completed":
+            message = str(program.get("message") or "no message")
+            raise RemoteError(f"broker job {job_id} ({what}) {status}: {message}")
+        result = decode_answer(program.get("return_value"))
+        return result.replace(meta={**result.meta, "broker": self.client.url, "job_id": job_id})
+
+    def _wait_program(self, job_id: str) -> dict[str, Any]:
+        future = current_future()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        if future is not None:
+            future.set_probe(lambda: str(self.client.job(job_id)["state"]))
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise RemoteError(f"broker job {job_id} is not done after {self.timeout} s")
+                chunk = 1.0 if left is None else min(1.0, left)
+                program = self.client.program(job_id, wait=chunk)
+                if str(program.get("status")) not in {"queued", "running"}:
+                    return program
+                if future is not None and future.cancel_requested:
+                    raise CancelledError(f"{future.name} was cancelled (broker job {job_id})")
+        except ClientError as exc:
+            raise RemoteError(f"lost broker job {job_id}: {exc}") from exc
+        finally:
+            if future is not None:
+                future.set_probe(None)
+
+    # -- batches ----------------------------------------------------------------------------
     def _submit_batch(self, batch: Batch) -> BatchResult:
         plan = PayloadPlan.build(batch, self.specs())
         answers = self._run_payloads(plan.payloads, batch.describe(), self.timeout, plan)
@@ -183,9 +271,7 @@ def target_from_dict(data: dict[str, Any]) -> DeviceTarget:
 
 
 def qpu(client: Client, name: str, **options: Any) -> RemoteQPU:
-    """``qpu(qhpc.connect(url, token), "aer")``: the broker resource ``name`` as a QPU.
-
-    ``qhpc.connect(url, token).qpu(name)`` is meant to return the same; until
-    the client grows that method, use this function.
-    """
+    """``qpu(qhpc.connect(url, token), "aer")``: the broker resource ``name`` as a QPU
+    (``qhpc.connect(url, token).qpu(name)`` is the same, and inside a session uses
+    the fast path)."""
     return RemoteQPU(client, name, **options)

@@ -39,7 +39,8 @@ from qhpc.program.wire import decode_batch, decode_batch_result, encode_batch, e
 from qhpc.resources.target import DeviceTarget
 
 REQUEST_VERSION = 1
-#: the entry point a broker registers for server-side stacks (``module:function``)
+#: the name under which a broker offers server-side stacks, and its function
+ENTRY_NAME = "qhpc.stack"
 ENTRY_POINT = "qhpc.program.server:run_stack"
 
 
@@ -159,6 +160,7 @@ def _is_handle(qpu: object) -> bool:
 
 
 __all__ = [
+    "ENTRY_NAME",
     "ENTRY_POINT",
     "PluginSpecError",
     "StackRequest",
