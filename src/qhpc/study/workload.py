@@ -471,9 +471,9 @@ def _vqe_heavy() -> Scenario:
     return Scenario(
         name="vqe-heavy",
         description=(
-            "Eight VQE-style hybrid jobs from two accounts (40-80 iterations of 2-6 "
+            "Eight VQE-style hybrid jobs of account chem (40-80 iterations of 2-6 "
             "circuits, classical think time ~1.5 s between quantum calls), with a light "
-            "batch background."
+            "batch background from account phys."
         ),
         hybrid=(
             HybridClass(
