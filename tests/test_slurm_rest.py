@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from helpers import free_port, run_cli
+from helpers import free_port, run_cli, start_serve, wait_healthy
+from qhpc.client import connect
 from qhpc.slurm.rest import (
     API_VERSION,
     RemoteJob,
@@ -405,3 +406,41 @@ def test_cli_job_shows_a_remote_job(
         capsys,
     )  # fmt: skip
     assert code == 1 and "Invalid job id specified" in " ".join(err.split())
+
+
+def test_cli_submit_opens_a_centre_session_and_hands_the_job_only_its_token(
+    restd: Restd, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    broker = start_serve(tmp_path, port, db=tmp_path / "broker.db")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, broker)
+        with connect(url, (tmp_path / "admin.token").read_text().strip()) as admin:
+            admin.set_account("north-chem", 1.0, centre="north")
+            centre_token = admin.create_token("centre", "north-gw", centre="north")["token"]
+            script = tmp_path / "job.sh"
+            script.write_text(SCRIPT)
+            code, out, err = run_cli(
+                ["slurm", "submit", str(script), "--remote", restd.url, "--user", "north-gw",
+                 "--token", TOKEN, "--broker", url, "--broker-token", centre_token,
+                 "--qpu", "aer", "--for-user", "alice", "--broker-account", "north-chem",
+                 "--fastpath", "tcp://qpu-site:5555", "--wait", "--poll", "0.01"],
+                capsys,
+            )  # fmt: skip
+            assert code == 0, err
+            (session,) = admin.sessions(include_closed=True)
+        assert (session["user"], session["centre"], session["account"]) == (
+            "alice", "north", "north-chem",
+        )  # fmt: skip
+        assert session["closed_at"] is not None  # --wait closed it when the job ended
+        assert f"opened session {session['session_id']} on aer" in out
+        assert f"closed session {session['session_id']}" in out
+        environment = restd.requests[0][3]["job"]["environment"]
+        assert environment["QHPC_SESSION"].startswith("qhpc_")
+        assert environment["QHPC_FASTPATH"] == "tcp://qpu-site:5555"
+        assert environment["QHPC_SESSION_ID"] == session["session_id"]
+        assert centre_token not in json.dumps(restd.requests)  # the centre's token stays home
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)

@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qhpc.client import Client, connect
+from qhpc.errors import QhpcError
 from qhpc.slurm.chain import Chain, ChainStatus, SlurmCommands
 from qhpc.slurm.checkpoint import ChainError
 from qhpc.slurm.rest import (
@@ -103,6 +105,32 @@ def _follow(client: SlurmRestClient, job_id: int, poll: float, timeout: float | 
     )
 
 
+def _open_broker_session(
+    broker: str,
+    broker_token: str | None,
+    qpu: str | None,
+    for_user: str | None,
+    broker_account: str | None,
+    seconds: float,
+) -> tuple[Client, dict[str, Any]]:
+    """A session at the remote site's broker, opened with the centre's token for a user."""
+    if not qpu:
+        raise RemoteSlurmError("--broker needs --qpu NAME: the resource the job's session is on")
+    if not broker_token:
+        raise RemoteSlurmError(
+            "--broker needs the centre's broker token: --broker-token or QHPC_TOKEN"
+        )
+    client = connect(broker, broker_token)
+    try:
+        session = client.open_session(
+            qpu, duration_seconds=seconds, user=for_user, account=broker_account
+        )
+    except BaseException:
+        client.close()
+        raise
+    return client, session
+
+
 def submit(
     script: Annotated[Path, typer.Argument(help="The batch script to run remotely.")],
     remote: RemoteOption,
@@ -124,7 +152,32 @@ def submit(
         typer.Option("--export", help="Pass this local variable to the job (repeatable)."),
     ] = None,
     time_limit: Annotated[int | None, typer.Option("--time", help="Time limit, minutes.")] = None,
-    account: Annotated[str | None, typer.Option("--account", "-A")] = None,
+    account: Annotated[str | None, typer.Option("--account", "-A", help="Slurm account.")] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            help="The remote site's qhpc broker: open a QPU session there for the job, "
+            "with the centre's token, and give the job only the session token.",
+        ),
+    ] = None,
+    broker_token: Annotated[
+        str | None,
+        typer.Option(
+            "--broker-token", envvar="QHPC_TOKEN", help="The centre's broker token (stays here)."
+        ),
+    ] = None,
+    qpu: Annotated[str | None, typer.Option("--qpu", help="Resource of the session.")] = None,
+    fastpath: Annotated[
+        str | None,
+        typer.Option("--fastpath", help="The broker's fast-path endpoint as the job reaches it."),
+    ] = None,
+    for_user: Annotated[
+        str | None, typer.Option("--for-user", help="The centre's user the session is for.")
+    ] = None,
+    broker_account: Annotated[
+        str | None, typer.Option("--broker-account", help="Broker account to charge.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
     poll: Annotated[float, typer.Option(help="Seconds between state polls.")] = 1.0,
     timeout: Annotated[
@@ -136,6 +189,8 @@ def submit(
     """Submit a batch script to a remote Slurm through slurmrestd (API v0.0.38, JWT).
 
     With --wait, prints each state change and exits with the job's exit code.
+    With --broker, the job gets a QPU session at the remote broker, booked to
+    --for-user within the centre whose token opened it; --wait closes it at the end.
     """
     try:
         text = script.read_text(encoding="utf-8")
@@ -143,25 +198,73 @@ def submit(
         raise RemoteSlurmError(f"cannot read batch script {script}: {exc.strerror}") from exc
     environment = _environment(env or [], export or [])
     with _rest_client(remote, user, token, lifespan) as client:
-        job_id = client.submit(
-            text, name=name or script.name, working_directory=chdir, environment=environment,
-            partition=partition, licenses=licenses, time_limit_minutes=time_limit,
-            account=account,
-        )  # fmt: skip
-        if not as_json:
-            out.print(f"submitted batch job {job_id} to {client.url} as {client.user}")
-        if not wait:
-            if as_json:
-                out.print_json(json.dumps({"job_id": job_id}))
-            return
-        job = (
-            _follow(client, job_id, poll, timeout)
-            if not as_json
-            else client.wait(job_id, poll=poll, timeout=timeout)
-        )
+        session_client: Client | None = None
+        session: dict[str, Any] = {}
+        if broker:
+            seconds = float(time_limit * 60 if time_limit else lifespan)
+            session_client, session = _open_broker_session(
+                broker, broker_token, qpu, for_user, broker_account, seconds
+            )
+            environment.update(_session_exports(broker, fastpath, session))
+            if not as_json:
+                out.print(
+                    f"opened session {session['session_id']} on {session['resource']} at "
+                    f"{broker} for {session['user']} (centre {session.get('centre') or '-'}, "
+                    f"account {session['account']})"
+                )
+        try:
+            job_id = client.submit(
+                text, name=name or script.name, working_directory=chdir,
+                environment=environment, partition=partition, licenses=licenses,
+                time_limit_minutes=time_limit, account=account,
+            )  # fmt: skip
+            if not as_json:
+                out.print(f"submitted batch job {job_id} to {client.url} as {client.user}")
+            if not wait:
+                if as_json:
+                    out.print_json(json.dumps({"job_id": job_id, **_session_json(session)}))
+                return
+            job = (
+                _follow(client, job_id, poll, timeout)
+                if not as_json
+                else client.wait(job_id, poll=poll, timeout=timeout)
+            )
+        except BaseException:
+            if session_client is not None:
+                _close_session(session_client, session, quiet=True)
+            raise
+        if session_client is not None:
+            _close_session(session_client, session, quiet=as_json)
     if as_json:
-        out.print_json(json.dumps(_job_json(job)))
+        out.print_json(json.dumps({**_job_json(job), **_session_json(session)}))
     raise typer.Exit(job.exit_status)
+
+
+def _session_exports(broker: str, fastpath: str | None, session: dict[str, Any]) -> dict[str, str]:
+    exports = {
+        "QHPC_URL": broker,
+        "QHPC_RESOURCE": str(session["resource"]),
+        "QHPC_SESSION": str(session["token"]),
+        "QHPC_SESSION_ID": str(session["session_id"]),
+    }
+    if fastpath:
+        exports["QHPC_FASTPATH"] = fastpath
+    return exports
+
+
+def _session_json(session: dict[str, Any]) -> dict[str, Any]:
+    return {"session_id": session["session_id"]} if session else {}
+
+
+def _close_session(client: Client, session: dict[str, Any], quiet: bool) -> None:
+    try:
+        client.close_session(str(session["session_id"]))
+        if not quiet:
+            out.print(f"closed session {session['session_id']}")
+    except QhpcError as exc:  # the job's result matters more; the deadline ends it anyway
+        err.print(f"could not close session {session['session_id']}: {exc}")
+    finally:
+        client.close()
 
 
 def job(

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from helpers import free_port, start_serve, wait_healthy
+from qhpc.client import connect
 from qhpc.slurm.chain import Chain, SlurmCommands
 from qhpc.slurm.checkpoint import read_checkpoint
 from qhpc.slurm.rest import SlurmRestClient, token_from_scontrol
@@ -218,3 +220,52 @@ def test_a_job_submitted_through_slurmrestd_runs_and_reports_its_state(tmp_path:
     with SlurmRestClient(RESTD, USER, token) as rest:  # slurmrestd and Slurm kept running
         assert rest.ping()[0]["ping"] == "UP"
         assert rest.job(job_id).state == "COMPLETED"
+
+
+BELL_JOB = """#!/bin/bash
+{python} - <<'PYTHON'
+from qiskit import QuantumCircuit
+from qhpc.runtime.program import QPU
+bell = QuantumCircuit(2)
+bell.h(0)
+bell.cx(0, 1)
+bell.measure_all()
+qpu = QPU.from_env()
+print("counts", sorted(qpu.run(bell, shots=200)))
+qpu.close()
+PYTHON
+"""
+
+
+def test_a_centre_submits_through_slurmrestd_and_its_user_is_accounted_at_the_broker(
+    tmp_path: Path,
+) -> None:
+    port, fastpath = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    broker = start_serve(tmp_path, port, "--fastpath", fastpath, db=tmp_path / "broker.db")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, broker)
+        with connect(url, (tmp_path / "admin.token").read_text().strip()) as admin:
+            admin.set_account("north-chem", 1.0, centre="north")
+            centre_token = admin.create_token("centre", "north-gw", centre="north")["token"]
+            script = tmp_path / "bell.sh"
+            script.write_text(BELL_JOB.format(python=sys.executable))
+            done = subprocess.run(
+                [sys.executable, "-m", "qhpc.cli", "slurm", "submit", str(script),
+                 "--remote", RESTD, "--user", USER, "--chdir", str(tmp_path), "-p", "qpu",
+                 "--broker", url, "--broker-token", centre_token, "--qpu", "aer",
+                 "--for-user", "alice", "--broker-account", "north-chem",
+                 "--fastpath", fastpath, "--wait", "--poll", "0.5", "--timeout", "240"],
+                capture_output=True, text=True, timeout=300, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            job_id = int(done.stdout.split("submitted batch job ")[1].split()[0])
+            output = (tmp_path / f"slurm-{job_id}.out").read_text()
+            assert "counts ['00', '11']" in output, output
+            by_user = {row["group"]: row for row in admin.accounting(group_by="user")}
+            by_centre = {row["group"]: row for row in admin.accounting(group_by="centre")}
+        assert by_user["alice"]["tasks"] == 1 and by_user["alice"]["shots"] == 200
+        assert by_centre["north"]["tasks"] == 1
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)
