@@ -207,12 +207,14 @@ def _no_comment(job_id: str, text: str) -> None:
 @pytest.mark.parametrize(
     ("env_extra", "message"),
     [
-        ({"SPANK_SLURM_JOB_QPU": "nope", "SLURM_JOB_LICENSES": ""}, "unknown resource 'nope'"),
+        ({"SPANK_SLURM_JOB_QPU": "nope", "SLURM_JOB_LICENSES": "qpu_nope:1"}, "unknown resource"),
         (
             {"SPANK_SLURM_JOB_QPU": "sim", "SLURM_JOB_LICENSES": "qpu_emu:1"},
             "--qpu=sim but the job holds licence(s) qpu_emu",
         ),
         ({"SLURM_JOB_LICENSES": "qpu_sim:1,qpu_emu:1"}, "licences of several QPUs"),
+        ({"SPANK_SLURM_JOB_QPU": "sim", "SLURM_JOB_LICENSES": ""}, "-L qpu_sim"),
+        ({"SPANK_SLURM_JOB_QPU": "sim,emu", "SLURM_JOB_LICENSES": "qpu_sim:1"}, "one QPU"),
     ],
 )
 def test_bad_qpu_requests_fail_the_job_with_a_message(

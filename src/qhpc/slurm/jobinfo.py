@@ -118,7 +118,20 @@ class JobView:
     def qpu(self) -> str:
         """The QPU this job's session is for; raises ValueError naming the conflict."""
         if self.spank_qpu is not None:
-            if self.licensed_qpus and self.spank_qpu not in self.licensed_qpus:
+            if "," in self.spank_qpu:
+                raise ValueError(
+                    f"--qpu={self.spank_qpu}: a job holds a session on one QPU; "
+                    "split the work into one job per QPU (or a heterogeneous job)"
+                )
+            if not self.licensed_qpus:
+                # The licence count is how Slurm limits the sessions on a QPU: without it
+                # the job would hold a session Slurm never counted.
+                raise ValueError(
+                    f"--qpu={self.spank_qpu} needs the licence too: submit with "
+                    f"-L {licence_name(self.spank_qpu)} (or #SBATCH "
+                    f"--licenses={licence_name(self.spank_qpu)})"
+                )
+            if self.spank_qpu not in self.licensed_qpus:
                 held = ", ".join(licence_name(q) for q in self.licensed_qpus)
                 raise ValueError(
                     f"--qpu={self.spank_qpu} but the job holds licence(s) {held}; "
