@@ -2,8 +2,8 @@
 
 The usage goes into the job's AdminComment as ``qhpc:resource=sim,qpu_s=1.234,
 shots=4000,tasks=57``: only SlurmUser and admins may set it, users can read it
-(``sacct -j ID -o AdminComment``), and slurmctld forwards it to slurmdbd. See
-docs/slurm-admin.md for what was measured on Slurm 22.05.
+(``sacct -j ID -o AdminComment``). It is written into slurmdbd's record with
+``sacctmgr modify job``; see docs/slurm-admin.md for what was measured on Slurm 22.05.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,9 +56,34 @@ def _run(command: Sequence[str], timeout: float = 20.0) -> str:
     return done.stdout
 
 
-def set_admin_comment(job_id: str, text: str) -> None:
-    """Set a job's AdminComment (SlurmUser or an admin; also right after the job ended)."""
-    _run(["scontrol", "update", f"JobId={job_id}", f"AdminComment={text}"])
+def set_admin_comment(job_id: str, text: str, *, attempts: int = 20, pause_s: float = 0.5) -> None:
+    """Set a finished job's AdminComment in the accounting database (SlurmUser or admin).
+
+    ``scontrol update … AdminComment=`` is refused once the job has finished ("Job
+    has already finished"), which it has when EpilogSlurmctld runs; ``sacctmgr
+    modify job`` writes the database record instead. That record may reach
+    slurmdbd a moment after the epilog starts, so "Nothing modified" is retried.
+    """
+    command = [
+        "sacctmgr", "-i", "modify", "job", "where", f"jobid={job_id}",
+        "set", f"AdminComment={text}",
+    ]  # fmt: skip
+    for attempt in range(attempts):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmCommandError(f"cannot run sacctmgr: {exc}") from None
+        if done.returncode == 0:
+            return
+        said = (done.stdout + done.stderr).strip()
+        if "Nothing modified" not in said:
+            raise SlurmCommandError(f"sacctmgr modify job {job_id} failed: {said}")
+        if attempt + 1 < attempts:
+            time.sleep(pause_s)
+    raise SlurmCommandError(
+        f"job {job_id} did not reach the accounting database within "
+        f"{attempts * pause_s:.1f} s; its AdminComment was not set"
+    )
 
 
 def sacct_jobs(
