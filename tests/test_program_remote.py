@@ -25,18 +25,18 @@ from qiskit.circuit import Parameter, QuantumCircuit
 
 import qhpc
 from helpers import free_port, start_serve, wait_healthy
-from qhpc.client import connect
+from qhpc.client import ClientError, connect
 from qhpc.program import (
     Batch,
     BatchResult,
     Job,
+    JobError,
     LocalQPU,
     ObservableMeasurement,
     Plugin,
     PluginError,
     PluginSpecError,
     ReadoutMitigation,
-    RemoteError,
     RemoteQPU,
     Result,
     ScipyMinimize,
@@ -475,17 +475,50 @@ def test_stacks_over_a_remote_qpu_run_the_same_code(served: Served, vqe: Any) ->
     assert not [j for j in served.jobs() if j["state"] in {"queued", "running"}]
 
 
+def test_whole_stacks_are_rebuilt_on_the_broker(served: Served, vqe: Any) -> None:
+    with connect(served.url, served.admin) as client:
+        assert client.offers_programs()
+        remote = client.qpu("aer", fastpath=False, stacks="broker", account="chem")
+        for shots in (None, 20_000):
+            here = local_vqe(vqe, shots)
+            there = vqe.run(remote, shots, vqe.parse([]))  # the same code, run by the broker
+            assert there["energy"] == pytest.approx(here["energy"], abs=1e-9)
+            assert there["nfev"] == here["nfev"]
+            tolerance = CHEMICAL_ACCURACY_MHA if shots is None else SHOTS_TOLERANCE_MHA
+            assert there["error_mha"] < tolerance
+        hybrid = [j for j in client.jobs(limit=10) if j["kind"] == "hybrid"]
+        assert len(hybrid) >= 2 and hybrid[0]["state"] == "completed"
+        program = client.program(hybrid[0]["job_id"])
+        assert program["entry_point"] == "qhpc.stack" and program["qpu_calls"] > 0
+        # a future of a whole stack: join() / status() as for any QPU
+        job = Job.expectation(vqe.ansatz(), vqe.hamiltonian(), name="vqe-h2")
+        future = (
+            ScipyMinimize(maxiter=20) | ObservableMeasurement() | Transpile() | remote
+        ).submit_async(job)
+        result = future.join(timeout=120)
+        assert future.status() == "completed" and result.meta["nfev"] == 20
+        (job_id,) = future.remote_jobs
+        assert client.job(job_id)["state"] == "completed"
+    assert not [j for j in served.jobs() if j["state"] in {"queued", "running"}]
+
+
 def test_a_rejected_remote_stack_leaves_nothing_on_the_broker(served: Served, vqe: Any) -> None:
     job = Job.expectation(vqe.ansatz(), vqe.hamiltonian(), name="vqe")
     with connect(served.url, served.admin) as client:
         before = served.jobs()
-        remote = client.qpu("aer", fastpath=False, stacks="broker")
-        if client.offers_stacks():
-            with pytest.raises(PluginSpecError, match="plugin Doubler is not registered"):
-                (ScipyMinimize() | Doubler() | Transpile() | remote).submit(job)
-        else:
-            with pytest.raises(RemoteError, match="does not run stacks server side"):
-                (ScipyMinimize() | Transpile() | remote).submit(job)
+        remote = client.qpu("aer", fastpath=False, stacks="broker", account="chem")
+        # refused on the client, before anything is sent
+        with pytest.raises(PluginSpecError, match="plugin Doubler is not registered"):
+            (ScipyMinimize() | Doubler() | Transpile() | remote).submit(job)
         with pytest.raises(StackError, match="has no QPU"):
             (ScipyMinimize() | ObservableMeasurement()).submit(job)
+        # registered here but not on the broker: the broker refuses it whole (422)
+        with pytest.raises(JobError, match=r"refused .*unknown plugin 'TestFailing'"):
+            (Transpile() | Failing() | remote).submit(job.replace(shots=10))
+        # a hand-made request with bad params: 422 naming the plugin
+        request = make_request(Transpile() | remote, Batch([job]))
+        request["stack"]["plugins"][0]["params"] = {"optimization_level": 9}
+        with pytest.raises(ClientError, match="plugin Transpile: bad params") as caught:
+            client.submit_program("aer", entry_point="qhpc.stack", args=request, account="chem")
+        assert caught.value.status == 422
         assert served.jobs() == before

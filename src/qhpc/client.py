@@ -298,27 +298,24 @@ class Client:
         }  # fmt: skip
         return dict(self._request("POST", "/programs", json=_compact(body)))
 
-    def program(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
-        """A hybrid job's program; ``wait`` > 0 lets the broker hold the answer until it ends."""
-        params = {"wait": wait} if wait > 0 else None
-        budget = None if wait <= 0 else wait + (self._http.timeout.read or 30.0)
-        return dict(self._request("GET", f"/programs/{job_id}", params=params, timeout=budget))
+    def program(self, job_id: str) -> dict[str, Any]:
+        """A hybrid job's program section (status, message, return value, timings)."""
+        program = self.job(job_id).get("program")
+        if not isinstance(program, dict):
+            raise ClientError(f"job {job_id} is not a hybrid job (it has no program)")
+        return program
 
-    def entry_points(self) -> list[str]:
-        """Names of the server-side programs this broker offers ([] if it runs none)."""
+    def offers_programs(self) -> bool:
+        """Whether this broker runs hybrid programs (and so server-side stacks)."""
         try:
-            answer = self._request("GET", "/programs/entry-points")
+            self._request("GET", "/programs")
         except ClientError as exc:
-            if exc.status in (404, 405):
-                return []
+            if exc.status == 405:  # the route exists; it only takes POST
+                return True
+            if exc.status == 404:
+                return False
             raise
-        return [str(e["name"]) if isinstance(e, Mapping) else str(e) for e in answer]
-
-    def offers_stacks(self) -> bool:
-        """Whether this broker rebuilds and runs whole stacks next to the QPU."""
-        from qhpc.program.server import ENTRY_NAME
-
-        return ENTRY_NAME in self.entry_points()
+        return True
 
     # -- reservations, accounts, accounting, tokens -----------------------------------
     def reservations(

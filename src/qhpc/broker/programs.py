@@ -23,6 +23,7 @@ with :func:`register_entry_point` (or ``BrokerConfig.entry_points``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
@@ -50,7 +51,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: entry points every broker offers: name → "package.module:function"
-BUILTIN_ENTRY_POINTS: dict[str, str] = {}
+BUILTIN_ENTRY_POINTS: dict[str, str] = {"qhpc.stack": "qhpc.program.server:run_stack"}
+#: checks of an entry point's args, run before anything is stored: name → "module:function";
+#: the function raises ValueError naming what is wrong, and the submission is refused (422)
+ENTRY_POINT_CHECKS: dict[str, str] = {"qhpc.stack": "qhpc.program.server:check_spec"}
 _registered: dict[str, str] = {}
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: a session outlives its program's timeout by this much (stop, grace, close)
@@ -184,6 +188,7 @@ class ProgramManager:
             if entry_point not in known:
                 offered = ", ".join(sorted(known)) or "none"
                 raise ProgramError(f"no server-side program {entry_point!r} (offered: {offered})")
+            _check_entry_point_args(entry_point, args or {})
             entry = "main"
         if not entry.isidentifier():
             raise ProgramError(f"entry {entry!r} is not a Python function name")
@@ -488,6 +493,18 @@ class ProgramManager:
             self.broker.store.finish_program(final, JOB_STATE_OF[status])
         except ConflictError:
             log.warning("program of job %s had already been finished", record.job_id)
+
+
+def _check_entry_point_args(name: str, args: dict[str, Any]) -> None:
+    target = ENTRY_POINT_CHECKS.get(name)
+    if target is None:
+        return
+    module, _, function = target.partition(":")
+    check = getattr(importlib.import_module(module), function)
+    try:
+        check(args)
+    except ValueError as exc:
+        raise ProgramError(f"server-side program {name!r} refused its args: {exc}") from None
 
 
 def _check_syntax(source: str, filename: str) -> None:

@@ -99,7 +99,7 @@ class RemoteQPU(Executor):
         if self.stacks == "client":
             return False
         if self._broker_stacks is None:
-            self._broker_stacks = self.client.offers_stacks()
+            self._broker_stacks = self.client.offers_programs()
         if not self._broker_stacks and self.stacks == "broker":
             raise RemoteError(
                 f"the broker at {self.client.url} does not run stacks server side; "
@@ -144,19 +144,22 @@ class RemoteQPU(Executor):
     def _wait_program(self, job_id: str) -> dict[str, Any]:
         future = current_future()
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        pause = 0.002  # a short stack ends in milliseconds; grow the pause for long ones
         if future is not None:
             future.set_probe(lambda: str(self.client.job(job_id)["state"]))
         try:
             while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise RemoteError(f"broker job {job_id} is not done after {self.timeout} s")
-                chunk = 1.0 if left is None else min(1.0, left)
-                program = self.client.program(job_id, wait=chunk)
+                program = self.client.program(job_id)
                 if str(program.get("status")) not in {"queued", "running"}:
                     return program
-                if future is not None and future.cancel_requested:
-                    raise CancelledError(f"{future.name} was cancelled (broker job {job_id})")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RemoteError(f"broker job {job_id} is not done after {self.timeout} s")
+                if future is not None:
+                    if future.wait_cancel(pause):
+                        raise CancelledError(f"{future.name} was cancelled (broker job {job_id})")
+                else:
+                    time.sleep(pause)
+                pause = min(pause * 1.3, 0.25)
         except ClientError as exc:
             raise RemoteError(f"lost broker job {job_id}: {exc}") from exc
         finally:

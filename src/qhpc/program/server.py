@@ -113,6 +113,16 @@ def check_request(request: object) -> StackRequest:
     return StackRequest(tuple(plugins), dict(spec), target, batch)
 
 
+def check_spec(request: Mapping[str, Any]) -> None:
+    """The broker's check before it stores a stack job: ValueError naming the culprit."""
+    from qhpc.program.errors import ProgramError
+
+    try:
+        check_request(request)
+    except ProgramError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def run_request(request: StackRequest | Mapping[str, Any], qpu: object) -> BatchResult:
     """Run a stack request against ``qpu``: a payload runner's handle (fast-path client,
     a hybrid program's QPU handle) or an executor (a local resource, in tests)."""
@@ -165,6 +175,7 @@ __all__ = [
     "PluginSpecError",
     "StackRequest",
     "check_request",
+    "check_spec",
     "decode_answer",
     "make_request",
     "run_request",
