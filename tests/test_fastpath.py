@@ -52,6 +52,10 @@ def test_session_tasks_round_trip(
             result = client.run(SamplerTask((bell,), shots=64))
             assert isinstance(result, SamplerResult)
             assert sum(result.circuits[0].counts.values()) == 64
+    # Results are released before the journal's group commit (write-behind): the
+    # broker shows the tasks final from memory, the store has them once committed.
+    assert [t.state for t in broker.tasks_of_job(client.session_id)] == ["completed"] * 5
+    assert broker.journal.flush(30)
     tasks = broker.store.tasks_of_job(client.session_id)
     assert [t.state for t in tasks] == ["completed"] * 5
 

@@ -41,7 +41,7 @@ import zmq
 
 from qhpc.errors import QhpcError
 from qhpc.resources import PayloadError
-from qhpc.resources.codec import decode_payload
+from qhpc.resources.codec import PayloadDecoder
 from qhpc.runtime.fastpath import (
     ERROR,
     HELLO,
@@ -84,6 +84,8 @@ class FastPathServer:
         self._socket.bind(endpoint)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sessions: dict[bytes, str] = {}
+        #: per connection: its session's circuits repeat, decode them once
+        self._decoders: dict[bytes, PayloadDecoder] = {}
         self._pending: dict[str, _Pending] = {}
         self._done: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK)
@@ -148,6 +150,7 @@ class FastPathServer:
         if principal.session_id is None:
             raise _Reject(401, b"", "the fast path needs a session token")
         self._sessions[identity] = principal.session_id
+        self._decoders[identity] = PayloadDecoder()
         reply = {"session_id": principal.session_id, "resource": principal.resource}
         self._socket.send_multipart([identity, PROTOCOL, READY, msgspec.msgpack.encode(reply)])
 
@@ -160,7 +163,7 @@ class FastPathServer:
             raise _Reject(401, request_id, "send HELLO with a session token first")
         try:
             data = body[REQUEST_ID_BYTES:]
-            payload = decode_payload(data)
+            payload = self._decoders[identity].decode(data)
             task_id = self.broker.submit_session_task(session_id, payload, encoded=data)
         except PayloadError as exc:
             raise _Reject(422, request_id, str(exc)) from None

@@ -26,7 +26,7 @@ import msgspec
 
 from qhpc.errors import QhpcError
 from qhpc.resources import PayloadError
-from qhpc.resources.codec import decode_payload
+from qhpc.resources.codec import PayloadDecoder
 from qhpc.runtime.direct import (
     DIRECT_VERSION,
     ERROR,
@@ -198,6 +198,7 @@ class DirectDispatcher:
         broker = self.broker
         with self._lock:
             stats = self._stats.setdefault(session_id, DispatchStats())
+        decoder = PayloadDecoder()  # the program resends its circuits: decode them once
         while True:
             try:
                 received = read_frame(conn, self._max_frame)
@@ -212,7 +213,7 @@ class DirectDispatcher:
                 if kind != TASK:
                     raise _Refused(400, f"unexpected frame kind {kind}", fatal=True)
                 try:
-                    payload = decode_payload(data)
+                    payload = decoder.decode(data)
                     outcome = broker.run_session_task(session_id, payload, encoded=data)
                 except PayloadError as exc:
                     raise _Refused(422, str(exc)) from None

@@ -23,6 +23,7 @@ from qhpc.resources import (
     TaskResult,
     TaskStatus,
 )
+from qhpc.resources.local import LocalResource
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,30 @@ def run_task(
 ) -> Outcome:
     """Run ``payload`` on ``resource`` to a final state; never raises for task failures.
 
-    ``on_started`` receives the resource's own task id as soon as it exists.
+    An idle local resource runs it right here, on the calling thread (no hand-off to
+    its worker); otherwise it is started and polled. ``on_started`` receives the
+    resource's own task id as soon as it exists (never for an inline run, which has
+    none).
     """
     started = clock()
     wall = time.monotonic()
+    if isinstance(resource, LocalResource):
+        try:
+            done = resource.run_now(payload, stop_requested)
+        except Exception as exc:  # admission failed at the resource: the task failed
+            return Outcome(
+                TaskStatus.FAILED, None, f"{type(exc).__name__}: {exc}", 0.0, 0, 0, started,
+                clock(),
+            )  # fmt: skip
+        if done is not None:
+            inline_status, inline_result, inline_error = done
+            qpu, shots, circuits = usage_of(payload, inline_result, time.monotonic() - wall)
+            if inline_status is not TaskStatus.COMPLETED:
+                shots = 0
+            return Outcome(
+                inline_status, inline_result, inline_error, qpu, shots, circuits, started,
+                clock(),
+            )  # fmt: skip
     try:
         resource_task = resource.task_start(payload)
     except Exception as exc:  # admission failed at the resource: the task failed

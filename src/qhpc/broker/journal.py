@@ -1,43 +1,92 @@
-"""Write-behind for session tasks: group commits off the hot path.
+"""Write-behind for session tasks: an append-only log on the hot path, group commits off it.
 
-A session task is run from memory as soon as it is admitted; only once it has
-finished is it written — task, outcome and usage in one relaxed-durability
-transaction shared with every other task that finished meanwhile (group
-commit). Its result is released to the client only after that commit, so a
-result once returned is never lost to a crash of the broker; what a crash can
-lose is a task still in flight, which its live client retries.
+A session task runs from memory as soon as it is admitted. When it has finished,
+:meth:`Journal.append` does two things, both O(1) and neither waiting for a disk:
+
+1. it writes the task and its outcome (usage included) as one record to the
+   journal's *log*, an append-only file next to the store (one ``write(2)``, no
+   fsync: the record is in the kernel's page cache when ``append`` returns, so it
+   survives a crash of the broker process, though not of the machine);
+2. it queues the pair for the writer thread, which stores everything that
+   finished within the last ``commit_interval`` in one relaxed-durability
+   transaction (group commit) and then deletes the log segments that are covered.
+
+The broker releases a session task's result as soon as ``append`` returns, before
+the commit. That is safe because of the log: when the broker is killed between
+the two, the next start replays the log into the store (:meth:`Journal.recover`),
+so a task whose result was released is stored, and booked, exactly once — the
+same guarantee a relaxed commit gives (a crash of the broker loses nothing
+released; a crash of the machine may lose the last few milliseconds). A task still
+in flight at a crash was never released; its live client retries it. If the log
+cannot be written (disk full, no log directory), ``append`` says so and the
+broker falls back to releasing the result only after the commit.
+
+Log format: segment files ``NNNNNNNNNNNN.log`` in the log directory, each a
+sequence of frames ``!I`` (body length) + msgpack ``[TaskRecord, TaskOutcome]``.
+The writer holds an exclusive ``flock`` on the segment it appends to, so a
+recovering broker never replays the live segment of another process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import struct
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
 
-from qhpc.store import Store, TaskOutcome, TaskRecord
+import msgspec
+
+from qhpc.store import NotFoundError, Store, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
 
 #: most finished tasks written in one transaction
 MAX_BATCH = 1000
+#: how long the writer gathers finished tasks before it commits them (seconds)
+COMMIT_INTERVAL: Final = 0.005
+FRAME: Final = struct.Struct("!I")
+SEGMENT_SUFFIX: Final = ".log"
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(tuple[TaskRecord, TaskOutcome])
+
+Finished = tuple[TaskRecord, TaskOutcome]
 
 
 class Journal:
-    """One writer thread; ``append`` never blocks on the disk."""
+    """One writer thread; ``append`` never waits for the disk or the store."""
 
     def __init__(
         self,
         store: Store,
-        on_committed: Callable[[Sequence[tuple[TaskRecord, TaskOutcome]]], None],
+        on_committed: Callable[[Sequence[Finished]], None],
+        *,
+        log_dir: Path | None = None,
+        commit_interval: float = COMMIT_INTERVAL,
     ) -> None:
         self.store = store
         self.on_committed = on_committed
-        self._pending: list[tuple[TaskRecord, TaskOutcome]] = []
+        self.log_dir = log_dir
+        self.commit_interval = commit_interval
+        self._pending: list[Finished] = []
         self._cond = threading.Condition()
         self._appended = 0
         self._committed = 0
+        self._flush_waiters = 0
         self._stopping = False
+        self._log_failed = False
+        self._segment_number = 0
+        #: the segment appends go to: (path, fd), opened on the first append after a rotation
+        self._segment: tuple[Path, int] | None = None
+        #: rotated segments and the append count they end at; deleted once committed
+        self._closed_segments: list[tuple[int, Path, int]] = []
         self._thread = threading.Thread(target=self._write_loop, name="qhpc-journal", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         with self._cond:
@@ -51,21 +100,129 @@ class Journal:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
-
-    def append(self, task: TaskRecord, outcome: TaskOutcome) -> None:
-        self.start()  # also serves a broker whose executors were never started
         with self._cond:
+            self._rotate()
+            self._drop_committed_segments()
+
+    def recover(self) -> int:
+        """Store what the log of an earlier run holds and the store does not (a crash
+        between release and commit); returns how many tasks were stored. Call before
+        :meth:`start`. Segments another live process is writing are left alone."""
+        if self.log_dir is None or not self.log_dir.is_dir():
+            return 0
+        stored = 0
+        for path in sorted(self.log_dir.glob("*" + SEGMENT_SUFFIX)):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live broker's current segment
+                records = _read_segment(path)
+                missing = [item for item in records if not self._is_stored(item[0].task_id)]
+                if missing:
+                    self._store(missing, relaxed=False)
+                    stored += len(missing)
+                    log.warning(
+                        "journal: stored %d session task(s) from %s that a crash left uncommitted",
+                        len(missing),
+                        path.name,
+                    )
+                path.unlink()
+            finally:
+                os.close(fd)
+        return stored
+
+    # -- appending -------------------------------------------------------------------
+
+    def append(self, task: TaskRecord, outcome: TaskOutcome) -> bool:
+        """Log and queue a finished task; ``True`` if it is in the log (its result may
+        be released now), ``False`` if only queued (release it after :meth:`flush`)."""
+        self.start()  # also serves a broker whose executors were never started
+        record = _encoder.encode((task, outcome))
+        with self._cond:
+            logged = self._log(record)
             self._pending.append((task, outcome))
             self._appended += 1
-            self._cond.notify_all()
+            if len(self._pending) == 1:
+                self._cond.notify_all()
+        return logged
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything appended so far is committed (or failed)."""
         with self._cond:
             target = self._appended
-            return self._cond.wait_for(
-                lambda: self._committed >= target or not self._thread.is_alive(), timeout
-            )
+            self._flush_waiters += 1
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(
+                    lambda: self._committed >= target or not self._thread.is_alive(), timeout
+                )
+            finally:
+                self._flush_waiters -= 1
+
+    @property
+    def uncommitted(self) -> int:
+        """Finished tasks appended but not committed yet."""
+        with self._cond:
+            return self._appended - self._committed
+
+    # -- internals -------------------------------------------------------------------
+
+    def _log(self, record: bytes) -> bool:
+        # Caller holds self._cond.
+        if self.log_dir is None or self._log_failed:
+            return False
+        try:
+            if self._segment is None:
+                self._segment = self._open_segment()
+            os.write(self._segment[1], FRAME.pack(len(record)) + record)
+        except OSError as error:
+            # Releasing after the commit is still correct, only slower: keep serving.
+            log.error("journal: cannot write the log in %s (%s); results of session "
+                      "tasks are now released after their commit", self.log_dir, error)  # fmt: skip
+            self._log_failed = True
+            return False
+        return True
+
+    def _open_segment(self) -> tuple[Path, int]:
+        assert self.log_dir is not None
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._segment_number == 0:
+            existing = [
+                int(p.stem) for p in self.log_dir.glob("*" + SEGMENT_SUFFIX) if p.stem.isdigit()
+            ]
+            self._segment_number = max(existing, default=0)
+        while True:
+            self._segment_number += 1
+            path = self.log_dir / f"{self._segment_number:012d}{SEGMENT_SUFFIX}"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            except FileExistsError:
+                continue  # another broker's segment
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return path, fd
+
+    def _rotate(self) -> None:
+        # Caller holds self._cond: later appends go to a new segment; this one is
+        # deleted once everything appended so far is committed.
+        if self._segment is not None:
+            path, fd = self._segment
+            self._closed_segments.append((self._appended, path, fd))
+            self._segment = None
+
+    def _drop_committed_segments(self) -> None:
+        # Caller holds self._cond.
+        while self._closed_segments and self._closed_segments[0][0] <= self._committed:
+            _, path, fd = self._closed_segments.pop(0)
+            try:
+                path.unlink()
+            except OSError as error:
+                log.warning("journal: cannot delete %s: %s", path, error)
+            os.close(fd)
 
     def _write_loop(self) -> None:
         while True:
@@ -73,27 +230,65 @@ class Journal:
                 self._cond.wait_for(lambda: self._stopping or bool(self._pending))
                 if not self._pending and self._stopping:
                     return
+                # Gather: more tasks finish meanwhile and share the commit. A flush
+                # or a full batch does not wait.
+                self._cond.wait_for(
+                    lambda: (
+                        self._stopping or self._flush_waiters > 0 or len(self._pending) >= MAX_BATCH
+                    ),
+                    self.commit_interval,
+                )
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
+                if not self._pending:
+                    self._rotate()
             try:
-                self.store.record_finished_tasks(batch)
-            except Exception:
-                # One bad task (e.g. its session job was closed meanwhile) must not
-                # take the batch down with it: write them one by one.
-                batch = self._write_one_by_one(batch)
+                batch = self._store(batch, relaxed=True)
+            finally:
+                with self._cond:
+                    self._committed += len(batch)
+                    self._drop_committed_segments()
             try:
                 self.on_committed(batch)
             finally:
                 with self._cond:
-                    self._committed += len(batch) if batch else 0
                     self._cond.notify_all()
 
-    def _write_one_by_one(
-        self, batch: list[tuple[TaskRecord, TaskOutcome]]
-    ) -> list[tuple[TaskRecord, TaskOutcome]]:
-        for item in batch:
-            try:
-                self.store.record_finished_tasks([item])
-            except Exception as error:  # the writer must outlive any one bad task
-                log.error("session task %s not recorded: %s", item[0].task_id, error)
+    def _store(self, batch: list[Finished], *, relaxed: bool) -> list[Finished]:
+        try:
+            self.store.record_finished_tasks(batch, relaxed=relaxed)
+        except Exception:
+            # One bad task (e.g. its session job was closed meanwhile) must not take
+            # the batch down with it: write them one by one.
+            for item in batch:
+                try:
+                    self.store.record_finished_tasks([item], relaxed=relaxed)
+                except Exception as error:  # the writer must outlive any one bad task
+                    log.error("session task %s not recorded: %s", item[0].task_id, error)
         return batch
+
+    def _is_stored(self, task_id: str) -> bool:
+        try:
+            self.store.get_task(task_id)
+        except NotFoundError:
+            return False
+        return True
+
+
+def _read_segment(path: Path) -> list[Finished]:
+    """The records of one segment; a torn last frame (a crash mid-write) ends it."""
+    data = path.read_bytes()
+    records: list[Finished] = []
+    offset = 0
+    while offset + FRAME.size <= len(data):
+        (size,) = FRAME.unpack_from(data, offset)
+        body = data[offset + FRAME.size : offset + FRAME.size + size]
+        if len(body) < size:
+            log.warning("journal: %s ends with a torn record (ignored)", path.name)
+            break
+        offset += FRAME.size + size
+        try:
+            records.append(_decoder.decode(body))
+        except msgspec.DecodeError as error:
+            log.error("journal: unreadable record in %s skipped: %s", path.name, error)
+    return records

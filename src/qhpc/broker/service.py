@@ -8,16 +8,18 @@ start (tasks that were running are queued again).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from qhpc.broker.access import Access
 from qhpc.broker.executor import Outcome, resource_can_start, run_task
-from qhpc.broker.journal import Journal
+from qhpc.broker.journal import COMMIT_INTERVAL, Journal
 from qhpc.broker.programs import ProgramManager
 from qhpc.broker.scheduler import (
     Policy,
@@ -79,6 +81,12 @@ class BrokerConfig:
     program_limits: Limits = field(default_factory=Limits)
     #: server-side programs offered besides the registered ones: name → "module:function"
     entry_points: dict[str, str] = field(default_factory=dict)
+    #: where the journal logs finished session tasks before their results are released
+    #: (see journal.py); default: ``<db file>.journal`` next to an SQLite store, a
+    #: per-store directory in the user data directory for PostgreSQL, none in memory
+    journal_dir: str | None = None
+    #: how long the journal gathers finished session tasks into one commit (seconds)
+    journal_commit_interval: float = COMMIT_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,12 @@ class Broker:
         self.usage = UsageTracker(self.config.fairshare_half_life)
         self.access = Access(store, clock)
         self._session_counts: dict[str, int] = {}
-        self.journal = Journal(store, self._journal_committed)
+        self.journal = Journal(
+            store, self._journal_committed, log_dir=journal_dir(store, self.config.journal_dir),
+            commit_interval=self.config.journal_commit_interval,
+        )  # fmt: skip
+        #: session tasks finished (result released) but not committed yet
+        self._unstored: dict[str, TaskOutcome] = {}
         self._open_sessions: dict[str, SessionRecord] = {}
         self._in_flight: dict[str, TaskRecord] = {}
         self._outcomes: dict[str, tuple[str, bytes | None, str | None]] = {}
@@ -143,6 +156,7 @@ class Broker:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
+        self.journal.recover()  # session tasks released before a crash, before usage is read
         requeued = self.store.requeue_running_tasks()
         if requeued:
             log.warning(
@@ -264,6 +278,7 @@ class Broker:
             return []
         now = self.clock()
         cancelled = self.store.cancel_queued_tasks(job_id, now)
+        unstarted: list[TaskRecord] = []
         with self._cond:
             for queue in self._queues.values():
                 for task_id in cancelled:
@@ -273,22 +288,20 @@ class Broker:
                 for queued in in_memory:
                     del queue[queued.task_id]
                     self._payloads.pop(queued.task_id, None)
-                    self.journal.append(
-                        self._in_flight[queued.task_id],
-                        TaskOutcome(
-                            "cancelled", None, "cancelled before it started", 0.0, 0, 0, now
-                        ),
-                    )
                     cancelled.append(queued.task_id)
+                    unstarted.append(self._in_flight[queued.task_id])
             stopped = [r.task.task_id for r in self._running.values() if r.task.job_id == job_id]
             for running in self._running.values():
                 if running.task.job_id == job_id:
                     running.cancelled = True
                     running.stop.set()
             self._cond.notify_all()
+        never_ran = TaskOutcome("cancelled", None, "cancelled before it started", 0.0, 0, 0, now)
+        for task in unstarted:  # session tasks: not stored yet, the journal stores them
+            self._finished_in_memory(task, never_ran)
         with self._cond:
             for task_id in cancelled:
-                if task_id not in self._in_flight:  # in-memory ones signal at commit
+                if task_id not in self._in_flight:
                     self._signal_done(task_id)
         return cancelled + stopped
 
@@ -535,9 +548,15 @@ class Broker:
         it must only hand the id over (e.g. to a queue), never block.
         """
         with self._cond:
+            finished = self._unstored.get(task_id)
+            if finished is not None:  # released already, not committed yet
+                self._outcomes[task_id] = (finished.state, finished.result, finished.error)
+                self._outcome_seconds[task_id] = finished.qpu_seconds
+                callback(task_id)
+                return
             self._on_done[task_id] = callback
             if task_id in self._in_flight:
-                return  # signalled when the journal has committed it
+                return  # signalled when it has finished
         if self.store.get_task(task_id).state not in ("queued", "running"):
             with self._cond:
                 if self._on_done.pop(task_id, None) is not None:
@@ -556,7 +575,9 @@ class Broker:
         return task.state, data, task.error
 
     def task_result(self, task_id: str) -> TaskResult | None:
-        data = self.store.task_result(task_id)
+        with self._cond:
+            finished = self._unstored.get(task_id)
+        data = finished.result if finished is not None else self.store.task_result(task_id)
         return None if data is None else decode_result(data)
 
     # -- queue insight -------------------------------------------------------
@@ -755,8 +776,8 @@ class Broker:
             # the store, and the next start queues it again (as after a crash).
             return None
         if in_memory is not None:
-            # Write-behind: the journal stores it and then releases the result.
-            self.journal.append(replace(in_memory, started_at=started, attempts=1), finished)
+            # Write-behind: logged now, committed by the journal later (journal.py).
+            self._finished_in_memory(replace(in_memory, started_at=started, attempts=1), finished)
             return finished
         # Settles the job in the same transaction, so a waiter woken below sees it final.
         self.store.finish_task(task.task_id, finished)
@@ -764,10 +785,35 @@ class Broker:
             self._signal_done(task.task_id)
         return finished
 
+    def _finished_in_memory(self, task: TaskRecord, outcome: TaskOutcome) -> None:
+        """A session task ended: hand it to the journal and release its outcome.
+
+        Released at once when the journal has logged it (a crash before the commit is
+        replayed from the log, so its usage is never lost); otherwise only after the
+        commit, as ``_journal_committed`` does.
+        """
+        if not self.journal.append(task, outcome):
+            self.journal.flush()
+            return
+        task_id = task.task_id
+        with self._cond:
+            if task_id not in self._in_flight:
+                return  # committed (and signalled) already
+            self._in_flight[task_id] = replace(
+                task, state=outcome.state, error=outcome.error, finished_at=outcome.finished_at
+            )
+            self._unstored[task_id] = outcome
+            callback = self._on_done.pop(task_id, None)
+            if callback is not None:
+                self._outcomes[task_id] = (outcome.state, outcome.result, outcome.error)
+                self._outcome_seconds[task_id] = outcome.qpu_seconds
+                callback(task_id)  # waiters of wait_task() are woken by the commit
+
     def _journal_committed(self, batch: Sequence[tuple[TaskRecord, TaskOutcome]]) -> None:
         with self._cond:
             for task, outcome in batch:
                 self._in_flight.pop(task.task_id, None)
+                self._unstored.pop(task.task_id, None)
                 if task.task_id in self._on_done:
                     self._outcomes[task.task_id] = (outcome.state, outcome.result, outcome.error)
                     self._outcome_seconds[task.task_id] = outcome.qpu_seconds
@@ -791,3 +837,18 @@ class Broker:
 
     def _estimate(self, resource: str) -> float:
         return self._durations.get(resource, 0.0)
+
+
+def journal_dir(store: Store, configured: str | None) -> Path | None:
+    """Where the journal's log lives (see :attr:`BrokerConfig.journal_dir`)."""
+    if configured is not None:
+        return Path(configured)
+    url = store.url
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :] + ".journal")
+    if store.backend == "sqlite":
+        return None  # in memory: nothing survives a crash anyway
+    from platformdirs import user_data_path
+
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return user_data_path("qhpc") / "journal" / digest

@@ -10,6 +10,7 @@ Decoding treats its input as untrusted: every structural problem becomes a
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -61,27 +62,92 @@ def encode_payload(payload: Payload) -> bytes:
 
 
 def decode_payload(data: bytes) -> Payload:
-    body = _envelope(data, "payload")
+    return _payload_from(_envelope(data, "payload"), _load_qpy, _load_observables)
+
+
+class PayloadDecoder:
+    """:func:`decode_payload` for one stream of payloads (a session's), remembering what
+    repeats: the circuits, by their exact QPY bytes, and the observables.
+
+    A hybrid program sends the same circuit again and again — a parameterised
+    ansatz with new parameter values (which travel apart from the circuit), or the
+    same sampling circuit — and reading QPY costs tens of microseconds per call.
+    A remembered entry is only served for byte-identical QPY data (observables: for
+    equal terms), so it is exactly what decoding would build; the circuit objects
+    are shared between the payloads, which is safe because nothing that runs a task
+    modifies its circuits (resources copy before they change anything). Not
+    thread-safe: one decoder per connection.
+    """
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self.max_entries = max_entries
+        self._circuits: dict[bytes, list[QuantumCircuit]] = {}
+        self._observables: dict[object, tuple[SparsePauliOp, ...]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def decode(self, data: bytes) -> Payload:
+        return _payload_from(_envelope(data, "payload"), self._circuits_of, self._observables_of)
+
+    def _circuits_of(self, blob: object) -> list[QuantumCircuit]:
+        if isinstance(blob, bytes):
+            found = self._circuits.get(blob)
+            if found is not None:
+                self.hits += 1
+                return list(found)
+        circuits = _load_qpy(blob)
+        assert isinstance(blob, bytes)  # _load_qpy refused anything else
+        self.misses += 1
+        _remember(self._circuits, blob, circuits, self.max_entries)
+        return list(circuits)
+
+    def _observables_of(self, terms: object) -> tuple[SparsePauliOp, ...]:
+        try:
+            key: object = tuple(tuple(tuple(term) for term in obs) for obs in terms)  # type: ignore[attr-defined]
+            found = self._observables.get(key)
+        except TypeError:  # not a list of term lists, or unhashable parts: let it fail below
+            return _load_observables(terms)
+        if found is not None:
+            return found
+        observables = _load_observables(terms)
+        _remember(self._observables, key, observables, self.max_entries)
+        return observables
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]  # the oldest entry
+    cache[key] = value
+
+
+def _load_observables(terms: object) -> tuple[SparsePauliOp, ...]:
+    return tuple(
+        SparsePauliOp.from_list([(label, complex(re, im)) for label, re, im in obs])
+        for obs in terms  # type: ignore[attr-defined]
+    )
+
+
+def _payload_from(
+    body: dict[str, Any],
+    load_circuits: Callable[[object], list[QuantumCircuit]],
+    load_observables: Callable[[object], tuple[SparsePauliOp, ...]],
+) -> Payload:
     kind = body.get("kind")
     try:
         if kind == "sampler":
             return SamplerTask(
-                circuits=tuple(_load_qpy(body["circuits"])),
+                circuits=tuple(load_circuits(body["circuits"])),
                 shots=body["shots"],
                 memory=bool(body.get("memory", False)),
                 seed=body.get("seed"),
             )
         if kind == "estimator":
-            circuits = _load_qpy(body["circuit"])
+            circuits = load_circuits(body["circuit"])
             if len(circuits) != 1:
                 raise PayloadError("an estimator payload carries exactly one circuit")
-            observables = tuple(
-                SparsePauliOp.from_list([(label, complex(re, im)) for label, re, im in terms])
-                for terms in body["observables"]
-            )
             return EstimatorTask(
                 circuit=circuits[0],
-                observables=observables,
+                observables=load_observables(body["observables"]),
                 parameter_values=tuple(tuple(row) for row in body["parameter_values"]),
                 shots=body.get("shots"),
                 seed=body.get("seed"),

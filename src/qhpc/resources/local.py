@@ -128,6 +128,43 @@ class LocalResource(QuantumResource):
             self._cond.wait_for(lambda: record.status.is_final, timeout)
             return record.status
 
+    def run_now(
+        self, payload: Payload, stop_requested: threading.Event
+    ) -> tuple[TaskStatus, TaskResult | None, str | None] | None:
+        """Run ``payload`` on the calling thread if the resource is idle, else ``None``.
+
+        The synchronous entry point of the broker's executor: the same admission checks
+        and execution as :meth:`task_start` + :meth:`task_wait` + :meth:`task_result`,
+        without the worker-thread hand-off (two thread switches per task) and without a
+        retained task record. Returns the final status, the result (when completed) and
+        an error (otherwise); ``stop_requested`` stops it like :meth:`task_stop` would.
+        Admission errors raise, as from :meth:`task_start`.
+        """
+        validate_payload(payload, self.target())
+        self._check_payload(payload)
+        record = TaskRecord(id="inline", payload=payload, stop_requested=stop_requested)
+        with self._cond:
+            if self._closed:
+                raise TaskFailedError(f"{self.name} is closed")
+            if self._running is not None or self._queue:
+                return None  # the worker has work: keep its FIFO order
+            record.status = TaskStatus.RUNNING
+            self._running = record
+        try:
+            self._wait_until_available(record)
+            if stop_requested.is_set():
+                raise TaskStopped
+            result = self._execute(record)
+        except TaskStopped:
+            return TaskStatus.CANCELLED, None, "stopped while running"
+        except Exception as exc:
+            return TaskStatus.FAILED, None, f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._cond:
+                self._running = None
+                self._cond.notify_all()
+        return TaskStatus.COMPLETED, result, None
+
     def status(self) -> ResourceStatus:
         with self._cond:
             busy = self._running is not None
@@ -179,7 +216,10 @@ class LocalResource(QuantumResource):
     def _work(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or bool(self._queue))
+                # Not while a task runs inline (run_now) on a caller's thread.
+                self._cond.wait_for(
+                    lambda: self._closed or (bool(self._queue) and self._running is None)
+                )
                 if self._closed:
                     return
                 record = self._queue[0]
