@@ -223,6 +223,14 @@ class Broker:
         self.log.close()
 
 
+def program_timings(client: Any, count: int) -> dict[str, float]:
+    """Medians of the broker's own timings of the last ``count`` stack jobs (seconds)."""
+    hybrid = [j for j in client.jobs(limit=4 * count + 8) if j.get("kind") == "hybrid"][:count]
+    timings = [client.program(j["job_id"])["timings"] for j in hybrid]
+    keys = sorted(set().union(*timings)) if timings else []
+    return {k: statistics.median(t.get(k, 0.0) for t in timings) for k in keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 iterations, 2 repeats (smoke)")
@@ -262,6 +270,7 @@ def main() -> None:
                 if admin.offers_programs():
                     whole = RemoteQPU(admin, "aer", account="bench", stacks="broker")
                     runs["qhpc_broker_stack"] = measure(stack_vqe(whole, iterations), repeats)
+                    runs["qhpc_broker_stack"]["program"] = program_timings(admin, repeats)
                 else:
                     print("qhpc_broker_stack: skipped (this broker offers no server-side stacks)")
         finally:
@@ -291,6 +300,13 @@ def main() -> None:
             f"{name:<18} {median:7.3f} s  {median / evaluations * 1e3:7.3f} ms/eval  "
             f"overhead vs aer_direct {overhead:+7.1f} %   E={run['energy']:.6f} Ha "
             f"({run['evaluations']} evaluations)"
+        )
+    program = runs.get("qhpc_broker_stack", {}).get("program")
+    if program:
+        report["qhpc_broker_stack"]["program_timings_s"] = program
+        print(
+            "qhpc_broker_stack, the broker's own timings (median per VQE): "
+            + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in program.items())
         )
     local_total = sum(runs["qhpc_local"]["seconds"])
     report["qhpc_local"]["device_share"] = device_seconds / local_total

@@ -146,17 +146,21 @@ class PayloadPlan:
         for (_, est_shots), indices in estimating.items():
             rows: dict[tuple[float, ...], int] = {}
             observables: dict[tuple[tuple[str, complex], ...], int] = {}
+            by_object: dict[int, int] = {}  # jobs of one loop share the observable object
             ops: list[SparsePauliOp] = []
             route = []
             for i in indices:
                 job = batch[i]
                 assert job.observable is not None
                 row = rows.setdefault(job.parameters or (), len(rows))
-                key = tuple(job.observable.to_list())
-                if key not in observables:
-                    observables[key] = len(ops)
-                    ops.append(job.observable)
-                route.append((i, row, observables[key]))
+                slot = by_object.get(id(job.observable))
+                if slot is None:
+                    key = tuple(job.observable.to_list()) if len(indices) > 1 else ()
+                    if key not in observables:
+                        observables[key] = len(ops)
+                        ops.append(job.observable)
+                    slot = by_object[id(job.observable)] = observables[key]
+                route.append((i, row, slot))
             task = EstimatorTask(
                 batch[indices[0]].circuit, tuple(ops), tuple(rows), shots=est_shots
             )
@@ -202,7 +206,8 @@ def _task_meta(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_fits(job: Job, target: DeviceTarget) -> None:
-    job.bound_circuit()  # raises JobError for unbound parameters
+    if job.free_parameters:  # binding just to check would cost a circuit copy per job
+        job.bound_circuit()  # raises the JobError naming the unbound parameters
     if job.circuit.num_qubits > target.num_qubits:
         raise JobError(
             f"{job.label} needs {job.circuit.num_qubits} qubits but {target.name!r} "

@@ -159,7 +159,7 @@ class RemoteQPU(Executor):
                         raise CancelledError(f"{future.name} was cancelled (broker job {job_id})")
                 else:
                     time.sleep(pause)
-                pause = min(pause * 1.3, 0.25)
+                pause = min(pause * 1.3, 0.05)
         except ClientError as exc:
             raise RemoteError(f"lost broker job {job_id}: {exc}") from exc
         finally:
