@@ -94,6 +94,13 @@ def test_wrapper_runs_the_hooks_module(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "")  # no QPU asked: nothing exported
+    done = subprocess.run(
+        [str(wrapper)],
+        env={"SLURM_JOB_ID": "7", "SLURM_JOB_QPU": "sim", "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1  # --qpu but nothing handed over: Python says why
+    assert done.stdout.startswith("print qhpc: error: no QPU session for job 7 on sim")
 
 
 @pytest.mark.parametrize(
