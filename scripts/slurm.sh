@@ -20,7 +20,8 @@
 #   (JWT: `scontrol token`, headers X-SLURM-USER-NAME and X-SLURM-USER-TOKEN),
 #   MariaDB 127.0.0.1:${QHPC_SLURM_DB_PORT:-63306} (own datadir, only for slurmdbd);
 #   accounts physics and chemistry with user root in both (default physics).
-#   The SPANK plugin is built to /usr/local/lib/qhpc/qhpc_qpu.so.
+#   The SPANK plugin is built to /usr/local/lib/qhpc/qhpc_qpu.so; deploy/slurm/cli_filter.lua
+#   (installed as /etc/slurm/cli_filter.lua) makes --qpu=NAME also request licence qpu_NAME:1.
 #
 # `apply DIR` replaces the whole qhpc fragment set, so applying a directory that lacks a
 # file removes that fragment (this makes "save the current set, apply, restore" exact):
@@ -30,8 +31,10 @@
 #   DIR/plugstack.conf  -> /etc/slurm/plugstack.conf.d/qhpc.conf
 #                          (e.g. "required /usr/local/lib/qhpc/qhpc_qpu.so allowed=sim,emu")
 #   DIR/gres.conf       -> /etc/slurm/gres.conf; its "Name=qpu Type=sim Count=1" lines also
-#                          become GresTypes= and the node's Gres= in slurm.conf, which needs
-#                          a restart of slurmctld and both slurmd (done by apply).
+#                          become GresTypes= and the node's Gres= in slurm.conf.
+# A changed qhpc.conf or gres.conf restarts slurmctld and both slurmd (reconfigure does not
+# activate a new PrologSlurmctld on 22.05); a changed plugstack.conf only reconfigures.
+# Running jobs survive either (state is saved; slurmstepd outlives slurmd).
 # The fragments live in /etc/slurm and so survive stop/start; slurm.conf itself is
 # rewritten on every start. Where the current fragments are saved: `scripts/slurm.sh
 # save DIR` copies them out in the layout `apply` reads.
@@ -264,6 +267,8 @@ SlurmdLogFile=$LOGS/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig=$CONF_DIR/plugstack.conf
+# cli_filter.lua (deploy/slurm/cli_filter.lua) turns --qpu=NAME into licence qpu_NAME:1.
+CliFilterPlugins=cli_filter/lua
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -318,6 +323,7 @@ write_configs() {
     fi
     chown slurm: "$JWT_KEY"
     chmod 600 "$JWT_KEY"
+    install -m 644 "$ROOT/deploy/slurm/cli_filter.lua" "$CONF_DIR/cli_filter.lua"
     write_slurm_conf
     write_slurmdbd_conf
 }
@@ -706,15 +712,24 @@ cmd_apply() {
     install_fragment "$dir/plugstack.conf" "$CONF_DIR/plugstack.conf.d/qhpc.conf" &&
         spank_changed=1
     install_fragment "$dir/gres.conf" "$CONF_DIR/gres.conf" && gres_changed=1
-    log "apply $dir: slurm.conf fragment $( ((conf_changed)) && echo changed || echo same)," \
-        "plugstack $( ((spank_changed)) && echo changed || echo same)," \
-        "gres $( ((gres_changed)) && echo changed || echo same)"
+    local summary
+    summary="apply $(cd "$dir" && pwd): qhpc.conf $( ((conf_changed)) && echo changed || echo same),"
+    summary+=" plugstack $( ((spank_changed)) && echo changed || echo same),"
+    summary+=" gres $( ((gres_changed)) && echo changed || echo same)"
+    log "$summary"
+    # Several test modules apply their own fragments to the one cluster: a dated trail of
+    # who applied what makes a surprising configuration explainable.
+    printf '%s %s (pid %s, uid %s)\n' "$(date '+%F %T')" "$summary" "$$" "$(id -u)" \
+        >>"$LOGS/apply.log"
 
-    if ((gres_changed)); then
-        # Node definitions and GresTypes are read only at daemon start.
+    if ((gres_changed || conf_changed)); then
+        # Node definitions and GresTypes are read only at daemon start, and (measured on
+        # 22.05.8) after `scontrol reconfigure` a new PrologSlurmctld/EpilogSlurmctld is
+        # shown by `scontrol show config` but never run: restart instead.
         write_slurm_conf
         restart_slurm_daemons || restore_after_failed_apply "$backup"
-    elif ((conf_changed || spank_changed)); then
+    elif ((spank_changed)); then
+        # sbatch and slurmstepd read plugstack.conf afresh each time; slurmd on reconfigure.
         if ! scontrol reconfigure >&2 || ! controller_answers; then
             restore_after_failed_apply "$backup"
         fi
