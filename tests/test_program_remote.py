@@ -13,6 +13,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +30,7 @@ from qhpc.client import ClientError, connect
 from qhpc.program import (
     Batch,
     BatchResult,
+    CancelledError,
     Job,
     JobError,
     LocalQPU,
@@ -522,3 +524,23 @@ def test_a_rejected_remote_stack_leaves_nothing_on_the_broker(served: Served, vq
             client.submit_program("aer", entry_point="qhpc.stack", args=request, account="chem")
         assert caught.value.status == 422
         assert served.jobs() == before
+
+
+def test_cancelling_a_stack_on_the_broker_cancels_its_job(served: Served, vqe: Any) -> None:
+    job = Job.expectation(vqe.ansatz(), vqe.hamiltonian(), shots=100, name="endless")
+    with connect(served.url, served.admin) as client:
+        remote = client.qpu("aer", fastpath=False, stacks="broker", account="chem")
+        endless = ScipyMinimize(tol=1e-15, maxiter=10**6) | ObservableMeasurement() | remote
+        future = endless.submit_async(job)
+        deadline = time.monotonic() + 30
+        while not future.remote_jobs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (job_id,) = future.remote_jobs
+        assert future.cancel()
+        with pytest.raises(CancelledError):
+            future.join(timeout=60)
+        while client.job(job_id)["state"] not in {"cancelled", "failed", "completed"}:
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.05)
+        assert client.job(job_id)["state"] == "cancelled"
+    assert not [j for j in served.jobs() if j["state"] in {"queued", "running"}]
