@@ -58,6 +58,7 @@ def test_licences_hooks_and_settings(tmp_path: Path) -> None:
         assert wrapper.stat().st_mode & 0o777 == 0o755
         assert f"-m qhpc.slurm.hooks {hook}" in wrapper.read_text()
     assert "GresTypes" not in conf
+    assert "CliFilterPlugins" not in conf
     task_wrapper = (tmp_path / "hooks" / "task-prolog").read_text()
     assert "--settings" not in task_wrapper  # the job's user never reads the credential
     assert f"--run-dir {tmp_path / 'run'}" in task_wrapper
@@ -77,13 +78,17 @@ def test_licences_hooks_and_settings(tmp_path: Path) -> None:
 
 def test_plugstack_and_gres(tmp_path: Path) -> None:
     so = Path("/usr/lib/qhpc/qhpc_qpu.so")
-    write_config(_request(tmp_path, spank_plugin=so, gres_node="node1", sessions_per_qpu=4))
+    write_config(
+        _request(tmp_path, spank_plugin=so, gres_node="node1", sessions_per_qpu=4, cli_filter=True)
+    )
     out = tmp_path / "out"
     assert (out / "plugstack.conf").read_text() == f"required {so} allowed=sim,emu\n"
     gres = (out / "gres.conf").read_text().splitlines()
     assert "NodeName=node1 Name=qpu Type=sim Count=4 Flags=CountOnly" in gres
     assert "NodeName=node1 Name=qpu Type=emu Count=4 Flags=CountOnly" in gres
-    assert "GresTypes" not in _conf_lines(out / "qhpc.conf")  # the base config's business
+    conf = _conf_lines(out / "qhpc.conf")
+    assert "GresTypes" not in conf  # the base config's business
+    assert conf["CliFilterPlugins"] == "cli_filter/lua"
 
 
 def test_wrapper_runs_the_hooks_module(tmp_path: Path) -> None:

@@ -87,6 +87,13 @@ def config(
     gres_node: Annotated[
         str | None, typer.Option(help="Also write count-only GRES (gres.conf) for this node.")
     ] = None,
+    cli_filter: Annotated[
+        bool,
+        typer.Option(
+            help="Activate cli_filter/lua (deploy/slurm/cli_filter.lua): --qpu=NAME "
+            "also requests licence qpu_NAME."
+        ),
+    ] = False,
     mode: Annotated[str, typer.Option(help="Session mode: multiplex or exclusive.")] = (
         "multiplex"
     ),
@@ -118,6 +125,7 @@ def config(
             sessions_per_qpu=sessions_per_qpu, sessions=_parse_sessions(sessions or []),
             fastpath=fastpath, spool_dir=spool_dir, run_dir=run_dir, python=sys.executable,
             slurm_user=slurm_user, spank_plugin=spank_plugin, gres_node=gres_node,
+            cli_filter=cli_filter,
             session_mode=mode,
         )
     )  # fmt: skip

@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,13 +32,7 @@ import pytest
 
 from helpers import free_port, start_serve, wait_healthy
 
-pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("QHPC_TEST_SLURM") != "1",
-        reason="needs the test Slurm cluster (bash scripts/slurm.sh start; QHPC_TEST_SLURM=1)",
-    ),
-    pytest.mark.slow,
-]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_SH = ROOT / "scripts" / "slurm.sh"
@@ -158,9 +151,7 @@ def _spank_plugin() -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if run("bash", str(SLURM_SH), "status", check=False).stdout.strip() != "running":
-        pytest.skip("the Slurm cluster is not running (bash scripts/slurm.sh start)")
+def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
     # Slurm's hooks run as SlurmUser and as the job's user: /tmp/pytest-of-* is 0700.
     work = Path(f"/tmp/qhpc-slurm-sessions-{secrets.token_hex(4)}")
     work.mkdir(mode=0o755)
@@ -184,11 +175,7 @@ def cluster() -> Iterator[Cluster]:
             "--out", str(work / "slurm"), "--hooks-dir", str(work / "hooks"),
             "--spool-dir", str(work / "spool"), "--run-dir", str(work / "run"),
             "--broker", url, "--fastpath", fastpath, "--sessions-per-qpu", "2",
-            "--spank-plugin", _spank_plugin(),
-            # Count-only GRES too: a changed gres.conf makes `apply` restart slurmctld,
-            # which Slurm 22.05 needs before newly added PrologSlurmctld/EpilogSlurmctld
-            # lines take effect (`scontrol reconfigure` lists them but never runs them).
-            "--gres-node", socket.gethostname().split(".")[0],
+            "--spank-plugin", _spank_plugin(), "--cli-filter",
         )  # fmt: skip
         run("bash", str(SLURM_SH), "save", str(saved))
         run("bash", str(SLURM_SH), "apply", str(work / "slurm"), timeout=400)
@@ -276,13 +263,7 @@ def test_two_sessions_share_the_qpu_batch_backfills_third_waits_on_the_licence(
 ) -> None:
     (cluster.work / "load.py").write_text(LOAD)
     script = cluster.job_script(f"{cluster.python} {cluster.work}/load.py 8")
-    common = [
-        "--partition=debug",
-        "--qpu=sim",
-        "-L",
-        "qpu_sim:1",
-        f"--output={cluster.work}/job-%j.out",
-    ]
+    common = ["--partition=debug", "--qpu=sim", f"--output={cluster.work}/job-%j.out"]
     first, second, third = (cluster.sbatch(*common, script=script) for _ in range(3))
     wait_for("two running sessions", lambda: all(
         any(s["closed_at"] is None for s in cluster.sessions_of(j)) for j in (first, second)
@@ -370,15 +351,15 @@ def test_jobs_without_a_session_fail_with_a_clear_message(cluster: Cluster) -> N
     )  # fmt: skip
     assert unknown.returncode != 0
     assert "nope" in unknown.stderr
-    no_licence = cluster.sbatch(
-        "--partition=debug", "--qpu=sim", f"--output={cluster.work}/job-%j.out",
+    two_qpus = cluster.sbatch(
+        "--partition=debug", "-L", "qpu_sim:1,qpu_emu:1", f"--output={cluster.work}/job-%j.out",
         script=cluster.job_script("echo body ran"),
     )  # fmt: skip
     assert finished(no_qpu)[0] == "FAILED"
     assert "no QPU session" in cluster.output(no_qpu)
-    assert finished(no_licence)[0] == "FAILED"
-    assert "needs the licence too" in cluster.output(no_licence)
-    assert "body ran" not in cluster.output(no_licence)
+    assert finished(two_qpus)[0] == "FAILED"
+    assert "licences of several QPUs" in cluster.output(two_qpus)
+    assert "body ran" not in cluster.output(two_qpus)
 
 
 def test_broker_down_fails_the_job_fast_and_keeps_the_node(cluster: Cluster) -> None:

@@ -7,7 +7,8 @@ Into the Slurm directory (``--out``), the fragments an admin installs:
 - ``qhpc.conf`` — the slurm.conf fragment (``Include``-d by the base slurm.conf):
   one licence ``qpu_<name>:K`` per resource (K = how many jobs may hold a session
   on it at once; the broker multiplexes them), the hook lines pointing at the
-  wrappers below and ``PrologFlags=Alloc``;
+  wrappers below and ``PrologFlags=Alloc``; with ``--cli-filter`` also
+  ``CliFilterPlugins=cli_filter/lua`` (``--qpu=NAME`` then requests the licence);
 - ``plugstack.conf`` — the SPANK ``--qpu`` plugin with ``allowed=`` the resource names;
 - ``gres.conf`` — count-only ``qpu`` GRES per resource (optional; ``GresTypes=qpu``
   and the node's ``Gres=`` belong to the base slurm.conf, next to the node line).
@@ -73,6 +74,7 @@ class SlurmConfigRequest:
     slurm_user: str = "slurm"
     spank_plugin: Path | None = None
     gres_node: str | None = None  # write gres.conf for this node name
+    cli_filter: bool = False  # activate deploy/slurm/cli_filter.lua: --qpu=NAME adds -L qpu_NAME
     session_mode: str = "multiplex"
 
     def licence_counts(self) -> dict[str, int]:
@@ -118,6 +120,12 @@ def render_qhpc_conf(request: SlurmConfigRequest, hooks_dir: Path) -> str:
         "PrologFlags=Alloc",
     ]
     lines += [f"{key}={hooks_dir / hook}" for key, hook in HOOK_KEYS.items()]
+    if request.cli_filter:
+        lines += [
+            "# /etc/slurm/cli_filter.lua (deploy/slurm/cli_filter.lua): --qpu=NAME requests",
+            "# licence qpu_NAME:1, so users need not give -L as well.",
+            "CliFilterPlugins=cli_filter/lua",
+        ]
     return "\n".join(lines) + "\n"
 
 
