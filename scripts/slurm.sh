@@ -20,8 +20,9 @@
 #   (JWT: `scontrol token`, headers X-SLURM-USER-NAME and X-SLURM-USER-TOKEN),
 #   MariaDB 127.0.0.1:${QHPC_SLURM_DB_PORT:-63306} (own datadir, only for slurmdbd);
 #   accounts physics and chemistry with user root in both (default physics).
-#   The SPANK plugin is built to /usr/local/lib/qhpc/qhpc_qpu.so; deploy/slurm/cli_filter.lua
-#   (installed as /etc/slurm/cli_filter.lua) makes --qpu=NAME also request licence qpu_NAME:1.
+#   The SPANK plugin is built to /usr/local/lib/qhpc/qhpc_qpu.so. deploy/slurm/cli_filter.lua
+#   is installed as /etc/slurm/cli_filter.lua but inactive until a qhpc.conf fragment says
+#   CliFilterPlugins=cli_filter/lua; then --qpu=NAME also requests licence qpu_NAME:1.
 #
 # `apply DIR` replaces the whole qhpc fragment set, so applying a directory that lacks a
 # file removes that fragment (this makes "save the current set, apply, restore" exact):
@@ -267,8 +268,6 @@ SlurmdLogFile=$LOGS/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig=$CONF_DIR/plugstack.conf
-# cli_filter.lua (deploy/slurm/cli_filter.lua) turns --qpu=NAME into licence qpu_NAME:1.
-CliFilterPlugins=cli_filter/lua
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -613,6 +612,11 @@ all_running() {
 }
 
 cmd_start() {
+    if [[ -d "$PIDS" ]] && all_running; then
+        log "already running"
+        echo running
+        return 0
+    fi
     need_root "starting the Slurm cluster"
     cmd_install
     mkdir -p "$STATE_DIR"
@@ -688,7 +692,8 @@ cmd_apply() {
     need_root "applying Slurm configuration"
     [[ -d "$dir" ]] || die "apply: $dir is not a directory"
     local f
-    for f in "$dir"/*; do
+    for f in "$dir"/* "$dir"/.[!.]*; do
+        [[ -e "$f" ]] || continue
         case "$(basename "$f")" in
         qhpc.conf | plugstack.conf | gres.conf) ;;
         *) die "apply: unexpected file $f (expected qhpc.conf, plugstack.conf, gres.conf)" ;;

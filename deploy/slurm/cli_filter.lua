@@ -1,6 +1,7 @@
 --[[
-qhpc's cli_filter for sbatch, salloc and srun (slurm.conf: CliFilterPlugins=cli_filter/lua;
-this file is /etc/slurm/cli_filter.lua).
+qhpc's cli_filter for sbatch, salloc and srun: /etc/slurm/cli_filter.lua (next to
+slurm.conf), active with `CliFilterPlugins=cli_filter/lua` in slurm.conf or an Included
+fragment. Optional: without it, `--qpu=NAME` jobs must also give `-L qpu_NAME`.
 
 `--qpu=NAME[,NAME]` (the qhpc_qpu SPANK option) also requests one licence qpu_NAME per
 named QPU, so `--qpu=sim` alone is counted like `-L qpu_sim:1`. A count the user gave

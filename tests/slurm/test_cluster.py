@@ -2,9 +2,9 @@
 option and its licence, licences, accounting, slurmrestd with JWT.
 
 Needs the running cluster and QHPC_TEST_SLURM=1 (see conftest.py). The module applies a
-small fixture (licences qpu_sim:1 and qpu_emu:1, the SPANK line with allowed=sim,emu, no
-hooks) and puts the previous fragments back at the end. Jobs run as the user running the
-tests (root in CI: apply needs root anyway).
+small fixture (licences qpu_sim:1 and qpu_emu:1, qhpc's cli_filter, the SPANK line with
+allowed=sim,emu, no hooks) and puts the previous fragments back at the end. Jobs run as
+the user running the tests (root in CI: apply needs root anyway).
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def fixture_applied(
     run("bash", str(slurm_cluster), "save", str(saved))
     spank_so = run("bash", str(slurm_cluster), "build-spank").stdout.strip()
     wanted = tmp_path_factory.mktemp("slurm-fixture")
-    (wanted / "qhpc.conf").write_text("Licenses=qpu_sim:1,qpu_emu:1\n")
+    (wanted / "qhpc.conf").write_text(
+        "Licenses=qpu_sim:1,qpu_emu:1\nCliFilterPlugins=cli_filter/lua\n"
+    )
     (wanted / "plugstack.conf").write_text(f"required {spank_so} allowed=sim,emu\n")
     run("bash", str(slurm_cluster), "apply", str(wanted), timeout=180)
     try:

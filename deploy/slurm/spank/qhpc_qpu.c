@@ -9,8 +9,9 @@
  * - The choice (comma-separated, as given) reaches
  *     Prolog, Epilog, PrologSlurmctld, EpilogSlurmctld  as SPANK_SLURM_JOB_QPU
  *     the job's tasks (batch script, srun steps)         as SLURM_JOB_QPU
- * - SPANK cannot change the job's licences; deploy/slurm/cli_filter.lua (cli_filter/lua)
- *   turns `--qpu=NAME` into `-L qpu_NAME:1`. Without it, users give `-L qpu_NAME` too.
+ * - SPANK cannot change the job's licences. deploy/slurm/cli_filter.lua, when enabled
+ *   (CliFilterPlugins=cli_filter/lua), turns `--qpu=NAME` into `-L qpu_NAME:1`; without
+ *   it users give `-L qpu_NAME` as well.
  *
  * Slurm 22.05 ignores a static spank_options[] table in sbatch/salloc, so the option is
  * registered from slurm_spank_init in every context: the remote side (slurmstepd) only
