@@ -382,3 +382,21 @@ def test_slurm_accounting_against_the_broker(tmp_path: Path, broker: Broker) -> 
     (row,) = [r for r in rows if r["slurm_job_id"] == "110"]
     assert (row["user"], row["resource"], row["in_sacct"]) == ("alice", "sim", True)
     assert json.dumps(rows)  # plain data for --json
+
+
+def test_unexpected_error_in_the_controller_prolog_still_fails_the_job_fast(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, broker)
+    path = tmp_path / "hooks.toml"
+    path.write_text(settings.to_toml())
+
+    def broken(env: Mapping[str, str], settings: HookSettings) -> int:
+        raise KeyError("session_id")
+
+    monkeypatch.setattr(hooks, "prolog_slurmctld", broken)
+    env = _env("111", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.main(["prolog-slurmctld", "--settings", str(path)], env=env) == 0
+    assert hooks.prolog(env, settings, show=_show()) == 0
+    code, _, text = _task_prolog(_env("111"), settings.run_dir)
+    assert code == 1 and "KeyError in qhpc's PrologSlurmctld" in text

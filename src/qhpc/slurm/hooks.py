@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from qhpc.slurm.errors import SlurmError
 from qhpc.slurm.handover import (
@@ -49,6 +49,9 @@ from qhpc.slurm.jobinfo import (
     show_job,
 )
 from qhpc.slurm.settings import HookSettings, load_settings
+
+if TYPE_CHECKING:
+    from qhpc.slurm.link import BrokerLink
 
 HOOKS = ("prolog-slurmctld", "prolog", "task-prolog", "epilog", "epilog-slurmctld")
 LOG_NAME = "hooks.log"
@@ -165,11 +168,7 @@ def epilog_slurmctld(
     for attempt in range(attempts):
         try:
             with BrokerLink(settings.broker_url, settings.token, settings.broker_timeout_s) as link:
-                sessions = link.sessions_of_job(job_id, include_closed=True)
-                if handover is not None and handover.session_id:
-                    known = {s["session_id"] for s in sessions}
-                    if handover.session_id not in known:
-                        _log(settings, f"job {job_id}: session {handover.session_id} not found")
+                sessions = _sessions_of(link, job_id, handover)
                 for session in sessions:
                     if session.get("closed_at") is None:
                         link.close_session(str(session["session_id"]))
@@ -205,6 +204,24 @@ def epilog_slurmctld(
         break
     remove_handover(spool)
     return 0
+
+
+def _sessions_of(link: BrokerLink, job_id: str, handover: Handover | None) -> list[dict[str, Any]]:
+    """The job's sessions: the one handed over (open or not) and any other still open.
+
+    Only open sessions are listed, so the epilog's cost does not grow with the
+    broker's history.
+    """
+    from qhpc.slurm.link import BrokerRefused
+
+    found = {s["session_id"]: s for s in link.sessions_of_job(job_id)}
+    if handover is not None and handover.session_id and handover.session_id not in found:
+        try:
+            found[handover.session_id] = link.session(handover.session_id)
+        except BrokerRefused as exc:
+            if exc.status != 404:
+                raise
+    return list(found.values())
 
 
 # -- node side ----------------------------------------------------------------------------
@@ -331,7 +348,24 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return handlers[args.hook](environment, settings)
     except Exception as exc:  # a hook must not drain the node or loop the job
         _log(settings, f"{args.hook}: unexpected {type(exc).__name__}: {exc}")
+        if args.hook == "prolog-slurmctld":
+            _fail_job(environment, settings, f"{type(exc).__name__} in qhpc's PrologSlurmctld")
         return 0
+
+
+def _fail_job(env: Mapping[str, str], settings: HookSettings, reason: str) -> None:
+    """Leave an error handover, so the job fails at once with a message (not after a wait)."""
+    job_id = env.get("SLURM_JOB_ID", "")
+    if not job_id.isdigit():
+        return
+    message = f"no QPU session for job {job_id}: {reason} (ask your admin to check hooks.log)"
+    try:
+        write_handover(
+            handover_path(settings.spool_dir, job_id),
+            Handover(job_id=job_id, resource=None, error=message),
+        )
+    except OSError as exc:
+        _log(settings, f"job {job_id}: cannot leave an error handover: {exc}")
 
 
 def _entry() -> Any:

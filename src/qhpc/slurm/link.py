@@ -78,6 +78,9 @@ class BrokerLink:
         params = {"include_closed": include_closed}
         return list(self._call("GET", "/sessions", params=params))
 
+    def session(self, session_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/sessions/{session_id}"))
+
     def sessions_of_job(
         self, slurm_job_id: str, include_closed: bool = False
     ) -> list[dict[str, Any]]:
