@@ -129,7 +129,8 @@ def test_the_log_is_deleted_once_committed_and_a_live_segment_is_never_replayed(
             assert broker.journal.recover() == 0
             assert broker.journal.flush(30)
             assert broker.journal.uncommitted == 0
-            assert not list(log_dir.glob("*.log"))
+            # Committed segments are gone; at most an empty one opened ahead is left.
+            assert [p.stat().st_size for p in log_dir.glob("*.log")] in ([], [0])
             assert len(store.tasks_of_job(session.session_id)) == 5
         finally:
             broker.stop()

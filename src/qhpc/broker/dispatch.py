@@ -35,8 +35,8 @@ from qhpc.runtime.direct import (
     RESULT,
     SCHEME,
     TASK,
+    FrameReader,
     frame,
-    read_frame,
 )
 from qhpc.security import AuthError
 
@@ -150,9 +150,10 @@ class DirectDispatcher:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            session_id = self._hello(conn)
+            reader = FrameReader(conn)
+            session_id = self._hello(conn, reader)
             if session_id is not None:
-                self._loop(conn, session_id)
+                self._loop(conn, reader, session_id)
         except (OSError, ConnectionError):
             pass  # the program ended or was killed
         except Exception:
@@ -162,9 +163,9 @@ class DirectDispatcher:
                 self._connections.discard(conn)
             conn.close()
 
-    def _hello(self, conn: socket.socket) -> str | None:
+    def _hello(self, conn: socket.socket, reader: FrameReader) -> str | None:
         try:
-            received = read_frame(conn, MAX_HELLO_BYTES)
+            received = reader.read(MAX_HELLO_BYTES)
             if received is None:
                 return None
             kind, body = received
@@ -184,7 +185,7 @@ class DirectDispatcher:
                 raise _Refused(401, str(exc), fatal=True) from None
             if principal.session_id is None:
                 raise _Refused(401, "the dispatch channel needs a session token", fatal=True)
-        except ValueError as exc:  # read_frame: oversized
+        except ValueError as exc:  # reader.read: oversized
             self._refuse(conn, _Refused(400, str(exc), fatal=True))
             return None
         except _Refused as refused:
@@ -194,14 +195,14 @@ class DirectDispatcher:
         conn.sendall(frame(READY, msgspec.msgpack.encode(reply)))
         return principal.session_id
 
-    def _loop(self, conn: socket.socket, session_id: str) -> None:
+    def _loop(self, conn: socket.socket, reader: FrameReader, session_id: str) -> None:
         broker = self.broker
         with self._lock:
             stats = self._stats.setdefault(session_id, DispatchStats())
         decoder = PayloadDecoder()  # the program resends its circuits: decode them once
         while True:
             try:
-                received = read_frame(conn, self._max_frame)
+                received = reader.read(self._max_frame)
             except ValueError as exc:
                 self._refuse(conn, _Refused(400, str(exc), fatal=True))
                 return

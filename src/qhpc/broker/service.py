@@ -8,8 +8,11 @@ start (tasks that were running are queued again).
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import itertools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -134,6 +137,11 @@ class Broker:
         )  # fmt: skip
         #: session tasks finished (result released) but not committed yet
         self._unstored: dict[str, TaskOutcome] = {}
+        # Session task ids: 80 random bits per broker run + a counter (uuid4 per task
+        # costs a getrandom call on the hot path); unique across runs like uuid4.
+        self._task_id_prefix = uuid.uuid4().hex[:20]
+        self._task_counter = itertools.count()
+        self._idle_waiters = 0
         self._open_sessions: dict[str, SessionRecord] = {}
         self._in_flight: dict[str, TaskRecord] = {}
         self._outcomes: dict[str, tuple[str, bytes | None, str | None]] = {}
@@ -181,6 +189,10 @@ class Broker:
             thread.start()
             self._threads.append(thread)
         self.programs.recover()
+        # What exists now (qiskit, the broker, its caches) lives as long as the process:
+        # keep it out of the collector's full passes (~50 ms each with qiskit loaded,
+        # which would otherwise land in some iteration's round trip).
+        gc.freeze()
 
     def _stop_orphans(self, task_ids: list[str]) -> None:
         """Stop runs a remote device may still be doing for tasks we will run again."""
@@ -374,43 +386,76 @@ class Broker:
 
         The direct path of co-located programs. When the resource is idle, nothing is
         queued for it and the policy would pick this task anyway, the task runs right
-        here — no executor hand-off — and its result is returned before the journal
-        has stored it (the caller is a live program: if the broker dies, so does the
-        program, and it is marked failed at restart). Otherwise the task is queued
-        like any session task and this waits for it.
+        here — no executor hand-off; otherwise it is queued like any session task and
+        this waits for it. Either way the result is returned once the journal has
+        logged the task, before its commit (see journal.py).
+        """
+        done = threading.Event()
+        task_id, outcome = self.start_session_task(
+            session_id, payload, encoded, on_done=lambda _: done.set()
+        )
+        if outcome is not None:
+            return outcome
+        done.wait()
+        with self._cond:
+            qpu_seconds = self._outcome_seconds.get(task_id, 0.0)
+        state, data, error = self.take_outcome(task_id)
+        return SessionTaskOutcome(task_id, state, data, error, qpu_seconds)
+
+    def start_session_task(
+        self,
+        session_id: str,
+        payload: Payload,
+        encoded: bytes | None = None,
+        *,
+        on_done: Callable[[str], None],
+        inline_budget: float = math.inf,
+    ) -> tuple[str, SessionTaskOutcome | None]:
+        """Admit one session task; run it on the caller's thread if it may run now.
+
+        It runs right here when the resource is idle, nothing is queued for it, the
+        policy would pick it anyway and it is expected to take at most
+        ``inline_budget`` seconds; then its outcome is returned. Otherwise it is queued
+        (session priority), ``(task_id, None)`` is returned and ``on_done(task_id)`` is
+        called once it has finished (under the broker's lock: hand the id over, never
+        block); :meth:`take_outcome` then gives its outcome.
         """
         task, qpu = self._session_task(session_id, payload, encoded)
-        done = threading.Event()
         with self._cond:
             if session_id not in self._open_sessions:
                 raise BrokerError(f"session {session_id} is closed")
             self._in_flight[task.task_id] = task
             self._payloads[task.task_id] = payload
             queued = self._queued(task)
-            running = _Running(queued) if self._may_run_now(queued, qpu) else None
-            if running is not None:
+            running = None
+            if task.estimated_seconds <= inline_budget and self._may_run_now(queued, qpu):
+                running = _Running(queued)
                 self._running[task.resource] = running
             else:
-                self._on_done[task.task_id] = lambda _: done.set()
+                self._on_done[task.task_id] = on_done
                 self._enqueue(task)
                 self._cond.notify_all()
         if running is None:
-            done.wait()
-            with self._cond:
-                qpu_seconds = self._outcome_seconds.get(task.task_id, 0.0)
-            state, data, error = self.take_outcome(task.task_id)
-            return SessionTaskOutcome(task.task_id, state, data, error, qpu_seconds)
+            return task.task_id, None
         try:
-            finished = self._run_one(qpu, queued, running)
+            finished = self._run_one(qpu, queued, running, inline=True)
         finally:
             with self._cond:
                 self._running.pop(task.resource, None)
-                self._cond.notify_all()
+                # Wake the executor only if work arrived meanwhile (not per iteration).
+                if self._queues[task.resource] or self._idle_waiters or self._stopping:
+                    self._cond.notify_all()
         if finished is None:  # interrupted by the broker's own shutdown
-            return SessionTaskOutcome(task.task_id, "cancelled", None, "the broker is stopping")
-        return SessionTaskOutcome(
-            task.task_id, finished.state, finished.result, finished.error, finished.qpu_seconds
-        )
+            outcome = SessionTaskOutcome(task.task_id, "cancelled", None, "the broker is stopping")
+        else:
+            outcome = SessionTaskOutcome(
+                task.task_id, finished.state, finished.result, finished.error,
+                finished.qpu_seconds,
+            )  # fmt: skip
+        return task.task_id, outcome
+
+    def _next_task_id(self) -> str:
+        return f"{self._task_id_prefix}{next(self._task_counter):012x}"
 
     def _session_task(
         self, session_id: str, payload: Payload, encoded: bytes | None
@@ -434,7 +479,7 @@ class Broker:
                 index = self.store.get_job(session_id).task_count
             self._session_counts[session_id] = index + 1
         task = TaskRecord(
-            task_id=uuid.uuid4().hex, job_id=session.session_id, resource=session.resource,
+            task_id=self._next_task_id(), job_id=session.session_id, resource=session.resource,
             index=index, state="queued", payload=data, payload_kind=payload.kind,
             submitted_at=now, started_at=None, finished_at=None, resource_task_id=None,
             error=None, attempts=0, session_id=session_id, account=session.account,
@@ -511,7 +556,7 @@ class Broker:
         """A job's tasks by index, including session tasks in flight (not stored yet)."""
         stored = self.store.tasks_of_job(job_id)
         with self._cond:
-            pending = [t for t in self._in_flight.values() if t.job_id == job_id]
+            pending = [self._visible(t) for t in self._in_flight.values() if t.job_id == job_id]
         if not pending:
             return stored
         known = {t.task_id for t in stored}
@@ -522,7 +567,19 @@ class Broker:
         """A task, also while it is a session task in flight (not stored yet)."""
         with self._cond:
             pending = self._in_flight.get(task_id)
-        return pending if pending is not None else self.store.get_task(task_id)
+            if pending is not None:
+                return self._visible(pending)
+        return self.store.get_task(task_id)
+
+    def _visible(self, task: TaskRecord) -> TaskRecord:
+        """An in-flight record as it stands: final once finished, before its commit.
+        (Caller holds _cond.)"""
+        finished = self._unstored.get(task.task_id)
+        if finished is None:
+            return task
+        return replace(
+            task, state=finished.state, error=finished.error, finished_at=finished.finished_at
+        )
 
     def wait_task(self, task_id: str, timeout: float | None = None) -> TaskRecord:
         with self._cond:
@@ -532,8 +589,8 @@ class Broker:
             event.wait(timeout)
             with self._cond:
                 pending = self._in_flight.get(task_id)
-            if pending is not None:  # still running: not stored yet
-                return pending
+                if pending is not None:  # still running: not stored yet
+                    return self._visible(pending)
             return self.store.get_task(task_id)
         task = self.store.get_task(task_id)
         if task.state in ("queued", "running"):
@@ -730,9 +787,13 @@ class Broker:
                     self._cond.notify_all()
 
     def _run_one(
-        self, resource: QuantumResource, task: QueuedTask, running: _Running
+        self, resource: QuantumResource, task: QueuedTask, running: _Running, inline: bool = False
     ) -> TaskOutcome | None:
-        """Run a task and book it; its outcome, or ``None`` if our own shutdown stopped it."""
+        """Run a task and book it; its outcome, or ``None`` if our own shutdown stopped it.
+
+        ``inline``: a session task run on its caller's thread, for microseconds to
+        milliseconds; it is not shown ``running`` meanwhile (one record copy fewer).
+        """
         with self._cond:
             in_memory = self._in_flight.get(task.task_id)
             payload = self._payloads.pop(task.task_id, None)
@@ -741,7 +802,7 @@ class Broker:
         started = self.clock()
         if in_memory is None:
             self.store.mark_task_running(task.task_id, None, started)
-        else:
+        elif not inline:
             with self._cond:
                 if task.task_id in self._in_flight:
                     self._in_flight[task.task_id] = replace(
@@ -799,10 +860,7 @@ class Broker:
         with self._cond:
             if task_id not in self._in_flight:
                 return  # committed (and signalled) already
-            self._in_flight[task_id] = replace(
-                task, state=outcome.state, error=outcome.error, finished_at=outcome.finished_at
-            )
-            self._unstored[task_id] = outcome
+            self._unstored[task_id] = outcome  # shown final from memory (_visible)
             callback = self._on_done.pop(task_id, None)
             if callback is not None:
                 self._outcomes[task_id] = (outcome.state, outcome.result, outcome.error)
@@ -822,9 +880,13 @@ class Broker:
     def _wait_idle(self, job_id: str, timeout: float = 60.0) -> None:
         """Until no task of ``job_id`` runs (a closing session waits for its last task)."""
         with self._cond:
-            self._cond.wait_for(
-                lambda: all(r.task.job_id != job_id for r in self._running.values()), timeout
-            )
+            self._idle_waiters += 1
+            try:
+                self._cond.wait_for(
+                    lambda: all(r.task.job_id != job_id for r in self._running.values()), timeout
+                )
+            finally:
+                self._idle_waiters -= 1
 
     def _signal_done(self, task_id: str) -> None:
         # Caller holds self._cond.
