@@ -169,6 +169,13 @@ pid_from_file() { # PIDFILE -> pid when its process is alive
     pid_alive "$pid" && printf '%s\n' "$pid"
 }
 
+# The Slurm daemons read their configuration before they fork: a non-zero exit of the
+# launching command is a configuration they refused.
+daemon_refused() { # NAME LOG
+    tail -n 5 "$2" >&2 2>/dev/null || true
+    die "$1 refused to start (its errors are above; log: $2)"
+}
+
 # Waits for the daemon's pid file (the daemons below fork into the background).
 wait_pidfile() { # NAME PIDFILE LOG
     local i pid
@@ -449,7 +456,7 @@ start_slurmdbd() {
         die "a slurmdbd not started by this script runs (pid file $RUNS/slurmdbd.pid); stop it first"
     fi
     log "starting slurmdbd"
-    slurmdbd 9>&- >&2
+    slurmdbd 9>&- >&2 || daemon_refused slurmdbd "$LOGS/slurmdbd.log"
     wait_pidfile slurmdbd "$RUNS/slurmdbd.pid" "$LOGS/slurmdbd.log"
     local i
     for i in $(seq 1 $((WAIT_SECONDS * 5))); do
@@ -495,7 +502,7 @@ start_slurmctld() {
         die "a slurmctld not started by this script runs (pid file $RUNS/slurmctld.pid); stop it first"
     fi
     log "starting slurmctld"
-    slurmctld 9>&- >&2
+    slurmctld 9>&- >&2 || daemon_refused slurmctld "$LOGS/slurmctld.log"
     wait_pidfile slurmctld "$RUNS/slurmctld.pid" "$LOGS/slurmctld.log"
     local i
     for i in $(seq 1 $((WAIT_SECONDS * 5))); do
@@ -519,7 +526,7 @@ start_slurmd() { # NODE
     fi
     mkdir -p "$SPOOL/$name"
     log "starting slurmd for node $node"
-    slurmd -N "$node" 9>&- >&2
+    slurmd -N "$node" 9>&- >&2 || daemon_refused "$name" "$LOGS/$name.log"
     wait_pidfile "$name" "$RUNS/$name.pid" "$LOGS/$name.log"
 }
 
@@ -704,6 +711,7 @@ cmd_apply() {
     flock -w 300 9 || die "another slurm.sh holds $STATE_DIR/.lock"
     all_running || die "apply: the cluster is not running (run '$0 start' first)"
 
+    check_fragment_parses "$dir"
     local backup
     backup=$(mktemp -d "$STATE_DIR/.previous.XXXXXX")
     cmd_save "$backup"
@@ -742,6 +750,23 @@ cmd_apply() {
     rm -rf "$backup"
     wait_nodes_up
     echo applied
+}
+
+# Slurm's commands parse slurm.conf (and its Includes) before they do anything, so a
+# command run on a copy that includes the candidate fragment rejects a malformed one
+# without touching the running daemons.
+check_fragment_parses() { # DIR
+    [[ -f "$1/qhpc.conf" ]] || return 0
+    local candidate errors
+    candidate=$(mktemp -d "$STATE_DIR/.candidate.XXXXXX")
+    sed "s#^Include $CONF_DIR/qhpc.conf\$#Include $(cd "$1" && pwd)/qhpc.conf#" \
+        "$CONF_DIR/slurm.conf" >"$candidate/slurm.conf"
+    if ! errors=$(SLURM_CONF="$candidate/slurm.conf" scontrol ping 2>&1 >/dev/null); then
+        rm -rf "$candidate"
+        printf '%s\n' "$errors" >&2
+        die "apply: Slurm cannot parse $1/qhpc.conf (errors above); nothing was changed"
+    fi
+    rm -rf "$candidate"
 }
 
 controller_answers() {

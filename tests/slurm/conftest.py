@@ -27,6 +27,11 @@ def slurm_cluster() -> Path:
         if in_ci:
             pytest.fail(f"CI=true but {message}")
         pytest.skip(message)
+    if os.geteuid() != 0:
+        message = "the Slurm tests apply configuration with scripts/slurm.sh, which needs root"
+        if in_ci:
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
     status = subprocess.run(
         ["bash", str(SLURM_SH), "status"], capture_output=True, text=True, timeout=30
     )

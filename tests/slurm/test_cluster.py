@@ -9,6 +9,7 @@ the user running the tests (root in CI: apply needs root anyway).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import subprocess
@@ -85,6 +86,41 @@ def jobs() -> Iterator[list[str]]:
 def test_status_says_running(slurm_cluster: Path) -> None:
     done = run("bash", str(slurm_cluster), "status")
     assert done.stdout.strip() == "running"
+
+
+def recorded_daemons() -> dict[str, str]:
+    pids = Path(os.environ.get("QHPC_SLURM_DIR", "/tmp/qhpc-slurm")) / "pids"
+    return {path.name: path.read_text() for path in sorted(pids.iterdir())}
+
+
+def test_start_when_running_changes_nothing(slurm_cluster: Path) -> None:
+    before = recorded_daemons()
+    done = run("bash", str(slurm_cluster), "start", timeout=120)
+    assert done.stdout.strip() == "running"
+    assert "already running" in done.stderr
+    assert recorded_daemons() == before
+    assert {"slurmctld", "slurmdbd", "slurmrestd", "mariadb", "slurmd-qpu0"} <= set(before)
+
+
+def test_apply_refuses_a_fragment_slurm_cannot_parse(
+    slurm_cluster: Path, fixture_applied: None, tmp_path: Path
+) -> None:
+    before = Path("/etc/slurm/qhpc.conf").read_text()
+    daemons = recorded_daemons()
+    (tmp_path / "qhpc.conf").write_text("Licenses=qpu_sim:1\nNoSuchParameter=1\n")
+    done = run("bash", str(slurm_cluster), "apply", str(tmp_path), check=False, timeout=120)
+    assert done.returncode != 0
+    assert "NoSuchParameter" in done.stderr
+    assert "nothing was changed" in done.stderr
+    assert Path("/etc/slurm/qhpc.conf").read_text() == before
+    assert recorded_daemons() == daemons
+
+
+def test_apply_refuses_unexpected_files(slurm_cluster: Path, tmp_path: Path) -> None:
+    (tmp_path / "slurm.conf").write_text("ClusterName=other\n")
+    done = run("bash", str(slurm_cluster), "apply", str(tmp_path), check=False)
+    assert done.returncode != 0
+    assert "unexpected file" in done.stderr
 
 
 def test_both_nodes_respond_in_their_partitions(slurm_cluster: Path) -> None:
