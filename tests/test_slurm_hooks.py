@@ -351,8 +351,9 @@ def test_accounting_join() -> None:
     usage = {"s1": {"qpu_seconds": 2.5, "shots": 100, "tasks": 4}}
     sacct = [
         {"job_id": 12, "user": "alice", "account": "chem", "state": {"current": "COMPLETED"},
-         "time": {"elapsed": 9},
-         "admin_comment": "qhpc:resource=sim,qpu_s=2.500,shots=100,tasks=4"},
+         "time": {"elapsed": 9},  # sacct --json of 22.05 nests the AdminComment:
+         "comment": {"administrator": "qhpc:resource=sim,qpu_s=2.500,shots=100,tasks=4",
+                     "job": None, "system": None}},
         {"job_id": 13, "user": "dave", "state": {"current": "COMPLETED"}, "admin_comment": ""},
     ]  # fmt: skip
     rows = join_accounting(sessions, usage, sacct)

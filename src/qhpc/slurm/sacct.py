@@ -112,6 +112,11 @@ def job_summary(record: dict[str, Any]) -> dict[str, Any]:
     state = record.get("state") or {}
     current = state.get("current") if isinstance(state, dict) else state
     time_info = record.get("time") or {}
+    # 22.05 (data_parser v0.0.38) nests it: "comment": {"administrator", "job", "system"}
+    comments = record.get("comment")
+    admin_comment = (
+        comments.get("administrator") if isinstance(comments, dict) else None
+    ) or record.get("admin_comment")
     return {
         "slurm_job_id": str(record.get("job_id", "")),
         "name": record.get("name"),
@@ -119,6 +124,5 @@ def job_summary(record: dict[str, Any]) -> dict[str, Any]:
         "account": record.get("account"),
         "state": current,
         "elapsed_s": time_info.get("elapsed"),
-        "licenses": record.get("licenses"),
-        "admin_comment": record.get("admin_comment") or None,
+        "admin_comment": admin_comment or None,
     }
