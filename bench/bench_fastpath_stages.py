@@ -1,10 +1,18 @@
-"""Where a fast-path session task's round trip goes, stage by stage.
+"""Where a session task's round trip goes, stage by stage, on both session paths.
 
 Timestamps each stage of one session task on the instant ``null`` resource (SQLite
-store) by wrapping the broker's own functions: client → server, admission
-(decode + submit), executor pick-up, the run (executor + the resource's worker
-thread), the journal's commit, and the reply. Prints medians in ms;
-``--json PATH`` writes them.
+store) by wrapping the broker's own functions, for the ZeroMQ fast path
+(client-driven programs) and the direct Unix-socket channel (co-located programs).
+The client loop runs in a separate process, as a real program would; clocks are
+the machine's monotonic clock, so the stamps of both processes compare.
+
+Stages: client → broker (until the server's handler starts), decode (the
+per-connection payload cache), admission (session checks, task record, may it run
+now), run (the resource, inline on the server's thread when idle), result
+encoding, journal log (the write that makes releasing the result safe), broker →
+client (handler end → the client has the reply). The journal's group commit is
+off the path; its cost per task is shown apart (it still takes the broker's
+interpreter lock). Prints medians in µs; ``--json PATH`` writes them.
 
 Run: ``.venv/bin/python bench/bench_fastpath_stages.py [--tasks N] [--json results/stages.json]``
 """
@@ -16,6 +24,7 @@ import bisect
 import collections
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,16 +32,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_broker import payload_bytes
-
 from qhpc.api import fastpath
-from qhpc.broker import service
-from qhpc.resources import ResourceRegistry, ResourceSpec
+from qhpc.broker import dispatch, journal, service
+from qhpc.resources import ResourceRegistry, ResourceSpec, codec
 from qhpc.store import Store
 
 Marks = dict[str, list[tuple[float, float]]]
+LABELS = {
+    "decode": "decode (payload cache)",
+    "admission": "admission (checks, task record)",
+    "encode": "result encoding",
+    "log": "journal log (release point)",
+}
+COMMIT = "group commit, mean per task (off the path)"
+
+CLIENT = """
+import json, sys, time
+from qhpc.runtime.program import connect
+sys.path.insert(0, sys.argv[4])
+from bench_broker import payload_bytes
+client = connect(sys.argv[1], sys.argv[2])
+data = payload_bytes()
+spans = []
+for _ in range(int(sys.argv[3])):
+    started = time.perf_counter()
+    client.run_encoded(data)
+    spans.append((started, time.perf_counter()))
+client.close()
+json.dump(spans, sys.stdout)
+"""
 
 
 def wrap(owner: Any, name: str, label: str, marks: Marks) -> None:
@@ -53,56 +81,92 @@ def first_after(spans: list[tuple[float, float]], t: float) -> tuple[float, floa
     return spans[min(index, len(spans) - 1)]
 
 
+def stages_of(path: str, tasks: int) -> dict[str, float]:
+    marks: Marks = collections.defaultdict(list)
+    handler = (fastpath.FastPathServer, "_run") if path == "fast path" else (
+        dispatch.DirectDispatcher, "_run_frame")  # fmt: skip
+    originals = [
+        (owner, name, getattr(owner, name))
+        for owner, name in (
+            handler,
+            (codec.PayloadDecoder, "decode"),
+            (service.Broker, "_session_task"),
+            (service.Broker, "_run_one"),
+            (service, "encode_result"),
+            (journal.Journal, "append"),
+            (Store, "record_finished_tasks"),
+        )
+    ]
+    wrap(*handler, "handler", marks)
+    wrap(codec.PayloadDecoder, "decode", "decode", marks)
+    wrap(service.Broker, "_session_task", "admission", marks)
+    wrap(service.Broker, "_run_one", "run", marks)
+    wrap(service, "encode_result", "encode", marks)
+    wrap(journal.Journal, "append", "log", marks)
+    wrap(Store, "record_finished_tasks", "commit", marks)
+    registry = ResourceRegistry([ResourceSpec("null", "null", {})])
+    try:
+        with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.db") as store:
+            broker = service.Broker(store, registry, service.BrokerConfig(policy="fifo"))
+            broker.start()
+            server: Any = (
+                fastpath.FastPathServer(broker).start()
+                if path == "fast path"
+                else dispatch.DirectDispatcher(broker)
+            )
+            try:
+                session, token = broker.open_session(
+                    user="bench", account="bench", resource="null", deadline=time.time() + 3600
+                )
+                output = subprocess.run(
+                    [sys.executable, "-c", CLIENT, server.endpoint, token, str(tasks),
+                     str(Path(__file__).resolve().parent)],
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                broker.journal.flush()
+                committed = len(store.tasks_of_job(session.session_id))
+            finally:
+                server.stop()
+                broker.stop()
+    finally:
+        registry.close()
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    spans = json.loads(output)
+    stages: dict[str, list[float]] = collections.defaultdict(list)
+    for start, end in spans[len(spans) // 5 :]:  # skip warm-up
+        handled = first_after(marks["handler"], start)
+        inner = {k: first_after(marks[k], handled[0]) for k in
+                 ("decode", "admission", "run", "encode", "log")}  # fmt: skip
+        stages["client → broker"].append(handled[0] - start)
+        for key, label in LABELS.items():
+            stages[label].append(inner[key][1] - inner[key][0])
+        run = inner["run"][1] - inner["run"][0]
+        stages["run incl. encoding and log"].append(run)
+        stages["broker handler in all"].append(handled[1] - handled[0])
+        stages["broker → client"].append(end - handled[1])
+        stages["whole round trip"].append(end - start)
+    report = {name: statistics.median(values) * 1e6 for name, values in stages.items()}
+    commits = marks["commit"]
+    if commits and committed:
+        report[COMMIT] = sum(e - s for s, e in commits) / committed * 1e6
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    marks: Marks = collections.defaultdict(list)
-    wrap(fastpath.FastPathServer, "_run", "admission", marks)
-    wrap(service.Broker, "_run_one", "run", marks)
-    wrap(Store, "record_finished_tasks", "commit", marks)
-    wrap(fastpath.FastPathServer, "_send_finished", "reply", marks)
-    wrap(fastpath.FastPathClient, "run_encoded", "client", marks)
-
-    registry = ResourceRegistry([ResourceSpec("null", "null", {})])
-    with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.db") as store:
-        broker = service.Broker(store, registry, service.BrokerConfig(policy="fifo"))
-        broker.start()
-        server = fastpath.FastPathServer(broker).start()
-        try:
-            _, token = broker.open_session(
-                user="bench", account="bench", resource="null", deadline=time.time() + 3600
-            )
-            client = fastpath.FastPathClient(server.endpoint, token)
-            data = payload_bytes()
-            for _ in range(args.tasks):
-                client.run_encoded(data)
-            client.close()
-        finally:
-            server.stop()
-            broker.stop()
-            registry.close()
-
-    stages: dict[str, list[float]] = collections.defaultdict(list)
-    for start, end in marks["client"][len(marks["client"]) // 5 :]:  # skip warm-up
-        admit = first_after(marks["admission"], start)
-        run = first_after(marks["run"], admit[0])
-        commit = first_after(marks["commit"], run[0])
-        reply = first_after(marks["reply"], commit[1])
-        stages["client → server"].append(admit[0] - start)
-        stages["admission (decode + submit)"].append(admit[1] - admit[0])
-        stages["executor pick-up"].append(run[0] - admit[1])
-        stages["run (executor + resource worker)"].append(run[1] - run[0])
-        stages["journal commit"].append(commit[1] - commit[0])
-        stages["commit → reply sent"].append(reply[1] - commit[1])
-        stages["whole round trip"].append(end - start)
-    report = {name: statistics.median(values) * 1e3 for name, values in stages.items()}
-    for name, value in report.items():
-        print(f"{name:<36} median {value:7.3f} ms")
+    found = {path: stages_of(path, args.tasks) for path in ("fast path", "direct channel")}
+    for path, report in found.items():
+        print(path)
+        for name, value in report.items():
+            kind = "" if name == COMMIT else "median "
+            print(f"  {name:<44} {kind}{value:8.1f} µs")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(found, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,45 @@ def test_pipelined_requests_come_back_in_order(
         assert isinstance(result, SamplerResult)
         totals.append(sum(result.circuits[0].counts.values()))
     assert totals == shots
+
+
+def test_short_tasks_run_on_the_server_thread_and_unknown_ones_are_queued(
+    tmp_path: Path, bell: QuantumCircuit
+) -> None:
+    from qhpc.api import fastpath as fastpath_module
+
+    registry = ResourceRegistry(
+        [ResourceSpec("null", "null", {}), ResourceSpec("aer", "aer", {"seed": 1})]
+    )
+    with Store.open(tmp_path / "inline.db") as store:
+        broker = Broker(store, registry, BrokerConfig(policy="fifo"))
+        broker.start()
+        server = FastPathServer(broker).start()
+        ran_on: dict[str, list[str]] = {"null": [], "aer": []}
+        original = broker._run_one
+
+        def spy(resource, task, running, inline=False):  # type: ignore[no-untyped-def]
+            ran_on[task.resource].append(threading.current_thread().name)
+            return original(resource, task, running, inline)
+
+        broker._run_one = spy  # type: ignore[method-assign]
+        try:
+            for resource in ("null", "aer"):
+                _, token = broker.open_session(
+                    user="u", account="a", resource=resource, deadline=time.time() + 60
+                )
+                with FastPathClient(server.endpoint, token, timeout=30) as client:
+                    for shots in (5, 6, 7):
+                        result = client.run(SamplerTask((bell,), shots=shots))
+                        assert isinstance(result, SamplerResult)
+                        assert sum(result.circuits[0].counts.values()) == shots
+        finally:
+            server.stop()
+            broker.stop()
+            registry.close()
+    # An unknown duration is never assumed short: a resource's first task goes to its
+    # executor. null then turns out to take 0 s, so the server runs the rest itself.
+    assert ran_on["null"][0] == "qhpc-executor-null"
+    assert set(ran_on["null"][1:]) == {"qhpc-fastpath"}
+    assert ran_on["aer"][0] == "qhpc-executor-aer"
+    assert fastpath_module.INLINE_BUDGET < 0.001

@@ -85,8 +85,11 @@ def test_returns_a_value_with_timings(pool: RuntimePool) -> None:
     assert outcome.status is ProgramStatus.COMPLETED, outcome.error
     assert outcome.return_value == {"sum": 45, "array": [0, 1, 2]}
     assert outcome.exit_code == 0 and outcome.error is None
-    assert {"start_s", "first_reply_s", "run_s", "termination_s", "total_s"} <= set(outcome.timings)
+    assert {"start_s", "first_reply_s", "run_s", "termination_s", "total_s",
+            "outcome_delivery_s"} <= set(outcome.timings)  # fmt: skip
     assert 0 < outcome.timings["start_s"] < 1.0
+    # The program's return → its outcome in the pool: part of the run, before the reap.
+    assert 0 <= outcome.timings["outcome_delivery_s"] <= outcome.timings["total_s"]
     assert outcome.resource_usage["cpu_s"] >= 0 and outcome.resource_usage["max_rss_mb"] > 0
 
 

@@ -196,7 +196,6 @@ class DirectDispatcher:
         return principal.session_id
 
     def _loop(self, conn: socket.socket, reader: FrameReader, session_id: str) -> None:
-        broker = self.broker
         with self._lock:
             stats = self._stats.setdefault(session_id, DispatchStats())
         decoder = PayloadDecoder()  # the program resends its circuits: decode them once
@@ -211,20 +210,7 @@ class DirectDispatcher:
             began = time.monotonic()
             kind, data = received
             try:
-                if kind != TASK:
-                    raise _Refused(400, f"unexpected frame kind {kind}", fatal=True)
-                try:
-                    payload = decoder.decode(data)
-                    outcome = broker.run_session_task(session_id, payload, encoded=data)
-                except PayloadError as exc:
-                    raise _Refused(422, str(exc)) from None
-                except QhpcError as exc:
-                    raise _Refused(409, str(exc)) from None
-                if outcome.result is None:
-                    why = outcome.error or "no result"
-                    raise _Refused(500, f"task {outcome.task_id} {outcome.state}: {why}")
-                conn.sendall(frame(RESULT, outcome.result))
-                qpu_s = outcome.qpu_seconds
+                qpu_s = self._run_frame(conn, decoder, session_id, kind, data)
             except _Refused as refused:
                 self._refuse(conn, refused)
                 if refused.fatal:
@@ -238,6 +224,25 @@ class DirectDispatcher:
                 if stats.first_call_at is None:
                     stats.first_call_at = began
                 stats.last_reply_at = replied
+
+    def _run_frame(
+        self, conn: socket.socket, decoder: PayloadDecoder, session_id: str, kind: int, data: bytes
+    ) -> float:
+        """Run one TASK frame and send its result; the device seconds it took."""
+        if kind != TASK:
+            raise _Refused(400, f"unexpected frame kind {kind}", fatal=True)
+        try:
+            payload = decoder.decode(data)
+            outcome = self.broker.run_session_task(session_id, payload, encoded=data)
+        except PayloadError as exc:
+            raise _Refused(422, str(exc)) from None
+        except QhpcError as exc:
+            raise _Refused(409, str(exc)) from None
+        if outcome.result is None:
+            why = outcome.error or "no result"
+            raise _Refused(500, f"task {outcome.task_id} {outcome.state}: {why}")
+        conn.sendall(frame(RESULT, outcome.result))
+        return outcome.qpu_seconds
 
     @staticmethod
     def _refuse(conn: socket.socket, refused: _Refused) -> None:

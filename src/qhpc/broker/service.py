@@ -428,7 +428,12 @@ class Broker:
             self._payloads[task.task_id] = payload
             queued = self._queued(task)
             running = None
-            if task.estimated_seconds <= inline_budget and self._may_run_now(queued, qpu):
+            # A budget needs an estimate: until the resource has completed a task, its
+            # tasks' duration is unknown (and could be long).
+            short = inline_budget == math.inf or (
+                task.resource in self._durations and task.estimated_seconds <= inline_budget
+            )
+            if short and self._may_run_now(queued, qpu):
                 running = _Running(queued)
                 self._running[task.resource] = running
             else:

@@ -321,6 +321,10 @@ class ProgramHandle:
         ended = self._kill_sent_at if self._stop_status else self._finished_seen_at
         if ended is not None:
             timings["termination_s"] = max(0.0, reaped.reaped_at - ended)
+        if finished is not None and self._finished_seen_at is not None:
+            # The program's return → its outcome in the pool (both monotonic clocks of
+            # this machine): when the broker knows how the program ended.
+            timings["outcome_delivery_s"] = max(0.0, self._finished_seen_at - finished.at)
         return timings
 
     def _finish(self) -> None:
