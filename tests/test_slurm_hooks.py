@@ -82,9 +82,11 @@ def _settings(tmp_path: Path, broker: Broker, **overrides: object) -> HookSettin
     return HookSettings(**fields)  # type: ignore[arg-type]
 
 
-def _show(limit: str = "00:10:00", account: str = "chem") -> hooks.ShowJob:
+def _show(
+    limit: str = "00:10:00", account: str = "chem", licences: str = "(null)"
+) -> hooks.ShowJob:
     def show(job_id: str) -> Mapping[str, str]:
-        return {"JobId": job_id, "TimeLimit": limit, "Account": account}
+        return {"JobId": job_id, "TimeLimit": limit, "Account": account, "Licenses": licences}
 
     return show
 
@@ -223,7 +225,9 @@ def test_bad_qpu_requests_fail_the_job_with_a_message(
     settings = _settings(tmp_path, broker)
     env = _env("103", **env_extra)
     assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
-    assert hooks.prolog(env, settings, show=_show()) == 0
+    node_env = {k: v for k, v in env.items() if k != "SLURM_JOB_LICENSES"}
+    licences = env_extra.get("SLURM_JOB_LICENSES") or "(null)"
+    assert hooks.prolog(node_env, settings, show=_show(licences=licences)) == 0
     code, exports, text = _task_prolog(_env("103"), settings.run_dir)
     assert (code, exports) == (1, {})
     assert text.startswith("print qhpc: error: no QPU session")
@@ -401,3 +405,21 @@ def test_unexpected_error_in_the_controller_prolog_still_fails_the_job_fast(
     assert hooks.prolog(env, settings, show=_show()) == 0
     code, _, text = _task_prolog(_env("111"), settings.run_dir)
     assert code == 1 and "KeyError in qhpc's PrologSlurmctld" in text
+
+
+def test_licence_alone_gets_a_session_on_the_node(tmp_path: Path, broker: Broker) -> None:
+    """-L qpu_sim without --qpu: the node's Prolog learns of the QPU from scontrol only."""
+    settings = _settings(tmp_path, broker)
+    controller_env = _env("112", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(controller_env, settings, show=_show()) == 0
+    asked: list[str] = []
+
+    def show(job_id: str) -> Mapping[str, str]:
+        asked.append(job_id)
+        return _show(licences="qpu_sim:1")(job_id)
+
+    assert hooks.prolog(_env("112"), settings, show=show) == 0  # no licences in its env
+    assert asked == ["112"]
+    code, exports, _ = _task_prolog(_env("112"), settings.run_dir)  # no SLURM_JOB_QPU either
+    assert code == 0 and exports["QHPC_RESOURCE"] == "sim"
+    assert hooks.epilog_slurmctld(controller_env, settings, write_comment=lambda j, t: None) == 0

@@ -72,10 +72,14 @@ def _log(settings: HookSettings | None, message: str, stream: TextIO | None = No
         pass
 
 
-def _job(env: Mapping[str, str], show: ShowJob) -> JobView:
-    """The job from the environment, completed by ``scontrol show job`` when needed."""
+def _job_on_node(env: Mapping[str, str], show: ShowJob) -> JobView:
+    """The job as the node's Prolog can know it.
+
+    Its environment carries ``--qpu`` (the SPANK variable) but no licences, so a job
+    that asked for its QPU with ``-L qpu_NAME`` alone shows up only in ``scontrol``.
+    """
     job = job_from_env(env)
-    if not job.wants_qpu:
+    if job.spank_qpu is not None:
         return job
     return job_from_env(env, show(job.job_id))
 
@@ -240,7 +244,7 @@ def prolog(
     if not job_id.isdigit():
         return 0
     try:
-        job = _job(env, show)
+        job = _job_on_node(env, show)
     except SlurmError as exc:
         _log(settings, f"job {job_id}: {exc}; cannot tell whether it wants a QPU")
         return 0
