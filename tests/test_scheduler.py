@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ from qhpc.broker.scheduler import (
     SessionLease,
     SessionMode,
     SessionPolicy,
+    SessionRhythm,
+    SessionRhythms,
     build_policy,
     fair_share_factors,
 )
@@ -338,6 +341,238 @@ def test_hint_rations_relief_so_a_batch_backlog_cannot_shut_sessions_out() -> No
     assert len(session_starts) >= 60 - len(starts)
 
 
+# --- session-aware backfill ----------------------------------------------------------------
+
+
+def thinking(released: float, think: float, spread: float = 0.0) -> SessionRhythm:
+    """A session whose last result went out at ``released`` and that has sent nothing since."""
+    return SessionRhythm(released_at=released, submitted_at=released - 1.0, think=think,
+                         spread=spread)  # fmt: skip
+
+
+def test_rhythms_learn_the_think_time_between_a_release_and_the_next_task() -> None:
+    rhythms = SessionRhythms(weight=0.5)
+    rhythms.submitted("s", 0.0)
+    assert not rhythms.snapshot()["s"].thinking()  # a task is out, no think time known
+    rhythms.released("s", 1.0)
+    rhythms.submitted("s", 3.0)  # thought 2 s
+    first = rhythms.snapshot()["s"]
+    assert (first.think, first.spread) == (2.0, 1.0)
+    rhythms.released("s", 4.0)
+    assert rhythms.snapshot()["s"].thinking()
+    rhythms.submitted("s", 8.0)  # thought 4 s
+    second = rhythms.snapshot()["s"]
+    assert second.think == pytest.approx(3.0)  # (2 + 4) / 2
+    assert second.spread == pytest.approx(1.5)  # (1 + |4 - 2|) / 2
+    assert not second.thinking()
+    rhythms.forget("s")
+    assert rhythms.snapshot() == {}
+    with pytest.raises(PolicyError, match="weight"):
+        SessionRhythms(weight=0.0)
+
+
+def test_rhythms_ignore_the_gaps_of_a_pipelining_client() -> None:
+    rhythms = SessionRhythms(weight=0.5)
+    rhythms.submitted("s", 0.0)
+    rhythms.submitted("s", 0.0)  # two tasks in flight: no release in between, no sample
+    rhythms.released("s", 1.0)
+    rhythms.released("s", 2.0)
+    assert rhythms.snapshot()["s"].think is None
+    rhythms.submitted("s", 2.5)
+    assert rhythms.snapshot()["s"].think == pytest.approx(0.5)  # from the latest release
+    rhythms.submitted("s", 2.6)  # no result out since 2.5: not a think time
+    assert rhythms.snapshot()["s"].think == pytest.approx(0.5)
+
+
+def test_a_batch_task_that_would_overrun_the_expected_session_task_waits() -> None:
+    policy = SessionPolicy(FifoPolicy())
+    # The session's result went out at 99 and it thinks 2 s: its next task is due at 101.
+    kw = {"sessions": [lease("s1")], "rhythms": {"s1": thinking(99.0, 2.0)}}
+    assert pick(policy, [task("long", 50, seconds=1.5)], now=100.0, **kw) is None
+    assert pick(policy, [task("short", 60, seconds=0.75)], now=100.0, **kw) == "short"
+    # A shorter task that fits goes ahead of an older one that does not.
+    both = [task("long", 50, seconds=1.5), task("short", 60, seconds=1.0)]
+    assert pick(policy, both, now=100.0, **kw) == "short"
+    # The policy before backfill, and a view without rhythms, start the oldest at once.
+    greedy = SessionPolicy(FifoPolicy(), backfill=False)
+    assert pick(greedy, both, now=100.0, **kw) == "long"
+    assert pick(policy, both, now=100.0, sessions=[lease("s1")]) == "long"
+
+
+def test_an_irregular_session_is_expected_earlier() -> None:
+    policy = SessionPolicy(FifoPolicy(), arrival_margin=1.0)
+    queue = [task("b", 50, seconds=1.0)]
+    regular = {"sessions": [lease("s1")], "rhythms": {"s1": thinking(99.0, 3.0)}}
+    irregular = {"sessions": [lease("s1")], "rhythms": {"s1": thinking(99.0, 3.0, spread=1.5)}}
+    assert pick(policy, queue, now=100.0, **regular) == "b"  # ends at 101 < 102
+    assert pick(policy, queue, now=100.0, **irregular) is None  # expected from 100.5
+
+
+def test_the_earliest_expected_session_sets_the_horizon() -> None:
+    policy = SessionPolicy(FifoPolicy())
+    sessions = [lease("s1"), lease("s2"), lease("closed", 0, deadline=90)]
+    rhythms = {
+        "s1": thinking(99.0, 5.0),  # due at 104
+        "s2": thinking(99.5, 1.0),  # due at 100.5
+        "closed": thinking(99.9, 0.1),  # not open: ignored
+    }
+    queue = [task("b1", 50, seconds=1.0), task("b2", 51, seconds=0.4)]
+    assert pick(policy, queue, now=100.0, sessions=sessions, rhythms=rhythms) == "b2"
+    assert policy.expected_arrival(
+        view(queue, 100.0, sessions=sessions, rhythms=rhythms), ["s1", "s2"]
+    ) == pytest.approx(100.5)
+
+
+def test_a_session_that_stopped_sending_is_ignored() -> None:
+    policy = SessionPolicy(FifoPolicy(), arrival_patience=2.0)
+    queue = [task("b", 50, seconds=5.0)]
+    kw = {"sessions": [lease("s1")], "rhythms": {"s1": thinking(90.0, 4.0, spread=1.0)}}
+    # Expected at 93 (think - spread); waited for until 96 (think + 2 spreads).
+    assert pick(policy, queue, now=95.0, **kw) is None
+    assert pick(policy, queue, now=96.5, **kw) == "b"
+    # A session with a task out (not thinking) or without a rhythm sets no horizon.
+    busy = SessionRhythm(released_at=90.0, submitted_at=94.0, think=4.0, spread=1.0)
+    assert pick(policy, queue, now=95.0, sessions=[lease("s1")], rhythms={"s1": busy}) == "b"
+    assert pick(policy, queue, now=95.0, sessions=[lease("s1")]) == "b"
+
+
+def test_a_starving_batch_task_starts_even_if_it_does_not_fit() -> None:
+    policy = SessionPolicy(FifoPolicy(), starvation_limit=60)
+    queue = [task("b", 30, seconds=5.0)]
+    kw = {"sessions": [lease("s1")], "rhythms": {"s1": thinking(89.0, 2.0)}}
+    assert pick(policy, queue, now=90.0, **kw) is None  # waited 60 s: not yet starving
+    assert pick(policy, queue, now=90.5, **kw) == "b"
+    # Rationed like relief before session tasks: one batch start per starvation_limit.
+    assert pick(policy, queue, now=90.5, last_batch_start=80.0, **kw) is None
+    assert pick(policy, queue, now=140.0, last_batch_start=80.0, **kw) == "b"
+
+
+def test_a_pipelining_session_takes_turns_with_the_others() -> None:
+    # s1 sent three tasks at once; s2 one, a little later. Served once (result out at 99),
+    # s1's turn comes after s2's task, which arrived at 95.
+    queue = [task("s1-b", 10, session="s1"), task("s1-c", 10.5, session="s1"),
+             task("s2-a", 95, session="s2")]  # fmt: skip
+    rhythms = {"s1": SessionRhythm(released_at=99.0, submitted_at=10.5)}
+    sessions = [lease("s1"), lease("s2")]
+    policy = SessionPolicy(FifoPolicy())
+    assert pick(policy, queue, sessions=sessions, rhythms=rhythms) == "s2-a"
+    assert pick(policy, queue, sessions=sessions) == "s1-b"  # without rhythms: oldest first
+
+
+def test_backfill_options_are_checked_and_routed() -> None:
+    policy = build_policy("fifo", reservations=False, arrival_margin=0.5, arrival_patience=3)
+    assert policy == SessionPolicy(FifoPolicy(), arrival_margin=0.5, arrival_patience=3.0)
+    assert build_policy("fifo", reservations=False, session_backfill=False) == SessionPolicy(
+        FifoPolicy(), backfill=False
+    )
+    with pytest.raises(PolicyError, match="arrival_margin"):
+        build_policy("fifo", sessions=False, arrival_margin=1.0)
+    with pytest.raises(PolicyError, match="non-negative"):
+        SessionPolicy(FifoPolicy(), arrival_patience=-1.0)
+
+
+def backfill_trace(
+    policy: SessionPolicy, think: Sequence[float], batch_seconds: Sequence[float]
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """One session (task 0.5 s, then ``think[i]``) and a batch backlog on one QPU.
+
+    The broker's loop in small: ask the policy whenever the QPU is free, and every
+    0.1 s while it leaves it idle. Returns each session task's wait and the batch
+    tasks' (start, end).
+    """
+    rhythms = SessionRhythms()
+    sessions = [lease("s1")]
+    queue = [task(f"b{i}", 0.0, seconds=s) for i, s in enumerate(batch_seconds)]
+    now, free_at, last_batch = 0.0, 0.0, None
+    arrivals = list(itertools.accumulate([0.0, *think]))  # relative to the previous release
+    next_arrival: float | None = 0.0
+    iteration, waits, batch_runs = 0, [], []
+    session_submitted = math.nan
+    while iteration < len(arrivals):
+        if next_arrival is not None and next_arrival <= now:
+            rhythms.submitted("s1", next_arrival)
+            queue.append(task(f"s{iteration}", next_arrival, session="s1", seconds=0.5))
+            session_submitted, next_arrival = next_arrival, None
+        if now >= free_at:
+            chosen = policy.next_task(
+                SchedulingView(now, QPU, queue, sessions, last_batch_start=last_batch,
+                               rhythms=rhythms.snapshot())
+            )  # fmt: skip
+            if chosen is not None:
+                queue.remove(chosen)
+                free_at = now + chosen.estimated_seconds
+                if chosen.session_id is None:
+                    last_batch = now
+                    batch_runs.append((now, free_at))
+                else:
+                    waits.append(now - session_submitted)
+                    rhythms.released("s1", free_at)
+                    iteration += 1
+                    if iteration < len(arrivals):
+                        next_arrival = free_at + think[iteration - 1]
+        events = [t for t in (free_at, next_arrival) if t is not None and t > now]
+        now = min([*events, now + 0.1])
+    return waits, batch_runs
+
+
+def test_backfill_keeps_a_session_waiting_less_than_greedy_filling() -> None:
+    think = [1.0 + 0.05 * (i % 3) for i in range(40)]
+    backlog = [0.3, 0.8] * 30
+    waits, runs = backfill_trace(SessionPolicy(FifoPolicy()), think, backlog)
+    greedy_waits, greedy_runs = backfill_trace(SessionPolicy(FifoPolicy(), backfill=False),
+                                               think, backlog)  # fmt: skip
+    assert sum(greedy_waits) > 5 * sum(waits)
+    assert runs and greedy_runs  # batch work progresses in both
+
+
+# --- properties of backfill ----------------------------------------------------------------
+
+
+@st.composite
+def backfill_views(draw: st.DrawFn) -> SchedulingView:
+    now = 100.0
+    sessions = [lease(sid) for sid in SESSION_IDS]
+    batch = [
+        task(f"b{i}", draw(st.floats(0, 100)), seconds=draw(st.floats(0, 10)))
+        for i in range(draw(st.integers(1, 8)))
+    ]
+    rhythms = {
+        sid: SessionRhythm(
+            released_at=draw(st.floats(80, 100)),
+            submitted_at=draw(st.none() | st.floats(60, 100)),
+            think=draw(st.none() | st.floats(0, 15)),
+            spread=draw(st.floats(0, 5)),
+        )
+        for sid in draw(st.lists(st.sampled_from(SESSION_IDS), max_size=3, unique=True))
+    }
+    return view(batch, now, sessions=sessions, rhythms=rhythms,
+                last_batch_start=draw(st.none() | st.floats(0, 100)))  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(view=backfill_views(), limit=st.sampled_from([20.0, 60.0, math.inf]))
+def test_backfill_never_starts_a_batch_task_that_overruns_unless_it_starves(
+    view: SchedulingView, limit: float
+) -> None:
+    policy = SessionPolicy(FairSharePolicy(), starvation_limit=limit)
+    horizon = policy.expected_arrival(view, [s.session_id for s in view.sessions])
+    chosen = policy.next_task(view)
+    fits = [t for t in view.queue if view.now + t.estimated_seconds <= horizon]
+    if chosen is None:
+        assert not fits  # idle only when nothing fits
+        return
+    if view.now + chosen.estimated_seconds > horizon:
+        # Only starvation relief may overrun: the oldest task, waited past the limit, rationed.
+        oldest = min(view.queue, key=lambda t: (t.submitted_at, t.task_id))
+        assert chosen == oldest and not fits
+        assert view.now - chosen.submitted_at > limit
+        last = view.last_batch_start
+        assert last is None or view.now - last >= limit
+    else:
+        # Among those that fit, the base policy chooses.
+        assert chosen == FairSharePolicy().next_task(replace(view, queue=fits))
+
+
 # --- reservations --------------------------------------------------------------------------
 
 
@@ -513,6 +748,15 @@ def views(draw: st.DrawFn) -> SchedulingView:
         usage=draw(st.dictionaries(ACCOUNTS, st.floats(0, 1e4))),
         shares=draw(st.dictionaries(ACCOUNTS, st.floats(0, 5))),
         last_batch_start=draw(st.none() | TIMES),
+        rhythms={
+            sid: SessionRhythm(
+                draw(TIMES),
+                draw(st.none() | TIMES),
+                draw(st.none() | TIMES),
+                draw(st.floats(0, 10)),
+            )
+            for sid in draw(st.lists(st.sampled_from(SESSION_IDS), max_size=3, unique=True))
+        },
     )
 
 
@@ -530,6 +774,7 @@ def test_policies_answer_with_a_queued_task_deterministically(
         usage=view.usage,
         shares=view.shares,
         last_batch_start=view.last_batch_start,
+        rhythms=view.rhythms,
     )
     on_resource = [t for t in view.queue if t.resource == view.resource]
     for policy in ALL_POLICIES:

@@ -24,6 +24,8 @@ from qhpc.broker.scheduler import (
     SessionLease,
     SessionMode,
     SessionPolicy,
+    SessionRhythm,
+    SessionRhythms,
     build_policy,
 )
 from qhpc.broker.usage import UsageTracker
@@ -45,6 +47,8 @@ __all__ = [
     "SessionLease",
     "SessionMode",
     "SessionPolicy",
+    "SessionRhythm",
+    "SessionRhythms",
     "UsageTracker",
     "build_policy",
     "entry_points",

@@ -70,11 +70,88 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class SessionRhythm:
+    """The pace of one session as the broker saw it: the hybrid loop's think time.
+
+    ``released_at``: when the broker last released one of the session's results;
+    ``submitted_at``: when the session last submitted a task; ``think``: an
+    exponentially weighted mean of the gaps *result released → next task
+    submitted* (None before the first), ``spread`` the same mean of the gaps'
+    absolute deviation from ``think`` (how irregular the loop is).
+    """
+
+    released_at: float | None = None
+    submitted_at: float | None = None
+    think: float | None = None
+    spread: float = 0.0
+
+    def thinking(self) -> bool:
+        """Its latest task's result is out and it has sent nothing since."""
+        return (
+            self.released_at is not None
+            and self.think is not None
+            and (self.submitted_at is None or self.submitted_at <= self.released_at)
+        )
+
+
+class SessionRhythms:
+    """Learns each session's think time from its submissions and released results.
+
+    Pure bookkeeping (times are passed in), O(1) per event; the broker and the
+    simulator call :meth:`submitted` when a session task arrives and
+    :meth:`released` when its result is handed back, and put :meth:`snapshot`
+    into every :class:`SchedulingView`. A gap is measured only when the session
+    had a result released after its previous submission, so a client that
+    pipelines several tasks does not teach a think time of zero.
+    """
+
+    def __init__(self, weight: float = 0.25) -> None:
+        if not 0 < weight <= 1:
+            raise PolicyError(f"weight must be in (0, 1], got {weight!r}")
+        self.weight = weight
+        self._rhythms: dict[str, SessionRhythm] = {}
+
+    def submitted(self, session_id: str, at: float) -> None:
+        old = self._rhythms.get(session_id)
+        if old is None:
+            self._rhythms[session_id] = SessionRhythm(submitted_at=at)
+            return
+        think, spread = old.think, old.spread
+        released = old.released_at
+        if released is not None and (old.submitted_at is None or old.submitted_at <= released):
+            gap = max(0.0, at - released)
+            if think is None:
+                think, spread = gap, gap / 2  # one sample: assume a loose rhythm
+            else:
+                w = self.weight
+                spread = (1 - w) * spread + w * abs(gap - think)
+                think = (1 - w) * think + w * gap
+        self._rhythms[session_id] = SessionRhythm(released, at, think, spread)
+
+    def released(self, session_id: str, at: float) -> None:
+        old = self._rhythms.get(session_id)
+        if old is None:
+            self._rhythms[session_id] = SessionRhythm(released_at=at)
+        else:
+            self._rhythms[session_id] = SessionRhythm(at, old.submitted_at, old.think, old.spread)
+
+    def forget(self, session_id: str) -> None:
+        self._rhythms.pop(session_id, None)
+
+    def snapshot(self) -> dict[str, SessionRhythm]:
+        """Every session seen, as a ``SchedulingView.rhythms`` mapping."""
+        return dict(self._rhythms)
+
+
+@dataclass(frozen=True)
 class SchedulingView:
     """Everything a policy may look at, for one free resource at time ``now``.
 
     ``last_batch_start`` (optional) is when a non-session task last started on
     this resource; with it, :class:`SessionPolicy` rations starvation relief.
+    ``rhythms`` (optional) are the sessions' learnt think times, from
+    :class:`SessionRhythms`; with them, :class:`SessionPolicy` backfills only
+    batch tasks that end before the next session task is expected.
     """
 
     now: float
@@ -85,6 +162,7 @@ class SchedulingView:
     usage: Mapping[str, float] = field(default_factory=dict)
     shares: Mapping[str, float] = field(default_factory=dict)
     last_batch_start: float | None = None
+    rhythms: Mapping[str, SessionRhythm] = field(default_factory=dict)
 
 
 class Policy(Protocol):
@@ -201,17 +279,33 @@ class FairSharePolicy:
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    """Session tasks jump the queue; ``batch`` fills the gaps.
+    """Session tasks jump the queue; ``batch`` fills the gaps that fit.
 
-    Multiplex: tasks of open multiplex sessions run first, oldest first across
-    sessions. A task whose session is not open counts as batch. Starvation
-    freedom: while session tasks wait, the oldest batch task goes first once it
-    has waited more than ``starvation_limit``, so under constant session load a
-    batch task starts within ``starvation_limit + (k + 1) * D`` of submission (D
-    the longest task, k the older batch tasks still queued then). When the view
-    carries ``last_batch_start``, relief is rationed to one batch start per
+    Multiplex: tasks of open multiplex sessions run first. Across sessions the
+    one whose turn came first goes: a session's turn starts when its oldest
+    waiting task arrived or, if later, when its last result was released (so a
+    session that pipelines tasks takes turns with the others instead of running
+    all its tasks first). A task whose session is not open counts as batch.
+
+    Backfill (``backfill``, on by default): when no session task waits, a batch
+    task starts only if its ``estimated_seconds`` end before the earliest
+    *expected* next task of a thinking session; otherwise a shorter one that fits
+    starts (``batch`` chooses among those), or the QPU stays idle for the short
+    gap. A session's next task is expected ``think - arrival_margin * spread``
+    after its last result was released (its :class:`SessionRhythm`, learnt by the
+    broker); a session that has sent nothing for ``think + arrival_patience *
+    max(spread, think / 10)`` is ignored (it stopped sending, or its classical
+    phase is unusually long), and so is a session without a rhythm yet.
+
+    Starvation freedom: the oldest batch task goes first — before waiting session
+    tasks, or whether or not it fits — once it has waited more than
+    ``starvation_limit``, so under constant session load a batch task starts
+    within ``starvation_limit + (k + 1) * D`` of submission (D the longest task, k
+    the older batch tasks still queued then). When the view carries
+    ``last_batch_start``, relief is rationed to one batch start per
     ``starvation_limit`` so an old batch backlog cannot shut sessions out; the
-    bound becomes ``(k + 1) * (starvation_limit + D)``.
+    bound becomes ``(k + 1) * (starvation_limit + D)`` for batch work as a whole
+    (a task longer than every gap may then wait while shorter ones fill them).
 
     Exclusive: while an exclusive session is open, only the earliest-opened one's
     tasks may run, and the QPU idles (None) when it has none queued.
@@ -219,9 +313,14 @@ class SessionPolicy:
 
     batch: Policy
     starvation_limit: float = 60.0
+    backfill: bool = True
+    arrival_margin: float = 1.0
+    arrival_patience: float = 2.0
 
     def __post_init__(self) -> None:
         _non_negative("starvation_limit", self.starvation_limit)
+        _non_negative("arrival_margin", self.arrival_margin, finite=True)
+        _non_negative("arrival_patience", self.arrival_patience, finite=True)
 
     @property
     def name(self) -> str:
@@ -240,12 +339,57 @@ class SessionPolicy:
         batch: list[QueuedTask] = []
         for task in tasks:
             (session_tasks if task.session_id in open_ids else batch).append(task)
-        if not session_tasks:
-            return self.batch.next_task(replace(view, queue=batch)) if batch else None
+        if not batch:
+            return self._next_session_task(view, session_tasks)
         oldest_batch = _oldest(batch)
-        if oldest_batch is not None and self._relieves(view, oldest_batch):
-            return oldest_batch
-        return _oldest(session_tasks)
+        assert oldest_batch is not None
+        if session_tasks:
+            if self._relieves(view, oldest_batch):
+                return oldest_batch
+            return self._next_session_task(view, session_tasks)
+        horizon = self.expected_arrival(view, open_ids) if self.backfill else math.inf
+        if horizon < math.inf:
+            fitting = [t for t in batch if now + t.estimated_seconds <= horizon]
+            if len(fitting) < len(batch):
+                if not fitting:
+                    return oldest_batch if self._relieves(view, oldest_batch) else None
+                batch = fitting
+        return self.batch.next_task(replace(view, queue=batch))
+
+    def expected_arrival(self, view: SchedulingView, session_ids: Iterable[str]) -> float:
+        """The earliest time a task of one of ``session_ids`` is expected (inf: none is)."""
+        now, earliest = view.now, math.inf
+        for session_id in session_ids:
+            rhythm = view.rhythms.get(session_id)
+            if rhythm is None or not rhythm.thinking():
+                continue
+            assert rhythm.released_at is not None and rhythm.think is not None
+            think, spread = rhythm.think, rhythm.spread
+            patience = self.arrival_patience * max(spread, think / 10)
+            if now > rhythm.released_at + think + patience:
+                continue  # it stopped sending, or thinks much longer than usual
+            expected = rhythm.released_at + max(0.0, think - self.arrival_margin * spread)
+            earliest = min(earliest, expected)
+        return earliest
+
+    def _next_session_task(
+        self, view: SchedulingView, session_tasks: list[QueuedTask]
+    ) -> QueuedTask | None:
+        oldest: dict[str, QueuedTask] = {}
+        for task in session_tasks:
+            sid = task.session_id
+            assert sid is not None
+            held = oldest.get(sid)
+            if held is None or _arrival(task) < _arrival(held):
+                oldest[sid] = task
+
+        def turn(task: QueuedTask) -> tuple[float, float, str]:
+            rhythm = view.rhythms.get(task.session_id or "")
+            served = rhythm.released_at if rhythm is not None else None
+            start = task.submitted_at if served is None else max(task.submitted_at, served)
+            return (start, *_arrival(task))
+
+        return min(oldest.values(), key=turn, default=None)
 
     def _relieves(self, view: SchedulingView, task: QueuedTask) -> bool:
         if view.now - task.submitted_at <= self.starvation_limit:
@@ -316,18 +460,27 @@ _BASES: dict[str, Callable[..., Policy]] = {
 
 
 def build_policy(
-    name: str, *, sessions: bool = True, reservations: bool = True, **options: float
+    name: str,
+    *,
+    sessions: bool = True,
+    reservations: bool = True,
+    session_backfill: bool = True,
+    **options: float,
 ) -> Policy:
     """Build ``ReservationPolicy(SessionPolicy(base))`` (wrappers optional) by base name.
 
     Options go where they belong: ``age_weight`` to the base (not fifo),
-    ``starvation_limit`` to the session wrapper, ``backfill_slack`` to the reservation one.
+    ``starvation_limit``, ``arrival_margin`` and ``arrival_patience`` to the session
+    wrapper (``session_backfill=False``: batch fills gaps without looking at the
+    sessions' rhythm, the policy before backfill), ``backfill_slack`` to the
+    reservation one.
     """
     key = name.strip().lower()
     if key not in POLICIES:
         raise PolicyError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)}")
     takes = [] if key == "fifo" else ["age_weight"]
-    takes += ["starvation_limit"] if sessions else []
+    session_options = ["starvation_limit", "arrival_margin", "arrival_patience"]
+    takes += session_options if sessions else []
     takes += ["backfill_slack"] if reservations else []
     unknown = sorted(set(options) - set(takes))
     if unknown:
@@ -347,7 +500,8 @@ def build_policy(
 
     policy = _BASES[key](**only("age_weight"))
     if sessions:
-        policy = SessionPolicy(policy, **only("starvation_limit"))
+        chosen = {o: values[o] for o in session_options if o in values}
+        policy = SessionPolicy(policy, backfill=session_backfill, **chosen)
     if reservations:
         policy = ReservationPolicy(policy, **only("backfill_slack"))
     return policy

@@ -31,6 +31,7 @@ from qhpc.broker.scheduler import (
     SchedulingView,
     SessionLease,
     SessionMode,
+    SessionRhythms,
     build_policy,
 )
 from qhpc.broker.usage import UsageTracker
@@ -72,6 +73,8 @@ class BrokerError(QhpcError):
 class BrokerConfig:
     policy: str = "fairshare"
     starvation_limit: float = 60.0
+    #: batch tasks start only if they end before a session's next task is expected
+    session_backfill: bool = True
     fairshare_half_life: float = 7 * 24 * 3600.0
     max_tasks_per_job: int = 10_000
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
@@ -126,9 +129,12 @@ class Broker:
         self.config = config or BrokerConfig()
         self.clock = clock
         self.policy: Policy = build_policy(
-            self.config.policy, starvation_limit=self.config.starvation_limit
-        )
+            self.config.policy, starvation_limit=self.config.starvation_limit,
+            session_backfill=self.config.session_backfill,
+        )  # fmt: skip
         self.usage = UsageTracker(self.config.fairshare_half_life)
+        #: each session's think time, learnt from its submissions and released results
+        self.rhythms = SessionRhythms()
         self.access = Access(store, clock)
         self._session_counts: dict[str, int] = {}
         self.journal = Journal(
@@ -375,6 +381,7 @@ class Broker:
                 raise BrokerError(f"session {session_id} is closed")
             self._in_flight[task.task_id] = task
             self._payloads[task.task_id] = payload
+            self.rhythms.submitted(session_id, task.submitted_at)
             self._enqueue(task)
             self._cond.notify_all()
         return task.task_id
@@ -426,6 +433,7 @@ class Broker:
                 raise BrokerError(f"session {session_id} is closed")
             self._in_flight[task.task_id] = task
             self._payloads[task.task_id] = payload
+            self.rhythms.submitted(session_id, task.submitted_at)
             queued = self._queued(task)
             running = None
             # A budget needs an estimate: until the resource has completed a task, its
@@ -520,6 +528,7 @@ class Broker:
         self.store.close_session(session_id, now)
         with self._cond:
             self._open_sessions.pop(session_id, None)
+            self.rhythms.forget(session_id)
         self.store.revoke_session_tokens(session_id, now)
         self.cancel(session_id)
         self._wait_idle(session_id)
@@ -660,7 +669,7 @@ class Broker:
             view = SchedulingView(
                 now=now, resource=resource, queue=list(remaining.values()),
                 sessions=view_base.sessions, reservations=view_base.reservations,
-                usage=view_base.usage, shares=view_base.shares,
+                usage=view_base.usage, shares=view_base.shares, rhythms=view_base.rhythms,
             )  # fmt: skip
             task = self.policy.next_task(view) or min(
                 remaining.values(), key=lambda t: t.submitted_at
@@ -754,6 +763,7 @@ class Broker:
             reservations=[r for r in reservations if r.resource == resource],
             usage=usage, shares=shares,
             last_batch_start=self._last_batch_start.get(resource),
+            rhythms=self.rhythms.snapshot(),
         )  # fmt: skip
 
     def _next(self, resource_name: str, resource: QuantumResource) -> QueuedTask | None:
@@ -863,6 +873,8 @@ class Broker:
             return
         task_id = task.task_id
         with self._cond:
+            if task.session_id is not None:
+                self.rhythms.released(task.session_id, self.clock())
             if task_id not in self._in_flight:
                 return  # committed (and signalled) already
             self._unstored[task_id] = outcome  # shown final from memory (_visible)

@@ -4,9 +4,12 @@ The broker's own policy objects decide (``qhpc.broker.build_policy``, the same
 call the live broker makes), from :class:`~qhpc.broker.SchedulingView`\\ s built
 the way the broker builds them: pending :class:`~qhpc.broker.QueuedTask`\\ s,
 open :class:`~qhpc.broker.SessionLease`\\ s, decayed usage from the broker's
-:class:`~qhpc.broker.UsageTracker`, the accounts' shares and the last batch
-start. Like the broker's executor, the simulator asks the policy whenever the
-QPU is free and online, runs one task at a time (not preemptible), charges the
+:class:`~qhpc.broker.UsageTracker`, the accounts' shares, the last batch
+start and the sessions' rhythms (:class:`~qhpc.broker.SessionRhythms`, fed as
+the broker feeds it: a session task submitted, its result released). Like the
+broker's executor, the simulator asks the policy whenever the QPU is free and
+online, and again every ``RECHECK`` seconds while the policy leaves it idle
+with work queued, runs one task at a time (not preemptible), charges the
 task's device time to its account when it ends, and starts nothing while the
 QPU calibrates (a running task is not interrupted: the emulator's rule).
 
@@ -36,6 +39,7 @@ from qhpc.broker import (
     SchedulingView,
     SessionLease,
     SessionMode,
+    SessionRhythms,
     UsageTracker,
     build_policy,
 )
@@ -44,6 +48,9 @@ from qhpc.study.modes import Mode, Strategy, grant_capacity, start_batch, start_
 from qhpc.study.workload import Environment, QpuModel, Scenario, Workload
 
 RESOURCE = "qpu"
+#: while the policy leaves the QPU idle with work queued, the broker's executor
+#: asks again this often (its wait timeout): time-based rules may change the answer
+RECHECK = 0.5
 
 
 @dataclass
@@ -151,6 +158,7 @@ class Engine:
         self.capacity = grant_capacity
         self.now = 0.0
         self.usage = UsageTracker(environment.fairshare_half_life)
+        self.rhythms = SessionRhythms()
         self.decisions = 0
         self.tasks: list[TaskRun] = []
         self.iterations: list[IterationRun] = []
@@ -162,6 +170,7 @@ class Engine:
         self._sessions: dict[str, SessionLease] = {}
         self._busy = False
         self._wake_at: float | None = None
+        self._recheck_at: float | None = None
         self._last_batch_start: float | None = None
         self._grants_waiting: list[_Grant] = []
         self._grants_held: set[str] = set()
@@ -204,6 +213,7 @@ class Engine:
 
     def close_session(self, session_id: str) -> None:
         del self._sessions[session_id]
+        self.rhythms.forget(session_id)
 
     def submit(
         self,
@@ -234,6 +244,8 @@ class Engine:
                     record.done_at = self.now
                 done()
 
+        if session is not None:
+            self.rhythms.submitted(session, self.now)
         for circuits in circuits_per_task:
             task_id = f"t{next(self._ids):08d}"
             duration = self.qpu.duration(circuits, shots)
@@ -301,10 +313,14 @@ class Engine:
             now=self.now, resource=RESOURCE, queue=list(self._queue.values()),
             sessions=list(self._sessions.values()), usage=self.usage.snapshot(self.now),
             shares=self.shares, last_batch_start=self._last_batch_start,
+            rhythms=self.rhythms.snapshot(),
         )  # fmt: skip
         self.decisions += 1
         task = self.policy.next_task(view)
         if task is None:
+            if self._recheck_at is None or self._recheck_at <= self.now:
+                self._recheck_at = self.now + RECHECK
+                self.at(self._recheck_at, lambda: None)
             return
         del self._queue[task.task_id]
         if task.session_id is None:
@@ -318,6 +334,8 @@ class Engine:
         run.finished_at = self.now
         self._busy = False
         self.usage.record(task.account, run.duration, self.now)
+        if task.session_id is not None:
+            self.rhythms.released(task.session_id, self.now)
         callback = self._callbacks.pop(task.task_id)
         if run.session or run.iteration is not None:
             # A live client receives the result one round trip later.
@@ -336,12 +354,25 @@ class Engine:
 
 
 def simulate(
-    scenario: Scenario, strategy: Strategy, workload: Workload | None = None
+    scenario: Scenario,
+    strategy: Strategy,
+    workload: Workload | None = None,
+    *,
+    backfill: bool = True,
+    **policy_options: float,
 ) -> SimulationResult:
-    """Run ``workload`` (default: the scenario's own draw) under ``strategy``."""
+    """Run ``workload`` (default: the scenario's own draw) under ``strategy``.
+
+    ``backfill=False`` runs the broker's session policy without session-aware
+    backfill (the policy before it); ``policy_options`` go to ``build_policy``.
+    """
     workload = workload or scenario.materialise()
     env = scenario.environment
-    policy = build_policy(strategy.base_policy, starvation_limit=env.starvation_limit)
+    options = {"starvation_limit": env.starvation_limit, **policy_options}
+    policy = build_policy(
+        strategy.base_policy, sessions=True, reservations=True, session_backfill=backfill,
+        **options,
+    )  # fmt: skip
     grant_policy: Policy = FairSharePolicy() if strategy.fairshare else FifoPolicy()
     shares = {a: float(scenario.shares.get(a, 1.0)) for a in workload.accounts()}
     engine = Engine(
