@@ -29,17 +29,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# The store's tests run against SQLite and a private PostgreSQL cluster
-# (scripts/postgres.sh); the cluster is stopped afterwards only if this target started it.
-# Where PostgreSQL cannot be started the PostgreSQL tests are skipped, except under CI.
+# The store's tests run against SQLite and a private PostgreSQL cluster (scripts/postgres.sh),
+# the Slurm integration tests (tests/slurm) against a one-host Slurm cluster (scripts/slurm.sh,
+# needs root). Each is stopped afterwards only if this target started it. Where one cannot be
+# started its tests are skipped, except under CI, where that is an error.
 unit: $(STAMP)
 	was=$$(bash scripts/postgres.sh status 2>/dev/null || true); \
 	if ! url=$$(bash scripts/postgres.sh start); then \
 		if [ "$${CI:-}" = true ]; then exit 1; fi; \
 		echo "make unit: PostgreSQL did not start; skipping its tests" >&2; url=; \
 	fi; \
-	rc=0; QHPC_TEST_POSTGRES_URL=$$url $(PY) -m pytest || rc=$$?; \
+	slurm_was=$$(bash scripts/slurm.sh status 2>/dev/null || true); slurm=; \
+	if bash scripts/slurm.sh start >/dev/null; then slurm=1; \
+	elif [ "$${CI:-}" = true ]; then exit 1; \
+	else echo "make unit: Slurm did not start (needs root); skipping its tests" >&2; fi; \
+	rc=0; QHPC_TEST_POSTGRES_URL=$$url QHPC_TEST_SLURM=$$slurm $(PY) -m pytest || rc=$$?; \
 	if [ -n "$$url" ] && [ "$$was" != running ]; then bash scripts/postgres.sh stop; fi; \
+	if [ -n "$$slurm" ] && [ "$$slurm_was" != running ]; then bash scripts/slurm.sh stop; fi; \
 	exit $$rc
 
 clean:

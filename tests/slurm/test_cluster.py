@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,8 +27,14 @@ REST = "http://127.0.0.1:6820"
 JOB_TIMEOUT = 120
 
 
+# Jobs write their slurm-N.out into the current directory: keep them out of the checkout.
+JOB_OUTPUT_DIR = tempfile.mkdtemp(prefix="qhpc-slurm-jobs-")
+
+
 def run(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, cwd=JOB_OUTPUT_DIR
+    )
     if check and done.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {done.returncode}\nstdout: {done.stdout}\n"
