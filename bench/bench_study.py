@@ -50,8 +50,9 @@ def print_report(report: dict[str, object]) -> None:
     print("\ngoals")
     for goal in goals:
         mark = "reached" if goal["reached"] else "MISSED"
+        where = goal["scenario"] + (f", K={goal['licences']}" if goal.get("licences") else "")
         print(
-            f"  {goal['scenario']:12s} {goal['goal']:52s} {goal['value']:.3f} "
+            f"  {where:17s} {goal['goal']:52s} {goal['value']:.3f} "
             f"{goal['comparison']} {goal['target']:g}  {mark}"
         )
 

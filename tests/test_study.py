@@ -368,6 +368,13 @@ def test_quick_study_writes_a_json_report_and_plots(
     for data in report["scenarios"].values():
         assert set(data["runs"]) == {s.key for s in STRATEGIES}
     assert {g["goal"] for g in report["goals"]} >= {"Jain fairness, equal shares"}
+    for name, data in report["scenarios"].items():
+        assert data["greedy_multiplex"]["strategy"] == "multiplex+fairshare", name
+        sweep = report["licence_sweep"][name]
+        assert 0 < sweep["duty_cycle"] < 1
+        assert sweep["rows"][0]["licences"] == 1
+        assert all({"latency_ratio", "makespan_ratio"} <= set(r["greedy"]) for r in sweep["rows"])
+        assert len(sweep["settings"]["rows"]) == 6
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert "gantt-vqe-heavy.png" in pngs and "latency-two-centres.png" in pngs
     assert "fairness.png" in pngs

@@ -123,7 +123,8 @@ def _print_study(report: dict[str, object]) -> None:
         table.add_column(column)
     for g in goals:
         table.add_row(
-            g["scenario"], g["goal"], f"{g['value']:.3f}", f"{g['comparison']} {g['target']:g}",
+            g["scenario"] + (f" (K={g['licences']})" if g.get("licences") else ""), g["goal"],
+            f"{g['value']:.3f}", f"{g['comparison']} {g['target']:g}",
             "[green]yes[/]" if g["reached"] else "[red]no[/]",
         )  # fmt: skip
     out.print(table)

@@ -1,9 +1,12 @@
 """Run the study over scenarios and strategies, and write it as one JSON report.
 
 The report holds each scenario's definition (so a figure can be traced to its
-inputs), the metrics of every strategy, the ratios the goals are stated in, a
-sweep of the licence count on the VQE-heavy scenario, and each goal with its
-value and whether it is reached.
+inputs), the metrics of every strategy, the ratios the goals are stated in,
+multiplex with the broker's session policy before session-aware backfill (batch
+fills every gap) for comparison, a sweep of the licence count on every scenario
+(both policies), the hybrid jobs' duty cycle, and each goal with its value and
+whether it is reached — at the scenario's licence count and, where the latency
+goal needs another, at the largest count that reaches it.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from qhpc.study.workload import SCENARIOS, Scenario
 QUICK_SCALE = 0.25
 QHPC = Strategy(Mode.MULTIPLEX, fairshare=True)
 EXCLUSIVE = Strategy(Mode.EXCLUSIVE, fairshare=True)
-SWEEP_SCENARIO = "vqe-heavy"
 SWEEP_LICENCES = (1, 2, 3, 4, 6, 8)
+LATENCY_TARGET = 1.1
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Goal:
     value: float
     target: float
     at_most: bool  # the value must be <= target (else >=)
+    licences: int | None = None  # None: the scenario's own licence count
 
     @property
     def reached(self) -> bool:
@@ -53,6 +57,7 @@ class Goal:
             "target": self.target,
             "comparison": "<=" if self.at_most else ">=",
             "reached": self.reached,
+            "licences": self.licences,
         }
 
 
@@ -62,6 +67,8 @@ class ScenarioRun:
     scale: float
     results: dict[str, SimulationResult]
     metrics: dict[str, Metrics]
+    #: multiplex (fair share) with the session policy before session-aware backfill
+    greedy: Metrics | None = None
 
 
 Progress = Callable[[str], None]
@@ -84,27 +91,102 @@ def run_scenario(
         result = simulate(scenario, strategy, workload)
         results[strategy.key] = result
         metrics[strategy.key] = measure(result)
-    return ScenarioRun(scenario, scale, results, metrics)
+    greedy = None
+    if QHPC in strategies:
+        greedy = measure(simulate(scenario, QHPC, workload, backfill=False))
+    return ScenarioRun(scenario, scale, results, metrics, greedy)
 
 
-def licence_sweep(scenario: Scenario, quick: bool = False) -> list[dict[str, float]]:
-    """Multiplex (fair share) with 1..8 licences against exclusive reservation."""
-    workload = scenario.materialise(scale=QUICK_SCALE if quick else 1.0)
-    base = measure(simulate(scenario, EXCLUSIVE, workload))
-    rows = []
-    for licences in SWEEP_LICENCES:
+def duty_cycle(result: SimulationResult) -> float:
+    """Mean over hybrid jobs of QPU seconds / run time (from grant to last result)."""
+    qpu: dict[str, float] = {}
+    for task in result.tasks:
+        qpu[task.job_id] = qpu.get(task.job_id, 0.0) + task.duration
+    cycles = [
+        qpu.get(j.job_id, 0.0) / (j.finished_at - j.started_at)
+        for j in result.jobs
+        if j.kind == "hybrid" and j.finished_at > j.started_at
+    ]
+    return sum(cycles) / len(cycles) if cycles else math.nan
+
+
+def _ratios(m: Metrics, base: Metrics) -> dict[str, float]:
+    return {
+        "makespan_ratio": m.makespan / base.makespan,
+        "latency_ratio": m.iteration_latency_mean / base.iteration_latency_mean,
+        "utilisation_waiting": m.utilisation_waiting,
+        "utilisation": m.utilisation,
+        "jain": m.jain,
+    }
+
+
+def licence_sweep(run: ScenarioRun) -> dict[str, Any]:
+    """Multiplex (fair share) with 1..8 licences against exclusive reservation, with the
+    session policy as built and before session-aware backfill (``greedy``).
+
+    Counts above the number of hybrid jobs change nothing and are left out, except
+    the scenario's own count.
+    """
+    scenario = run.scenario
+    workload = scenario.materialise(scale=run.scale)
+    base = run.metrics.get(EXCLUSIVE.key) or measure(simulate(scenario, EXCLUSIVE, workload))
+    exclusive = run.results.get(EXCLUSIVE.key) or simulate(scenario, EXCLUSIVE, workload)
+    own = scenario.environment.licences
+    counts = sorted({k for k in SWEEP_LICENCES if k <= len(workload.hybrid)} | {own})
+    rows: list[dict[str, Any]] = []
+    for licences in counts:
         variant = replace(scenario, environment=replace(scenario.environment, licences=licences))
-        m = measure(simulate(variant, QHPC, workload))
-        rows.append(
-            {
-                "licences": licences,
-                "makespan_ratio": m.makespan / base.makespan,
-                "latency_ratio": m.iteration_latency_mean / base.iteration_latency_mean,
-                "utilisation_waiting": m.utilisation_waiting,
-                "utilisation": m.utilisation,
-            }
-        )
+        aware = measure(simulate(variant, QHPC, workload))
+        greedy = measure(simulate(variant, QHPC, workload, backfill=False))
+        rows.append({"licences": licences, **_ratios(aware, base), "greedy": _ratios(greedy, base)})
+    best = recommended_licences({"rows": rows}) or 1
+    return {
+        "licences": own,
+        "duty_cycle": duty_cycle(exclusive),
+        "rows": rows,
+        "settings": {"licences": best, "rows": backfill_settings(run, best)},
+    }
+
+
+#: session-policy settings compared at one licence count: (label, simulate options)
+BACKFILL_SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("before session-aware backfill", {"backfill": False}),
+    ("utilisation first (margin 0, patience 0)", {"arrival_margin": 0.0, "arrival_patience": 0.0}),
+    ("latency first (the default: margin 1, patience 2)", {}),
+)
+#: the what-if of splitting every batch task into this many shot chunks (not built)
+WHAT_IF_CHUNKS = 4
+
+
+def backfill_settings(run: ScenarioRun, licences: int) -> list[dict[str, Any]]:
+    """Multiplex (fair share) at ``licences`` with each of ``BACKFILL_SETTINGS``, and the
+    same with every batch task split into ``WHAT_IF_CHUNKS`` shot chunks (each chunk
+    pays the task overhead): what chunking in the broker would buy."""
+    scenario = run.scenario
+    variant = replace(scenario, environment=replace(scenario.environment, licences=licences))
+    workload = scenario.materialise(scale=run.scale)
+    chunked = replace(
+        workload,
+        batch=tuple(
+            replace(
+                b, circuits=b.circuits * WHAT_IF_CHUNKS, shots=max(1, b.shots // WHAT_IF_CHUNKS)
+            )
+            for b in workload.batch
+        ),
+    )
+    base = run.metrics.get(EXCLUSIVE.key) or measure(simulate(scenario, EXCLUSIVE, workload))
+    rows = []
+    for chunks, jobs in ((1, workload), (WHAT_IF_CHUNKS, chunked)):
+        for label, options in BACKFILL_SETTINGS:
+            m = measure(simulate(variant, QHPC, jobs, **options))
+            rows.append({"setting": label, "chunks": chunks, **_ratios(m, base)})
     return rows
+
+
+def recommended_licences(sweep: dict[str, Any]) -> int | None:
+    """The largest licence count whose latency ratio meets the target (None: none does)."""
+    meeting = [r["licences"] for r in sweep["rows"] if r["latency_ratio"] <= LATENCY_TARGET]
+    return max(meeting) if meeting else None
 
 
 def ratios(run: ScenarioRun) -> dict[str, float]:
@@ -120,7 +202,9 @@ def ratios(run: ScenarioRun) -> dict[str, float]:
     }
 
 
-def goals(runs: dict[str, ScenarioRun]) -> list[Goal]:
+def goals(
+    runs: dict[str, ScenarioRun], sweeps: dict[str, dict[str, Any]] | None = None
+) -> list[Goal]:
     out: list[Goal] = []
     for name, run in runs.items():
         qhpc = run.metrics.get(QHPC.key)
@@ -145,6 +229,25 @@ def goals(runs: dict[str, ScenarioRun]) -> list[Goal]:
             )  # fmt: skip
         if name == "two-centres":
             out.append(Goal("Jain fairness, equal shares", name, qhpc.jain, 0.95, False))
+        sweep = (sweeps or {}).get(name)
+        best = recommended_licences(sweep) if sweep else None
+        if sweep and best is not None and best != sweep["licences"]:
+            row = next(r for r in sweep["rows"] if r["licences"] == best)
+            out += [
+                Goal("multiplex utilisation while work waits", name,
+                     row["utilisation_waiting"], 0.95, False, best),
+                Goal("session iteration latency / exclusive reservation's", name,
+                     row["latency_ratio"], LATENCY_TARGET, True, best),
+            ]  # fmt: skip
+            if name == "vqe-heavy":
+                out.append(
+                    Goal("makespan / exclusive reservation's", name, row["makespan_ratio"],
+                         0.6, True, best)
+                )  # fmt: skip
+            if name == "two-centres":
+                out.append(
+                    Goal("Jain fairness, equal shares", name, row["jain"], 0.95, False, best)
+                )
     return out
 
 
@@ -152,7 +255,7 @@ def build_report(
     runs: dict[str, ScenarioRun],
     *,
     quick: bool,
-    sweep: list[dict[str, float]] | None,
+    sweeps: dict[str, dict[str, Any]] | None,
     seconds: float,
 ) -> dict[str, Any]:
     return {
@@ -169,11 +272,12 @@ def build_report(
                 "scale": run.scale,
                 "runs": {key: m.to_dict() for key, m in run.metrics.items()},
                 "ratios": ratios(run),
+                "greedy_multiplex": run.greedy.to_dict() if run.greedy else None,
             }
             for name, run in runs.items()
         },
-        "licence_sweep": {"scenario": SWEEP_SCENARIO, "rows": sweep} if sweep else None,
-        "goals": [g.to_dict() for g in goals(runs)],
+        "licence_sweep": sweeps or None,
+        "goals": [g.to_dict() for g in goals(runs, sweeps)],
     }
 
 
@@ -190,12 +294,13 @@ def run_study(
     started = time.perf_counter()
     chosen = [SCENARIOS[n] if n in SCENARIOS else _load(n) for n in (names or list(SCENARIOS))]
     runs = {s.name: run_scenario(s, quick=quick, progress=progress) for s in chosen}
-    sweep = None
-    if SWEEP_SCENARIO in runs:
-        if progress:
-            progress(f"{SWEEP_SCENARIO}: licence sweep")
-        sweep = licence_sweep(runs[SWEEP_SCENARIO].scenario, quick)
-    report = build_report(runs, quick=quick, sweep=sweep, seconds=time.perf_counter() - started)
+    sweeps: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():
+        if run.scenario.hybrid:
+            if progress:
+                progress(f"{name}: licence sweep")
+            sweeps[name] = licence_sweep(run)
+    report = build_report(runs, quick=quick, sweeps=sweeps, seconds=time.perf_counter() - started)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if plots:

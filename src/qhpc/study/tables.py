@@ -14,6 +14,7 @@ from typing import Any
 
 from qhpc.study.modes import MODE_TITLES, Mode
 
+GREEDY_TITLE = "qhpc multiplex before session-aware backfill (batch fills every gap)"
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
 
@@ -37,12 +38,15 @@ def study_table(report: dict[str, Any], scenario: str) -> str:
         "| mean job turnaround | mean / p95 iteration latency | Jain fairness |",
         "|---|---|---|---|---|---|---|",
     ]
-    for mode in Mode:
-        m = runs.get(f"{mode}+fairshare")
+    rows = [(MODE_TITLES[mode], runs.get(f"{mode}+fairshare")) for mode in Mode]
+    greedy = report["scenarios"][scenario].get("greedy_multiplex")
+    if greedy:
+        rows.append((GREEDY_TITLE, greedy))
+    for title, m in rows:
         if m is None:
             continue
         lines.append(
-            f"| {MODE_TITLES[mode]} | {_fmt(m['makespan'], '.0f')} s "
+            f"| {title} | {_fmt(m['makespan'], '.0f')} s "
             f"| {_fmt(m['utilisation'], '.0%')} | {_fmt(m['utilisation_waiting'], '.0%')} "
             f"| {_fmt(m['turnaround_mean'], '.0f')} s "
             f"| {_fmt(m['iteration_latency_mean'], '.2f')} / "
@@ -67,31 +71,73 @@ def fairness_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _licences(report: dict[str, Any], scenario: str, licences: int | None) -> str:
+    if licences is None:
+        sweep = (report.get("licence_sweep") or {}).get(scenario)
+        licences = sweep["licences"] if isinstance(sweep, dict) and "licences" in sweep else None
+    return "–" if licences is None else str(licences)
+
+
 def goals_table(report: dict[str, Any]) -> str:
-    lines = ["| goal | scenario | target | reached in this run |", "|---|---|---|---|"]
+    lines = [
+        "| goal | scenario | licences | target | reached in this run |",
+        "|---|---|---|---|---|",
+    ]
     for g in report["goals"]:
         mark = "✅" if g["reached"] else "❌"
+        licences = _licences(report, g["scenario"], g.get("licences"))
         lines.append(
-            f"| {g['goal']} | {g['scenario']} | {g['comparison']} {g['target']:g} "
-            f"| {mark} {_fmt(g['value'], '.3g')} |"
+            f"| {g['goal']} | {g['scenario']} | {licences} "
+            f"| {g['comparison']} {g['target']:g} | {mark} {_fmt(g['value'], '.3g')} |"
         )
     return "\n".join(lines)
 
 
-def sweep_table(report: dict[str, Any]) -> str:
-    sweep = report.get("licence_sweep")
-    if not sweep:
+def sweep_tables(report: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """Per scenario: its name, the hybrid jobs' duty cycle and the licence-count table
+    (session-aware backfill / before it, each as a ratio to exclusive reservation)."""
+    sweeps = report.get("licence_sweep")
+    if not isinstance(sweeps, dict) or "rows" in sweeps:  # none, or an older report's
+        return []
+    out = []
+    for name, sweep in sweeps.items():
+        lines = [
+            "| licences (sessions at once) | iteration latency / exclusive "
+            "| makespan / exclusive | utilisation while work waits |",
+            "|---|---|---|---|",
+        ]
+        for row in sweep["rows"]:
+            old = row["greedy"]
+            lines.append(
+                f"| {row['licences']} | {row['latency_ratio']:.2f} / {old['latency_ratio']:.2f} "
+                f"| {row['makespan_ratio']:.2f} / {old['makespan_ratio']:.2f} "
+                f"| {row['utilisation_waiting']:.0%} / {old['utilisation_waiting']:.0%} |"
+            )
+        out.append((name, sweep["duty_cycle"], "\n".join(lines)))
+    return out
+
+
+def settings_table(report: dict[str, Any]) -> str:
+    """Per scenario, at its recommended licence count: the backfill settings compared."""
+    sweeps = report.get("licence_sweep")
+    if not isinstance(sweeps, dict) or "rows" in sweeps:
         return ""
     lines = [
-        "| licences (sessions at once) | makespan / exclusive | iteration latency / exclusive "
-        "| utilisation while work waits |",
-        "|---|---|---|---|",
+        "| scenario | licences | session policy | batch tasks | iteration latency / exclusive "
+        "| utilisation while work waits | makespan / exclusive |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for row in sweep["rows"]:
-        lines.append(
-            f"| {row['licences']} | {row['makespan_ratio']:.2f} | {row['latency_ratio']:.2f} "
-            f"| {row['utilisation_waiting']:.0%} |"
-        )
+    for name, sweep in sweeps.items():
+        settings = sweep.get("settings")
+        if not settings:
+            continue
+        for row in settings["rows"]:
+            chunks = "as submitted" if row["chunks"] == 1 else f"split in {row['chunks']} (what-if)"
+            lines.append(
+                f"| {name} | {settings['licences']} | {row['setting']} | {chunks} "
+                f"| {row['latency_ratio']:.2f} | {row['utilisation_waiting']:.0%} "
+                f"| {row['makespan_ratio']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -306,9 +352,24 @@ def docs_section(folder: Path) -> str:
             "",
             "![fairness](img/fairness.png) ![utilisation](img/utilisation.png)",
         ]
-        sweep = sweep_table(study)
-        if sweep:
-            parts += ["", "#### Licence count (VQE-heavy, multiplex with fair share)", "", sweep]
+        for name, duty, table in sweep_tables(study):
+            parts += [
+                "",
+                f"#### Licence count, {name} (multiplex with fair share: "
+                "session-aware backfill / before it)",
+                "",
+                f"Hybrid jobs' duty cycle (QPU seconds / run time, exclusive): {duty:.0%}.",
+                "",
+                table,
+            ]
+        settings = settings_table(study)
+        if settings:
+            parts += [
+                "",
+                "#### Backfill settings at the licence count that meets the latency goal",
+                "",
+                settings,
+            ]
         parts += ["", "#### Goals", "", goals_table(study)]
     real = _load(folder, "study_real.json")
     if real:
