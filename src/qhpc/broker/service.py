@@ -397,13 +397,14 @@ class Broker:
         this waits for it. Either way the result is returned once the journal has
         logged the task, before its commit (see journal.py).
         """
-        done = threading.Event()
+        done = threading.Lock()  # released when a queued task has finished (cheaper than an Event)
+        done.acquire()
         task_id, outcome = self.start_session_task(
-            session_id, payload, encoded, on_done=lambda _: done.set()
+            session_id, payload, encoded, on_done=lambda _: done.release()
         )
         if outcome is not None:
             return outcome
-        done.wait()
+        done.acquire()
         with self._cond:
             qpu_seconds = self._outcome_seconds.get(task_id, 0.0)
         state, data, error = self.take_outcome(task_id)
