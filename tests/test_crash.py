@@ -88,3 +88,65 @@ def test_kill_9_mid_run_then_restart_completes_everything_exactly_once(tmp_path:
         finally:
             if second.poll() is None:
                 second.kill()
+
+
+SESSION_TASKS = 200
+
+
+@pytest.mark.slow
+def test_kill_9_after_session_results_were_released_loses_no_task_and_no_usage(
+    tmp_path: Path,
+) -> None:
+    """The durability contract of session tasks, end to end: results are released
+    before the journal's group commit; a kill -9 right after the last one must still
+    leave every released task stored and booked exactly once after the restart."""
+    from qhpc.resources import SamplerTask
+    from qhpc.runtime.fastpath import FastPathClient
+
+    port, fastpath = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{port}"
+    config = tmp_path / "resources.toml"
+    config.write_text('[resources.instant]\ntype = "null"\n')
+    extra = ("--config", str(config), "--fastpath", fastpath)
+    first = start_serve(tmp_path, port, *extra, db=tmp_path / "s.db")
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    try:
+        wait_healthy(url, first)
+        admin = (tmp_path / "admin.token").read_text().strip()
+        with connect(url, admin) as client:
+            session = client.open_session(
+                "instant", duration_seconds=3600, user="ada", account="physics"
+            )
+        released = []
+        with FastPathClient(fastpath, session["token"], timeout=30) as fast:
+            for _ in range(SESSION_TASKS):
+                result = fast.run(SamplerTask((circuit,), shots=3))
+                assert result.kind == "sampler"
+                released.append(result)
+    finally:
+        first.send_signal(signal.SIGKILL)  # at once: the last commit is most likely not done
+        first.wait(timeout=30)
+    assert len(released) == SESSION_TASKS
+    with Store.open(tmp_path / "s.db") as store:
+        committed = len(store.tasks_of_job(session["session_id"]))
+    print(f"committed before the restart: {committed} of {SESSION_TASKS}")
+
+    second = start_serve(tmp_path, port, *extra, db=tmp_path / "s.db")
+    try:
+        wait_healthy(url, second)  # started: the journal's log has been replayed
+        with Store.open(tmp_path / "s.db") as store:
+            tasks = store.tasks_of_job(session["session_id"])
+            assert len(tasks) == SESSION_TASKS
+            assert {t.state for t in tasks} == {"completed"}
+            assert sorted(t.index for t in tasks) == list(range(SESSION_TASKS))
+            booked = [u.task_id for u in store.usage() if u.session_id == session["session_id"]]
+            assert sorted(booked) == sorted(t.task_id for t in tasks)
+            assert sum(u.shots for u in store.usage()) == 3 * SESSION_TASKS
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(timeout=30)
+        finally:
+            if second.poll() is None:
+                second.kill()
