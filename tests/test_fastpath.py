@@ -167,3 +167,19 @@ def test_short_tasks_run_on_the_server_thread_and_unknown_ones_are_queued(
     assert set(ran_on["null"][1:]) == {"qhpc-fastpath"}
     assert ran_on["aer"][0] == "qhpc-executor-aer"
     assert fastpath_module.INLINE_BUDGET < 0.001
+
+
+def test_a_broker_that_does_not_answer_is_a_504_within_the_timeout() -> None:
+    silent = zmq.Context.instance().socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    silent.bind("tcp://127.0.0.1:*")
+    endpoint = silent.getsockopt_string(zmq.LAST_ENDPOINT)
+    try:
+        started = time.monotonic()
+        with pytest.raises(FastPathError) as caught:
+            FastPathClient(endpoint, "qhpc_whatever", timeout=0.3)
+        assert caught.value.status == 504
+        assert "within 0.3 s" in caught.value.detail
+        assert time.monotonic() - started < 30
+    finally:
+        silent.close()

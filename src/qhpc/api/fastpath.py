@@ -124,6 +124,9 @@ class FastPathServer:
                 self._send_finished()
             if self._socket in events:
                 for _ in range(1000):  # drain what is there, then look at completions again
+                    # Asking is cheaper than the exception an empty receive raises.
+                    if not int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                        break
                     try:
                         frames = self._socket.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:

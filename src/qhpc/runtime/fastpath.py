@@ -42,10 +42,16 @@ class FastPathClient:
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # A receive timeout instead of a poll before each receive: one call fewer.
+        self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(timeout * 1000)))
         self._socket.connect(endpoint)
         self.timeout = timeout
         self._counter = 0
-        _, body = self._call(HELLO, session_token.encode())
+        try:
+            _, body = self._call(HELLO, session_token.encode())
+        except FastPathError:
+            self._socket.close()
+            raise
         info: dict[str, Any] = msgspec.msgpack.decode(body)
         self.session_id: str = info["session_id"]
         self.resource: str = info["resource"]
@@ -97,9 +103,12 @@ class FastPathClient:
         return self._receive()
 
     def _receive(self) -> tuple[bytes, bytes]:
-        if not self._socket.poll(int(self.timeout * 1000)):
-            raise FastPathError(504, f"no answer from the broker within {self.timeout:g} s")
-        frames = self._socket.recv_multipart()
+        try:
+            frames = self._socket.recv_multipart()
+        except zmq.Again:
+            raise FastPathError(
+                504, f"no answer from the broker within {self.timeout:g} s"
+            ) from None
         if len(frames) != 3 or frames[0] != PROTOCOL:
             raise FastPathError(400, "malformed reply from the broker")
         if frames[1] == ERROR:
