@@ -3,6 +3,7 @@
 Public surface; other rooms import only these names.
 """
 
+from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.programs import (
     ProgramError,
     ProgramInfo,
@@ -31,6 +32,7 @@ from qhpc.broker.scheduler import (
 from qhpc.broker.usage import UsageTracker
 
 __all__ = [
+    "DEFAULT_CHUNK_SECONDS",
     "POLICIES",
     "FairSharePolicy",
     "FifoPolicy",
@@ -53,4 +55,5 @@ __all__ = [
     "build_policy",
     "entry_points",
     "register_entry_point",
+    "shot_chunks",
 ]

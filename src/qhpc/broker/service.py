@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qhpc.broker.access import Access
+from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, can_chunk, plan_chunks, run_chunked
 from qhpc.broker.executor import Outcome, resource_can_start, run_task
 from qhpc.broker.journal import COMMIT_INTERVAL, Journal
 from qhpc.broker.programs import ProgramManager
@@ -75,6 +76,9 @@ class BrokerConfig:
     starvation_limit: float = 60.0
     #: batch tasks start only if they end before a session's next task is expected
     session_backfill: bool = True
+    #: a batch task longer than this (estimated device seconds) runs as shot chunks,
+    #: and waiting session tasks may run between them; None: tasks run whole
+    chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS
     fairshare_half_life: float = 7 * 24 * 3600.0
     max_tasks_per_job: int = 10_000
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
@@ -158,6 +162,10 @@ class Broker:
         self._cond = threading.Condition()
         self._queues: dict[str, dict[str, QueuedTask]] = {n: {} for n in resources.names()}
         self._running: dict[str, _Running] = {}
+        #: a chunked batch task waiting at a chunk boundary while a session task runs
+        self._suspended: dict[str, _Running] = {}
+        #: estimated seconds of a chunked batch task's first chunk (what backfill judges)
+        self._chunk_fit: dict[str, float] = {}
         self._payloads: dict[str, Payload] = {}
         self._task_done: dict[str, threading.Event] = {}
         self._on_done: dict[str, Callable[[str], None]] = {}
@@ -215,7 +223,7 @@ class Broker:
         self.programs.close()
         with self._cond:
             self._stopping = True
-            for running in self._running.values():
+            for running in [*self._running.values(), *self._suspended.values()]:
                 running.stop.set()
             self._cond.notify_all()
         self._stopped.set()
@@ -283,6 +291,7 @@ class Broker:
             for task, payload in zip(tasks, payloads, strict=True):
                 self._payloads[task.task_id] = payload
                 self._enqueue(task)
+                self._note_chunk_fit(task, payload, qpu)
             self._cond.notify_all()
         return job
 
@@ -301,6 +310,7 @@ class Broker:
             for queue in self._queues.values():
                 for task_id in cancelled:
                     queue.pop(task_id, None)
+                    self._chunk_fit.pop(task_id, None)
                 in_memory = [t for t in queue.values() if t.job_id == job_id and t.task_id in
                              self._in_flight]  # fmt: skip
                 for queued in in_memory:
@@ -308,8 +318,9 @@ class Broker:
                     self._payloads.pop(queued.task_id, None)
                     cancelled.append(queued.task_id)
                     unstarted.append(self._in_flight[queued.task_id])
-            stopped = [r.task.task_id for r in self._running.values() if r.task.job_id == job_id]
-            for running in self._running.values():
+            runs = [*self._running.values(), *self._suspended.values()]
+            stopped = [r.task.task_id for r in runs if r.task.job_id == job_id]
+            for running in runs:
                 if running.task.job_id == job_id:
                     running.cancelled = True
                     running.stop.set()
@@ -772,7 +783,19 @@ class Broker:
         queue = self._queues[resource_name]
         if not queue or resource_name in self._running or not resource_can_start(resource):
             return None  # (running: a co-located program's task runs inline right now)
-        task = self.policy.next_task(self._view(resource_name, self.clock(), list(queue.values())))
+        view = self._view(resource_name, self.clock(), list(queue.values()))
+        if self._chunk_fit and not view.reservations:
+            # A chunked task can yield after its first chunk: backfill judges that.
+            # (Not beside reservations: a window must not be overrun by the rest.)
+            fit = self._chunk_fit
+            view = replace(
+                view,
+                queue=[
+                    replace(t, estimated_seconds=fit[t.task_id]) if t.task_id in fit else t
+                    for t in view.queue
+                ],
+            )
+        task = self.policy.next_task(view)
         if task is not None:
             del queue[task.task_id]
             self._running[resource_name] = _Running(task)
@@ -813,6 +836,7 @@ class Broker:
         with self._cond:
             in_memory = self._in_flight.get(task.task_id)
             payload = self._payloads.pop(task.task_id, None)
+            self._chunk_fit.pop(task.task_id, None)
         if payload is None:
             payload = decode_payload(self.store.get_task(task.task_id).payload)
         started = self.clock()
@@ -830,7 +854,18 @@ class Broker:
             def remember(resource_task: str) -> None:
                 self.store.set_resource_task_id(task.task_id, resource_task)
 
-        outcome: Outcome = run_task(resource, payload, running.stop, self.clock, remember)
+        chunks = (
+            [payload] if in_memory is not None or inline else self._chunks(task, resource, payload)
+        )
+        outcome: Outcome
+        if len(chunks) > 1:
+            outcome = run_chunked(
+                resource, chunks, running.stop,
+                lambda _, seconds: self._between_chunks(resource, task, running, seconds),
+                self.clock, remember,
+            )  # fmt: skip
+        else:
+            outcome = run_task(resource, payload, running.stop, self.clock, remember)
         state = "cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state)
         finished = TaskOutcome(
             state=state,
@@ -861,6 +896,64 @@ class Broker:
         with self._cond:
             self._signal_done(task.task_id)
         return finished
+
+    # -- shot chunks (chunking.py) ---------------------------------------------
+    def _note_chunk_fit(self, task: TaskRecord, payload: Payload, qpu: QuantumResource) -> None:
+        """Remember the first chunk's estimate of a batch task that will run chunked.
+        (Caller holds _cond.)"""
+        if task.session_id is not None or self.config.chunk_seconds is None:
+            return
+        chunks = self._chunks(self._queued(task), qpu, payload)
+        if len(chunks) > 1:
+            self._chunk_fit[task.task_id] = qpu.estimate_seconds(chunks[0]) or 0.0
+
+    def _chunks(
+        self, task: QueuedTask, resource: QuantumResource, payload: Payload
+    ) -> list[Payload]:
+        """``payload`` as the chunks a batch task runs as ([payload]: whole)."""
+        if task.session_id is not None or not can_chunk(resource):
+            return [payload]
+        try:
+            return plan_chunks(payload, resource.estimate_seconds, self.config.chunk_seconds)
+        except Exception:  # a plan is an optimisation: never fail the task over it
+            log.exception("planning shot chunks of task %s failed; running it whole", task.task_id)
+            return [payload]
+
+    def _between_chunks(
+        self, resource: QuantumResource, task: QueuedTask, running: _Running, seconds: float
+    ) -> None:
+        """At a boundary of a chunked batch task: run the waiting session tasks that the
+        policy puts before the task's next chunk (``seconds`` long), then return."""
+        name = resource.name
+        while True:
+            with self._cond:
+                if self._stopping or running.stop.is_set():
+                    return
+                now = self.clock()
+                sessions, _, _ = self._policy_inputs(now)
+                open_ids = {s.session_id for s in sessions if s.resource == name and s.is_open(now)}
+                queue = self._queues[name]
+                waiting = [t for t in queue.values() if t.session_id in open_ids]
+                chosen = None
+                if waiting:
+                    resume = replace(task, estimated_seconds=seconds)
+                    chosen = self.policy.next_task(self._view(name, now, [*waiting, resume]))
+                if chosen is None or chosen.task_id == task.task_id:
+                    self._last_batch_start[name] = now
+                    return
+                del queue[chosen.task_id]
+                yielded = _Running(chosen)
+                self._suspended[name] = running
+                self._running[name] = yielded
+            try:
+                self._run_one(resource, chosen, yielded)
+            except Exception:
+                log.exception("executor for %s failed on task %s", name, chosen.task_id)
+            finally:
+                with self._cond:
+                    self._running[name] = running
+                    self._suspended.pop(name, None)
+                    self._cond.notify_all()
 
     def _finished_in_memory(self, task: TaskRecord, outcome: TaskOutcome) -> None:
         """A session task ended: hand it to the journal and release its outcome.

@@ -13,6 +13,15 @@ with work queued, runs one task at a time (not preemptible), charges the
 task's device time to its account when it ends, and starts nothing while the
 QPU calibrates (a running task is not interrupted: the emulator's rule).
 
+With ``chunk_seconds`` a batch task runs as shot chunks of at most that many
+estimated seconds (:func:`qhpc.broker.chunking.shot_chunks`, the broker's own
+arithmetic): the policy judges it by its first chunk, and at every boundary
+between chunks, if session tasks wait, the policy is asked over those and the
+task's next chunk — a session task it picks runs first, then the batch task
+resumes (the broker's cooperative pre-emption). Each chunk is a
+:class:`TaskRun` of its own (device time, overhead included); the task's
+usage is charged when its last chunk ends.
+
 Above the broker sits a stand-in for Slurm: a queue of job-level *grants*
 (a reservation of the QPU, a licence for a session), ordered by the broker's
 base policy (``fifo`` or ``fairshare``: Slurm's fair-share factor is the same
@@ -28,7 +37,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from qhpc.broker import (
@@ -42,6 +51,7 @@ from qhpc.broker import (
     SessionRhythms,
     UsageTracker,
     build_policy,
+    shot_chunks,
 )
 from qhpc.resources import Window
 from qhpc.study.modes import Mode, Strategy, grant_capacity, start_batch, start_hybrid
@@ -69,6 +79,9 @@ class TaskRun:
     submitted_at: float
     started_at: float = math.nan
     finished_at: float = math.nan
+    #: position of this run among its task's shot chunks (0 and 1: not chunked)
+    chunk: int = 0
+    chunks: int = 1
 
 
 @dataclass
@@ -149,6 +162,7 @@ class Engine:
         environment: Environment,
         shares: dict[str, float],
         grant_capacity: int,
+        chunk_seconds: float | None = None,
     ) -> None:
         self.policy = policy
         self.grant_policy = grant_policy
@@ -156,6 +170,7 @@ class Engine:
         self.environment = environment
         self.shares = shares
         self.capacity = grant_capacity
+        self.chunk_seconds = chunk_seconds
         self.now = 0.0
         self.usage = UsageTracker(environment.fairshare_half_life)
         self.rhythms = SessionRhythms()
@@ -176,6 +191,12 @@ class Engine:
         self._grants_held: set[str] = set()
         self._ids = itertools.count()
         self._callbacks: dict[str, Callable[[], None]] = {}
+        #: shots of the chunks still to run, per chunked batch task
+        self._chunks: dict[str, list[int]] = {}
+        #: the chunked batch task between two of its chunks, and its latest run
+        self._current: tuple[QueuedTask, TaskRun] | None = None
+        #: device seconds of the chunks run so far, charged when the task ends
+        self._chunk_used: dict[str, float] = {}
 
     # -- events ----------------------------------------------------------------
     def at(self, when: float, action: Callable[[], None]) -> None:
@@ -248,11 +269,14 @@ class Engine:
             self.rhythms.submitted(session, self.now)
         for circuits in circuits_per_task:
             task_id = f"t{next(self._ids):08d}"
-            duration = self.qpu.duration(circuits, shots)
+            sizes = [shots] if session is not None else self._chunk_sizes(circuits, shots)
+            duration = self.qpu.duration(circuits, sizes[0])
             run = TaskRun(
-                task_id, job_id, account, session is not None, iteration, circuits, shots,
-                duration, ready_at, self.now,
+                task_id, job_id, account, session is not None, iteration, circuits, sizes[0],
+                duration, ready_at, self.now, chunks=len(sizes),
             )  # fmt: skip
+            if len(sizes) > 1:
+                self._chunks[task_id] = sizes[1:]
             self.tasks.append(run)
             self._runs[task_id] = run
             self._callbacks[task_id] = one_done
@@ -261,6 +285,11 @@ class Engine:
                 user=account, submitted_at=self.now, session_id=session,
                 estimated_seconds=duration,
             )  # fmt: skip
+
+    def _chunk_sizes(self, circuits: int, shots: int) -> list[int]:
+        timing = self.qpu.timing
+        fixed = timing.task_overhead + circuits * timing.circuit_overhead
+        return shot_chunks(shots, fixed, circuits * timing.shot_time, self.chunk_seconds)
 
     def request_grant(
         self, job_id: str, account: str, ready_at: float, then: Callable[[], None]
@@ -299,7 +328,7 @@ class Engine:
 
     # -- the broker's executor -------------------------------------------------
     def _dispatch(self) -> None:
-        if self._busy or not self._queue:
+        if self._busy or (not self._queue and self._current is None):
             return
         calibration = self.qpu.calibration
         window = calibration.window_at(self.now) if calibration is not None else None
@@ -309,23 +338,56 @@ class Engine:
                 self._wake_at = window.end
                 self.at(window.end, lambda: None)
             return
-        view = SchedulingView(
-            now=self.now, resource=RESOURCE, queue=list(self._queue.values()),
-            sessions=list(self._sessions.values()), usage=self.usage.snapshot(self.now),
-            shares=self.shares, last_batch_start=self._last_batch_start,
-            rhythms=self.rhythms.snapshot(),
-        )  # fmt: skip
-        self.decisions += 1
-        task = self.policy.next_task(view)
+        if self._current is not None:
+            self._at_boundary(*self._current)
+            return
+        task = self._decide(list(self._queue.values()))
         if task is None:
             if self._recheck_at is None or self._recheck_at <= self.now:
                 self._recheck_at = self.now + RECHECK
                 self.at(self._recheck_at, lambda: None)
             return
         del self._queue[task.task_id]
+        self._start(task, self._runs.pop(task.task_id))
+
+    def _decide(self, queue: list[QueuedTask]) -> QueuedTask | None:
+        view = SchedulingView(
+            now=self.now, resource=RESOURCE, queue=queue,
+            sessions=list(self._sessions.values()), usage=self.usage.snapshot(self.now),
+            shares=self.shares, last_batch_start=self._last_batch_start,
+            rhythms=self.rhythms.snapshot(),
+        )  # fmt: skip
+        self.decisions += 1
+        return self.policy.next_task(view)
+
+    def _at_boundary(self, task: QueuedTask, last: TaskRun) -> None:
+        """Between two chunks of ``task``: a waiting session task the policy puts first
+        runs now; otherwise the task's next chunk starts (the broker's rule)."""
+        sizes = self._chunks[task.task_id]
+        open_ids = {s for s, lease in self._sessions.items() if lease.is_open(self.now)}
+        waiting = [t for t in self._queue.values() if t.session_id in open_ids]
+        if waiting:
+            duration = self.qpu.duration(last.circuits, sizes[0])
+            resume = replace(task, estimated_seconds=duration)
+            chosen = self._decide([*waiting, resume])
+            if chosen is not None and chosen.task_id != task.task_id:
+                del self._queue[chosen.task_id]
+                self._start(chosen, self._runs.pop(chosen.task_id))
+                return
+        shots = sizes.pop(0)
+        if not sizes:
+            del self._chunks[task.task_id]
+        run = replace(
+            last, shots=shots, duration=self.qpu.duration(last.circuits, shots),
+            started_at=math.nan, finished_at=math.nan, chunk=last.chunk + 1,
+        )  # fmt: skip
+        self.tasks.append(run)
+        self._current = None
+        self._start(task, run)
+
+    def _start(self, task: QueuedTask, run: TaskRun) -> None:
         if task.session_id is None:
             self._last_batch_start = self.now
-        run = self._runs.pop(task.task_id)
         run.started_at = self.now
         self._busy = True
         self.at(self.now + run.duration, lambda: self._finish(task, run))
@@ -333,7 +395,12 @@ class Engine:
     def _finish(self, task: QueuedTask, run: TaskRun) -> None:
         run.finished_at = self.now
         self._busy = False
-        self.usage.record(task.account, run.duration, self.now)
+        used = self._chunk_used.pop(task.task_id, 0.0) + run.duration
+        if task.task_id in self._chunks:
+            self._chunk_used[task.task_id] = used
+            self._current = (task, run)  # more chunks to run: resumes at the next decision
+            return
+        self.usage.record(task.account, used, self.now)
         if task.session_id is not None:
             self.rhythms.released(task.session_id, self.now)
         callback = self._callbacks.pop(task.task_id)
@@ -359,12 +426,15 @@ def simulate(
     workload: Workload | None = None,
     *,
     backfill: bool = True,
+    chunk_seconds: float | None = None,
     **policy_options: float,
 ) -> SimulationResult:
     """Run ``workload`` (default: the scenario's own draw) under ``strategy``.
 
     ``backfill=False`` runs the broker's session policy without session-aware
-    backfill (the policy before it); ``policy_options`` go to ``build_policy``.
+    backfill (the policy before it); ``chunk_seconds`` runs batch tasks as shot
+    chunks of at most that many seconds with cooperative pre-emption (None: whole);
+    ``policy_options`` go to ``build_policy``.
     """
     workload = workload or scenario.materialise()
     env = scenario.environment
@@ -376,8 +446,9 @@ def simulate(
     grant_policy: Policy = FairSharePolicy() if strategy.fairshare else FifoPolicy()
     shares = {a: float(scenario.shares.get(a, 1.0)) for a in workload.accounts()}
     engine = Engine(
-        policy, grant_policy, scenario.qpu, env, shares, grant_capacity(strategy.mode, env.licences)
-    )
+        policy, grant_policy, scenario.qpu, env, shares,
+        grant_capacity(strategy.mode, env.licences), chunk_seconds,
+    )  # fmt: skip
     for hybrid in workload.hybrid:
         engine.job_arrives(hybrid.job_id, hybrid.account, "hybrid", hybrid.arrival)
         engine.at(hybrid.arrival, partial(start_hybrid, engine, hybrid, strategy.mode))
