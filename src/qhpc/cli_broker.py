@@ -59,6 +59,14 @@ def serve(
     runtime_pool_size: Annotated[
         int, typer.Option(min=1, help="Warm spare processes for hybrid programs.")
     ] = 2,
+    chunk_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Run batch tasks longer than this (estimated device seconds) as shot chunks, "
+            "letting session tasks in between; 0 runs them whole.",
+        ),
+    ] = 0.1,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
@@ -74,9 +82,11 @@ def serve(
         db = str(data_dir / "qhpc.db")
     store = Store.open(db)
     registry = load_registry(config)
+    chunks = chunk_seconds if chunk_seconds > 0 else None
     broker = Broker(
-        store, registry, BrokerConfig(policy=policy, runtime_pool_size=runtime_pool_size)
-    )
+        store, registry,
+        BrokerConfig(policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks),
+    )  # fmt: skip
     secret = bootstrap_admin_token(broker)
     if secret is not None:
         if admin_token_file is not None:

@@ -314,8 +314,9 @@ class SessionPolicy:
     batch: Policy
     starvation_limit: float = 60.0
     backfill: bool = True
-    arrival_margin: float = 1.0
-    arrival_patience: float = 2.0
+    #: the defaults balance latency and utilisation with shot chunks (docs/benchmarks.md)
+    arrival_margin: float = 0.5
+    arrival_patience: float = 1.0
 
     def __post_init__(self) -> None:
         _non_negative("starvation_limit", self.starvation_limit)

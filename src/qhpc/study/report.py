@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qhpc import __version__
+from qhpc.broker import DEFAULT_CHUNK_SECONDS
 from qhpc.study.metrics import Metrics, measure
 from qhpc.study.modes import MODE_TITLES, STRATEGIES, Mode, Strategy
 from qhpc.study.simulator import SimulationResult, simulate
@@ -69,6 +70,8 @@ class ScenarioRun:
     metrics: dict[str, Metrics]
     #: multiplex (fair share) with the session policy before session-aware backfill
     greedy: Metrics | None = None
+    #: multiplex (fair share) with session-aware backfill, batch tasks run whole
+    whole: Metrics | None = None
 
 
 Progress = Callable[[str], None]
@@ -88,13 +91,19 @@ def run_scenario(
     for strategy in strategies:
         if progress:
             progress(f"{scenario.name}: {strategy.key}")
-        result = simulate(scenario, strategy, workload)
+        result = simulate(scenario, strategy, workload, chunk_seconds=chunking(strategy))
         results[strategy.key] = result
         metrics[strategy.key] = measure(result)
-    greedy = None
+    greedy = whole = None
     if QHPC in strategies:
         greedy = measure(simulate(scenario, QHPC, workload, backfill=False))
-    return ScenarioRun(scenario, scale, results, metrics, greedy)
+        whole = measure(simulate(scenario, QHPC, workload))
+    return ScenarioRun(scenario, scale, results, metrics, greedy, whole)
+
+
+def chunking(strategy: Strategy) -> float | None:
+    """The broker's shot chunks where the broker orders batch tasks (multiplex)."""
+    return DEFAULT_CHUNK_SECONDS if strategy.mode is Mode.MULTIPLEX else None
 
 
 def duty_cycle(result: SimulationResult) -> float:
@@ -136,9 +145,17 @@ def licence_sweep(run: ScenarioRun) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for licences in counts:
         variant = replace(scenario, environment=replace(scenario.environment, licences=licences))
-        aware = measure(simulate(variant, QHPC, workload))
+        aware = measure(simulate(variant, QHPC, workload, chunk_seconds=DEFAULT_CHUNK_SECONDS))
+        whole = measure(simulate(variant, QHPC, workload))
         greedy = measure(simulate(variant, QHPC, workload, backfill=False))
-        rows.append({"licences": licences, **_ratios(aware, base), "greedy": _ratios(greedy, base)})
+        rows.append(
+            {
+                "licences": licences,
+                **_ratios(aware, base),
+                "whole": _ratios(whole, base),
+                "greedy": _ratios(greedy, base),
+            }
+        )
     best = recommended_licences({"rows": rows}) or 1
     return {
         "licences": own,
@@ -152,34 +169,26 @@ def licence_sweep(run: ScenarioRun) -> dict[str, Any]:
 BACKFILL_SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("before session-aware backfill", {"backfill": False}),
     ("utilisation first (margin 0, patience 0)", {"arrival_margin": 0.0, "arrival_patience": 0.0}),
-    ("latency first (the default: margin 1, patience 2)", {}),
+    ("balanced (the default: margin 0.5, patience 1)", {}),
+    ("latency first (margin 1, patience 2)", {"arrival_margin": 1.0, "arrival_patience": 2.0}),
 )
-#: the what-if of splitting every batch task into this many shot chunks (not built)
-WHAT_IF_CHUNKS = 4
+#: chunk sizes compared (estimated device seconds per chunk; None: whole tasks)
+CHUNK_CHOICES: tuple[float | None, ...] = (None, 0.25, DEFAULT_CHUNK_SECONDS)
 
 
 def backfill_settings(run: ScenarioRun, licences: int) -> list[dict[str, Any]]:
-    """Multiplex (fair share) at ``licences`` with each of ``BACKFILL_SETTINGS``, and the
-    same with every batch task split into ``WHAT_IF_CHUNKS`` shot chunks (each chunk
-    pays the task overhead): what chunking in the broker would buy."""
+    """Multiplex (fair share) at ``licences`` with each of ``BACKFILL_SETTINGS``, batch
+    tasks whole and as shot chunks of each of ``CHUNK_CHOICES`` (cooperative
+    pre-emption at chunk boundaries, every chunk paying the task overhead)."""
     scenario = run.scenario
     variant = replace(scenario, environment=replace(scenario.environment, licences=licences))
     workload = scenario.materialise(scale=run.scale)
-    chunked = replace(
-        workload,
-        batch=tuple(
-            replace(
-                b, circuits=b.circuits * WHAT_IF_CHUNKS, shots=max(1, b.shots // WHAT_IF_CHUNKS)
-            )
-            for b in workload.batch
-        ),
-    )
     base = run.metrics.get(EXCLUSIVE.key) or measure(simulate(scenario, EXCLUSIVE, workload))
     rows = []
-    for chunks, jobs in ((1, workload), (WHAT_IF_CHUNKS, chunked)):
+    for chunk in CHUNK_CHOICES:
         for label, options in BACKFILL_SETTINGS:
-            m = measure(simulate(variant, QHPC, jobs, **options))
-            rows.append({"setting": label, "chunks": chunks, **_ratios(m, base)})
+            m = measure(simulate(variant, QHPC, workload, chunk_seconds=chunk, **options))
+            rows.append({"setting": label, "chunk_seconds": chunk, **_ratios(m, base)})
     return rows
 
 
@@ -273,10 +282,12 @@ def build_report(
                 "runs": {key: m.to_dict() for key, m in run.metrics.items()},
                 "ratios": ratios(run),
                 "greedy_multiplex": run.greedy.to_dict() if run.greedy else None,
+                "whole_multiplex": run.whole.to_dict() if run.whole else None,
             }
             for name, run in runs.items()
         },
         "licence_sweep": sweeps or None,
+        "chunk_seconds": DEFAULT_CHUNK_SECONDS,
         "goals": [g.to_dict() for g in goals(runs, sweeps)],
     }
 

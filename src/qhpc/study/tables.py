@@ -15,6 +15,7 @@ from typing import Any
 from qhpc.study.modes import MODE_TITLES, Mode
 
 GREEDY_TITLE = "qhpc multiplex before session-aware backfill (batch fills every gap)"
+WHOLE_TITLE = "qhpc multiplex without shot chunks (batch tasks run whole)"
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
 
@@ -39,6 +40,9 @@ def study_table(report: dict[str, Any], scenario: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     rows = [(MODE_TITLES[mode], runs.get(f"{mode}+fairshare")) for mode in Mode]
+    whole = report["scenarios"][scenario].get("whole_multiplex")
+    if whole:
+        rows.append((WHOLE_TITLE, whole))
     greedy = report["scenarios"][scenario].get("greedy_multiplex")
     if greedy:
         rows.append((GREEDY_TITLE, greedy))
@@ -107,11 +111,14 @@ def sweep_tables(report: dict[str, Any]) -> list[tuple[str, float, str]]:
             "|---|---|---|---|",
         ]
         for row in sweep["rows"]:
-            old = row["greedy"]
+            cols = [row, *([row["whole"]] if "whole" in row else []), row["greedy"]]
+
+            def three(key: str, spec: str, cols: list[dict[str, Any]] = cols) -> str:
+                return " / ".join(format(c[key], spec) for c in cols)
+
             lines.append(
-                f"| {row['licences']} | {row['latency_ratio']:.2f} / {old['latency_ratio']:.2f} "
-                f"| {row['makespan_ratio']:.2f} / {old['makespan_ratio']:.2f} "
-                f"| {row['utilisation_waiting']:.0%} / {old['utilisation_waiting']:.0%} |"
+                f"| {row['licences']} | {three('latency_ratio', '.2f')} "
+                f"| {three('makespan_ratio', '.2f')} | {three('utilisation_waiting', '.0%')} |"
             )
         out.append((name, sweep["duty_cycle"], "\n".join(lines)))
     return out
@@ -132,7 +139,11 @@ def settings_table(report: dict[str, Any]) -> str:
         if not settings:
             continue
         for row in settings["rows"]:
-            chunks = "as submitted" if row["chunks"] == 1 else f"split in {row['chunks']} (what-if)"
+            if "chunk_seconds" in row:
+                size = row["chunk_seconds"]
+                chunks = "whole" if size is None else f"chunks of {size:g} s"
+            else:  # an older report's what-if
+                chunks = "as submitted" if row["chunks"] == 1 else f"split in {row['chunks']}"
             lines.append(
                 f"| {name} | {settings['licences']} | {row['setting']} | {chunks} "
                 f"| {row['latency_ratio']:.2f} | {row['utilisation_waiting']:.0%} "
@@ -356,7 +367,7 @@ def docs_section(folder: Path) -> str:
             parts += [
                 "",
                 f"#### Licence count, {name} (multiplex with fair share: "
-                "session-aware backfill / before it)",
+                "session-aware backfill with shot chunks / whole tasks / before backfill)",
                 "",
                 f"Hybrid jobs' duty cycle (QPU seconds / run time, exclusive): {duty:.0%}.",
                 "",
