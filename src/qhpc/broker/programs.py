@@ -535,6 +535,8 @@ def _timings(
         "run_s": t.get("run_s", 0.0),
         # outcome (or kill) → process reaped, plus closing the session (books usage)
         "termination_s": t.get("termination_s", 0.0) + close_s,
+        # the program's return → its outcome known to the broker
+        "outcome_delivery_s": t.get("outcome_delivery_s", 0.0),
         "total_s": prepare_s + t.get("total_s", 0.0) + close_s,
     }
     if stats is not None and stats.calls:
