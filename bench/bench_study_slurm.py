@@ -525,7 +525,9 @@ def main() -> None:
         "time_scale": scale, "quick": args.quick, "licences": LICENCES,
         "chunk_seconds": CHUNK_SECONDS, "scenario": scenario.to_dict(), "margin": MARGIN,
         "workload": {"hybrid": len(workload.hybrid), "batch": len(workload.batch),
-                     "iterations": sum(len(j.iterations) for j in workload.hybrid)},
+                     "iterations": sum(len(j.iterations) for j in workload.hybrid),
+                     "tasks": sum(len(j.iterations) for j in workload.hybrid)
+                     + sum(len(j.task_sizes()) for j in workload.batch)},
         "modes": {},
     }  # fmt: skip
     started = time.perf_counter()
