@@ -5,7 +5,7 @@ with ``--readme``, regenerates the README's performance section and the tables o
 docs/benchmarks.md (the text between their ``<!-- bench:begin -->`` /
 ``<!-- bench:end -->`` markers) from those reports, and copies the plots to docs/img/.
 
-Run: ``.venv/bin/python bench/run_all.py [--quick] [--out results] [--readme]``
+Run: ``.venv/bin/python bench/run_all.py [--quick] [--out results] [--slurm] [--readme]``
      ``.venv/bin/python bench/run_all.py --readme-only``  (tables from the existing reports)
 """
 
@@ -50,6 +50,11 @@ def main() -> None:
     parser.add_argument("--micro-only", action="store_true", help="only the micro-benchmarks")
     parser.add_argument("--study-only", action="store_true", help="only the simulated study")
     parser.add_argument("--skip-real", action="store_true", help="skip the real-broker run")
+    parser.add_argument(
+        "--slurm",
+        action="store_true",
+        help="also the real run through Slurm (root, scripts/slurm.sh)",
+    )
     parser.add_argument("--readme", action="store_true", help="then regenerate README and docs")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate them")
     args = parser.parse_args()
@@ -60,6 +65,8 @@ def main() -> None:
             run(["bench", "study", *common])
             if not (args.study_only or args.skip_real):
                 run(["bench", "real", *common, *bench_dir])
+                if args.slurm:
+                    run(["bench", "real", "--slurm", *common, *bench_dir])
         if not args.study_only:
             run(["bench", "micro", *common, *bench_dir])
     if args.readme or args.readme_only:

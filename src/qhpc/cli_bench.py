@@ -172,17 +172,25 @@ def real(
     bench_dir: BenchDirOption = None,
     slurm: Annotated[bool, typer.Option("--slurm", help="Submit the jobs with sbatch.")] = False,
 ) -> None:
-    """The study once for real: a scaled-time emulator behind a served broker."""
+    """The study once for real: a scaled-time emulator behind a served broker.
+
+    With ``--slurm`` the hybrid jobs go through the real Slurm cluster
+    (``scripts/slurm.sh``, root) instead of the in-process stand-in for it.
+    """
     from qhpc.study.tables import real_table
 
+    script, report = (
+        ("bench_study_slurm.py", "study_slurm.json")
+        if slurm
+        else ("bench_study_real.py", "study_real.json")
+    )
     try:
         folder = find_bench_dir(bench_dir)
-        args = [*(["--quick"] if quick else []), *(["--slurm"] if slurm else [])]
-        args += ["--json", str(results / "study_real.json")]
-        run_script(folder, "bench_study_real.py", args, "bench_study_real.py")
+        args = [*(["--quick"] if quick else []), "--json", str(results / report)]
+        run_script(folder, script, args, script)
     except QhpcError as exc:
         _fail(exc)
-    out.print(real_table(json.loads((results / "study_real.json").read_text())))
+    out.print(real_table(json.loads((results / report).read_text())))
 
 
 @bench_app.command("all")
@@ -190,10 +198,16 @@ def run_everything(
     quick: QuickOption = False,
     results: OutOption = Path("results"),
     bench_dir: BenchDirOption = None,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Also run it through Slurm.")] = False,
 ) -> None:
-    """The study, the real-broker comparison and the micro-benchmarks, in that order."""
+    """The study, the real-broker comparison and the micro-benchmarks, in that order.
+
+    With ``--slurm`` the real-broker comparison also runs through the real Slurm cluster.
+    """
     study(scenario="all", quick=quick, results=results, as_json=False, plots=True)
     real(quick=quick, results=results, bench_dir=bench_dir, slurm=False)
+    if slurm:
+        real(quick=quick, results=results, bench_dir=bench_dir, slurm=True)
     micro(quick=quick, results=results, bench_dir=bench_dir)
 
 

@@ -3,7 +3,7 @@ the tables of docs/benchmarks.md are generated, never typed.
 
 Inputs are the JSON files the bench scripts write into one results folder
 (``study.json``, ``resources.json``, ``broker.json``, ``vqe.json``,
-``dispatch.json``, ``study_real.json``); a missing file leaves its table out.
+``dispatch.json``, ``study_real.json``, ``study_slurm.json``); a missing file leaves its table out.
 """
 
 from __future__ import annotations
@@ -316,6 +316,16 @@ def readme_section(folder: Path) -> str:
             "[docs/benchmarks.md](docs/benchmarks.md#the-same-comparison-on-a-real-broker) "
             "says why.",
         ]
+    through_slurm = _load(folder, "study_slurm.json")
+    if through_slurm:
+        parts += [
+            "",
+            "The same comparison with the hybrid jobs submitted through the real Slurm cluster "
+            "(`sbatch --qpu`, session hooks, chains for split), from "
+            "`.venv/bin/python bench/bench_study_slurm.py`:",
+            "",
+            real_table(through_slurm),
+        ]
     micro = micro_table(folder)
     if micro:
         parts += [
@@ -385,6 +395,14 @@ def docs_section(folder: Path) -> str:
     real = _load(folder, "study_real.json")
     if real:
         parts += ["", "#### Real broker vs simulator", "", real_table(real)]
+    through_slurm = _load(folder, "study_slurm.json")
+    if through_slurm:
+        parts += [
+            "",
+            "#### Through the real Slurm cluster vs simulator",
+            "",
+            real_table(through_slurm),
+        ]
     micro = micro_table(folder)
     if micro:
         parts += ["", "#### Micro-benchmarks", "", micro]
