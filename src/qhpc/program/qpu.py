@@ -10,6 +10,7 @@ into the fewest payloads (see :class:`PayloadPlan`).
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -22,7 +23,8 @@ from qhpc.program.future import Future, check_cancelled
 from qhpc.program.generator import JobGenerator, as_result
 from qhpc.program.job import Batch, Job
 from qhpc.program.result import BatchResult, Result
-from qhpc.resources.errors import ResourceError
+from qhpc.resources.base import TaskStatus
+from qhpc.resources.errors import ResourceError, TaskFailedError
 from qhpc.resources.payload import (
     EstimatorResult,
     EstimatorTask,
@@ -223,7 +225,10 @@ def _check_fits(job: Job, target: DeviceTarget) -> None:
 class LocalQPU(Executor):
     """A qhpc resource in this process (or anything with ``run(payload)`` and ``target()``).
 
-    Payloads run one after the other through ``resource.run``; a failing task
+    Payloads run one after the other through ``resource.run`` — or, without a
+    timeout, through ``resource.run_now`` where the resource has it (qhpc's
+    local resources): the task then runs on the calling thread when the
+    resource is idle, without two thread hand-offs per payload. A failing task
     raises :class:`ProgramError` naming the jobs it carried. ``run`` and
     ``target`` are forwarded, so a LocalQPU also serves Qiskit primitives.
     """
@@ -250,11 +255,22 @@ class LocalQPU(Executor):
         for index, payload in enumerate(plan.payloads):
             check_cancelled()
             try:
-                answers.append(self.resource.run(payload, self.timeout))
+                answers.append(self._run(payload))
             except ResourceError as exc:
                 raise ProgramError(f"{self.name} failed on {plan.describe(index)}: {exc}") from exc
         meta = {"resource": self.name, "payloads": len(plan.payloads)}
         return BatchResult(tuple(plan.results(answers)), meta)
+
+    def _run(self, payload: Payload) -> TaskResult:
+        run_now = getattr(self.resource, "run_now", None)
+        if run_now is not None and self.timeout is None:
+            outcome = run_now(payload, threading.Event())
+            if outcome is not None:  # None: the resource is busy, queue behind its work
+                status, result, error = outcome
+                if status is TaskStatus.COMPLETED and result is not None:
+                    return result  # type: ignore[no-any-return]
+                raise TaskFailedError(f"{self.name}: task {status}: {error}")
+        return self.resource.run(payload, self.timeout)
 
 
 def as_qpu(thing: object) -> Executor:

@@ -11,14 +11,23 @@ rates.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Hashable
 from functools import cache
 from typing import Any
 
 from qiskit.circuit import QuantumCircuit
 
 from qhpc.resources.errors import ResourceConfigError, TaskFailedError
-from qhpc.resources.local import SamplingResource, TaskRecord, TaskStopped
+from qhpc.resources.local import (
+    SamplingResource,
+    TaskRecord,
+    TaskStopped,
+    circuit_key,
+    observable_key,
+)
 from qhpc.resources.payload import (
     EstimatorResult,
     EstimatorTask,
@@ -34,6 +43,8 @@ STATEVECTOR_MAX_QUBITS = 28
 MPS_MAX_QUBITS = 64
 #: circuits handed to Aer per run() call; between chunks a task can be stopped
 CHUNK = 64
+#: estimator circuits (with their save instructions, unbound) kept per resource
+EXACT_CACHE_SIZE = 64
 
 
 class AerResource(SamplingResource):
@@ -73,6 +84,8 @@ class AerResource(SamplingResource):
             self._target = DeviceTarget(name=name, num_qubits=width, max_shots=max_shots)
         self._noise_model = device.noise_model() if (device is not None and noise) else None
         self._simulators: dict[str, Any] = {}
+        self._exact_circuits: OrderedDict[Hashable, QuantumCircuit] = OrderedDict()
+        self._exact_lock = threading.Lock()
 
     def target(self) -> DeviceTarget:
         return self._target
@@ -175,15 +188,15 @@ class AerResource(SamplingResource):
         import qiskit_aer  # noqa: F401  (registers save_expectation_value)
 
         started = time.perf_counter()
-        qubits = list(range(task.num_qubits))
-        circuits = []
-        # Logical circuits, not device-mapped ones: the layout would move the qubits
-        # the observables refer to, and an ideal device gives the same values.
-        for bound in _for_aer(task.bound_circuits()):
-            circuit = bound.copy()
-            for k, obs in enumerate(task.observables):
-                circuit.save_expectation_value(obs, qubits, label=f"e{k}")
-            circuits.append(circuit)
+        prepared = self._exact_circuit(task)
+        if task.circuit.num_parameters:
+            params = list(task.circuit.parameters)
+            circuits = [
+                prepared.assign_parameters(dict(zip(params, row, strict=True)), strict=False)
+                for row in task.parameter_values
+            ]
+        else:
+            circuits = [prepared for _ in task.parameter_values]
         method = self._method_for(task.circuit)
         aer_result = self._simulator(method).run(circuits, shots=1).result()
         if not aer_result.success:
@@ -205,6 +218,38 @@ class AerResource(SamplingResource):
                 "execution_seconds": round(time.perf_counter() - started, 6),
             },
         )
+
+    def _exact_circuit(self, task: EstimatorTask) -> QuantumCircuit:
+        """The task's circuit as Aer runs it, unbound, with one ``save_expectation_value``
+        per observable (labels ``e0``, ``e1``, …).
+
+        Cached by content (:func:`~qhpc.resources.local.circuit_key` and the
+        observables' terms): a variational loop sends one circuit with new
+        parameter values, and adding the save instructions costs more than
+        Aer's whole run of a small circuit. Each call binds a copy, so the
+        cached circuit is never changed.
+        """
+        circuit = task.circuit
+        found = circuit_key(circuit)
+        key = None if found is None else (found, tuple(map(observable_key, task.observables)))
+        if key is not None:
+            with self._exact_lock:
+                hit = self._exact_circuits.get(key)
+                if hit is not None:
+                    self._exact_circuits.move_to_end(key)
+                    return hit
+        # Logical circuits, not device-mapped ones: the layout would move the qubits
+        # the observables refer to, and an ideal device gives the same values.
+        prepared = _for_aer([circuit.remove_final_measurements(inplace=False)])[0]
+        qubits = list(range(task.num_qubits))
+        for k, obs in enumerate(task.observables):
+            prepared.save_expectation_value(obs, qubits, label=f"e{k}")
+        if key is not None:
+            with self._exact_lock:
+                self._exact_circuits[key] = prepared
+                while len(self._exact_circuits) > EXACT_CACHE_SIZE:
+                    self._exact_circuits.popitem(last=False)
+        return prepared
 
 
 def _for_aer(circuits: list[QuantumCircuit]) -> list[QuantumCircuit]:

@@ -14,9 +14,11 @@ import time
 import traceback
 import uuid
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from qiskit.circuit import QuantumCircuit
+from qiskit.circuit import Barrier, Delay, Measure, QuantumCircuit, Reset
+from qiskit.quantum_info import SparsePauliOp
 
 from qhpc.resources.base import QuantumResource, ResourceState, ResourceStatus, TaskStatus
 from qhpc.resources.errors import TaskFailedError, TaskNotFinishedError, UnknownTaskError
@@ -50,6 +52,57 @@ class TaskRecord:
 
     def log(self, message: str) -> None:
         self.logs.append(f"{time.strftime('%H:%M:%S')} {message}")
+
+
+#: non-gate instructions whose name and parameters say all they do
+_PLAIN_INSTRUCTIONS = (Measure, Reset, Barrier, Delay)
+
+
+def circuit_key(circuit: QuantumCircuit) -> Hashable | None:
+    """A key equal for two circuits only if they are the same computation, or ``None``.
+
+    For caches of work derived from a circuit (a transpiled copy, a circuit with
+    save instructions): keying by content instead of by object keeps a circuit
+    changed in place after it was cached from getting the stale entry. The key
+    holds the bit order, the global phase and every instruction's name,
+    parameters (``Parameter`` objects compare by identity, so two circuits with
+    equally named parameters differ) and bits. Only standard gates and plain
+    instructions (measure, reset, barrier, delay) are described by name and
+    parameters; a circuit with anything else (a custom gate, control flow, an
+    unhashable parameter) gets ``None``: do not cache it.
+    """
+    instructions = []
+    for item in circuit.data:
+        operation = item.operation
+        if not item.is_standard_gate():
+            if not isinstance(operation, _PLAIN_INSTRUCTIONS):
+                return None
+            if isinstance(operation, Delay):
+                instructions.append(
+                    (operation.name, operation.unit, tuple(item.params), item.qubits)
+                )
+                continue
+        instructions.append((operation.name, tuple(item.params), item.qubits, item.clbits))
+    key = (tuple(circuit.qubits), tuple(circuit.clbits), circuit.global_phase, tuple(instructions))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def observable_key(observable: SparsePauliOp) -> Hashable:
+    """A key equal for two Pauli sums only if they have the same terms in the same order."""
+    paulis = observable.paulis
+    if observable.coeffs.dtype == object:  # parameterised coefficients: bytes would be pointers
+        return (observable.num_qubits, tuple(paulis.to_labels()), tuple(observable.coeffs))
+    return (
+        observable.num_qubits,
+        paulis.x.tobytes(),
+        paulis.z.tobytes(),
+        paulis.phase.tobytes(),
+        observable.coeffs.tobytes(),
+    )
 
 
 class TaskStopped(Exception):
