@@ -531,6 +531,35 @@ def test_sessions_and_session_tasks_over_rest(world: tuple[World, TestClient]) -
     assert len(http.get("/v1/sessions?include_closed=true", headers=bearer(w.admin)).json()) == 2
 
 
+def test_only_admin_and_centre_tokens_tie_a_session_to_a_slurm_job(
+    world: tuple[World, TestClient],
+) -> None:
+    # EpilogSlurmctld books every session of a Slurm job into that job's AdminComment:
+    # a user naming someone else's job id would forge its QPU usage.
+    w, http = world
+    body = {"resource": "aer", "duration_seconds": 60, "slurm_job_id": "77"}
+    refused = assert_problem(http.post("/v1/sessions", json=body, headers=bearer(w.alice)), 403)
+    assert "slurm_job_id" in refused["detail"] and "admin or centre" in refused["detail"]
+    by_admin = http.post("/v1/sessions", json=body | {"user": "bob", "account": "phys"},
+                         headers=bearer(w.admin))  # fmt: skip
+    by_centre = http.post("/v1/sessions", json=body | {"user": "nina", "account": "north-acc"},
+                          headers=bearer(w.north))  # fmt: skip
+    assert by_admin.status_code == by_centre.status_code == 201, (by_admin.text, by_centre.text)
+    assert by_centre.json()["centre"] == "north"
+    plain = http.post("/v1/sessions", json={"resource": "aer", "duration_seconds": 60},
+                      headers=bearer(w.alice))  # fmt: skip
+    assert plain.status_code == 201
+    # the filter the hooks use, within what each token may see anyway
+    listed = http.get("/v1/sessions?slurm_job_id=77", headers=bearer(w.admin)).json()
+    assert {s["session_id"] for s in listed} == {
+        by_admin.json()["session_id"], by_centre.json()["session_id"]
+    }  # fmt: skip
+    north = http.get("/v1/sessions?slurm_job_id=77", headers=bearer(w.north)).json()
+    assert [s["session_id"] for s in north] == [by_centre.json()["session_id"]]
+    assert http.get("/v1/sessions?slurm_job_id=78", headers=bearer(w.admin)).json() == []
+    assert len(http.get("/v1/sessions", headers=bearer(w.admin)).json()) == 3
+
+
 def test_exclusive_session_lifecycle_on_an_idle_broker(idle: tuple[World, TestClient]) -> None:
     # Nothing runs: the session's task stays queued until the close cancels it.
     w, http = idle

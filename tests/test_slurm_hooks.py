@@ -289,6 +289,49 @@ def test_epilog_after_the_reaper_closed_the_session(tmp_path: Path, broker: Brok
     assert comments == ["qhpc:resource=sim,qpu_s=0.000,shots=0,tasks=0"]
 
 
+def _post(broker: Broker, path: str, body: dict[str, object], token: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.post(broker.url + "/v1" + path, json=body, headers=headers, timeout=10)
+
+
+def test_epilog_books_only_the_jobs_own_sessions(tmp_path: Path, broker: Broker) -> None:
+    """Sessions that merely name the job (another user's, another centre's) are not
+    closed and not booked into its AdminComment."""
+    settings = _settings(tmp_path, broker)
+    env = _env("113", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    handover = read_handover(handover_path(settings.spool_dir, "113"))
+    assert handover is not None and handover.session_id
+
+    def token(role: str, subject: str, **extra: str) -> str:
+        body = {"role": role, "subject": subject, "account": "chem", **extra}
+        made = _post(broker, "/tokens", body, broker.admin)
+        assert made.status_code == 201, made.text
+        return str(made.json()["token"])
+
+    mallory = token("user", "mallory")
+    session = {"resource": "sim", "duration_seconds": 600, "slurm_job_id": "113", "account": "chem"}
+    refused = _post(broker, "/sessions", session, mallory)
+    assert refused.status_code == 403 and "slurm_job_id" in refused.json()["detail"]
+    other_user = _post(broker, "/sessions", session | {"user": "mallory"}, broker.admin)
+    other_centre = _post(
+        broker, "/sessions", session | {"user": "alice"}, token("centre", "gw", centre="north")
+    )
+    assert other_user.status_code == other_centre.status_code == 201
+    forged = [other_user.json()["session_id"], other_centre.json()["session_id"]]
+
+    comments: list[str] = []
+    assert hooks.epilog_slurmctld(env, settings, write_comment=lambda j, t: comments.append(t)) == 0
+    assert broker.get(f"/sessions/{handover.session_id}").json()["closed_at"] is not None
+    for session_id in forged:
+        assert broker.get(f"/sessions/{session_id}").json()["closed_at"] is None
+    assert comments == ["qhpc:resource=sim,qpu_s=0.000,shots=0,tasks=0"]
+    log = (settings.spool_dir / hooks.LOG_NAME).read_text()
+    assert all(f"ignored session {s}" in log for s in forged)
+    listed = broker.get("/sessions?slurm_job_id=113").json()
+    assert sorted(s["session_id"] for s in listed) == sorted(forged)
+
+
 def test_task_prolog_of_a_qpu_job_without_handover_fails(tmp_path: Path) -> None:
     code, _, text = _task_prolog(_env("108", SLURM_JOB_QPU="sim"), tmp_path)
     assert code == 1

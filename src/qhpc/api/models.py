@@ -164,7 +164,7 @@ class SessionRequest(_Body):
     duration_seconds: Seconds | None = Field(None, description="or: lease length from now")
     mode: Literal["multiplex", "exclusive"] = "multiplex"
     slurm_job_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")] | None = (
-        None
+        Field(None, description="the Slurm job holding the session: admin and centre tokens only")
     )
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ sessions = APIRouter(prefix="/sessions", tags=["sessions"])
 def open_session(
     broker: BrokerDep, principal: CurrentPrincipal, body: SessionRequest
 ) -> SessionCreated:
+    rules.check_slurm_job_id(principal, body.slurm_job_id)
     owner = rules.resolve_owner(
         broker, principal, resource=body.resource, user=body.user, account=body.account,
         centre=body.centre,
@@ -55,9 +56,15 @@ def list_sessions(
     principal: CurrentPrincipal,
     resource: QueryName = None,
     include_closed: Annotated[bool, Query()] = False,
+    slurm_job_id: QueryName = None,
 ) -> list[SessionView]:
     found = broker.store.list_sessions(open_only=not include_closed, resource=resource)
-    return [session_view(s) for s in found if rules.session_visible(principal, s)]
+    return [
+        session_view(s)
+        for s in found
+        if rules.session_visible(principal, s)
+        and (slurm_job_id is None or s.slurm_job_id == slurm_job_id)
+    ]
 
 
 @sessions.get("/{session_id}", summary="one session")

@@ -8,7 +8,8 @@ a missing one, so ids of other people's work cannot be probed):
   sessions only for its centre, never charging an account of another centre;
 - user: own work only; submits as itself, charging its token's account (a token
   without an account may name one); positive priorities are for admins;
-- session: only tasks of its own session (submit, read, close the session).
+- session: only tasks of its own session (submit, read, close the session);
+- ``slurm_job_id`` on a new session: admin and centre tokens only (Slurm's hooks).
 
 Plus small read helpers over ``broker.store`` that the broker does not offer.
 """
@@ -79,6 +80,16 @@ def resolve_owner(
         if record is not None and record.centre not in (None, principal.centre):
             raise PermissionDenied(f"account {owner_account!r} belongs to another centre")
     return Owner(owner_user, owner_account, owner_centre)
+
+
+def check_slurm_job_id(principal: Principal, slurm_job_id: str | None) -> None:
+    """Only the Slurm hooks' tokens (admin, or a centre for its own users) tie a session
+    to a Slurm job: EpilogSlurmctld books every session of a job into its AdminComment,
+    so a user who could name any job id could charge QPU usage to someone else's job."""
+    if slurm_job_id is not None and principal.role not in (Role.ADMIN, Role.CENTRE):
+        raise PermissionDenied(
+            "slurm_job_id is set by Slurm's hooks only: it needs an admin or centre token"
+        )
 
 
 def check_priority(principal: Principal, priority: int) -> None:

@@ -172,7 +172,14 @@ def epilog_slurmctld(
     for attempt in range(attempts):
         try:
             with BrokerLink(settings.broker_url, settings.token, settings.broker_timeout_s) as link:
-                sessions = _sessions_of(link, job_id, handover)
+                sessions, foreign = _sessions_of(link, job_id, handover, env.get("SLURM_JOB_USER"))
+                for session in foreign:
+                    _log(
+                        settings,
+                        f"job {job_id}: ignored session {session.get('session_id')} that names "
+                        f"this job but belongs to user {session.get('user')!r} of centre "
+                        f"{session.get('centre')!r}",
+                    )
                 for session in sessions:
                     if session.get("closed_at") is None:
                         link.close_session(str(session["session_id"]))
@@ -210,22 +217,38 @@ def epilog_slurmctld(
     return 0
 
 
-def _sessions_of(link: BrokerLink, job_id: str, handover: Handover | None) -> list[dict[str, Any]]:
-    """The job's sessions: the one handed over (open or not) and any other still open.
+def _sessions_of(
+    link: BrokerLink, job_id: str, handover: Handover | None, job_user: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The job's sessions, and those that only claim to be.
 
-    Only open sessions are listed, so the epilog's cost does not grow with the
-    broker's history.
+    The job's own: the session handed over (open or not; our PrologSlurmctld opened
+    it), and any other open session of this Slurm job whose user is the job's user
+    and whose centre is the hooks' own — the handed-over session's centre, or None
+    (an admin token's sessions) without one. Only open sessions are listed, so the
+    epilog's cost does not grow with the broker's history.
     """
     from qhpc.slurm.link import BrokerRefused
 
-    found = {s["session_id"]: s for s in link.sessions_of_job(job_id)}
-    if handover is not None and handover.session_id and handover.session_id not in found:
+    own: dict[str, Any] | None = None
+    if handover is not None and handover.session_id:
         try:
-            found[handover.session_id] = link.session(handover.session_id)
+            own = link.session(handover.session_id)
         except BrokerRefused as exc:
             if exc.status != 404:
                 raise
-    return list(found.values())
+    centre = own.get("centre") if own is not None else None
+    user = job_user or (own.get("user") if own is not None else None)
+    found = {own["session_id"]: own} if own is not None else {}
+    foreign = []
+    for session in link.sessions_of_job(job_id):
+        if session["session_id"] in found:
+            continue
+        if user is not None and session.get("user") == user and session.get("centre") == centre:
+            found[session["session_id"]] = session
+        else:
+            foreign.append(session)
+    return list(found.values()), foreign
 
 
 # -- node side ----------------------------------------------------------------------------

@@ -74,8 +74,12 @@ class BrokerLink:
             body["account"] = account
         return dict(self._call("POST", "/sessions", json=body))
 
-    def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
-        params = {"include_closed": include_closed}
+    def sessions(
+        self, include_closed: bool = False, slurm_job_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"include_closed": include_closed}
+        if slurm_job_id is not None:
+            params["slurm_job_id"] = slurm_job_id
         return list(self._call("GET", "/sessions", params=params))
 
     def session(self, session_id: str) -> dict[str, Any]:
@@ -84,7 +88,9 @@ class BrokerLink:
     def sessions_of_job(
         self, slurm_job_id: str, include_closed: bool = False
     ) -> list[dict[str, Any]]:
-        return [s for s in self.sessions(include_closed) if s.get("slurm_job_id") == slurm_job_id]
+        """Sessions the broker says belong to this Slurm job (filtered by the broker)."""
+        found = self.sessions(include_closed, slurm_job_id=slurm_job_id)
+        return [s for s in found if s.get("slurm_job_id") == slurm_job_id]
 
     def close_session(self, session_id: str) -> bool:
         """Close it; False if it was closed already (the reaper, or an earlier epilog)."""
