@@ -499,3 +499,91 @@ def test_warm_start_is_much_faster_than_a_cold_interpreter(pool: RuntimePool) ->
         pool.run("def main():\n    return 0\n", timeout=WAIT).timings["start_s"] for _ in range(3)
     )
     assert warm_s * 5 < cold_s, (warm_s, cold_s)
+
+
+# -- the template's warm-up -------------------------------------------------------------------
+
+
+def test_a_failing_warm_up_is_logged_and_the_template_still_starts(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken_warm_up.py"
+    broken.write_text("def warm():\n    raise RuntimeError('warm-up exploded')\n")
+    with RuntimePool(size=1, preload=(), warmup=f"{broken}:warm") as small:
+        outcome = small.run("def main():\n    return 42\n", timeout=WAIT)
+    assert outcome.ok and outcome.return_value == 42, outcome.error
+    err = capfd.readouterr().err
+    assert "warm-up" in err and "RuntimeError: warm-up exploded" in err
+
+
+def test_warm_up_choice() -> None:
+    from qhpc.runtime.pool import warm_up_spec
+    from qhpc.runtime.warmup import DEFAULT_WARM_UP
+
+    assert warm_up_spec("auto", ("numpy", "qiskit")) == DEFAULT_WARM_UP
+    assert warm_up_spec("auto", ()) is None  # a bare pool is not made to import qiskit
+    assert warm_up_spec(True, ()) == DEFAULT_WARM_UP
+    assert warm_up_spec(False, ("qiskit",)) is None
+    assert warm_up_spec("pkg.mod:fn", ()) == "pkg.mod:fn"
+    with pytest.raises(ValueError, match="warmup must be"):
+        warm_up_spec(lambda: None, ())
+
+
+def test_the_default_warm_up_leaves_no_thread_and_no_state_in_programs(pool: RuntimePool) -> None:
+    assert pool.warmup is not None  # the module's pool preloads qiskit: it is warmed
+    # The template may fork only while single-threaded in the ways the preload is
+    # (BLAS pools with fork handlers): the warm-up must not add a thread pool (Rayon, OpenMP).
+    template = pool._current
+    assert template is not None and template.pid
+    threads = len(os.listdir(f"/proc/{template.pid}/task"))
+    with RuntimePool(size=1, warmup=False) as cold:  # the same preload, not warmed
+        cold.wait_ready(60)
+        assert cold._current is not None
+        reference = len(os.listdir(f"/proc/{cold._current.pid}/task"))
+    assert threads == reference
+    outcome = pool.run(
+        src("""
+            import gc, os, sys
+            def main():
+                gc.unfreeze()  # the template's frozen heap too
+                gc.collect()
+                kinds = {type(o).__name__ for o in gc.get_objects()}
+                from qhpc.program.registry import registered_plugins
+                return {
+                    "objects": sorted(kinds & {"_StatevectorResource", "Stack", "ScipyMinimize",
+                                               "Transpile", "LocalQPU", "StackRequest"}),
+                    "names": sorted(n for n in globals() if not n.startswith("__")),
+                    "env": os.environ.get("QISKIT_IN_PARALLEL"),
+                    "plugins": sorted(registered_plugins()),
+                }
+        """),
+        timeout=WAIT,
+    )
+    assert outcome.ok, outcome.error
+    found = outcome.return_value
+    assert found["objects"] == [] and found["names"] == ["gc", "main", "os", "sys"]
+    assert found["env"] is None
+    assert found["plugins"] == [
+        "ObservableMeasurement", "ReadoutMitigation", "ScipyMinimize", "Transpile"
+    ]  # fmt: skip
+
+
+def test_a_warmed_program_runs_a_stack_and_the_transpiler_in_parallel_safely(
+    pool: RuntimePool,
+) -> None:
+    # Qiskit's Rust passes may use their thread pool in a program: the template did not
+    # start one, so the program's own starts fresh (a pool inherited without workers
+    # would hang here).
+    outcome = pool.run(
+        src("""
+            from qiskit.circuit.library import QFT
+            from qiskit.transpiler import CouplingMap, generate_preset_pass_manager
+            def main():
+                manager = generate_preset_pass_manager(
+                    optimization_level=2, coupling_map=CouplingMap.from_line(12),
+                    basis_gates=["cx", "rz", "sx", "x"], seed_transpiler=3)
+                return manager.run(QFT(12).decompose()).num_qubits
+        """),
+        timeout=WAIT,
+    )
+    assert outcome.ok and outcome.return_value == 12, outcome.error

@@ -59,6 +59,7 @@ from qhpc.runtime.isolation import DEFAULT_ENV_ALLOW, Limits
 from qhpc.runtime.loop import EventLoop
 from qhpc.runtime.outcome import ProgramContext, ProgramOutcome, ProgramStatus
 from qhpc.runtime.templates import Spare, Template, read_program, spawn_template
+from qhpc.runtime.warmup import DEFAULT_WARM_UP
 from qhpc.runtime.wire import (
     Forked,
     ForkFailed,
@@ -88,8 +89,35 @@ class PoolStats:
     programs_started: int
 
 
+def warm_up_spec(
+    warmup: bool | str | Callable[[], object] | None, preload: tuple[str, ...]
+) -> str | None:
+    """What the template runs before forking: ``"auto"`` is the default warm-up of
+    :mod:`qhpc.runtime.warmup` when the preload has qiskit (what it warms), ``True``
+    always, ``False``/``None`` never; a function or ``module:function`` runs instead."""
+    if warmup == "auto":
+        return DEFAULT_WARM_UP if "qiskit" in preload else None
+    if warmup is True:
+        return DEFAULT_WARM_UP
+    if warmup is False or warmup is None:
+        return None
+    function: Any = warmup  # only its import path is read
+    try:
+        return factory_spec(function)
+    except ValueError:
+        raise ValueError(
+            "warmup must be True, False, 'auto', a module-level function or a "
+            "'module:function' / '/path/file.py:function' string"
+        ) from None
+
+
 class RuntimePool:
-    """Warm classical runtimes for hybrid programs (see the module docstring)."""
+    """Warm classical runtimes for hybrid programs (see the module docstring).
+
+    ``warmup`` (see :func:`warm_up_spec`): by default a template that preloads
+    qiskit runs one tiny stack before it forks, so programs start with the
+    optimiser, transpiler and codec warm, not only imported.
+    """
 
     def __init__(
         self, size: int = 2, recycle_after: int = 50, max_rss_mb: float = 2048,
@@ -98,6 +126,7 @@ class RuntimePool:
         grace_s: float = 0.5, default_timeout: float | None = 3600.0,
         env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW, workdir_parent: str | None = None,
         output_limit: int = 4 << 20, python: str = sys.executable, huge_pages: bool = True,
+        warmup: bool | str | Callable[[], object] | None = "auto",
     ) -> None:  # fmt: skip
         if size < 1 or recycle_after < 1:
             raise ValueError("size and recycle_after must be >= 1")
@@ -110,6 +139,7 @@ class RuntimePool:
         self.grace_s, self.default_timeout = grace_s, default_timeout
         self.env_allow, self.output_limit, self.python = env_allow, output_limit, python
         self.huge_pages = huge_pages
+        self.warmup = warm_up_spec(warmup, self.preload)
         self._qpu_factory = factory_spec(qpu_factory)
         self._base = isolation.make_base_dir(workdir_parent)
         # A pool dropped without close(): its templates see end of stream and stop their
@@ -293,7 +323,7 @@ class RuntimePool:
         template = spawn_template(
             self._generation, python=self.python, preload=self.preload,
             env_allow=self.env_allow, qpu_factory=self._qpu_factory, huge_pages=self.huge_pages,
-            run_as=self.run_as,
+            run_as=self.run_as, warm_up=self.warmup,
         )  # fmt: skip
         self._templates.append(template)
         self._loop.add_reader(template.sock.fileno(), lambda: self._on_template(template))

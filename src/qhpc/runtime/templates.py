@@ -106,7 +106,7 @@ class Template:
 
 def spawn_template(
     generation: int, *, python: str, preload: tuple[str, ...], env_allow: tuple[str, ...],
-    qpu_factory: str | None, huge_pages: bool, run_as: RunAs | None,
+    qpu_factory: str | None, huge_pages: bool, run_as: RunAs | None, warm_up: str | None = None,
 ) -> Template:  # fmt: skip
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # Spawned, not forked: a clean interpreter with a scrubbed environment, so the
@@ -119,6 +119,8 @@ def spawn_template(
         command += ["--qpu-factory", qpu_factory]
     if huge_pages:
         command.append("--huge-pages")
+    if warm_up is not None:
+        command += ["--warm-up", warm_up]
     if run_as is not None:
         command += ["--run-as", f"{run_as.user}:{run_as.uid}:{run_as.gid}"]
     popen = subprocess.Popen(

@@ -1,5 +1,8 @@
 """The template process ("zygote"): imports the preload modules once, forks program processes.
 
+Before its first fork it may run a warm-up (``--warm-up module:function``, see
+:mod:`qhpc.runtime.warmup`), so children inherit warm caches, not only imports.
+
 Started by the pool with ``subprocess`` (``python -m qhpc.runtime.zygote``), never
 forked from the broker: the broker is multi-threaded and holds credentials and
 database connections; the template starts from a clean interpreter with a scrubbed
@@ -34,6 +37,7 @@ from typing import NoReturn
 from qhpc.runtime import isolation
 from qhpc.runtime.child import child_main
 from qhpc.runtime.hooks import QpuFactory, load_qpu_factory
+from qhpc.runtime.warmup import run_warm_up
 from qhpc.runtime.wire import (
     TEMPLATE_REQUEST_DECODER,
     DrainRequest,
@@ -262,6 +266,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--preload", default="")
     parser.add_argument("--qpu-factory", default=None)
     parser.add_argument("--huge-pages", action="store_true")
+    parser.add_argument("--warm-up", default=None, help="module:function run before forking")
     parser.add_argument("--run-as", default=None, help="USER:UID:GID programs run as")
     options = parser.parse_args(argv)
     sock = socket.socket(fileno=options.fd)
@@ -276,6 +281,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except BaseException:
         sock.send(encode(TemplateFailed(traceback.format_exc(limit=8))))
         os._exit(1)
+    if options.warm_up:
+        # Children inherit what this warmed (see qhpc.runtime.warmup); a failure is
+        # logged there and the template starts cold.
+        run_warm_up(options.warm_up)
     # Everything imported so far lives as long as the template: freezing it keeps the
     # children's garbage collector from touching (and copying) those pages.
     gc.collect()
