@@ -40,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -455,14 +456,26 @@ def predicted(scenario: Scenario, mode: Mode, workload: Workload, scale: float) 
     return measure(result).to_dict()
 
 
-def configure(work: Path, broker: Broker, mode: Mode, plugin: str) -> Path:
-    """Slurm fragments and hooks for ``broker``; the directory to apply."""
-    out, hooks = work / "slurm", work / "hooks"
+def root_dir(parent: Path, name: str) -> Path:
+    """``parent/name``, root's own, mode 0711: the node Prolog refuses a run directory that
+    another user could have claimed (as anyone can, a name in the world-writable work
+    folder)."""
+    folder = parent / name
+    folder.mkdir(mode=0o711)
+    folder.chmod(0o711)
+    return folder
+
+
+def configure(work: Path, private: Path, broker: Broker, mode: Mode, plugin: str) -> Path:
+    """Slurm fragments and hooks for ``broker``; the directory to apply. Hooks, spool
+    and run directory go into ``private`` (root's, 0711)."""
+    out, hooks = work / "slurm", private / "hooks"
+    run_dir = root_dir(private, "run")
     run(
         sys.executable, "-m", "qhpc.cli", "slurm", "config",
         "--config", str(work / "resources.toml"), "--token-file", str(work / "admin.token"),
         "--out", str(out), "--hooks-dir", str(hooks),
-        "--spool-dir", str(work / "spool"), "--run-dir", str(work / "run"),
+        "--spool-dir", str(private / "spool"), "--run-dir", str(run_dir),
         "--broker", broker.url, "--fastpath", broker.fastpath,
         "--sessions", f"{RESOURCE}={LICENCES if mode is Mode.MULTIPLEX else 1}",
         "--mode", "multiplex" if mode is Mode.MULTIPLEX else "exclusive",
@@ -521,6 +534,8 @@ def main() -> None:
     base = Path(f"/tmp/qhpc-study-slurm-{secrets.token_hex(4)}")
     base.mkdir(mode=0o755)
     base.chmod(0o1777)
+    private = Path(tempfile.mkdtemp(prefix="qhpc-study-slurm-root-"))
+    private.chmod(0o711)
     report: dict[str, Any] = {
         "time_scale": scale, "quick": args.quick, "licences": LICENCES,
         "chunk_seconds": CHUNK_SECONDS, "scenario": scenario.to_dict(), "margin": MARGIN,
@@ -547,7 +562,7 @@ def main() -> None:
                     "bash",
                     str(SLURM_SH),
                     "apply",
-                    str(configure(work, broker, mode, plugin)),
+                    str(configure(work, root_dir(private, str(mode)), broker, mode, plugin)),
                     timeout=400,
                 )
                 applied = time.perf_counter() - applying
@@ -587,6 +602,7 @@ def main() -> None:
         run("bash", str(SLURM_SH), "apply", str(saved), timeout=400, check=False)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(private, ignore_errors=True)
     report["wall_seconds"] = time.perf_counter() - started
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

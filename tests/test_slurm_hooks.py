@@ -332,6 +332,61 @@ def test_epilog_books_only_the_jobs_own_sessions(tmp_path: Path, broker: Broker)
     assert sorted(s["session_id"] for s in listed) == sorted(forged)
 
 
+@pytest.mark.parametrize("flaw", ["symlink", "world-writable", "group-writable", "foreign"])
+def test_prolog_refuses_an_unsafe_run_directory(tmp_path: Path, broker: Broker, flaw: str) -> None:
+    """Root writes files for users in the run directory: one another user could plant
+    or swap files in (or a symlink to one) is refused, and the job fails with a reason."""
+    if flaw == "foreign" and os.geteuid() != 0:
+        pytest.skip("handing a directory to another user needs root")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o711)
+    run_dir = tmp_path / "run"
+    if flaw == "symlink":
+        run_dir.symlink_to(elsewhere)
+    else:
+        run_dir.mkdir()
+        run_dir.chmod({"world-writable": 0o1777, "group-writable": 0o771}.get(flaw, 0o711))
+        if flaw == "foreign":
+            os.chown(run_dir, 65534, 65534)
+    settings = _settings(tmp_path, broker, run_dir=run_dir)
+    env = _env("114", SPANK_SLURM_JOB_QPU="sim", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    assert hooks.prolog(env, settings, show=_show()) == 0
+    assert list(elsewhere.iterdir()) == []
+    assert not any(p.name.startswith("job-") for p in run_dir.iterdir())
+    assert "refusing the run directory" in (settings.spool_dir / hooks.LOG_NAME).read_text()
+    code, exports, text = _task_prolog(_env("114", SLURM_JOB_QPU="sim"), run_dir)
+    assert (code, exports) == (1, {})
+    assert "the run directory is unsafe" in text
+    assert hooks.epilog(env, settings) == 0
+    assert hooks.epilog_slurmctld(env, settings, write_comment=lambda j, t: None) == 0
+
+
+def test_handover_owner_and_mode_are_set_on_the_open_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never by path: a name swapped for a symlink between write and chown would hand
+    root's chown/chmod to whatever it points at."""
+
+    def by_path(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ownership or mode set by path")
+
+    monkeypatch.setattr(os, "chown", by_path)
+    monkeypatch.setattr(os, "chmod", by_path)
+    (tmp_path / "run").mkdir(mode=0o711)
+    target = handover_path(tmp_path / "run", "115")
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    target.symlink_to(victim)  # replaced, never followed
+    hooks.write_handover(
+        target, hooks.Handover(job_id="115", resource="sim", error="x"),
+        uid=os.getuid(), gid=os.getgid(),
+    )  # fmt: skip
+    assert not target.is_symlink() and victim.read_text() == "keep"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o400
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
 def test_task_prolog_of_a_qpu_job_without_handover_fails(tmp_path: Path) -> None:
     code, _, text = _task_prolog(_env("108", SLURM_JOB_QPU="sim"), tmp_path)
     assert code == 1

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -157,6 +158,12 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
     work.mkdir(mode=0o755)
     work.chmod(0o1777)  # job output from any user
     (work / "resources.toml").write_text(RESOURCES)
+    # Hooks, spool and run directory: in root's own 0711 directory. The node Prolog
+    # refuses a run directory another user could have claimed (any name in `work`).
+    private = Path(tempfile.mkdtemp(prefix="qhpc-slurm-sessions-root-"))
+    private.chmod(0o711)
+    (private / "run").mkdir(mode=0o711)
+    (private / "run").chmod(0o711)
     port = free_port()
     fastpath = f"tcp://127.0.0.1:{free_port()}"
     process = start_serve(
@@ -172,8 +179,8 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
         run(
             sys.executable, "-m", "qhpc.cli", "slurm", "config",
             "--config", str(work / "resources.toml"), "--token-file", str(work / "admin.token"),
-            "--out", str(work / "slurm"), "--hooks-dir", str(work / "hooks"),
-            "--spool-dir", str(work / "spool"), "--run-dir", str(work / "run"),
+            "--out", str(work / "slurm"), "--hooks-dir", str(private / "hooks"),
+            "--spool-dir", str(private / "spool"), "--run-dir", str(private / "run"),
             "--broker", url, "--fastpath", fastpath, "--sessions-per-qpu", "2",
             "--spank-plugin", _spank_plugin(), "--cli-filter",
         )  # fmt: skip
@@ -185,7 +192,7 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
             "LANG": "C.UTF-8", "QHPC_PYTHON": sys.executable,
             "QHPC_EXAMPLES": str(ROOT / "examples"),
         }  # fmt: skip
-        yield Cluster(work, url, admin, sys.executable, env, work / "hooks" / "hooks.toml")
+        yield Cluster(work, url, admin, sys.executable, env, private / "hooks" / "hooks.toml")
     finally:
         for job in run("squeue", "-h", "-o", "%i %o", check=False).stdout.splitlines():
             if str(work) in job:
@@ -201,6 +208,7 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
                 process.wait()
         if process.returncode == 0 and not os.environ.get("QHPC_KEEP_SLURM_TEST_DIR"):
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(private, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,11 @@ ever sees a partial file or a moment of wider permissions.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,22 +56,96 @@ def handover_path(directory: Path, job_id: str) -> Path:
     return directory / f"job-{job_id}.json"
 
 
-def write_handover(
-    path: Path, handover: Handover, *, uid: int | None = None, gid: int | None = None
-) -> None:
-    """Write ``handover`` to ``path``, mode 0400/0600, owned by ``uid`` if given (root only)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+class UnsafeDirectory(OSError):
+    """A handover directory root must not write into: a symlink, not a directory, owned
+    by someone else, or writable by group or others."""
+
+
+def open_directory(path: Path) -> int:
+    """A descriptor of ``path`` that later writes go through, once it is known to be safe.
+
+    Refused (:class:`UnsafeDirectory`): a symlink, anything but a directory, a directory
+    owned by neither root nor this process's user, or one group or others may write to
+    — there someone else could plant or swap files root then writes as. Checking the
+    open descriptor (not the path again) leaves no gap between the check and the use.
+    """
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(asdict(handover), stream)
-        if uid is not None:
-            os.chown(temporary, uid, -1 if gid is None else gid)
-            os.chmod(temporary, 0o400)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            kind = "a symlink" if path.is_symlink() else "not a directory"
+            raise UnsafeDirectory(f"{path} is {kind}") from None
         raise
+    try:
+        problem = _unsafe(os.fstat(descriptor))
+        if problem:
+            raise UnsafeDirectory(f"{path} is {problem}")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _unsafe(status: os.stat_result) -> str | None:
+    if status.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {status.st_uid}, not root"
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by group or others (mode {stat.S_IMODE(status.st_mode):04o})"
+    return None
+
+
+def unsafe_directory(path: Path) -> str | None:
+    """Why ``path`` is no safe handover directory, or None (None too if it is missing)."""
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(status.st_mode):
+        return f"{path} is a symlink"
+    if not stat.S_ISDIR(status.st_mode):
+        return f"{path} is not a directory"
+    problem = _unsafe(status)
+    return f"{path} is {problem}" if problem else None
+
+
+def write_handover(
+    path: Path,
+    handover: Handover,
+    *,
+    uid: int | None = None,
+    gid: int | None = None,
+    directory: int | None = None,
+) -> None:
+    """Write ``handover`` to ``path``, mode 0400/0600, owned by ``uid`` if given (root only).
+
+    ``directory``: an open descriptor of ``path``'s directory (:func:`open_directory`);
+    every step then goes through it. Ownership and mode are set on the open file, never
+    by path, so nothing swapped in between can redirect them.
+    """
+    own = directory is None
+    folder = open_directory(path.parent) if directory is None else directory
+    name = path.name
+    temporary = f".{name}.{os.getpid()}"
+    try:
+        descriptor = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+            dir_fd=folder,
+        )  # fmt: skip
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                json.dump(asdict(handover), stream)
+                stream.flush()
+                if uid is not None:
+                    os.fchown(stream.fileno(), uid, -1 if gid is None else gid)
+                    os.fchmod(stream.fileno(), 0o400)
+            os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
+    finally:
+        if own:
+            os.close(folder)
 
 
 def read_handover(path: Path) -> Handover | None:
@@ -81,5 +158,10 @@ def read_handover(path: Path) -> Handover | None:
     return Handover(**{k: v for k, v in data.items() if k in known})
 
 
-def remove_handover(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def remove_handover(path: Path, *, directory: int | None = None) -> None:
+    """Remove ``path`` (through ``directory``, an open descriptor of its folder, if given)."""
+    if directory is None:
+        path.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path.name, dir_fd=directory)

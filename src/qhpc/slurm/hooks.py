@@ -36,9 +36,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 from qhpc.slurm.errors import SlurmError
 from qhpc.slurm.handover import (
     Handover,
+    UnsafeDirectory,
     handover_path,
+    open_directory,
     read_handover,
     remove_handover,
+    unsafe_directory,
     write_handover,
 )
 from qhpc.slurm.jobinfo import (
@@ -290,14 +293,34 @@ def prolog(
             f"within {settings.handover_wait_s:.0f} s (ask your admin to check hooks.log)",
         )  # fmt: skip
         _log(settings, handover.error or "")
+    target = handover_path(settings.run_dir, job_id)
     try:
-        settings.run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        target = handover_path(settings.run_dir, job_id)
-        remove_handover(target)
-        write_handover(target, handover, uid=job.uid, gid=_gid_of(env))
+        directory = _open_run_dir(settings.run_dir)
+    except UnsafeDirectory as exc:
+        _log(settings, f"job {job_id}: refusing the run directory: {exc}; nothing handed over")
+        return 0
     except OSError as exc:
         _log(settings, f"job {job_id}: cannot hand over its session: {exc}")
+        return 0
+    try:
+        remove_handover(target, directory=directory)
+        write_handover(target, handover, uid=job.uid, gid=_gid_of(env), directory=directory)
+    except OSError as exc:
+        _log(settings, f"job {job_id}: cannot hand over its session: {exc}")
+    finally:
+        os.close(directory)
     return 0
+
+
+def _open_run_dir(run_dir: Path) -> int:
+    """(root) The run directory, created 0711 if missing, refused unless root's own.
+
+    Root writes files for users there: a directory someone else owns or may write to
+    (or a symlink to one) would let them redirect those writes.
+    """
+    if not run_dir.is_symlink():
+        run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    return open_directory(run_dir)
 
 
 def _gid_of(env: Mapping[str, str]) -> int | None:
@@ -310,9 +333,18 @@ def epilog(env: Mapping[str, str], settings: HookSettings) -> int:
     job_id = env.get("SLURM_JOB_ID", "")
     if job_id.isdigit():
         try:
-            remove_handover(handover_path(settings.run_dir, job_id))
+            directory = open_directory(settings.run_dir)
+        except FileNotFoundError:
+            return 0
         except OSError as exc:
             _log(settings, f"job {job_id}: cannot remove its handover: {exc}")
+            return 0
+        try:
+            remove_handover(handover_path(settings.run_dir, job_id), directory=directory)
+        except OSError as exc:
+            _log(settings, f"job {job_id}: cannot remove its handover: {exc}")
+        finally:
+            os.close(directory)
     return 0
 
 
@@ -321,8 +353,17 @@ def task_prolog(env: Mapping[str, str], run_dir: Path, out: TextIO) -> int:
     job_id = env.get("SLURM_JOB_ID", "")
     if not job_id.isdigit():
         return 0
+    unsafe = unsafe_directory(run_dir)
+    handover: Handover | None
     try:
-        handover = read_handover(handover_path(run_dir, job_id))
+        if unsafe:  # whoever controls it could hand this job their own session
+            handover = Handover(
+                job_id=job_id, resource=None,
+                error=f"no QPU session for job {job_id}: the run directory is unsafe "
+                f"({unsafe}); ask your admin",
+            )  # fmt: skip
+        else:
+            handover = read_handover(handover_path(run_dir, job_id))
     except (OSError, ValueError) as exc:
         handover = Handover(job_id=job_id, resource=None, error=f"unreadable handover: {exc}")
     if handover is None:
