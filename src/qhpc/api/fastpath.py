@@ -40,8 +40,7 @@ import msgspec
 import zmq
 
 from qhpc.errors import QhpcError
-from qhpc.resources import PayloadError
-from qhpc.resources.codec import PayloadDecoder
+from qhpc.resources import PayloadDecoder, PayloadError
 from qhpc.runtime.fastpath import (
     ERROR,
     HELLO,

@@ -21,6 +21,14 @@ from qhpc.resources.circuits import (
     load_circuit,
     load_circuits,
 )
+from qhpc.resources.codec import (
+    MAX_PAYLOAD_BYTES,
+    PayloadDecoder,
+    decode_payload,
+    decode_result,
+    encode_payload,
+    encode_result,
+)
 from qhpc.resources.config import (
     ResourceRegistry,
     ResourceSpec,
@@ -47,6 +55,9 @@ from qhpc.resources.errors import (
     UnsupportedCircuitError,
     UnsupportedPayloadError,
 )
+from qhpc.resources.local import (
+    LocalResource,
+)
 from qhpc.resources.null import (
     NullResource,
 )
@@ -58,6 +69,7 @@ from qhpc.resources.payload import (
     SamplerResult,
     SamplerTask,
     TaskResult,
+    result_from_dict,
     validate_payload,
 )
 from qhpc.resources.qrmi import (
@@ -72,6 +84,7 @@ from qhpc.resources.target import (
 )
 
 __all__ = [
+    "MAX_PAYLOAD_BYTES",
     "AcquisitionError",
     "AerResource",
     "CalibrationSchedule",
@@ -81,9 +94,11 @@ __all__ = [
     "EmulatorResource",
     "EstimatorResult",
     "EstimatorTask",
+    "LocalResource",
     "ManualClock",
     "NullResource",
     "Payload",
+    "PayloadDecoder",
     "PayloadError",
     "QrmiResource",
     "QuantumResource",
@@ -108,11 +123,16 @@ __all__ = [
     "UnsupportedCircuitError",
     "UnsupportedPayloadError",
     "Window",
+    "decode_payload",
+    "decode_result",
     "detect_format",
     "device_target",
     "dump_circuit",
+    "encode_payload",
+    "encode_result",
     "load_circuit",
     "load_circuits",
     "load_registry",
+    "result_from_dict",
     "validate_payload",
 ]
