@@ -4,11 +4,14 @@ Co-located programs connect to a Unix stream socket in a directory the broker
 made for it. Each connection is served by its own thread, which authenticates
 the session token once and then, per frame, runs the task through
 :meth:`Broker.run_session_task` — on this very thread when the resource is free.
-One thread per connection keeps a round trip to two context switches; the
-number of connections is bounded by the programs running at once.
+One thread per connection keeps a round trip to two context switches.
 
 The socket is world-connectable (programs run under an unprivileged uid): what
-protects it is the session token, checked exactly as on the fast path.
+protects it is the session token, checked exactly as on the fast path. Since any
+local user can connect, a connection must send its HELLO within
+``hello_timeout`` seconds or it is closed, and at most ``max_connections`` are
+open at once (authenticated or not); further ones are refused with an ERROR
+frame (503) and a warning in the log.
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from qhpc.errors import QhpcError
-from qhpc.resources import PayloadError
-from qhpc.resources.codec import PayloadDecoder
+from qhpc.resources import PayloadDecoder, PayloadError
 from qhpc.runtime.direct import (
     DIRECT_VERSION,
     ERROR,
@@ -47,6 +49,12 @@ log = logging.getLogger(__name__)
 
 #: the largest HELLO frame (a token)
 MAX_HELLO_BYTES = 4096
+#: a connection that has not authenticated within this many seconds is closed
+HELLO_TIMEOUT_S = 5.0
+#: connections open at once, authenticated or not: each holds a broker thread
+MAX_CONNECTIONS = 256
+#: at most one "connections refused" warning per this many seconds
+_REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -76,8 +84,17 @@ class _Refused(Exception):
 class DirectDispatcher:
     """Listens on ``unix://<private dir>/dispatch.sock`` for co-located programs."""
 
-    def __init__(self, broker: Broker, directory: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        directory: str | None = None,
+        *,
+        hello_timeout: float = HELLO_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.broker = broker
+        self.hello_timeout = hello_timeout
+        self.max_connections = max_connections
         self._dir = directory or tempfile.mkdtemp(prefix="qhpc-dispatch-")
         # Traversable by the programs' unprivileged uid, not listable.
         os.chmod(self._dir, 0o711)
@@ -93,6 +110,8 @@ class DirectDispatcher:
         self._connections: set[socket.socket] = set()
         self._stats: dict[str, DispatchStats] = {}
         self._stopped = False
+        self._refused = 0
+        self._refusal_logged_at = float("-inf")
         self._max_frame = broker.config.max_payload_bytes + 1024
         self._thread = threading.Thread(target=self._accept, name="qhpc-dispatch", daemon=True)
         self._thread.start()
@@ -143,16 +162,39 @@ class DirectDispatcher:
                 if self._stopped:
                     conn.close()
                     return
-                self._connections.add(conn)
+                full = len(self._connections) >= self.max_connections
+                if not full:
+                    self._connections.add(conn)
+            if full:
+                self._refuse_over_cap(conn)
+                continue
             threading.Thread(
                 target=self._serve, args=(conn,), name="qhpc-dispatch-conn", daemon=True
             ).start()
 
+    def _refuse_over_cap(self, conn: socket.socket) -> None:
+        detail = f"the broker's dispatch channel has {self.max_connections} connections open"
+        conn.setblocking(False)  # a fresh socket's buffer takes the small frame at once
+        self._refuse(conn, _Refused(503, detail + ": try again later", fatal=True))
+        conn.close()
+        now = time.monotonic()
+        self._refused += 1
+        if now - self._refusal_logged_at >= _REFUSAL_LOG_INTERVAL_S:
+            log.warning(
+                "direct dispatch: refused %d connection(s): %s (max_connections) on %s",
+                self._refused, detail, self.path,
+            )  # fmt: skip
+            self._refused, self._refusal_logged_at = 0, now
+
     def _serve(self, conn: socket.socket) -> None:
         try:
             reader = FrameReader(conn)
+            # Anyone on the host may connect: an idle, unauthenticated one must not
+            # hold this thread for long.
+            conn.settimeout(self.hello_timeout)
             session_id = self._hello(conn, reader)
             if session_id is not None:
+                conn.settimeout(None)
                 self._loop(conn, reader, session_id)
         except (OSError, ConnectionError):
             pass  # the program ended or was killed
@@ -187,6 +229,10 @@ class DirectDispatcher:
                 raise _Refused(401, "the dispatch channel needs a session token", fatal=True)
         except ValueError as exc:  # reader.read: oversized
             self._refuse(conn, _Refused(400, str(exc), fatal=True))
+            return None
+        except TimeoutError:
+            detail = f"no HELLO frame within {self.hello_timeout:g} s"
+            self._refuse(conn, _Refused(408, detail, fatal=True))
             return None
         except _Refused as refused:
             self._refuse(conn, refused)
