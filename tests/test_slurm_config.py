@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,44 @@ def test_cli_needs_a_token(
     )
     assert code != 0
     assert "token" in err
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the check applies to root only")
+
+
+@needs_root
+def test_root_refuses_hooks_that_run_code_others_can_change(tmp_path: Path) -> None:
+    """Root's Prolog would exec the wrapper's interpreter: one in a directory others may
+    write to (a developer's venv) is refused, naming the path and what is wrong."""
+    open_dir = tmp_path / "shared"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    python = open_dir / "python"
+    python.symlink_to(sys.executable)
+    with pytest.raises(SlurmConfigError) as refused:
+        write_config(_request(tmp_path, python=str(python)))
+    message = str(refused.value)
+    assert str(python) in message and "writable by group or others (mode 0777)" in message
+    assert "--python" in message
+    assert not (tmp_path / "hooks").exists()  # nothing written
+    written = write_config(_request(tmp_path, python=str(python), python_given=True))
+    assert any(note.startswith("warning:") and str(python) in note for note in written.notes)
+    assert str(python) in (tmp_path / "hooks" / "prolog").read_text()
+
+
+@needs_root
+def test_unsafe_path_checks_owner_and_mode_up_to_the_root(tmp_path: Path) -> None:
+    from qhpc.slurm.config import unsafe_path
+
+    assert unsafe_path(Path(sys.executable)) is None  # this checkout's root-owned venv
+    safe = tmp_path / "a" / "b"
+    safe.mkdir(parents=True)
+    assert unsafe_path(safe) is None
+    os.chown(tmp_path / "a", 65534, 65534)
+    problem = unsafe_path(safe) or ""
+    assert problem.startswith(f"{tmp_path / 'a'} is owned by") and "uid 65534" in problem
+    os.chown(tmp_path / "a", 0, 0)
+    (tmp_path / "a").chmod(0o775)
+    assert "writable by group or others (mode 0775)" in (unsafe_path(safe) or "")
+    (tmp_path / "a").chmod(0o1777)  # sticky: others cannot rename root's entries
+    assert unsafe_path(safe) is None

@@ -97,6 +97,15 @@ def config(
     mode: Annotated[str, typer.Option(help="Session mode: multiplex or exclusive.")] = (
         "multiplex"
     ),
+    python: Annotated[
+        str | None,
+        typer.Option(
+            "--python",
+            help="Interpreter the hook wrappers run (default: this one). As root, an "
+            "interpreter, prefix or qhpc package others can change is refused; a --python "
+            "PATH is used with a warning instead.",
+        ),
+    ] = None,
 ) -> None:
     """Write qhpc.conf, plugstack.conf, gres.conf into --out; hooks and hooks.toml into
     --hooks-dir."""
@@ -123,7 +132,8 @@ def config(
             resources=names, broker_url=broker, token=token, out_dir=out_dir,
             hooks_dir=hooks_dir,
             sessions_per_qpu=sessions_per_qpu, sessions=_parse_sessions(sessions or []),
-            fastpath=fastpath, spool_dir=spool_dir, run_dir=run_dir, python=sys.executable,
+            fastpath=fastpath, spool_dir=spool_dir, run_dir=run_dir,
+            python=python or sys.executable, python_given=python is not None,
             slurm_user=slurm_user, spank_plugin=spank_plugin, gres_node=gres_node,
             cli_filter=cli_filter,
             session_mode=mode,

@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import shlex
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class SlurmConfigRequest:
     spool_dir: Path = DEFAULT_SPOOL_DIR
     run_dir: Path = DEFAULT_RUN_DIR
     python: str = sys.executable
+    python_given: bool = False  # --python: trust it with a warning instead of refusing
     slurm_user: str = "slurm"
     spank_plugin: Path | None = None
     gres_node: str | None = None  # write gres.conf for this node name
@@ -166,10 +168,82 @@ class WrittenConfig:
     notes: list[str]
 
 
+def unsafe_path(path: Path) -> str | None:
+    """Why root should not run code from ``path``, or None.
+
+    Every component from ``path`` up to ``/`` (as given and, through symlinks, as
+    resolved) must be owned by root and not writable by group or others: whoever can
+    change any of them decides what root runs. Symlinks count by owner only (their mode
+    means nothing); a sticky directory (``/tmp``) may be world-writable, since others
+    cannot rename or remove root's entries in it.
+    """
+    given = Path(os.path.abspath(path))
+    for start in dict.fromkeys([given, given.resolve()]):
+        for component in (start, *start.parents):
+            try:
+                status = component.lstat()
+            except OSError as exc:
+                return f"{component} cannot be checked ({exc.strerror})"
+            if status.st_uid != 0:
+                owner = _user_name(status.st_uid)
+                return f"{component} is owned by {owner}, not root"
+            if stat.S_ISLNK(status.st_mode):
+                continue
+            sticky_dir = stat.S_ISDIR(status.st_mode) and status.st_mode & stat.S_ISVTX
+            if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
+                mode = stat.S_IMODE(status.st_mode)
+                return f"{component} is writable by group or others (mode {mode:04o})"
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _code_of_the_hooks(request: SlurmConfigRequest) -> list[tuple[str, Path]]:
+    """What root's Prolog/Epilog will run: the interpreter, its prefix, qhpc's package."""
+    import qhpc
+
+    if request.python_given:
+        return [("interpreter (--python)", Path(request.python))]
+    package = Path(qhpc.__file__).resolve().parent
+    paths = [("interpreter", Path(request.python)), ("sys.prefix", Path(sys.prefix))]
+    paths.append(("the qhpc package", package))
+    paths += [("the qhpc package", p) for p in sorted(package.rglob("*"))]
+    return paths
+
+
+def check_hook_python(request: SlurmConfigRequest, notes: list[str]) -> None:
+    """(root) Refuse wrappers that would run root's hooks from code others can change."""
+    if os.geteuid() != 0:
+        return
+    for what, path in _code_of_the_hooks(request):
+        problem = unsafe_path(path)
+        if problem is None:
+            continue
+        if request.python_given:
+            notes.append(
+                f"warning: root's Prolog and Epilog will run {path}, but {problem}: "
+                "whoever can change it runs code as root"
+            )
+            return
+        raise SlurmConfigError(
+            f"root's Prolog and Epilog would run {what} {path}, but {problem}: whoever can "
+            "change it would run code as root. Install qhpc where only root can change it "
+            "(e.g. a root-owned venv) and run `qhpc slurm config` from there, or name the "
+            "interpreter with --python PATH to override (with a warning)"
+        )
+
+
 def write_config(request: SlurmConfigRequest) -> WrittenConfig:
     """Write every file into ``request.out_dir``; returns what was written and notes."""
     check_names(request.resources)
     request.licence_counts()  # check before writing anything
+    early_notes: list[str] = []
+    check_hook_python(request, early_notes)
     out = request.out_dir.resolve()
     hooks_dir = request.hooks_dir.resolve()
     for directory in (out, hooks_dir):  # SlurmUser and job users must reach the wrappers
@@ -177,7 +251,7 @@ def write_config(request: SlurmConfigRequest) -> WrittenConfig:
         directory.chmod(0o755)
     settings_path = hooks_dir / "hooks.toml"
     files: list[Path] = []
-    notes: list[str] = []
+    notes: list[str] = early_notes
 
     conf = out / "qhpc.conf"
     conf.write_text(render_qhpc_conf(request, hooks_dir), encoding="utf-8")
