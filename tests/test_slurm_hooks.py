@@ -34,7 +34,9 @@ from qhpc.slurm import (
     slurm_accounting,
     usage_comment,
 )
+from qhpc.slurm.errors import HookSettingsError
 from qhpc.slurm.handover import handover_path, read_handover
+from qhpc.slurm.settings import load_settings
 
 RESOURCES = '[resources.sim]\ntype = "aer"\n'
 
@@ -385,6 +387,27 @@ def test_handover_owner_and_mode_are_set_on_the_open_file(
     assert not target.is_symlink() and victim.read_text() == "keep"
     assert stat.S_IMODE(target.stat().st_mode) == 0o400
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_node_settings_without_the_token(tmp_path: Path, broker: Broker) -> None:
+    """Several hosts: a node's hooks.toml holds no token (it stays on the controller);
+    the node's Prolog and Epilog work with it, the controller's hooks refuse it."""
+    settings = _settings(tmp_path, broker)
+    env = _env("116", SPANK_SLURM_JOB_QPU="sim", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    node = tmp_path / "node.toml"
+    node.write_text(
+        f'spool_dir = "{settings.spool_dir}"\nrun_dir = "{settings.run_dir}"\n'
+        "handover_wait_s = 1.0\n"
+    )
+    assert hooks.main(["prolog", "--settings", str(node)], env=env) == 0
+    code, exports, _ = _task_prolog(_env("116"), settings.run_dir)
+    assert code == 0 and exports["QHPC_RESOURCE"] == "sim"
+    assert hooks.main(["epilog", "--settings", str(node)], env=env) == 0
+    assert not handover_path(settings.run_dir, "116").exists()
+    with pytest.raises(HookSettingsError, match="'broker_url' must be a non-empty string"):
+        load_settings(node)
+    assert hooks.epilog_slurmctld(env, settings, write_comment=lambda j, t: None) == 0
 
 
 def test_task_prolog_of_a_qpu_job_without_handover_fails(tmp_path: Path) -> None:

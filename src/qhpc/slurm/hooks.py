@@ -402,7 +402,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.settings is None:
         parser.error(f"{args.hook} needs --settings")
     try:
-        settings = load_settings(args.settings)
+        controller = args.hook in ("prolog-slurmctld", "epilog-slurmctld")
+        settings = load_settings(args.settings, need_token=controller)
     except SlurmError as exc:
         _log(None, f"{args.hook}: {exc}")
         return 0

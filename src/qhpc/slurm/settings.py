@@ -49,8 +49,12 @@ class HookSettings:
         return "\n".join(lines) + "\n"
 
 
-def load_settings(path: Path) -> HookSettings:
-    """Read and check a settings file; errors name the file and the key."""
+def load_settings(path: Path, *, need_token: bool = True) -> HookSettings:
+    """Read and check a settings file; errors name the file and the key.
+
+    ``need_token=False`` for the node's Prolog and Epilog: they never talk to the broker,
+    so a node's settings file may leave the token out (it stays on the controller).
+    """
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -63,9 +67,12 @@ def load_settings(path: Path) -> HookSettings:
         raise HookSettingsError(
             f"hook settings {path}: unknown key(s) {unknown}; known: {sorted(known)}"
         )
-    for key in ("broker_url", "fastpath", "token"):
+    for key in ("broker_url", "fastpath", "token") if need_token else ():
         if not isinstance(data.get(key), str) or not data[key]:
             raise HookSettingsError(f"hook settings {path}: {key!r} must be a non-empty string")
+    for key in ("broker_url", "fastpath", "token"):
+        if not isinstance(data.get(key, ""), str):
+            raise HookSettingsError(f"hook settings {path}: {key!r} must be a string")
     mode = data.get("session_mode", "multiplex")
     if mode not in SESSION_MODES:
         raise HookSettingsError(
@@ -73,9 +80,9 @@ def load_settings(path: Path) -> HookSettings:
         )
     try:
         return HookSettings(
-            broker_url=data["broker_url"],
-            fastpath=data["fastpath"],
-            token=data["token"],
+            broker_url=data.get("broker_url", ""),
+            fastpath=data.get("fastpath", ""),
+            token=data.get("token", ""),
             spool_dir=Path(data.get("spool_dir", DEFAULT_SPOOL_DIR)),
             run_dir=Path(data.get("run_dir", DEFAULT_RUN_DIR)),
             session_mode=mode,
