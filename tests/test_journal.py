@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from qiskit.circuit import QuantumCircuit
 
+from qhpc.broker import journal
 from qhpc.broker.service import Broker, BrokerConfig, journal_dir
 from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerTask, TaskStatus
 from qhpc.resources.null import NullResource
-from qhpc.store import Store
+from qhpc.store import Store, StoreError
 
 TASKS = 25
 
@@ -210,3 +211,107 @@ def test_a_busy_local_resource_declines_and_a_stop_request_cancels(null: NullRes
     stop.set()
     done = null.run_now(SamplerTask((measured(),), shots=1), stop)
     assert done is not None and done[0] is TaskStatus.CANCELLED
+
+
+# -- a failing store: nothing released is dropped --------------------------------------
+
+
+class FlakyCommits:
+    """Makes ``store.record_finished_tasks`` fail ``failures`` times, then work."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self._real = store.record_finished_tasks
+        store.record_finished_tasks = self  # type: ignore[method-assign]
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StoreError("database error (test): the server restarted")
+        return self._real(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("failures", [1, 4])
+def test_a_failing_commit_is_retried_and_nothing_released_is_lost(
+    tmp_path: Path, failures: int
+) -> None:
+    with Store.open(tmp_path / "f.db") as store:
+        broker, registry = null_broker(store)
+        try:
+            session, _ = broker.open_session(
+                user="u", account="a", resource="null", deadline=time.time() + 600
+            )
+            flaky = FlakyCommits(store, failures)
+            outcome = broker.run_session_task(
+                session.session_id, SamplerTask((measured(),), shots=3)
+            )
+            assert outcome.state == "completed"  # released from the log
+            assert broker.journal.flush(30)
+            assert flaky.calls > failures
+            assert [t.task_id for t in store.tasks_of_job(session.session_id)] == [outcome.task_id]
+            assert [u.task_id for u in store.usage()] == [outcome.task_id]
+            assert broker.journal.uncommitted == 0
+            assert not (tmp_path / "f.db.journal" / "dead-letter.msgpack").exists()
+        finally:
+            broker.stop()
+            registry.close()
+
+
+def test_while_the_store_fails_the_log_and_the_task_in_memory_are_kept(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "g.db") as store:
+        broker, registry = null_broker(store)
+        log_dir = tmp_path / "g.db.journal"
+        try:
+            session, _ = broker.open_session(
+                user="u", account="a", resource="null", deadline=time.time() + 600
+            )
+            flaky = FlakyCommits(store, 10**9)  # down for good
+            outcome = broker.run_session_task(
+                session.session_id, SamplerTask((measured(),), shots=3)
+            )
+            deadline = time.monotonic() + 30
+            while flaky.calls < 3:  # retried, again and again
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert broker.journal.uncommitted == 1
+            assert broker.get_task(outcome.task_id).state == "completed"  # still in memory
+            assert sum(p.stat().st_size for p in log_dir.glob("*.log")) > 0
+        finally:
+            broker.stop()  # gives up: the log stays for the next start
+            registry.close()
+        assert store.tasks_of_job(session.session_id) == []
+        assert sum(p.stat().st_size for p in log_dir.glob("*.log")) > 0
+
+        store.record_finished_tasks = flaky._real  # type: ignore[method-assign]
+        broker, registry = null_broker(store)  # recover() stores it
+        broker.stop()
+        registry.close()
+        assert [u.task_id for u in store.usage()] == [outcome.task_id]
+        assert [p.stat().st_size for p in log_dir.glob("*.log")] in ([], [0])
+
+
+def test_a_task_the_store_refuses_for_good_goes_to_the_dead_letter_file(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "h.db") as store:
+        broker, registry = null_broker(store, journal_commit_interval=3600)
+        log_dir = tmp_path / "h.db.journal"
+        try:
+            session, _ = broker.open_session(
+                user="u", account="a", resource="null", deadline=time.time() + 600
+            )
+            outcome = broker.run_session_task(
+                session.session_id, SamplerTask((measured(),), shots=3)
+            )
+            # The session's job ends behind the journal's back: the store refuses the task.
+            store.set_job_state(session.session_id, "completed", finished_at=time.time())
+            assert broker.journal.flush(30)
+            assert broker.journal.uncommitted == 0
+        finally:
+            broker.stop()
+            registry.close()
+        assert store.tasks_of_job(session.session_id) == []
+        dead = list(journal._read_segment(log_dir / journal.DEAD_LETTER))
+        assert [(t.task_id, o.state, o.shots) for t, o in dead] == [
+            (outcome.task_id, "completed", 3)
+        ]
+        assert [p.stat().st_size for p in log_dir.glob("*.log")] in ([], [0])

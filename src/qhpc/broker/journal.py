@@ -8,18 +8,27 @@ A session task runs from memory as soon as it is admitted. When it has finished,
    fsync: the record is in the kernel's page cache when ``append`` returns, so it
    survives a crash of the broker process, though not of the machine);
 2. it queues the pair for the writer thread, which stores everything that
-   finished within the last ``commit_interval`` in one relaxed-durability
-   transaction (group commit) and then deletes the log segments that are covered.
+   finished within the last ``commit_interval`` in one transaction (group commit)
+   and then deletes the log segments that are covered.
+
+A segment is deleted only once the commit covering it would survive whatever the
+segment survives: on SQLite the commit is relaxed (``synchronous = NORMAL``, lost
+only with the machine, like the un-fsync'd log); on PostgreSQL it is synchronous,
+because the server can crash on its own and would lose relaxed commits whose
+segments are gone. A commit that fails (a restarting server, a locked file) is
+retried with backoff, and nothing of it is forgotten meanwhile: its tasks stay in
+memory and in the log. Tasks the store refuses for good (their job is gone or
+final) are appended to ``dead-letter.msgpack`` in the log directory, never dropped.
 
 The broker releases a session task's result as soon as ``append`` returns, before
 the commit. That is safe because of the log: when the broker is killed between
 the two, the next start replays the log into the store (:meth:`Journal.recover`),
-so a task whose result was released is stored, and booked, exactly once — the
-same guarantee a relaxed commit gives (a crash of the broker loses nothing
-released; a crash of the machine may lose the last few milliseconds). A task still
-in flight at a crash was never released; its live client retries it. If the log
-cannot be written (disk full, no log directory), ``append`` says so and the
-broker falls back to releasing the result only after the commit.
+so a task whose result was released is stored, and booked, exactly once: a crash
+of the broker loses nothing released, a crash of the machine may lose the last few
+milliseconds. A task still in flight at a crash was never released; its live
+client retries it. If the log cannot be written (disk full, no log directory),
+``append`` says so and the broker falls back to releasing the result only after
+the commit.
 
 Log format: segment files ``NNNNNNNNNNNN.log`` in the log directory, each a
 sequence of frames ``!I`` (body length) + msgpack ``[TaskRecord, TaskOutcome]``.
@@ -40,7 +49,7 @@ from typing import Final
 
 import msgspec
 
-from qhpc.store import NotFoundError, Store, TaskOutcome, TaskRecord
+from qhpc.store import ConflictError, NotFoundError, Store, StoreError, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,16 @@ MAX_BATCH = 1000
 COMMIT_INTERVAL: Final = 0.05
 FRAME: Final = struct.Struct("!I")
 SEGMENT_SUFFIX: Final = ".log"
+#: where tasks the store refuses for good (their job is gone or final) are kept, in the
+#: segments' format; not a ``.log`` file, so recovery never replays it
+DEAD_LETTER: Final = "dead-letter.msgpack"
+#: seconds before the first retry of a commit that failed (a restarting database, a
+#: locked SQLite file); doubles per failure up to RETRY_MAX_SECONDS
+RETRY_FIRST_SECONDS: Final = 0.05
+RETRY_MAX_SECONDS: Final = 5.0
+#: how long :meth:`Journal.stop` waits for outstanding commits before it leaves them
+#: to the log (replayed at the next start)
+STOP_PATIENCE: Final = 15.0
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[TaskRecord, TaskOutcome])
@@ -90,6 +109,14 @@ class Journal:
         self._spare: tuple[Path, int] | None = None
         #: rotated segments and the append count they end at; deleted once committed
         self._closed_segments: list[tuple[int, Path, int]] = []
+        #: commits wait for the disk unless the store shares the log's failure domain:
+        #: an SQLite file on this machine loses a relaxed commit only when the machine
+        #: crashes, and then the log (never fsync'd) is gone too; a PostgreSQL server
+        #: fails on its own, and with ``synchronous_commit = off`` its crash would lose
+        #: commits whose log segments were already deleted
+        self.relaxed = store.backend == "sqlite"
+        #: the writer stopped with tasks uncommitted (their segments are kept)
+        self._abandoned = False
         self._thread = threading.Thread(target=self._write_loop, name="qhpc-journal", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -101,7 +128,7 @@ class Journal:
                 self._thread.start()
 
     def stop(self) -> None:
-        self.flush()
+        self.flush(STOP_PATIENCE)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -110,7 +137,19 @@ class Journal:
         with self._cond:
             self._rotate()
             self._drop_committed_segments()
+            kept, self._closed_segments = self._closed_segments, []
             spare, self._spare = self._spare, None
+            uncommitted = self._appended - self._committed
+        for _, _path, fd in kept:  # uncommitted: the next start's recover() stores them
+            os.close(fd)
+        if uncommitted:
+            where = (
+                f"their log is kept in {self.log_dir} and replayed at the next start"
+                if kept and not self._log_failed
+                else "they were not logged and are lost"
+            )
+            log.error("journal: stopped with %d session task(s) not committed; %s",
+                      uncommitted, where)  # fmt: skip
         if spare is not None:
             _discard(spare)
 
@@ -134,6 +173,7 @@ class Journal:
                 records = _read_segment(path)
                 missing = [item for item in records if not self._is_stored(item[0].task_id)]
                 if missing:
+                    # A store that fails now raises: the segment stays for the next start.
                     self._store(missing, relaxed=False)
                     stored += len(missing)
                     log.warning(
@@ -256,12 +296,14 @@ class Journal:
                 del self._pending[:MAX_BATCH]
                 if not self._pending:
                     self._rotate()
-            try:
-                batch = self._store(batch, relaxed=True)
-            finally:
+            if not self._commit(batch):
                 with self._cond:
-                    self._committed += len(batch)
-                    self._drop_committed_segments()
+                    self._abandoned = True  # the segments stay; stop() says so
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._committed += len(batch)
+                self._drop_committed_segments()
             try:
                 self.on_committed(batch)
             finally:
@@ -284,18 +326,76 @@ class Journal:
         if not installed:
             _discard(opened)
 
-    def _store(self, batch: list[Finished], *, relaxed: bool) -> list[Finished]:
+    def _commit(self, batch: list[Finished]) -> bool:
+        """Store ``batch``, retrying while the store fails; False if the journal is
+        stopping and the store still fails (the log keeps the batch for recovery)."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                self._store(batch, relaxed=self.relaxed)
+                return True
+            except Exception as error:  # transient (see _store): the batch waits, whole
+                with self._cond:
+                    if self._stopping:
+                        log.error("journal: giving up storing %d session task(s) at stop: %s",
+                                  len(batch), error)  # fmt: skip
+                        return False
+                log.error("journal: cannot store %d session task(s), retrying in %.2f s: %s",
+                          len(batch), delay, error)  # fmt: skip
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, delay)
+                delay = min(2 * delay, RETRY_MAX_SECONDS)
+
+    def _store(self, batch: list[Finished], *, relaxed: bool) -> None:
+        """Store ``batch``: every task ends stored, or dead-lettered when the store
+        refuses it for good. Raises on a transient failure (nothing is lost then: the
+        caller retries, and tasks stored meanwhile are recognised and skipped)."""
         try:
             self.store.record_finished_tasks(batch, relaxed=relaxed)
+            return
+        except StoreError as error:
+            if not _permanent(error):
+                raise
         except Exception:
-            # One bad task (e.g. its session job was closed meanwhile) must not take
-            # the batch down with it: write them one by one.
-            for item in batch:
+            pass  # a bad record: sorted out one by one below
+        # One bad task (its session job closed meanwhile, or stored by a commit whose
+        # answer was lost) must not take the batch down with it: one by one.
+        for item in batch:
+            try:
+                self.store.record_finished_tasks([item], relaxed=relaxed)
+            except StoreError as error:
+                if not _permanent(error):
+                    raise
+                if not self._is_stored(item[0].task_id):
+                    self._dead_letter(item, error)
+            except Exception as error:  # not storable at all: keep it for an admin
+                self._dead_letter(item, error)
+
+    def _dead_letter(self, item: Finished, error: Exception) -> None:
+        """Keep a task the store refuses for good where an admin finds it."""
+        task, outcome = item
+        directory = self.log_dir
+        path = None if directory is None else directory / DEAD_LETTER
+        if directory is not None and path is not None:
+            record = _encoder.encode(item)
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 try:
-                    self.store.record_finished_tasks([item], relaxed=relaxed)
-                except Exception as error:  # the writer must outlive any one bad task
-                    log.error("session task %s not recorded: %s", item[0].task_id, error)
-        return batch
+                    os.write(fd, FRAME.pack(len(record)) + record)
+                    os.fsync(fd)  # rare, and its segment is deleted once this returns
+                finally:
+                    os.close(fd)
+            except OSError as write_error:
+                log.error("journal: cannot write %s: %s", path, write_error)
+                path = None
+        kept = f"kept in {path}" if path is not None else "not kept anywhere else"
+        log.error(
+            "journal: the store refuses session task %s (job %s, account %s, %s, "
+            "%.6f QPU s): %s; %s",
+            task.task_id, task.job_id, task.account, outcome.state, outcome.qpu_seconds, error,
+            kept,
+        )  # fmt: skip
 
     def _is_stored(self, task_id: str) -> bool:
         try:
@@ -303,6 +403,13 @@ class Journal:
         except NotFoundError:
             return False
         return True
+
+
+def _permanent(error: StoreError) -> bool:
+    """Whether retrying cannot help: the task's job is missing or final, or the task
+    conflicts with a stored one. Anything else (a lost connection, a locked file) may
+    pass on the next attempt."""
+    return isinstance(error, ConflictError | NotFoundError)
 
 
 def _discard(segment: tuple[Path, int]) -> None:
