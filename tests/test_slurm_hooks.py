@@ -410,6 +410,24 @@ def test_node_settings_without_the_token(tmp_path: Path, broker: Broker) -> None
     assert hooks.epilog_slurmctld(env, settings, write_comment=lambda j, t: None) == 0
 
 
+def test_task_prolog_keeps_broker_text_on_its_line(tmp_path: Path) -> None:
+    """The TaskProlog's stdout is commands to slurmstepd, one per line: an error text
+    (from the broker) or a value with a line break must not add an ``export``."""
+    from qhpc.slurm.handover import Handover, write_handover
+
+    evil = "refused\nexport LD_PRELOAD=/tmp/x.so\runset PATH\x1b[2J"
+    write_handover(handover_path(tmp_path, "117"), Handover("117", "sim", error=evil))
+    code, exports, text = _task_prolog(_env("117"), tmp_path)
+    assert (code, exports) == (1, {})
+    assert text.count("\n") == 1 and text.startswith("print qhpc: error: refused export LD_")
+    bad = Handover("118", "sim", session_id="s", token="qhpc_t\nexport X=1", url="http://b",
+                   fastpath="tcp://b:5555", deadline=1.0)  # fmt: skip
+    write_handover(handover_path(tmp_path, "118"), bad)
+    code, exports, text = _task_prolog(_env("118"), tmp_path)
+    assert (code, exports) == (1, {})
+    assert text.count("\n") == 1 and "QHPC_SESSION hold control characters" in text
+
+
 def test_task_prolog_of_a_qpu_job_without_handover_fails(tmp_path: Path) -> None:
     code, _, text = _task_prolog(_env("108", SLURM_JOB_QPU="sim"), tmp_path)
     assert code == 1

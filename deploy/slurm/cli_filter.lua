@@ -20,11 +20,12 @@ local function split_commas(text)
     return items
 end
 
--- The licence names already requested with -L ("a:1,b" -> {a=true, b=true}).
+-- The licence names already requested with -L ("a:1,b*2,c" -> {a=true, b=true, c=true}):
+-- Slurm takes NAME, NAME:COUNT and NAME*COUNT.
 local function requested_licences(licences)
     local names = {}
     for _, item in ipairs(split_commas(licences)) do
-        local name = string.match(item, "^([^:]+)")
+        local name = string.match(item, "^([^:*]+)")
         if name ~= nil then
             names[name] = true
         end

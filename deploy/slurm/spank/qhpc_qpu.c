@@ -116,7 +116,14 @@ int slurm_spank_init(spank_t sp, int ac, char *argv[])
 
 	for (i = 0; i < ac; i++) {
 		if (strncmp(argv[i], "allowed=", 8) == 0) {
-			snprintf(allowed, sizeof(allowed), "%s", argv[i] + 8);
+			/* Cut short, the last name would become an allowed prefix of itself. */
+			if (snprintf(allowed, sizeof(allowed), "%s", argv[i] + 8)
+			    >= (int) sizeof(allowed)) {
+				slurm_error("qhpc_qpu: allowed= is longer than %zu characters; "
+					    "shorten the QPU list in plugstack.conf",
+					    sizeof(allowed) - 1);
+				return ESPANK_ERROR;  /* before --qpu is registered */
+			}
 		} else {
 			slurm_error("qhpc_qpu: unknown plugstack argument '%s' (expected allowed=NAME[,NAME])",
 				    argv[i]);

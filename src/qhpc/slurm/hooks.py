@@ -375,14 +375,31 @@ def task_prolog(env: Mapping[str, str], run_dir: Path, out: TextIO) -> int:
             error=f"no QPU session for job {job_id} on {qpu}: nothing was handed over "
             "(are qhpc's Prolog and PrologFlags=Alloc configured?)",
         )  # fmt: skip
+    exports = handover.exports()
+    tampered = [name for name, value in exports.items() if _one_line(value) != value]
+    if tampered:  # a line break would smuggle in more TaskProlog commands
+        handover = Handover(
+            job_id=job_id, resource=None,
+            error=f"no QPU session for job {job_id}: the handover's "
+            f"{', '.join(tampered)} hold control characters (ask your admin)",
+        )  # fmt: skip
     if not handover.ok:
-        out.write(f"print qhpc: error: {handover.error}\n")
+        out.write(f"print qhpc: error: {_one_line(handover.error or 'no session')}\n")
         out.flush()
         return 1
-    for name, value in handover.exports().items():
+    for name, value in exports.items():
         out.write(f"export {name}={value}\n")
     out.flush()
     return 0
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters (line breaks above all) made spaces.
+
+    Slurm reads the TaskProlog's output line by line as commands (``export``,
+    ``unset``, ``print``): text from the broker must stay inside its one line.
+    """
+    return "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
 
 # -- command line -------------------------------------------------------------------------
