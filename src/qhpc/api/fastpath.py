@@ -25,6 +25,13 @@ task failed). A bad frame never stops the server.
 The server runs one thread that owns the socket (ZeroMQ sockets are not
 thread-safe); executors hand finished task ids over through a queue and wake
 the thread with an eventfd registered in the same poller.
+
+A ROUTER never learns that a peer went away, so what the server keeps per
+connection (its session and a cache of decoded circuits) is dropped when a task
+of it is refused with 409 (its session is closed), by a sweep every
+``sweep_interval`` seconds over connections whose session has closed, and, least
+recently used first, beyond ``max_connections``. A dropped connection must send
+HELLO again (its next RUN gets 401).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import logging
 import os
 import queue
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,6 +62,7 @@ from qhpc.runtime.fastpath import (
     FastPathError,
 )
 from qhpc.security import AuthError
+from qhpc.store import NotFoundError
 
 if TYPE_CHECKING:  # the client side (user programs) must not import the broker
     from qhpc.broker.service import Broker
@@ -69,6 +79,10 @@ __all__ = [
 #: own thread when its resource is idle: two thread hand-offs fewer, while a longer
 #: one would hold up the other connections' messages
 INLINE_BUDGET = 0.0005
+#: connections remembered at once (each may hold a cache of decoded circuits)
+MAX_CONNECTIONS = 1024
+#: how often (seconds) connections of closed sessions are forgotten
+SWEEP_INTERVAL_S = 30.0
 
 
 @dataclass
@@ -77,20 +91,36 @@ class _Pending:
     request_id: bytes
 
 
+@dataclass
+class _Connection:
+    session_id: str
+    #: its session's circuits repeat: decode them once
+    decoder: PayloadDecoder
+
+
 class FastPathServer:
     """Serves session tasks over ZeroMQ for one broker."""
 
-    def __init__(self, broker: Broker, endpoint: str = "tcp://127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        endpoint: str = "tcp://127.0.0.1:0",
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        sweep_interval: float = SWEEP_INTERVAL_S,
+    ) -> None:
         self.broker = broker
+        self.max_connections = max_connections
+        self.sweep_interval = sweep_interval
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self._socket.bind(endpoint)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._sessions: dict[bytes, str] = {}
-        #: per connection: its session's circuits repeat, decode them once
-        self._decoders: dict[bytes, PayloadDecoder] = {}
+        #: by ZeroMQ identity, least recently used first (owned by the server thread)
+        self._connections: OrderedDict[bytes, _Connection] = OrderedDict()
+        self._swept_at = time.monotonic()
         self._pending: dict[str, _Pending] = {}
         self._done: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK)
@@ -100,6 +130,11 @@ class FastPathServer:
     def start(self) -> FastPathServer:
         self._thread.start()
         return self
+
+    @property
+    def tracked_connections(self) -> int:
+        """How many connections the server holds a session (and a decoder) for."""
+        return len(self._connections)
 
     def stop(self) -> None:
         self._stop.set()
@@ -131,6 +166,11 @@ class FastPathServer:
                     except zmq.Again:
                         break
                     self._handle(frames)
+            if time.monotonic() - self._swept_at >= self.sweep_interval:
+                try:
+                    self._sweep()
+                except Exception:  # a store hiccup must not stop the fast path
+                    log.exception("fast path: sweeping closed sessions failed")
 
     def _handle(self, frames: list[bytes]) -> None:
         identity = frames[0]
@@ -157,8 +197,14 @@ class FastPathServer:
             raise _Reject(401, b"", str(exc)) from None
         if principal.session_id is None:
             raise _Reject(401, b"", "the fast path needs a session token")
-        self._sessions[identity] = principal.session_id
-        self._decoders[identity] = PayloadDecoder()
+        self._connections[identity] = _Connection(principal.session_id, PayloadDecoder())
+        self._connections.move_to_end(identity)
+        while len(self._connections) > self.max_connections:
+            self._connections.popitem(last=False)
+            log.info(
+                "fast path: over %d connections, forgot the least recently used one",
+                self.max_connections,
+            )
         reply = {"session_id": principal.session_id, "resource": principal.resource}
         self._socket.send_multipart([identity, PROTOCOL, READY, msgspec.msgpack.encode(reply)])
 
@@ -166,12 +212,18 @@ class FastPathServer:
         request_id = body[:REQUEST_ID_BYTES]
         if len(request_id) != REQUEST_ID_BYTES:
             raise _Reject(400, b"", "RUN body must start with an 8-byte request id")
-        session_id = self._sessions.get(identity)
-        if session_id is None:
-            raise _Reject(401, request_id, "send HELLO with a session token first")
+        connection = self._connections.get(identity)
+        if connection is None:
+            raise _Reject(
+                401, request_id,
+                "this connection holds no session (no HELLO yet, or it was idle and "
+                "forgotten): send HELLO with a session token first",
+            )  # fmt: skip
+        self._connections.move_to_end(identity)
+        session_id = connection.session_id
         try:
             data = body[REQUEST_ID_BYTES:]
-            payload = self._decoders[identity].decode(data)
+            payload = connection.decoder.decode(data)
             # A short task on an idle resource runs right here (no executor hand-off);
             # anything else is queued and answered when it has finished.
             task_id, outcome = self.broker.start_session_task(
@@ -180,11 +232,27 @@ class FastPathServer:
         except PayloadError as exc:
             raise _Reject(422, request_id, str(exc)) from None
         except QhpcError as exc:
+            self._connections.pop(identity, None)  # its session is closed (or unknown)
             raise _Reject(409, request_id, str(exc)) from None
         if outcome is not None:
             self._reply(identity, request_id, task_id, outcome.state, outcome.result, outcome.error)
         else:
             self._pending[task_id] = _Pending(identity, request_id)
+
+    def _sweep(self) -> None:
+        """Forget the connections whose session has closed (their peers may be gone)."""
+        self._swept_at = time.monotonic()
+        closed: set[str] = set()
+        for session_id in {c.session_id for c in self._connections.values()}:
+            try:
+                record = self.broker.store.get_session(session_id)
+            except NotFoundError:
+                closed.add(session_id)
+                continue
+            if record.closed_at is not None or record.deadline <= self.broker.clock():
+                closed.add(session_id)
+        for identity in [i for i, c in self._connections.items() if c.session_id in closed]:
+            del self._connections[identity]
 
     def _finished(self, task_id: str) -> None:
         # Runs on an executor thread: only hand over, never touch the socket.
