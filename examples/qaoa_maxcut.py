@@ -7,7 +7,7 @@ answer is checked against brute force.
 
     python examples/qaoa_maxcut.py                      # 4-node ring, p=2, exact values
     python examples/qaoa_maxcut.py --edges 0-1,1-2,2-0,2-3,3-4 --p 2 --shots 4000
-    python examples/qaoa_maxcut.py --url http://broker:8080 --token $QHPC_TOKEN
+    python examples/qaoa_maxcut.py --url http://broker:8080 --token-file ~/.qhpc-token
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import itertools
 import sys
 import time
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from typing import Any
 
 from qiskit.circuit import ParameterVector, QuantumCircuit
@@ -98,6 +99,12 @@ def maxcut(
     )
 
 
+def _token(path: Path | None) -> str | None:
+    """The token in ``path``; None: connect() takes $QHPC_TOKEN. Never an argument:
+    other users can read a command's arguments."""
+    return path.read_text(encoding="utf-8").strip() if path else None
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", default="0-1,1-2,2-3,3-0", help="graph as a-b,c-d,…")
@@ -107,7 +114,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resource", default="aer")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--url", help="broker URL: run remotely")
-    parser.add_argument("--token", default="")
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding the broker token (default: $QHPC_TOKEN)"
+    )
     return parser.parse_args(argv)
 
 
@@ -118,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     n = 1 + max(max(e) for e in graph)
     qpu: Executor
     if args.url:
-        qpu = RemoteQPU(qhpc.connect(args.url, args.token), args.resource)
+        qpu = RemoteQPU(qhpc.connect(args.url, _token(args.token_file)), args.resource)
     else:
         qpu = LocalQPU(AerResource(args.resource, seed=args.seed))
     x0 = [0.4] * args.p + [0.4] * args.p  # γ then β (parameters sort by name: β before γ)

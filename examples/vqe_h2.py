@@ -8,7 +8,7 @@ RY on each qubit, a CX, RY on each qubit again (4 parameters).
     python examples/vqe_h2.py                         # aer, exact expectation values
     python examples/vqe_h2.py --shots 20000           # aer, 20k shots per measurement group
     python examples/vqe_h2.py --resource emulator --shots 20000 --mitigate
-    python examples/vqe_h2.py --url http://broker:8080 --token $QHPC_TOKEN --resource aer
+    python examples/vqe_h2.py --url http://broker:8080 --token-file ~/.qhpc-token --resource aer
 
 The same stack runs locally or on a broker: only the QPU at the bottom changes.
 """
@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,8 +82,14 @@ def local_qpu(resource: str, seed: int | None, time_scale: float) -> Executor:
 
 def build_qpu(args: argparse.Namespace) -> Executor:
     if args.url:
-        return RemoteQPU(qhpc.connect(args.url, args.token), args.resource)
+        return RemoteQPU(qhpc.connect(args.url, _token(args.token_file)), args.resource)
     return local_qpu(args.resource, None if args.seed < 0 else args.seed, args.time_scale)
+
+
+def _token(path: Path | None) -> str | None:
+    """The token in ``path``; None: connect() takes $QHPC_TOKEN. Never an argument:
+    other users can read a command's arguments."""
+    return path.read_text(encoding="utf-8").strip() if path else None
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -97,7 +104,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mitigate", action="store_true", help="add ReadoutMitigation")
     parser.add_argument("--time-scale", type=float, default=1000.0, help="emulator clock speed")
     parser.add_argument("--url", help="broker URL: run remotely")
-    parser.add_argument("--token", default="", help="broker token (with --url)")
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding the broker token (default: $QHPC_TOKEN)"
+    )
     return parser.parse_args(argv)
 
 

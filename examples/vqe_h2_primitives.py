@@ -7,7 +7,7 @@ drives the loop. The estimator runs on any qhpc QPU: a local resource, or a
 
     python examples/vqe_h2_primitives.py                       # exact values on aer
     python examples/vqe_h2_primitives.py --precision 0.005     # shots = 1/precision² = 40k
-    python examples/vqe_h2_primitives.py --url http://broker:8080 --token $QHPC_TOKEN
+    python examples/vqe_h2_primitives.py --url http://broker:8080 --token-file ~/.qhpc-token
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vqe_h2 import ansatz, exact_energy, hamiltonian
 
 
+def _token(path: Path | None) -> str | None:
+    """The token in ``path``; None: connect() takes $QHPC_TOKEN. Never an argument:
+    other users can read a command's arguments."""
+    return path.read_text(encoding="utf-8").strip() if path else None
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", type=float, default=0.0, help="0: exact values")
@@ -40,7 +46,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--resource", default="aer")
     parser.add_argument("--url", help="broker URL: run remotely")
-    parser.add_argument("--token", default="")
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding the broker token (default: $QHPC_TOKEN)"
+    )
     return parser.parse_args(argv)
 
 
@@ -48,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     qpu: QPU
     if args.url:
-        qpu = RemoteQPU(qhpc.connect(args.url, args.token), args.resource)
+        qpu = RemoteQPU(qhpc.connect(args.url, _token(args.token_file)), args.resource)
     else:
         qpu = AerResource(args.resource, seed=args.seed)
     estimator = EstimatorV2(qpu, default_precision=args.precision, seed=args.seed)

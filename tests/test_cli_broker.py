@@ -44,15 +44,21 @@ def test_submit_status_result_accounting_and_tokens(
     url, admin = served
     circuit = tmp_path / "bell.qasm"
     circuit.write_text(BELL)
+
+    def token_file(name: str, secret: str) -> str:  # never a token as an argument
+        path = tmp_path / f"{name}.token"
+        path.write_text(secret + "\n")
+        return str(path)
+
     code, out, err = run_cli(
         ["token", "create", "--role", "user", "--subject", "alice", "--account", "chem",
-         "--url", url, "--token", admin],
+         "--url", url, "--token-file", token_file("admin", admin)],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     alice = out.strip().splitlines()[-1]
     assert alice.startswith("qhpc_")
-    auth = ["--url", url, "--token", alice]
+    auth = ["--url", url, "--token-file", token_file("alice", alice)]
     code, out, err = run_cli(
         ["submit", str(circuit), str(circuit), "-s", "200", "--json", *auth], capsys
     )
@@ -72,7 +78,14 @@ def test_submit_status_result_accounting_and_tokens(
     rows = json.loads(out)
     assert rows[0]["group"] == "chem" and rows[0]["shots"] == 400
 
-    code, _, err = run_cli(["status", job_id, "--url", url, "--token", "qhpc_wrong"], capsys)
+    wrong = ["--url", url, "--token-file", token_file("wrong", "qhpc_wrong")]
+    code, _, err = run_cli(["status", job_id, *wrong], capsys)
     assert code == 1 and "unknown token" in err
+    # a token as an argument would be in /proc/PID/cmdline for every user to read
+    code, _, err = run_cli(["status", job_id, "--url", url, "--token", alice], capsys)
+    assert code == 2 and "No such option: --token" in " ".join(err.split())
+    missing = str(tmp_path / "missing.token")
+    code, _, err = run_cli(["status", job_id, "--url", url, "--token-file", missing], capsys)
+    assert code == 2 and f"cannot read {missing}" in "".join(err.split("\n"))
     code, _, err = run_cli(["submit", str(circuit), "-r", "nope", *auth], capsys)
     assert code == 1 and "unknown resource 'nope'" in err

@@ -130,10 +130,12 @@ def session_closed(client: Client, session_id: str) -> bool:
 
 @pytest.mark.parametrize("example", ["hybrid_vqe.py", "hybrid_qaoa.py"])
 def test_examples_reach_the_optimum_co_located(
-    broker: tuple[str, str, str], example: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+    broker: tuple[str, str, str], example: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     url, admin, alice = broker
-    auth = ["--url", url, "--token", alice]
+    monkeypatch.setenv("QHPC_TOKEN", alice)  # never a token as an argument
+    auth = ["--url", url]
     code, out, err = run_cli(
         ["submit", "--hybrid", str(EXAMPLES / example), "--resource", "aer", "--wait",
          "--timeout", "300", "--json", *auth],
@@ -164,10 +166,12 @@ def test_examples_reach_the_optimum_co_located(
 
 
 def test_status_logs_and_cancel(
-    broker: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
-) -> None:
+    broker: tuple[str, str, str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     url, _, alice = broker
-    auth = ["--url", url, "--token", alice]
+    monkeypatch.setenv("QHPC_TOKEN", alice)
+    auth = ["--url", url]
     with connect(url, alice) as client:
         job_id = submit(client, LOOPS, max_iterations=100_000)
         running = wait_running(client, job_id, calls=3)
@@ -247,7 +251,8 @@ def test_forks_and_malformed_dispatch_frames_are_contained(broker: tuple[str, st
 def test_rejected_at_submit(broker: tuple[str, str, str], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     url, _, alice = broker
-    auth = ["--url", url, "--token", alice]
+    (tmp_path / "alice.token").write_text(alice)
+    auth = ["--url", url, "--token-file", str(tmp_path / "alice.token")]
     broken = tmp_path / "broken.py"
     broken.write_text("def main(qpu):\n    return (1,\n\nx = = 2\n")
     code, _, err = run_cli(["submit", "--hybrid", str(broken), *auth], capsys)

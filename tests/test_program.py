@@ -425,8 +425,16 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
     registry.close()
 
 
-def test_remote_vqe_runs_the_same_code(remote: Remote, vqe: Any) -> None:
-    remote_args = ["--url", remote.url, "--token", remote.token, "--resource", "aer"]
+def test_remote_vqe_runs_the_same_code(remote: Remote, vqe: Any, tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(remote.token + "\n")
+    remote_args = [
+        "--url",
+        remote.url,
+        "--token-file",
+        str(tmp_path / "token"),
+        "--resource",
+        "aer",
+    ]
     exact = vqe.main(remote_args)
     assert exact["error_mha"] < CHEMICAL_ACCURACY_MHA
     sampled = vqe.main([*remote_args, "--shots", "20000"])

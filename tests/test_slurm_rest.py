@@ -134,6 +134,17 @@ class Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
+def secret_file(folder: Path, name: str, secret: str) -> Path:
+    """A secret for --token-file/--broker-token-file: never on the command line."""
+    path = folder / f"{name}.secret"
+    path.write_text(secret + "\n")
+    return path
+
+
+def jwt_file(folder: Path) -> Path:
+    return secret_file(folder, "jwt", TOKEN)
+
+
 @pytest.fixture
 def restd() -> Iterator[Restd]:
     state = Restd()
@@ -381,7 +392,7 @@ def test_cli_reports_a_malformed_reply_in_one_line(
     restd.override = (200, "text/html", "<html>maintenance</html>")
     code, _, err = run_cli(
         ["slurm", "submit", str(script), "--remote", restd.url, "--user", "alice",
-         "--token", TOKEN],
+         "--token-file", str(jwt_file(tmp_path))],
         capsys,
     )  # fmt: skip
     assert code == 1
@@ -396,13 +407,14 @@ def test_cli_job_shows_a_remote_job(
         job_id = rest.submit(SCRIPT, name="q", working_directory="/tmp")
     code, out, _ = run_cli(
         ["slurm", "job", str(job_id), "--remote", restd.url, "--user", "alice",
-         "--token", TOKEN, "--json"],
+         "--token-file", str(jwt_file(tmp_path)), "--json"],
         capsys,
     )  # fmt: skip
     assert code == 0
     assert json.loads(out)["state"] == "PENDING"
     code, out, err = run_cli(
-        ["slurm", "job", "999", "--remote", restd.url, "--user", "alice", "--token", TOKEN],
+        ["slurm", "job", "999", "--remote", restd.url, "--user", "alice",
+         "--token-file", str(jwt_file(tmp_path))],
         capsys,
     )  # fmt: skip
     assert code == 1 and "Invalid job id specified" in " ".join(err.split())
@@ -423,7 +435,8 @@ def test_cli_submit_opens_a_centre_session_and_hands_the_job_only_its_token(
             script.write_text(SCRIPT)
             code, out, err = run_cli(
                 ["slurm", "submit", str(script), "--remote", restd.url, "--user", "north-gw",
-                 "--token", TOKEN, "--broker", url, "--broker-token", centre_token,
+                 "--token-file", str(jwt_file(tmp_path)), "--broker", url,
+                 "--broker-token-file", str(secret_file(tmp_path, "centre", centre_token)),
                  "--qpu", "aer", "--for-user", "alice", "--broker-account", "north-chem",
                  "--fastpath", "tcp://qpu-site:5555", "--wait", "--poll", "0.01"],
                 capsys,

@@ -322,9 +322,11 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # typer 0.29 raises its own vendored click's exceptions (TyperException), not click's
+        show = getattr(exc, "show", None)
+        if isinstance(exc, (click.ClickException, typer.TyperException)) and callable(show):
+            show()
+            sys.exit(int(getattr(exc, "exit_code", 2)))
         raise
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -1,8 +1,8 @@
 """``qhpc serve`` and the commands that talk to a broker over REST.
 
-The broker's address and token come from ``--url`` / ``--token`` or the
-environment (``QHPC_URL``, ``QHPC_TOKEN``) — the same variables a Slurm job
-gets from qhpc's TaskProlog.
+The broker's address and token come from ``--url`` / ``--token-file`` or the
+environment (``QHPC_URL``, ``QHPC_TOKEN``); a token is never an argument, where
+other users could read it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qhpc.cli_secrets import TokenOption
 from qhpc.client import Client, connect
 from qhpc.resources import load_circuits
 
@@ -24,9 +25,6 @@ err = Console(stderr=True, highlight=False)
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="QHPC_URL", help="Broker URL.", show_default=True)
-]
-TokenOption = Annotated[
-    str, typer.Option("--token", envvar="QHPC_TOKEN", help="Bearer token (or $QHPC_TOKEN).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DEFAULT_URL = "http://127.0.0.1:8080"

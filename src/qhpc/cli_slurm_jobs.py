@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qhpc.cli_secrets import secret_option
 from qhpc.client import Client, connect
 from qhpc.errors import QhpcError
 from qhpc.slurm.chain import Chain, ChainStatus, SlurmCommands
@@ -53,12 +54,9 @@ UserOption = Annotated[
     typer.Option("--user", help="Remote user name (X-SLURM-USER-NAME); default: your login name."),
 ]
 TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="SLURM_JWT",
-        show_envvar=True,
-        help="JWT for the user (X-SLURM-USER-TOKEN); default $SLURM_JWT, else `scontrol token`.",
+    str,
+    secret_option(
+        "--token-file", "SLURM_JWT", "the user's JWT (X-SLURM-USER-TOKEN; else `scontrol token`)"
     ),
 ]
 LifespanOption = Annotated[
@@ -72,7 +70,7 @@ def _rest_client(
 ) -> SlurmRestClient:
     name = user or os.environ.get("USER") or getpass.getuser()
     if not token:
-        err.print(f"no --token and no SLURM_JWT: asking `scontrol token` for user {name}")
+        err.print(f"no --token-file and no SLURM_JWT: asking `scontrol token` for user {name}")
         token = token_from_scontrol(name, lifespan)
     return SlurmRestClient(remote, name, token)
 
@@ -118,7 +116,7 @@ def _open_broker_session(
         raise RemoteSlurmError("--broker needs --qpu NAME: the resource the job's session is on")
     if not broker_token:
         raise RemoteSlurmError(
-            "--broker needs the centre's broker token: --broker-token or QHPC_TOKEN"
+            "--broker needs the centre's broker token: --broker-token-file FILE or QHPC_TOKEN"
         )
     client = connect(broker, broker_token)
     try:
@@ -135,7 +133,7 @@ def submit(
     script: Annotated[Path, typer.Argument(help="The batch script to run remotely.")],
     remote: RemoteOption,
     user: UserOption = None,
-    token: TokenOption = None,
+    token: TokenOption = "",
     partition: Annotated[str | None, typer.Option("--partition", "-p")] = None,
     name: Annotated[str | None, typer.Option("--name", "-J", help="Job name.")] = None,
     licenses: Annotated[
@@ -162,11 +160,11 @@ def submit(
         ),
     ] = None,
     broker_token: Annotated[
-        str | None,
-        typer.Option(
-            "--broker-token", envvar="QHPC_TOKEN", help="The centre's broker token (stays here)."
+        str,
+        secret_option(
+            "--broker-token-file", "QHPC_TOKEN", "the centre's broker token (stays here)"
         ),
-    ] = None,
+    ] = "",
     qpu: Annotated[str | None, typer.Option("--qpu", help="Resource of the session.")] = None,
     fastpath: Annotated[
         str | None,
@@ -271,7 +269,7 @@ def job(
     job_id: Annotated[int, typer.Argument(help="The remote job id.")],
     remote: RemoteOption,
     user: UserOption = None,
-    token: TokenOption = None,
+    token: TokenOption = "",
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
     poll: Annotated[float, typer.Option(help="Seconds between state polls.")] = 1.0,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,

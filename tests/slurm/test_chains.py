@@ -248,12 +248,14 @@ def test_a_centre_submits_through_slurmrestd_and_its_user_is_accounted_at_the_br
         with connect(url, (tmp_path / "admin.token").read_text().strip()) as admin:
             admin.set_account("north-chem", 1.0, centre="north")
             centre_token = admin.create_token("centre", "north-gw", centre="north")["token"]
+            centre_file = tmp_path / "centre.token"  # never a token as an argument
+            centre_file.write_text(centre_token + "\n")
             script = tmp_path / "bell.sh"
             script.write_text(BELL_JOB.format(python=sys.executable))
             done = subprocess.run(
                 [sys.executable, "-m", "qhpc.cli", "slurm", "submit", str(script),
                  "--remote", RESTD, "--user", USER, "--chdir", str(tmp_path), "-p", "qpu",
-                 "--broker", url, "--broker-token", centre_token, "--qpu", "aer",
+                 "--broker", url, "--broker-token-file", str(centre_file), "--qpu", "aer",
                  "--for-user", "alice", "--broker-account", "north-chem",
                  "--fastpath", fastpath, "--wait", "--poll", "0.5", "--timeout", "240"],
                 capture_output=True, text=True, timeout=300, check=False,

@@ -173,7 +173,7 @@ def token_from_scontrol(user: str, lifespan: int = 3600, timeout: float = 15.0) 
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
         raise RemoteSlurmError(
-            "no token given and scontrol is not installed: pass --token or set SLURM_JWT"
+            "no token given and scontrol is not installed: pass --token-file FILE or set SLURM_JWT"
         ) from exc
     except subprocess.TimeoutExpired as exc:
         raise RemoteSlurmError(f"`{' '.join(command)}` gave no answer in {timeout:.0f} s") from exc
@@ -185,7 +185,7 @@ def token_from_scontrol(user: str, lifespan: int = 3600, timeout: float = 15.0) 
     reason = detail[-1] if detail else f"exit code {done.returncode}"
     raise RemoteSlurmError(
         f"`{' '.join(command)}` gave no token: {reason} (it works as root or SlurmUser on a "
-        "cluster with AuthAltTypes=auth/jwt; otherwise pass --token or set SLURM_JWT)"
+        "cluster with AuthAltTypes=auth/jwt; otherwise pass --token-file FILE or set SLURM_JWT)"
     )
 
 

@@ -1,0 +1,44 @@
+"""Secrets on the command line: from a file or the environment, never as an argument.
+
+A token given as ``--token VALUE`` would sit in ``/proc/PID/cmdline``, which every
+user of the machine can read (``ps``), for as long as the command runs. So the CLI
+takes a file (``--token-file PATH``) or an environment variable instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _reader(flag: str, envvar: str) -> Callable[[str | None], str]:
+    def read(value: str | None) -> str:
+        if not value:
+            return os.environ.get(envvar, "").strip()
+        try:
+            return Path(value).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise typer.BadParameter(f"cannot read {value}: {reason}", param_hint=flag) from None
+
+    return read
+
+
+def secret_option(flag: str, envvar: str, what: str) -> Any:
+    """A ``str`` option holding the secret read from the file ``flag`` names, else
+    ``$envvar``, else ""."""
+    return typer.Option(
+        flag,
+        metavar="PATH",
+        callback=_reader(flag, envvar),
+        help=f"File holding {what} (default: ${envvar}). Never pass the secret itself: "
+        "other users can read a command's arguments.",
+    )
+
+
+#: the broker's bearer token: --token-file PATH or $QHPC_TOKEN
+TokenOption = Annotated[str, secret_option("--token-file", "QHPC_TOKEN", "the bearer token")]
