@@ -41,12 +41,17 @@
 # save DIR` copies them out in the layout `apply` reads.
 #
 # State (pids of the daemons started here, logs, spool, MariaDB data) lives in
-# ${QHPC_SLURM_DIR:-/tmp/qhpc-slurm}: log/*.log are the first place to look when a daemon
-# does not come up.
+# ${QHPC_SLURM_DIR:-/var/lib/qhpc-slurm}: log/*.log are the first place to look when a daemon
+# does not come up. Root signals the pids recorded there and deletes files below it, so the
+# directory is refused unless it is a real directory owned by root that group and others
+# cannot write (a directory another user created, e.g. in /tmp, would let them choose).
+# Clusters started by an older slurm.sh kept it in /tmp/qhpc-slurm: start and stop stop
+# those daemons first (if that directory is still root's own).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE_DIR="${QHPC_SLURM_DIR:-/tmp/qhpc-slurm}"
+STATE_DIR="${QHPC_SLURM_DIR:-/var/lib/qhpc-slurm}"
+LEGACY_STATE_DIR=/tmp/qhpc-slurm
 DB_PORT="${QHPC_SLURM_DB_PORT:-63306}"
 CONF_DIR=/etc/slurm
 CLUSTER=qhpc
@@ -79,6 +84,67 @@ die() {
     exit 1
 }
 need_root() { [[ "$(id -u)" == 0 ]] || die "$1 needs root"; }
+
+# ---------------------------------------------------------------------------------------
+# The state directory
+
+unsafe_dir() { # DIR -> true (printing why) when DIR exists but is not root's own
+    local dir=$1 owner mode
+    if [[ -L "$dir" ]]; then
+        echo "is a symlink"
+        return 0
+    fi
+    [[ -e "$dir" ]] || return 1
+    if [[ ! -d "$dir" ]]; then
+        echo "is not a directory"
+        return 0
+    fi
+    owner=$(stat -c %u -- "$dir")
+    mode=$(stat -c %a -- "$dir")
+    if [[ "$owner" != 0 ]]; then
+        echo "is owned by uid $owner, not root"
+        return 0
+    fi
+    if (((8#$mode & 8#022) != 0)); then
+        echo "is writable by group or others (mode $mode)"
+        return 0
+    fi
+    return 1
+}
+
+check_state_dir() { # refuse a state directory someone else could have prepared
+    local problem
+    if problem=$(unsafe_dir "$STATE_DIR"); then
+        die "refusing the state directory $STATE_DIR: it $problem. Root would signal the pids \
+recorded there and delete files below it. Remove it, or point QHPC_SLURM_DIR at a directory \
+owned by root and writable by root alone."
+    fi
+}
+
+prepare_state_dir() { # check, create if missing (0755), check again (mkdir -p accepts any)
+    check_state_dir
+    [[ -d "$STATE_DIR" ]] || mkdir -p -m 755 -- "$STATE_DIR"
+    check_state_dir
+}
+
+# An older slurm.sh kept its state in /tmp/qhpc-slurm. Stop the daemons it recorded there,
+# trusting its pid files only while that directory is still root's own, then drop them.
+stop_legacy_cluster() {
+    [[ -z "${QHPC_SLURM_DIR:-}" && "$STATE_DIR" != "$LEGACY_STATE_DIR" ]] || return 0
+    [[ -d "$LEGACY_STATE_DIR/pids" && ! -L "$LEGACY_STATE_DIR" ]] || return 0
+    local problem name
+    if problem=$(unsafe_dir "$LEGACY_STATE_DIR") || problem=$(unsafe_dir "$LEGACY_STATE_DIR/pids"); then
+        log "ignoring the old state directory $LEGACY_STATE_DIR: it $problem"
+        return 0
+    fi
+    log "stopping the cluster an older slurm.sh started from $LEGACY_STATE_DIR"
+    local PIDS="$LEGACY_STATE_DIR/pids" # stop_recorded reads $PIDS
+    for name in $(daemon_names); do
+        stop_recorded "$name"
+    done
+    rm -rf -- "$LEGACY_STATE_DIR/pids"
+    log "stopped; $LEGACY_STATE_DIR (old logs and data) may be deleted"
+}
 
 # ---------------------------------------------------------------------------------------
 # Installation
@@ -619,6 +685,7 @@ all_running() {
 }
 
 cmd_start() {
+    check_state_dir
     if [[ -d "$PIDS" ]] && all_running; then
         log "already running"
         echo running
@@ -626,9 +693,10 @@ cmd_start() {
     fi
     need_root "starting the Slurm cluster"
     cmd_install
-    mkdir -p "$STATE_DIR"
+    prepare_state_dir
     exec 9>"$STATE_DIR/.lock"
     flock -w 300 9 || die "another slurm.sh holds $STATE_DIR/.lock"
+    stop_legacy_cluster
     if all_running; then
         log "already running"
         echo running
@@ -649,9 +717,11 @@ cmd_start() {
 }
 
 cmd_stop() {
-    mkdir -p "$STATE_DIR"
+    need_root "stopping the Slurm cluster"
+    prepare_state_dir
     exec 9>"$STATE_DIR/.lock"
     flock -w 300 9 || die "another slurm.sh holds $STATE_DIR/.lock"
+    stop_legacy_cluster
     local name any=0
     for name in $(daemon_names); do
         [[ -f "$PIDS/$name" ]] && any=1
@@ -661,6 +731,7 @@ cmd_stop() {
 }
 
 cmd_status() {
+    check_state_dir
     if [[ -d "$PIDS" ]] && all_running; then
         echo running
     else
@@ -706,7 +777,7 @@ cmd_apply() {
         *) die "apply: unexpected file $f (expected qhpc.conf, plugstack.conf, gres.conf)" ;;
         esac
     done
-    mkdir -p "$STATE_DIR"
+    prepare_state_dir
     exec 9>"$STATE_DIR/.lock"
     flock -w 300 9 || die "another slurm.sh holds $STATE_DIR/.lock"
     all_running || die "apply: the cluster is not running (run '$0 start' first)"
