@@ -26,10 +26,8 @@ import httpx
 from qiskit.circuit import QuantumCircuit
 
 from qhpc.errors import QhpcError
-from qhpc.resources.codec import encode_payload
-from qhpc.resources.errors import PayloadError
-from qhpc.resources.payload import Payload, TaskResult
-from qhpc.resources.payload import result_from_dict as payload_result_from_dict
+from qhpc.resources import Payload, PayloadError, TaskResult, encode_payload
+from qhpc.resources import result_from_dict as payload_result_from_dict
 
 if TYPE_CHECKING:
     from qhpc.program import RemoteQPU, SessionQPU

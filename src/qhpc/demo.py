@@ -109,7 +109,7 @@ def run_broker_demo(db_path: str, shots: int = 500) -> BrokerDemo:
     and the fair-share policy orders what is left. Returns the queue as it stood
     after submission, the final job states and the accounting per account.
     """
-    from qhpc.broker.service import Broker, BrokerConfig
+    from qhpc.broker import Broker, BrokerConfig
     from qhpc.resources import ResourceSpec
     from qhpc.store import AccountRecord, Store
 

@@ -3,7 +3,7 @@
 REST: ``create_app(broker)`` builds the app, ``run_server(broker)`` serves it with
 uvicorn, ``openapi_json(app)`` gives the spec to publish, and
 ``bootstrap_admin_token(broker)`` makes the first admin token of a fresh store.
-ZeroMQ: :mod:`qhpc.api.fastpath` (server and client of session tasks).
+ZeroMQ: ``FastPathServer(broker)`` (:mod:`qhpc.api.fastpath`) serves session tasks.
 
 The REST names load on first use, so that a hybrid program importing only the
 fast-path client does not pay for FastAPI and the broker.
@@ -15,9 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qhpc.api.app import API_PREFIX, create_app, openapi_json
-    from qhpc.api.server import bootstrap_admin_token, run_server
+    from qhpc.api.fastpath import FastPathServer
+    from qhpc.api.server import bootstrap_admin_token, run_server, write_secret
 
-__all__ = ["API_PREFIX", "bootstrap_admin_token", "create_app", "openapi_json", "run_server"]
+__all__ = [
+    "API_PREFIX",
+    "FastPathServer",
+    "bootstrap_admin_token",
+    "create_app",
+    "openapi_json",
+    "run_server",
+    "write_secret",
+]
 
 _LAZY = {
     "API_PREFIX": "qhpc.api.app",
@@ -25,6 +34,8 @@ _LAZY = {
     "openapi_json": "qhpc.api.app",
     "bootstrap_admin_token": "qhpc.api.server",
     "run_server": "qhpc.api.server",
+    "write_secret": "qhpc.api.server",
+    "FastPathServer": "qhpc.api.fastpath",
 }
 
 

@@ -11,7 +11,7 @@ from qhpc.api import routes_admin, routes_jobs, routes_resources, routes_session
 from qhpc.api.limits import BodyLimit
 from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
 from qhpc.api.views import Problem
-from qhpc.broker.service import Broker
+from qhpc.broker import Broker
 
 API_PREFIX = "/v1"
 

@@ -7,7 +7,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from qhpc.broker.service import Broker
+from qhpc.broker import Broker
 from qhpc.security import AuthError, Principal
 
 # auto_error=False: the scheme is declared for OpenAPI, but the header is parsed

@@ -65,7 +65,7 @@ from qhpc.security import AuthError
 from qhpc.store import NotFoundError
 
 if TYPE_CHECKING:  # the client side (user programs) must not import the broker
-    from qhpc.broker.service import Broker
+    from qhpc.broker import Broker
 
 log = logging.getLogger(__name__)
 

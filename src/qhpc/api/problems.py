@@ -22,8 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qhpc.broker import PolicyError, ProgramError
-from qhpc.broker.service import BrokerError
+from qhpc.broker import BrokerError, PolicyError, ProgramError
 from qhpc.errors import QhpcError
 from qhpc.resources import (
     CircuitParseError,

@@ -24,7 +24,7 @@ from qhpc.api.views import (
     task_view,
 )
 from qhpc.api.wire import payloads_of
-from qhpc.broker.service import Broker
+from qhpc.broker import Broker
 from qhpc.store import JobRecord
 
 jobs = APIRouter(prefix="/jobs", tags=["jobs"])

@@ -16,7 +16,7 @@ from qhpc.api.views import (
     VersionInfo,
     json_safe,
 )
-from qhpc.broker.service import Broker
+from qhpc.broker import Broker
 from qhpc.security import Principal, Role
 
 system = APIRouter(tags=["system"])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qhpc.api.problems import InvalidRequest
-from qhpc.broker.service import Broker
+from qhpc.broker import Broker
 from qhpc.security import PermissionDenied, Principal, Role
 from qhpc.store import JobRecord, NotFoundError, SessionRecord, TaskRecord, UsageRecord
 

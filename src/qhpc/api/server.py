@@ -16,7 +16,7 @@ from types import FrameType
 import uvicorn
 
 from qhpc.api.app import create_app
-from qhpc.broker.service import Broker, BrokerConfig
+from qhpc.broker import Broker, BrokerConfig
 from qhpc.resources import load_registry
 from qhpc.security import Role
 from qhpc.store import Store

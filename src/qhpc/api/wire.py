@@ -12,8 +12,14 @@ import binascii
 from qiskit.circuit import QuantumCircuit
 
 from qhpc.api.models import CircuitsBody
-from qhpc.resources import CircuitParseError, Payload, PayloadError, SamplerTask, load_circuits
-from qhpc.resources.codec import decode_payload
+from qhpc.resources import (
+    CircuitParseError,
+    Payload,
+    PayloadError,
+    SamplerTask,
+    decode_payload,
+    load_circuits,
+)
 
 #: base64 of QPY's magic bytes b"QISKIT": 6 bytes make exactly 8 characters, so the
 #: prefix of any base64 QPY blob is fixed and cannot be confused with circuit source.

@@ -29,11 +29,15 @@ from qhpc.broker.scheduler import (
     SessionRhythms,
     build_policy,
 )
+from qhpc.broker.service import Broker, BrokerConfig, BrokerError, SessionTaskOutcome
 from qhpc.broker.usage import UsageTracker
 
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
     "POLICIES",
+    "Broker",
+    "BrokerConfig",
+    "BrokerError",
     "FairSharePolicy",
     "FifoPolicy",
     "Policy",
@@ -51,6 +55,7 @@ __all__ = [
     "SessionPolicy",
     "SessionRhythm",
     "SessionRhythms",
+    "SessionTaskOutcome",
     "UsageTracker",
     "build_policy",
     "entry_points",

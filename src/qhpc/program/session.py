@@ -25,7 +25,7 @@ from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.target import DeviceTarget
 
 if TYPE_CHECKING:
-    from qhpc.api.fastpath import FastPathClient
+    from qhpc.runtime.fastpath import FastPathClient
 
 FASTPATH_ENV = "QHPC_FASTPATH"
 SESSION_ENV = "QHPC_SESSION"
@@ -114,7 +114,7 @@ def session_qpu(
     Unset arguments come from ``QHPC_FASTPATH``, ``QHPC_SESSION`` and
     ``QHPC_URL``. Without ``target`` it is read from the broker's REST API.
     """
-    from qhpc.api.fastpath import FastPathClient
+    from qhpc.runtime.fastpath import FastPathClient
 
     endpoint = endpoint or os.environ.get(FASTPATH_ENV)
     token = token or os.environ.get(SESSION_ENV)

@@ -1,0 +1,149 @@
+"""The rooms of src/qhpc import each other the way ARCHITECTURE.md says.
+
+- ``broker`` never imports ``api``; nothing below ``api`` imports it (only ``api``
+  itself and the command line do);
+- ``resources`` import nothing of qhpc but ``qhpc.resources`` (and the shared
+  bottom modules, ``qhpc.errors`` and ``qhpc.envvars``);
+- ``api`` and ``broker`` reach another room only through its public surface
+  (``from qhpc.ROOM import NAME``), never a module inside it; nor does the
+  command line reach ``api`` or ``broker`` any other way.
+
+Imports are read with ``ast`` (also those inside functions and ``TYPE_CHECKING``
+blocks), so a violation fails here before anyone runs the code.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parent.parent / "src" / "qhpc"
+#: modules at the bottom of the graph, importable from anywhere
+BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars"}
+
+#: known imports of a module inside another room, each to be replaced by the room's
+#: public surface; (importing file, imported module)
+KNOWN_DEBT = {
+    # the frames of the direct channel: qhpc.runtime does not export them yet
+    ("broker/dispatch.py", "qhpc.runtime.direct"),
+    # being switched to qhpc.resources by the broker's owner
+    ("broker/service.py", "qhpc.resources.codec"),
+    ("broker/executor.py", "qhpc.resources.local"),
+    # the fast path's protocol constants and client: qhpc.runtime does not export them
+    ("api/fastpath.py", "qhpc.runtime.fastpath"),
+    # the serve command: its import lines switch to qhpc.api / qhpc.broker
+    ("cli_broker.py", "qhpc.api.fastpath"),
+    ("cli_broker.py", "qhpc.api.server"),
+    ("cli_broker.py", "qhpc.broker.service"),
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    file: str  # relative to src/qhpc
+    module: str  # absolute, e.g. qhpc.broker.service
+
+    @property
+    def room(self) -> str:
+        """The room of the importing file: its first path part (``cli_broker.py`` → ``cli``)."""
+        first = self.file.split("/")[0].removesuffix(".py")
+        return "cli" if first.startswith("cli") else first
+
+    @property
+    def target(self) -> str:
+        """The room imported: ``qhpc.broker.service`` → ``broker``."""
+        parts = self.module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+
+def imports_in(relative: str, text: str) -> list[Import]:
+    """The qhpc imports of the file ``relative`` (to src/qhpc) whose source is ``text``."""
+    package = ["qhpc", *Path(relative).parent.parts]
+    found = []
+    for node in ast.walk(ast.parse(text, relative)):
+        if isinstance(node, ast.Import):
+            found += [Import(relative, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the file's package
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            for alias in node.names:  # ``from qhpc.resources import local`` names a module
+                inner = SOURCE.parent.joinpath(*module.split("."), alias.name)
+                is_module = inner.with_suffix(".py").is_file() or inner.is_dir()
+                found.append(Import(relative, f"{module}.{alias.name}" if is_module else module))
+    return [i for i in found if i.module == "qhpc" or i.module.startswith("qhpc.")]
+
+
+def all_imports() -> list[Import]:
+    return [
+        i
+        for path in sorted(SOURCE.rglob("*.py"))
+        for i in imports_in(path.relative_to(SOURCE).as_posix(), path.read_text(encoding="utf-8"))
+    ]
+
+
+def test_the_source_tree_is_where_the_test_looks() -> None:
+    rooms = {i.room for i in all_imports()}
+    assert {"api", "broker", "resources", "runtime", "program", "cli"} <= rooms
+
+
+def test_nothing_below_api_imports_api() -> None:
+    wrong = [i for i in all_imports() if i.target == "api" and i.room not in ("api", "cli")]
+    assert not wrong, "only qhpc.api itself and the command line may import qhpc.api: " + (
+        ", ".join(f"{i.file} imports {i.module}" for i in wrong)
+    )
+
+
+def test_resources_import_only_resources() -> None:
+    wrong = [
+        i
+        for i in all_imports()
+        if i.room == "resources" and i.target != "resources" and i.module not in BOTTOM
+    ]
+    assert not wrong, "qhpc.resources must stand alone: " + ", ".join(
+        f"{i.file} imports {i.module}" for i in wrong
+    )
+
+
+@pytest.mark.parametrize(
+    ("room", "rooms_reached"),
+    [("api", None), ("broker", None), ("cli", {"api", "broker"})],
+)
+def test_other_rooms_are_reached_through_their_public_surface(
+    room: str, rooms_reached: set[str] | None
+) -> None:
+    wrong = [
+        i
+        for i in all_imports()
+        if i.room == room
+        and i.target != room
+        and i.module not in BOTTOM
+        and (rooms_reached is None or i.target in rooms_reached)
+        and i.module.count(".") > 1  # qhpc.ROOM.module, not qhpc.ROOM
+        and (i.file, i.module) not in KNOWN_DEBT
+    ]
+    assert not wrong, "import these names from the room's __init__ (export them there): " + (
+        ", ".join(f"{i.file} imports {i.module}" for i in wrong)
+    )
+
+
+def test_the_walk_sees_every_kind_of_import() -> None:
+    """Imports inside functions and TYPE_CHECKING blocks, relative ones, modules named
+    in ``from … import``: a broker file written like this breaks two rules."""
+    text = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from qhpc.api.app import create_app\n"
+        "def f():\n    from ..resources import local, PayloadError\n"
+        "    import qhpc.store\n"
+    )
+    found = imports_in("broker/example.py", text)
+    assert {i.module for i in found} == {
+        "qhpc.api.app", "qhpc.resources.local", "qhpc.resources", "qhpc.store",
+    }  # fmt: skip
+    assert {i.room for i in found} == {"broker"}
+    assert {i.target for i in found} == {"api", "resources", "store"}
