@@ -202,3 +202,12 @@ def test_unsafe_path_checks_owner_and_mode_up_to_the_root(tmp_path: Path) -> Non
     assert "writable by group or others (mode 0775)" in (unsafe_path(safe) or "")
     (tmp_path / "a").chmod(0o1777)  # sticky: others cannot rename root's entries
     assert unsafe_path(safe) is None
+
+
+def test_a_symlink_at_the_spool_path_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (tmp_path / "spool").symlink_to(elsewhere)
+    written = write_config(_request(tmp_path))
+    assert any("spool directory" in n and "symlink" in n for n in written.notes)
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755

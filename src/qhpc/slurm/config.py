@@ -309,10 +309,19 @@ def _write_private(path: Path, text: str, owner: tuple[int, int] | None) -> None
 
 
 def _make_spool(spool: Path, owner: tuple[int, int] | None, notes: list[str]) -> None:
+    # Mode and owner go on the opened directory, never through a symlink planted at its name.
     try:
         spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-        spool.chmod(0o700)
+        descriptor = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        kind = "it is a symlink" if spool.is_symlink() else exc.strerror
+        notes.append(f"cannot prepare the spool directory {spool}: {kind}")
+        return
+    try:
+        os.fchmod(descriptor, 0o700)
         if owner is not None:
-            os.chown(spool, *owner)
+            os.fchown(descriptor, *owner)
     except OSError as exc:
         notes.append(f"cannot prepare the spool directory {spool}: {exc.strerror}")
+    finally:
+        os.close(descriptor)
