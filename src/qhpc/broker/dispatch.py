@@ -174,9 +174,6 @@ class DirectDispatcher:
 
     def _refuse_over_cap(self, conn: socket.socket) -> None:
         detail = f"the broker's dispatch channel has {self.max_connections} connections open"
-        conn.setblocking(False)  # a fresh socket's buffer takes the small frame at once
-        self._refuse(conn, _Refused(503, detail + ": try again later", fatal=True))
-        conn.close()
         now = time.monotonic()
         self._refused += 1
         if now - self._refusal_logged_at >= _REFUSAL_LOG_INTERVAL_S:
@@ -185,6 +182,9 @@ class DirectDispatcher:
                 self._refused, detail, self.path,
             )  # fmt: skip
             self._refused, self._refusal_logged_at = 0, now
+        conn.setblocking(False)  # a fresh socket's buffer takes the small frame at once
+        self._refuse(conn, _Refused(503, detail + ": try again later", fatal=True))
+        conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
