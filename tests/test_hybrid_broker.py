@@ -73,6 +73,37 @@ def main(context):
     return sock.recv(4096)[5:].decode("utf-8", "replace")
 """
 
+CONNECTS = """
+import os
+
+
+def main():
+    import qhpc
+    from qiskit import QuantumCircuit
+    from qhpc.resources import SamplerResult, SamplerTask
+    from qhpc.runtime.program import QPU
+
+    one = QuantumCircuit(1, 1)
+    one.x(0)
+    one.measure(0, 0)
+    names = sorted(k for k in os.environ if k.startswith("QHPC_"))
+    qpu = QPU.from_env()  # the names a Slurm job gets, here from the broker
+    from_env = qpu.run(one, shots=10)
+    qpu.close()
+    with qhpc.connect() as client:  # QHPC_URL is the REST API, QHPC_SESSION the token
+        health = client.health()
+        session_qpu = client.qpu()  # the session's resource over QHPC_FASTPATH
+        result = session_qpu.run(SamplerTask((one,), shots=12))
+        session_qpu.close()
+    assert isinstance(result, SamplerResult)
+    return {
+        "names": names, "url": os.environ.get("QHPC_URL"),
+        "fastpath": os.environ["QHPC_FASTPATH"], "health": health,
+        "from_env": from_env, "connect": result.circuits[0].counts,
+        "session_qpu": type(session_qpu).__name__,
+    }
+"""
+
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
@@ -163,6 +194,22 @@ def test_examples_reach_the_optimum_co_located(
     # Accounting books the program's QPU tasks under its session, charged to alice's account.
     row = next(r for r in usage if r["group"] == program["session_id"])
     assert row["tasks"] == program["qpu_calls"]
+
+
+def test_a_co_located_program_connects_like_a_slurm_job(broker: tuple[str, str, str]) -> None:
+    url, _, alice = broker
+    with connect(url, alice) as client:
+        program = finished(client, submit(client, CONNECTS))
+    assert program["status"] == "completed", program["message"]
+    value = program["return_value"]
+    # QHPC_URL is the REST API, as in a Slurm job; the direct channel is QHPC_FASTPATH.
+    assert value["url"] == url
+    assert value["fastpath"].startswith("unix://")
+    assert {"QHPC_URL", "QHPC_FASTPATH", "QHPC_SESSION", "QHPC_RESOURCE"} <= set(value["names"])
+    assert value["from_env"] == {"1": 10}
+    assert value["connect"] == {"1": 12}
+    assert value["session_qpu"] == "SessionQPU"
+    assert program["qpu_calls"] == 2
 
 
 def test_status_logs_and_cancel(

@@ -34,10 +34,6 @@ KNOWN_DEBT = {
     ("broker/executor.py", "qhpc.resources.local"),
     # the fast path's protocol constants and client: qhpc.runtime does not export them
     ("api/fastpath.py", "qhpc.runtime.fastpath"),
-    # the serve command: its import lines switch to qhpc.api / qhpc.broker
-    ("cli_broker.py", "qhpc.api.fastpath"),
-    ("cli_broker.py", "qhpc.api.server"),
-    ("cli_broker.py", "qhpc.broker.service"),
 }
 
 

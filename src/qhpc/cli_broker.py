@@ -69,9 +69,8 @@ def serve(
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
 
-    from qhpc.api.fastpath import FastPathServer
-    from qhpc.api.server import bootstrap_admin_token, run_server, write_secret
-    from qhpc.broker.service import Broker, BrokerConfig
+    from qhpc.api import FastPathServer, bootstrap_admin_token, run_server, write_secret
+    from qhpc.broker import Broker, BrokerConfig
     from qhpc.resources import load_registry
     from qhpc.store import Store
 
@@ -85,6 +84,7 @@ def serve(
         store, registry,
         BrokerConfig(policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks),
     )  # fmt: skip
+    broker.programs.rest_url = local_rest_url(host, port)  # co-located programs' QHPC_URL
     secret = bootstrap_admin_token(broker)
     if secret is not None:
         if admin_token_file is not None:
@@ -104,6 +104,15 @@ def serve(
         broker.stop()
         registry.close()
         store.close()
+
+
+def local_rest_url(host: str, port: int) -> str:
+    """The REST API as a process on the broker's own host reaches it."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def submit(

@@ -25,18 +25,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from qiskit.circuit import QuantumCircuit
 
+from qhpc.envvars import FASTPATH_ENV, RESOURCE_ENV, SESSION_ENV, TOKEN_ENV, URL_ENV
 from qhpc.errors import QhpcError
 from qhpc.resources import Payload, PayloadError, TaskResult, encode_payload
 from qhpc.resources import result_from_dict as payload_result_from_dict
 
 if TYPE_CHECKING:
     from qhpc.program import RemoteQPU, SessionQPU
-
-URL_ENV = "QHPC_URL"
-TOKEN_ENV = "QHPC_TOKEN"
-SESSION_ENV = "QHPC_SESSION"
-FASTPATH_ENV = "QHPC_FASTPATH"
-RESOURCE_ENV = "QHPC_RESOURCE"
 
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 

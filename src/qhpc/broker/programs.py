@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from qhpc.broker.dispatch import DirectDispatcher
+from qhpc.envvars import URL_ENV
 from qhpc.errors import QhpcError
 from qhpc.runtime import (
     ProgramContext,
@@ -161,6 +162,9 @@ class ProgramManager:
         self._live: dict[str, _Live] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._closing = False
+        #: the REST API as reached from the broker's own host (``qhpc serve`` sets it);
+        #: programs get it as QHPC_URL, and none while it is unknown
+        self.rest_url: str | None = None
 
     # -- submission --------------------------------------------------------------------
 
@@ -424,9 +428,13 @@ class ProgramManager:
         else:
             assert record.source is not None
             source, args = record.source, json.loads(record.args)
+        # The program reaches the QPU through ``endpoint`` (QHPC_FASTPATH) and the REST
+        # API, if this broker knows where it is served, through QHPC_URL: the same two
+        # names as in a Slurm job, so qhpc.connect() and QPU.from_env() work in both.
+        rest = {URL_ENV: self.rest_url} if self.rest_url else {}
         context = ProgramContext(
             endpoint=endpoint, session_token=token, resource=job.resource, user=job.user,
-            account=job.account,
+            account=job.account, env=rest,
         )  # fmt: skip
         limit = pool.output_limit
 

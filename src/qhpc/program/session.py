@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from qhpc.envvars import FASTPATH_ENV, SESSION_ENV, URL_ENV
 from qhpc.program.errors import RemoteError
 from qhpc.program.qpu import LocalQPU
 from qhpc.resources.errors import TaskFailedError
@@ -25,12 +26,8 @@ from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.target import DeviceTarget
 
 if TYPE_CHECKING:
+    from qhpc.runtime.direct import DirectClient
     from qhpc.runtime.fastpath import FastPathClient
-
-FASTPATH_ENV = "QHPC_FASTPATH"
-SESSION_ENV = "QHPC_SESSION"
-URL_ENV = "QHPC_URL"
-RESOURCE_ENV = "QHPC_RESOURCE"
 
 #: ``runner(payload) -> result``: one session task, run to completion
 PayloadRunner = Callable[[Payload], TaskResult]
@@ -65,7 +62,7 @@ class SessionQPU(LocalQPU):
     """A session's resource over the fast path; :meth:`close` ends the connection
     (the session itself stays open: Slurm's epilog or its owner closes it)."""
 
-    def __init__(self, client: FastPathClient, target: DeviceTarget) -> None:
+    def __init__(self, client: FastPathClient | DirectClient, target: DeviceTarget) -> None:
         super().__init__(SessionResource(client.run, target, client.resource), name=client.resource)
         self.client = client
         self.session_id = client.session_id
@@ -114,7 +111,8 @@ def session_qpu(
     Unset arguments come from ``QHPC_FASTPATH``, ``QHPC_SESSION`` and
     ``QHPC_URL``. Without ``target`` it is read from the broker's REST API.
     """
-    from qhpc.runtime.fastpath import FastPathClient
+    # unix:// is the direct channel of a program co-located with the broker
+    from qhpc.runtime.program import connect as connect_session
 
     endpoint = endpoint or os.environ.get(FASTPATH_ENV)
     token = token or os.environ.get(SESSION_ENV)
@@ -123,7 +121,7 @@ def session_qpu(
             f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "
             f"{SESSION_ENV} (a session token), as qhpc's Slurm TaskProlog does"
         )
-    client = FastPathClient(endpoint, token, timeout=timeout)
+    client = connect_session(endpoint, token, timeout=timeout)
     try:
         if target is None:
             target = _target_over_rest(url or os.environ.get(URL_ENV), token, client.resource)

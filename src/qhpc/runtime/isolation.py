@@ -55,6 +55,7 @@ from pathlib import Path
 
 import msgspec
 
+from qhpc.envvars import FASTPATH_ENV, PROGRAM_ID_ENV, RESOURCE_ENV, SESSION_ENV
 from qhpc.runtime.outcome import ProgramContext
 
 #: environment variables a program process inherits from the pool's environment
@@ -182,10 +183,15 @@ def _unreachable_python_dir(uid: int, gid: int) -> str | None:
 
 
 def context_variables(context: ProgramContext, program_id: str) -> dict[str, str]:
-    """The ``QHPC_*`` variables of a program: its context's, as a Slurm job would see them."""
-    variables = dict(context.env, QHPC_PROGRAM_ID=program_id)
-    for name, value in (("QHPC_URL", context.endpoint), ("QHPC_SESSION", context.session_token),
-                        ("QHPC_RESOURCE", context.resource)):  # fmt: skip
+    """The ``QHPC_*`` variables of a program: its context's, as a Slurm job would see them.
+
+    The dispatch endpoint is ``QHPC_FASTPATH`` (where session tasks go, whatever the
+    channel); ``QHPC_URL``, the broker's REST API, comes from ``context.env`` if the
+    broker knows it.
+    """
+    variables = dict(context.env, **{PROGRAM_ID_ENV: program_id})
+    for name, value in ((FASTPATH_ENV, context.endpoint), (SESSION_ENV, context.session_token),
+                        (RESOURCE_ENV, context.resource)):  # fmt: skip
         if value is not None:
             variables.setdefault(name, value)
     return variables

@@ -27,6 +27,8 @@ from typing import Any
 
 from qiskit.circuit import QuantumCircuit
 
+from qhpc.envvars import FASTPATH_ENV as FASTPATH_ENV  # re-exported: bench/study_job.py
+from qhpc.envvars import SESSION_ENV as SESSION_ENV
 from qhpc.resources import (
     EstimatorResult,
     EstimatorTask,
@@ -40,9 +42,6 @@ from qhpc.runtime.direct import DirectClient
 from qhpc.runtime.errors import QpuNotConfiguredError
 from qhpc.runtime.fastpath import FastPathClient
 from qhpc.runtime.outcome import ProgramContext
-
-FASTPATH_ENV = "QHPC_FASTPATH"
-SESSION_ENV = "QHPC_SESSION"
 
 
 @dataclass
