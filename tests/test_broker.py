@@ -246,3 +246,97 @@ def test_restart_stops_orphaned_runs_on_devices_that_outlive_the_broker(
             broker.stop()
     assert device.stopped == ["vendor-42"]
     registry.close()
+
+
+def test_stop_ends_session_tasks_in_memory_and_books_the_interrupted_one(
+    tmp_path: Path, bell: QuantumCircuit
+) -> None:
+    import threading
+    import time as _time
+
+    timing = {"task_overhead": 30.0, "circuit_overhead": 0.0, "shot_time": 0.0}
+    slow = ResourceSpec("qpu", "emulator", {"noise": False, "timing": timing})
+    registry = ResourceRegistry([slow])
+    with Store.open(tmp_path / "stop-sessions.db") as store:
+        broker = Broker(store, registry, BrokerConfig(policy="fifo"))
+        broker.start()
+        session, _ = broker.open_session(
+            user="u", account="a", resource="qpu", deadline=_time.time() + 600
+        )
+        outcomes: list[object] = []
+
+        def run() -> None:
+            outcomes.append(broker.run_session_task(session.session_id, SamplerTask((bell,), 5)))
+
+        first = threading.Thread(target=run)
+        first.start()
+        deadline = _time.monotonic() + 30
+        while not broker.is_busy("qpu"):  # the first one runs ...
+            assert _time.monotonic() < deadline
+            _time.sleep(0.01)
+        second = threading.Thread(target=run)
+        second.start()
+        while broker.queue_length("qpu") == 0:  # ... and the second one waits for it
+            assert _time.monotonic() < deadline
+            _time.sleep(0.01)
+        _time.sleep(0.2)  # the running one has used some device time
+        broker.stop()
+        first.join(30)
+        second.join(30)
+        assert not first.is_alive() and not second.is_alive(), "a session task was stranded"
+        assert sorted(o.state for o in outcomes) == ["cancelled", "cancelled"]  # type: ignore[attr-defined]
+        tasks = store.tasks_of_job(session.session_id)
+        assert sorted(t.state for t in tasks) == ["cancelled", "cancelled"]
+        (booked,) = store.usage()  # the interrupted one; the queued one used nothing
+        assert booked.qpu_seconds > 0.1
+    registry.close()
+
+
+def test_an_executor_survives_a_failing_scheduling_decision(
+    broker: Broker, store: Store, bell: QuantumCircuit
+) -> None:
+    real = broker.policy
+    calls = {"n": 0}
+
+    class FailsOnce:
+        name = "fails-once"
+
+        def next_task(self, view):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return real.next_task(view)
+
+    broker.policy = FailsOnce()  # type: ignore[assignment]
+    job = broker.submit(user="u", account="a", resource="aer", payloads=[SamplerTask((bell,), 5)])
+    (task,) = store.tasks_of_job(job.job_id)
+    assert broker.wait_task(task.task_id, timeout=30).state == "completed"
+    assert calls["n"] >= 2
+
+
+def test_usage_is_safe_to_record_while_the_scheduler_reads_it() -> None:
+    import threading
+
+    from qhpc.broker.usage import UsageTracker
+
+    tracker = UsageTracker(3600.0)
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                tracker.snapshot(1.0)
+        except BaseException as error:  # reported below
+            failures.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for index in range(20_000):  # new accounts resize the mapping
+            tracker.record(f"account-{index}", 1.0, 1.0)
+    finally:
+        done.set()
+        reader.join(30)
+    assert failures == []
+    assert len(tracker.snapshot(1.0)) == 20_000

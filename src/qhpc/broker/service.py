@@ -225,7 +225,20 @@ class Broker:
             self._stopping = True
             for running in [*self._running.values(), *self._suspended.values()]:
                 running.stop.set()
+            # Queued session tasks live only in memory: end them (their clients are
+            # waiting), as cancel() does; batch tasks stay queued in the store.
+            unstarted: list[TaskRecord] = []
+            for queue in self._queues.values():
+                for queued in [t for t in queue.values() if t.task_id in self._in_flight]:
+                    del queue[queued.task_id]
+                    self._payloads.pop(queued.task_id, None)
+                    unstarted.append(self._in_flight[queued.task_id])
             self._cond.notify_all()
+        never_ran = TaskOutcome(
+            "cancelled", None, "the broker stopped before it started", 0.0, 0, 0, self.clock()
+        )
+        for task in unstarted:
+            self._finished_in_memory(task, never_ran)
         self._stopped.set()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -390,6 +403,8 @@ class Broker:
         with self._cond:
             if session_id not in self._open_sessions:
                 raise BrokerError(f"session {session_id} is closed")
+            if self._stopping:
+                raise BrokerError("the broker is stopping")
             self._in_flight[task.task_id] = task
             self._payloads[task.task_id] = payload
             self.rhythms.submitted(session_id, task.submitted_at)
@@ -443,6 +458,8 @@ class Broker:
         with self._cond:
             if session_id not in self._open_sessions:
                 raise BrokerError(f"session {session_id} is closed")
+            if self._stopping:
+                raise BrokerError("the broker is stopping")
             self._in_flight[task.task_id] = task
             self._payloads[task.task_id] = payload
             self.rhythms.submitted(session_id, task.submitted_at)
@@ -809,7 +826,12 @@ class Broker:
             with self._cond:
                 if self._stopping:
                     return
-                task = self._next(resource_name, resource)
+                try:
+                    task = self._next(resource_name, resource)
+                except Exception:  # a bad decision must not end this resource's executor
+                    log.exception("scheduling on %s failed; trying again", resource_name)
+                    self._cond.wait(timeout=0.5)
+                    continue
                 if task is None:
                     # Woken by submissions, cancellations and session changes; the
                     # timeout re-checks device state and time-based policy rules.
@@ -876,17 +898,25 @@ class Broker:
             circuits=outcome.circuits,
             finished_at=outcome.finished_at,
         )
-        self.usage.record(task.account, outcome.qpu_seconds, outcome.finished_at)
-        if outcome.state is TaskStatus.COMPLETED:
-            previous = self._durations.get(resource.name)
-            took = outcome.qpu_seconds
-            self._durations[resource.name] = (
-                took if previous is None else 0.8 * previous + 0.2 * took
-            )
-        if outcome.state is TaskStatus.CANCELLED and not running.cancelled and self._stopping:
+        with self._cond:  # the policy reads both under the lock (_view, _next)
+            self.usage.record(task.account, outcome.qpu_seconds, outcome.finished_at)
+            if outcome.state is TaskStatus.COMPLETED:
+                previous = self._durations.get(resource.name)
+                took = outcome.qpu_seconds
+                self._durations[resource.name] = (
+                    took if previous is None else 0.8 * previous + 0.2 * took
+                )
+        interrupted = (
+            outcome.state is TaskStatus.CANCELLED and not running.cancelled and self._stopping
+        )
+        if interrupted and in_memory is None:
             # Interrupted by our own shutdown, not by its owner: leave it "running" in
             # the store, and the next start queues it again (as after a crash).
             return None
+        if interrupted:
+            # A session task exists only in memory: nothing would run it again, so it
+            # ends cancelled, with the device time it used booked.
+            finished = replace(finished, error="the broker stopped while it ran")
         if in_memory is not None:
             # Write-behind: logged now, committed by the journal later (journal.py).
             self._finished_in_memory(replace(in_memory, started_at=started, attempts=1), finished)

@@ -2,12 +2,14 @@
 
 Pure bookkeeping: times are passed in. Usage decays exponentially with a
 half-life, so old consumption weighs less. Each account keeps one value and
-the time it refers to, so recording and reading are O(1).
+the time it refers to, so recording and reading are O(1). Safe to share
+between threads: executors record while the scheduler takes snapshots.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 from qhpc.broker.scheduler import PolicyError
 
@@ -22,6 +24,7 @@ class UsageTracker:
             raise PolicyError(f"half_life must be a positive number of seconds, got {half_life!r}")
         self.half_life = float(half_life)
         self._accounts: dict[str, tuple[float, float]] = {}  # account -> (value, as of)
+        self._lock = threading.Lock()
 
     def _decay(self, seconds: float) -> float:
         return math.exp2(-seconds / self.half_life)
@@ -30,13 +33,15 @@ class UsageTracker:
         """Charge ``qpu_seconds`` to ``account`` at time ``at``."""
         if not qpu_seconds >= 0:
             raise ValueError(f"qpu_seconds must be non-negative, got {qpu_seconds!r}")
-        value, since = self._accounts.get(account, (0.0, at))
-        if at >= since:
-            self._accounts[account] = (value * self._decay(at - since) + qpu_seconds, at)
-        else:
-            # Records may arrive out of order (tasks end on several resources); decay is
-            # linear, so an older charge is folded in already decayed to the later time.
-            self._accounts[account] = (value + qpu_seconds * self._decay(since - at), since)
+        with self._lock:
+            value, since = self._accounts.get(account, (0.0, at))
+            if at >= since:
+                self._accounts[account] = (value * self._decay(at - since) + qpu_seconds, at)
+            else:
+                # Records may arrive out of order (tasks end on several resources); decay
+                # is linear, so an older charge is folded in already decayed to the later
+                # time.
+                self._accounts[account] = (value + qpu_seconds * self._decay(since - at), since)
 
     def usage(self, account: str, now: float) -> float:
         """The account's decayed usage at ``now`` (0 for an unknown account)."""
@@ -45,7 +50,13 @@ class UsageTracker:
 
     def snapshot(self, now: float) -> dict[str, float]:
         """Decayed usage of every account seen, as a ``SchedulingView.usage`` mapping."""
-        return {account: self.usage(account, now) for account in sorted(self._accounts)}
+        with self._lock:
+            accounts = dict(self._accounts)
+        return {
+            account: value * self._decay(now - since)
+            for account, (value, since) in sorted(accounts.items())
+        }
 
     def accounts(self) -> list[str]:
-        return sorted(self._accounts)
+        with self._lock:
+            return sorted(self._accounts)
