@@ -210,11 +210,14 @@ def test_a_job_submitted_through_slurmrestd_runs_and_reports_its_state(tmp_path:
     assert (tmp_path / f"slurm-{job_id}.out").read_text().strip() == f"remote-ok job={job_id}"
 
     token = token_from_scontrol(USER, lifespan=300)
-    failed = submit("--token", token, "--env", "CODE=3")
+    jwt, bogus = tmp_path / "jwt", tmp_path / "bogus"  # never a token as an argument
+    jwt.write_text(token + "\n")
+    bogus.write_text("not-a-jwt\n")
+    failed = submit("--token-file", str(jwt), "--env", "CODE=3")
     assert failed.returncode == 3, failed.stderr
     assert failed.stdout.splitlines()[-1].endswith("FAILED (NonZeroExitCode), exit code 3")
 
-    refused = submit("--token", "not-a-jwt")
+    refused = submit("--token-file", str(bogus))
     assert refused.returncode == 1
     assert "token slurmctld refused" in " ".join(refused.stderr.split())
     with SlurmRestClient(RESTD, USER, token) as rest:  # slurmrestd and Slurm kept running

@@ -99,6 +99,13 @@ class Cluster:
         path = self.work / f"job-{job_id}.out"
         return path.read_text() if path.exists() else ""
 
+    def token_file(self, secret: str) -> str:
+        """A file holding ``secret`` for --token-file: root's, 0600, a fresh name."""
+        descriptor, path = tempfile.mkstemp(prefix=".token-", dir=self.work)
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(secret + "\n")
+        return path
+
     def broker(self, path: str, token: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token or self.admin}"}
         return httpx.get(self.url + "/v1" + path, headers=headers, timeout=10)
@@ -291,7 +298,8 @@ def test_two_sessions_share_the_qpu_batch_backfills_third_waits_on_the_licence(
     )
     submitted = run(
         cluster.python, "-m", "qhpc.cli", "submit", str(bell), str(bell), str(bell),
-        "-r", "sim", "-s", "200", "--json", "--url", cluster.url, "--token", user,
+        "-r", "sim", "-s", "200", "--json", "--url", cluster.url,
+        "--token-file", cluster.token_file(user),
     )  # fmt: skip
     batch = json.loads(submitted.stdout)["job_id"]
     done = wait_for(
@@ -338,7 +346,7 @@ def test_scancel_and_time_limit_close_the_session(cluster: Cluster, timed_out_jo
     assert float(re.search(r"qpu_s=([0-9.]+)", comment).group(1)) > 0  # type: ignore[union-attr]
     listed = run(
         cluster.python, "-m", "qhpc.cli", "accounting", "--slurm", "--json",
-        "--url", cluster.url, "--token", cluster.admin,
+        "--url", cluster.url, "--token-file", cluster.token_file(cluster.admin),
     )  # fmt: skip
     rows = {r["slurm_job_id"]: r for r in json.loads(listed.stdout)}
     assert rows[timed_out_job]["state"] == "TIMEOUT"
