@@ -180,3 +180,38 @@ def test_local_qpu_reports_a_failing_inline_task_naming_its_job() -> None:
             LocalQPU(resource).submit(Job.expectation(circuit, "Z", name="probe"))
     finally:
         resource.close()
+
+
+# -- the stack's plugins ---------------------------------------------------------------------
+
+
+def test_transpile_sees_a_circuit_changed_in_place() -> None:
+    from qhpc.program import Transpile
+    from qhpc.resources.target import line_device
+
+    specs = line_device(2)
+    plugin = Transpile(seed_transpiler=1)
+    circuit = QuantumCircuit(2)
+    circuit.h(0)
+    first = plugin.transpiled(circuit, specs)
+    assert plugin.transpiled(circuit, specs) is first  # unchanged: served from the cache
+    circuit.x(1)  # changed in place after it was cached
+    second = plugin.transpiled(circuit, specs)
+    assert second is not first
+    assert Statevector(second).equiv(Statevector(circuit))
+
+
+def test_observable_measurement_sees_a_circuit_changed_in_place() -> None:
+    from qhpc.program import ObservableMeasurement
+
+    plugin = ObservableMeasurement()
+    circuit = QuantumCircuit(2)
+    circuit.h(0)
+    zz = SparsePauliOp("ZZ")
+    first = plugin.measurement(circuit, zz)
+    assert plugin.measurement(circuit, zz) is first
+    assert plugin.measurement(circuit, SparsePauliOp("XX")) is not first
+    circuit.x(1)
+    changed = plugin.measurement(circuit, zz)
+    assert changed is not first
+    assert changed.circuits[0].count_ops().get("x") == 1

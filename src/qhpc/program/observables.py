@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,9 @@ from qhpc.program.job import Batch, Job
 from qhpc.program.registry import register_plugin
 from qhpc.program.result import BatchResult, Result
 from qhpc.program.stack import Plugin
+from qhpc.resources import DeviceTarget, circuit_key, observable_key
 from qhpc.resources.estimation import MeasurementPlan
 from qhpc.resources.payload import EstimatorTask, SampledCircuit
-from qhpc.resources.target import DeviceTarget
 
 CACHE_SIZE = 256
 
@@ -25,7 +26,7 @@ CACHE_SIZE = 256
 class _Measurement:
     """One observable on one circuit: how to measure it and how to combine the counts."""
 
-    circuit: QuantumCircuit  # kept so the cache key (its id) stays unique
+    circuit: QuantumCircuit
     plan: MeasurementPlan
     circuits: tuple[QuantumCircuit, ...]  # one per qubit-wise commuting group
 
@@ -51,21 +52,21 @@ class ObservableMeasurement(Plugin):
         if default_shots is not None and default_shots <= 0:
             raise ValueError(f"default_shots must be positive, got {default_shots}")
         self.default_shots = default_shots
-        self._cache: OrderedDict[tuple[int, tuple[tuple[str, complex], ...]], _Measurement] = (
-            OrderedDict()
-        )
+        self._cache: OrderedDict[tuple[Hashable, Hashable], _Measurement] = OrderedDict()
         self._lock = threading.Lock()
 
     def params(self) -> dict[str, Any]:
         return {"default_shots": self.default_shots}
 
     def measurement(self, circuit: QuantumCircuit, observable: SparsePauliOp) -> _Measurement:
-        key = (id(circuit), tuple(observable.to_list()))
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+        content = circuit_key(circuit)
+        key = None if content is None else (content, observable_key(observable))
+        if key is not None:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
         zeros = ((0.0,) * circuit.num_parameters,)
         plan = MeasurementPlan.build(EstimatorTask(circuit, (observable,), zeros))
         base = circuit.remove_final_measurements(inplace=False)
@@ -74,6 +75,8 @@ class ObservableMeasurement(Plugin):
             for g, group in enumerate(plan.groups)
         )
         found = _Measurement(circuit, plan, circuits)
+        if key is None:  # no content key (custom gates, control flow): never cached
+            return found
         with self._lock:
             self._cache[key] = found
             while len(self._cache) > CACHE_SIZE:

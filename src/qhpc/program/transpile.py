@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 from qiskit.circuit import QuantumCircuit
@@ -11,7 +12,7 @@ from qiskit.circuit import QuantumCircuit
 from qhpc.program.job import Batch, Job
 from qhpc.program.registry import register_plugin
 from qhpc.program.stack import Plugin
-from qhpc.resources.target import DeviceTarget
+from qhpc.resources import DeviceTarget, circuit_key
 
 #: transpiled circuits kept per plugin (a variational loop reuses one circuit)
 CACHE_SIZE = 256
@@ -34,7 +35,7 @@ class Transpile(Plugin):
         self.optimization_level = optimization_level
         self.seed_transpiler = seed_transpiler
         self._managers: dict[DeviceTarget, Any] = {}
-        self._circuits: OrderedDict[tuple[int, DeviceTarget], tuple[QuantumCircuit, Any]] = (
+        self._circuits: OrderedDict[tuple[Hashable, DeviceTarget], tuple[QuantumCircuit, Any]] = (
             OrderedDict()
         )
         self._lock = threading.Lock()
@@ -66,8 +67,19 @@ class Transpile(Plugin):
         return manager
 
     def transpiled(self, circuit: QuantumCircuit, specs: DeviceTarget) -> QuantumCircuit:
-        """``circuit`` transpiled for ``specs`` (cached by circuit object)."""
-        key = (id(circuit), specs)
+        """``circuit`` transpiled for ``specs`` (cached by circuit content).
+
+        Keyed by content, not by object, so a circuit changed in place after it was
+        first seen is transpiled again; circuits without a content key (custom gates,
+        control flow) are transpiled every time.
+        """
+        content = circuit_key(circuit)
+        if content is None:
+            with self._lock:
+                manager = self._manager(specs)
+            uncached: QuantumCircuit = manager.run(circuit)
+            return uncached
+        key = (content, specs)
         with self._lock:
             hit = self._circuits.get(key)
             if hit is not None:
@@ -77,7 +89,6 @@ class Transpile(Plugin):
             manager = self._manager(specs)
         out = manager.run(circuit)
         with self._lock:
-            # The original is kept alive with its result so its id is not reused.
             self._circuits[key] = (circuit, out)
             while len(self._circuits) > CACHE_SIZE:
                 self._circuits.popitem(last=False)

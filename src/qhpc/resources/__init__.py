@@ -57,6 +57,8 @@ from qhpc.resources.errors import (
 )
 from qhpc.resources.local import (
     LocalResource,
+    circuit_key,
+    observable_key,
 )
 from qhpc.resources.null import (
     NullResource,
@@ -123,6 +125,7 @@ __all__ = [
     "UnsupportedCircuitError",
     "UnsupportedPayloadError",
     "Window",
+    "circuit_key",
     "decode_payload",
     "decode_result",
     "detect_format",
@@ -133,6 +136,7 @@ __all__ = [
     "load_circuit",
     "load_circuits",
     "load_registry",
+    "observable_key",
     "result_from_dict",
     "validate_payload",
 ]
