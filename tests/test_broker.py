@@ -340,3 +340,47 @@ def test_usage_is_safe_to_record_while_the_scheduler_reads_it() -> None:
         reader.join(30)
     assert failures == []
     assert len(tracker.snapshot(1.0)) == 20_000
+
+
+def test_closing_a_session_waits_for_a_task_slow_to_stop_and_stores_it(
+    tmp_path: Path, bell: QuantumCircuit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time as _time
+
+    from qhpc.broker import service
+
+    monkeypatch.setattr(service, "CLOSE_WAIT_REPORT", 0.05)  # well below the task's 1 s
+    registry = ResourceRegistry([ResourceSpec("null", "null", {})])
+    device = registry.get("null")
+    original = device._sample  # type: ignore[attr-defined]
+
+    def deaf_to_stop(*args: object) -> object:
+        _time.sleep(1.0)  # a device that finishes its run whatever it is told
+        return original(*args)
+
+    device._sample = deaf_to_stop  # type: ignore[attr-defined]
+    with Store.open(tmp_path / "close.db") as store:
+        broker = Broker(store, registry, BrokerConfig(policy="fifo"))
+        broker.start()
+        try:
+            session, _ = broker.open_session(
+                user="u", account="a", resource="null", deadline=_time.time() + 600
+            )
+            runner = threading.Thread(
+                target=broker.run_session_task, args=(session.session_id, SamplerTask((bell,), 5))
+            )
+            runner.start()
+            deadline = _time.monotonic() + 30
+            while not broker.is_busy("null"):
+                assert _time.monotonic() < deadline
+                _time.sleep(0.01)
+            broker.close_session(session.session_id)
+            runner.join(30)
+            (task,) = store.tasks_of_job(session.session_id)
+            assert task.state == "completed"  # it ran to its end despite the stop request
+            assert [(u.task_id, u.shots) for u in store.usage()] == [(task.task_id, 5)]
+            assert store.get_job(session.session_id).state in ("completed", "cancelled")
+        finally:
+            broker.stop()
+            registry.close()

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 INPUT_REFRESH = 0.5
 #: how often sessions past their deadline are looked for
 REAP_SECONDS = 1.0
+#: a closing session waits for its running task to stop, saying so this often (s)
+CLOSE_WAIT_REPORT = 60.0
 
 
 class BrokerError(QhpcError):
@@ -1018,14 +1020,25 @@ class Broker:
                     self._outcome_seconds[task.task_id] = outcome.qpu_seconds
                 self._signal_done(task.task_id)
 
-    def _wait_idle(self, job_id: str, timeout: float = 60.0) -> None:
-        """Until no task of ``job_id`` runs (a closing session waits for its last task)."""
+    def _wait_idle(self, job_id: str) -> None:
+        """Until no task of ``job_id`` runs (a closing session waits for its last task).
+
+        No time limit: the run was asked to stop, and the job may end only after its
+        task is stored — a final job refuses it, and the task and its usage would be
+        lost. A device slow to stop is reported every ``CLOSE_WAIT_REPORT`` seconds.
+        """
+
+        def idle() -> bool:
+            return all(r.task.job_id != job_id for r in self._running.values())
+
         with self._cond:
             self._idle_waiters += 1
             try:
-                self._cond.wait_for(
-                    lambda: all(r.task.job_id != job_id for r in self._running.values()), timeout
-                )
+                while not self._cond.wait_for(idle, CLOSE_WAIT_REPORT):
+                    running = [r.task for r in self._running.values() if r.task.job_id == job_id]
+                    for task in running:
+                        log.warning("closing %s: still waiting for task %s to stop on %s",
+                                    job_id, task.task_id, task.resource)  # fmt: skip
             finally:
                 self._idle_waiters -= 1
 
