@@ -63,10 +63,13 @@ def summary(samples_s: list[float]) -> dict[str, float | int]:
     return {"median_us": statistics.median(ordered) * 1e6, "p99_us": p99 * 1e6, "n": len(ordered)}
 
 
-def spawn_role(role: str, *extra: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+def spawn_role(
+    role: str, *extra: str, pass_fds: tuple[int, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, "--role", role, *extra],
         pass_fds=pass_fds, stdout=subprocess.PIPE, text=True,
+        env=None if env is None else {**os.environ, **env},
     )  # fmt: skip
 
 
@@ -272,8 +275,10 @@ def qhpc_iteration_overhead(iterations: int) -> dict[str, dict[str, list[float]]
             _, token = broker.open_session(
                 user="bench", account="bench", resource="null", deadline=time.time() + 3600
             )
-            client = spawn_role("fastpath-client", "--endpoint", server.endpoint, "--token",
-                                token, "--iterations", str(iterations))  # fmt: skip
+            # The session token goes by environment, never argv (visible in /proc).
+            client = spawn_role("fastpath-client", "--endpoint", server.endpoint,
+                                "--iterations", str(iterations),
+                                env={"QHPC_SESSION": token})  # fmt: skip
             output, _ = client.communicate(timeout=600)
             if client.returncode:
                 raise RuntimeError(f"client-driven loop failed with code {client.returncode}")
@@ -398,7 +403,6 @@ def main() -> None:
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint2", help=argparse.SUPPRESS)
     parser.add_argument("--iterations", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "echo":
         return role_echo(args.fd)
@@ -409,7 +413,7 @@ def main() -> None:
     if args.role == "exit-floor":
         return role_exit_floor(args.iterations)
     if args.role == "fastpath-client":
-        return role_fastpath_client(args.endpoint, args.token, args.iterations)
+        return role_fastpath_client(args.endpoint, os.environ["QHPC_SESSION"], args.iterations)
 
     iterations, repeats = (2_000, 1) if args.quick else (20_000, 3)
     runs, kills, colds = (10, 5, 2) if args.quick else (60, 20, 5)
