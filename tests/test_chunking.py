@@ -286,4 +286,6 @@ def test_cancel_between_chunks_books_the_chunks_run_once(
     rollup = [r for r in store.usage_rollup("account") if r["group"] == "batch"]
     assert len(rollup) == 1 and rollup[0]["tasks"] == 1
     assert rollup[0]["qpu_seconds"] > 0
+    # The shots of the chunks that ran are accounted, not 0 (nor the whole task's).
+    assert 0 < rollup[0]["shots"] < 100_000
     assert broker.task_result(task.task_id) is None

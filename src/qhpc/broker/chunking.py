@@ -35,7 +35,6 @@ from qhpc.resources import (
     QuantumResource,
     SampledCircuit,
     SamplerResult,
-    SamplerTask,
     TaskResult,
     TaskStatus,
 )
@@ -93,8 +92,6 @@ def payload_shots(payload: Payload) -> int | None:
 
 def with_shots(payload: Payload, shots: int, index: int) -> Payload:
     """Chunk ``index`` of ``payload``: the same circuits with ``shots`` and a derived seed."""
-    if isinstance(payload, SamplerTask):
-        return replace(payload, shots=shots, seed=chunk_seed(payload.seed, index))
     return replace(payload, shots=shots, seed=chunk_seed(payload.seed, index))
 
 
@@ -218,7 +215,9 @@ def run_chunked(
     where the executor runs waiting session tasks the policy puts first. A stop
     request ends the task at the next boundary (or stops the running chunk):
     ``cancelled``, with the device time of the chunks run so far. A failed chunk
-    fails the task. Completed: the merged result (:func:`merge_results`).
+    fails the task. Completed: the merged result (:func:`merge_results`). The
+    shots reported are those of the chunks that completed, also when the task did
+    not (they ran, and accounting shows them).
     """
     started = clock()
     results: list[TaskResult] = []
@@ -232,7 +231,7 @@ def run_chunked(
             if stop_requested.is_set():
                 return Outcome(
                     TaskStatus.CANCELLED, None,
-                    f"stopped between chunks ({index} of {count} run)", qpu, 0, circuits,
+                    f"stopped between chunks ({index} of {count} run)", qpu, shots, circuits,
                     started, clock(),
                 )  # fmt: skip
         outcome = run_task(resource, chunk, stop_requested, clock, on_started)
@@ -244,7 +243,7 @@ def run_chunked(
             if state is TaskStatus.COMPLETED:  # completed without a result
                 state = TaskStatus.FAILED
             return Outcome(
-                state, None, f"chunk {index + 1} of {count}: {error}", qpu, 0, circuits,
+                state, None, f"chunk {index + 1} of {count}: {error}", qpu, shots, circuits,
                 started, clock(),
             )  # fmt: skip
         results.append(outcome.result)
@@ -253,8 +252,8 @@ def run_chunked(
         merged = merge_results(chunks, results)
     except (ValueError, IndexError) as exc:
         return Outcome(
-            TaskStatus.FAILED, None, f"merging {count} chunks failed: {exc}", qpu, 0, circuits,
-            started, clock(),
+            TaskStatus.FAILED, None, f"merging {count} chunks failed: {exc}", qpu, shots,
+            circuits, started, clock(),
         )  # fmt: skip
     return Outcome(TaskStatus.COMPLETED, merged, None, qpu, shots, circuits, started, clock())
 
