@@ -384,3 +384,37 @@ def test_closing_a_session_waits_for_a_task_slow_to_stop_and_stores_it(
         finally:
             broker.stop()
             registry.close()
+
+
+def test_an_unknown_length_batch_task_waits_out_a_thinking_session_then_runs(
+    tmp_path: Path, bell: QuantumCircuit
+) -> None:
+    import time as _time
+
+    registry = ResourceRegistry([ResourceSpec("null", "null", {})])
+    with Store.open(tmp_path / "unknown.db") as store:
+        broker = Broker(store, registry, BrokerConfig(policy="fifo"))
+        broker.start()
+        try:
+            session, _ = broker.open_session(
+                user="u", account="a", resource="null", deadline=_time.time() + 600
+            )
+            with broker._cond:  # a session that thinks 0.4 s ± 0.2 s, thinking since now
+                now = _time.time()
+                broker.rhythms.submitted(session.session_id, now - 1.0)
+                broker.rhythms.released(session.session_id, now - 0.9)
+                broker.rhythms.submitted(session.session_id, now - 0.5)
+                broker.rhythms.released(session.session_id, now)
+            # Nothing has run on null yet: the batch task's length is unknown, so it
+            # does not fit the expected gap; it runs once the session's patience is over
+            # (think 0.4 + patience 0.2), and it runs at all (no deadlock).
+            job = broker.submit(
+                user="u", account="b", resource="null", payloads=[SamplerTask((bell,), 5)]
+            )
+            (task,) = store.tasks_of_job(job.job_id)
+            done = broker.wait_task(task.task_id, timeout=30)
+            assert done.state == "completed"
+            assert done.started_at is not None and done.started_at >= now + 0.6
+        finally:
+            broker.stop()
+            registry.close()

@@ -28,6 +28,7 @@ from qhpc.broker.scheduler import (
     SessionRhythms,
     build_policy,
     fair_share_factors,
+    revisit_at,
 )
 from qhpc.broker.usage import UsageTracker
 from qhpc.errors import QhpcError
@@ -784,3 +785,54 @@ def test_policies_answer_with_a_queued_task_deterministically(
         assert policy.next_task(shuffled) == chosen, policy.name
         if isinstance(policy, FifoPolicy | PriorityPolicy | FairSharePolicy):
             assert (chosen is None) == (not on_resource)
+
+
+# --- idle until the answer can change; unknown lengths ------------------------------------
+
+
+def test_an_unknown_length_never_fits_a_gap_and_runs_once_the_session_is_ignored() -> None:
+    policy = SessionPolicy(FifoPolicy())
+    thinking = {"s1": SessionRhythm(released_at=99.0, submitted_at=98.0, think=2.0, spread=0.0)}
+    unknown = task("b-unknown", 50.0, seconds=math.inf)
+    kw: dict[str, Any] = {"sessions": [lease("s1")], "rhythms": thinking}
+    # The session is expected at 101; its patience (think / 10) ends at 101.2.
+    assert pick(policy, [unknown], 100.0, **kw) is None
+    assert pick(policy, [task("b-short", 50.0, seconds=0.5)], 100.0, **kw) == "b-short"
+    wake = revisit_at(policy, view([unknown], 100.0, **kw))
+    assert wake == pytest.approx(101.2) and wake > 101.2
+    assert pick(policy, [unknown], wake, **kw) == "b-unknown"
+    # Nobody expected: an unknown length runs at once (a resource's first task).
+    assert pick(policy, [unknown], 100.0, sessions=[lease("s1")]) == "b-unknown"
+
+
+def test_revisit_at_names_window_edges_and_starvation_relief() -> None:
+    reserved = ReservationPolicy(FifoPolicy())
+    queue = [task("long", 90.0, "b", seconds=50.0)]
+    kw: dict[str, Any] = {"reservations": [window("a", 120.0, 130.0)]}
+    assert pick(reserved, queue, **kw) is None  # would overrun the window ahead
+    assert revisit_at(reserved, view(queue, **kw)) == 120.0
+    assert revisit_at(FifoPolicy(), view(queue)) == math.inf
+    session = SessionPolicy(FifoPolicy(), starvation_limit=60.0)
+    waiting = [task("b", 90.0), task("s", 95.0, session="s1")]
+    assert pick(session, waiting, sessions=[lease("s1")]) == "s"
+    due = revisit_at(session, view(waiting, sessions=[lease("s1")]))
+    assert due == pytest.approx(150.0) and due > 150.0
+    assert pick(session, waiting, due, sessions=[lease("s1")]) == "b"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    view=backfill_views(),
+    limit=st.sampled_from([20.0, 60.0, math.inf]),
+    fraction=st.floats(0, 1, exclude_max=True),
+)
+def test_an_idle_answer_holds_until_revisit_at(
+    view: SchedulingView, limit: float, fraction: float
+) -> None:
+    policy = SessionPolicy(FairSharePolicy(), starvation_limit=limit)
+    if policy.next_task(view) is not None:
+        return
+    wake = revisit_at(policy, view)
+    assert wake > view.now
+    later = view.now + fraction * (min(wake, view.now + 1000.0) - view.now)
+    assert policy.next_task(replace(view, now=later)) is None

@@ -172,6 +172,21 @@ class Policy(Protocol):
     def next_task(self, view: SchedulingView) -> QueuedTask | None: ...
 
 
+def revisit_at(policy: Policy, view: SchedulingView) -> float:
+    """The earliest time after ``view.now`` at which ``policy`` may answer ``view``
+    differently by the passing of time alone (inf: only a new event changes it).
+
+    An executor left idle by a ``None`` sleeps until then (or until woken by a
+    submission). Policies that do not say (a ``revisit_at`` method) answer inf.
+    """
+    method: Callable[[SchedulingView], float] | None = getattr(policy, "revisit_at", None)
+    return math.inf if method is None else method(view)
+
+
+def _after(now: float, times: Iterable[float]) -> float:
+    return min((t for t in times if t > now), default=math.inf)
+
+
 def _arrival(task: QueuedTask) -> tuple[float, str]:
     return (task.submitted_at, task.task_id)
 
@@ -288,7 +303,8 @@ class SessionPolicy:
     all its tasks first). A task whose session is not open counts as batch.
 
     Backfill (``backfill``, on by default): when no session task waits, a batch
-    task starts only if its ``estimated_seconds`` end before the earliest
+    task starts only if its ``estimated_seconds`` (``inf`` when unknown: it never
+    fits) end before the earliest
     *expected* next task of a thinking session; otherwise a shorter one that fits
     starts (``batch`` chooses among those), or the QPU stays idle for the short
     gap. A session's next task is expected ``think - arrival_margin * spread``
@@ -357,6 +373,35 @@ class SessionPolicy:
                 batch = fitting
         return self.batch.next_task(replace(view, queue=batch))
 
+    def revisit_at(self, view: SchedulingView) -> float:
+        """When :meth:`next_task` may change its answer with time alone: a thinking
+        session's patience runs out, a batch task becomes due for starvation relief,
+        a session opens or reaches its deadline."""
+        now = view.now
+        sessions = [s for s in view.sessions if s.resource == view.resource]
+        times = [s.opened_at for s in sessions] + [s.deadline for s in sessions]
+        open_ids = {s.session_id for s in sessions if s.is_open(now)}
+        batch = [t for t in _pending(view) if t.session_id not in open_ids]
+        oldest = _oldest(batch)
+        if oldest is not None:
+            due = oldest.submitted_at + self.starvation_limit
+            if view.last_batch_start is not None:
+                due = max(due, view.last_batch_start + self.starvation_limit)
+            # relief needs strictly more than the limit
+            times.append(math.nextafter(due, math.inf))
+        if self.backfill:
+            for session_id in open_ids:
+                rhythm = view.rhythms.get(session_id)
+                if rhythm is not None and rhythm.thinking():
+                    assert rhythm.released_at is not None and rhythm.think is not None
+                    ignored = rhythm.released_at + rhythm.think + self._patience(rhythm)
+                    times.append(math.nextafter(ignored, math.inf))
+        return min(_after(now, times), revisit_at(self.batch, view))
+
+    def _patience(self, rhythm: SessionRhythm) -> float:
+        assert rhythm.think is not None
+        return self.arrival_patience * max(rhythm.spread, rhythm.think / 10)
+
     def expected_arrival(self, view: SchedulingView, session_ids: Iterable[str]) -> float:
         """The earliest time a task of one of ``session_ids`` is expected (inf: none is)."""
         now, earliest = view.now, math.inf
@@ -366,8 +411,7 @@ class SessionPolicy:
                 continue
             assert rhythm.released_at is not None and rhythm.think is not None
             think, spread = rhythm.think, rhythm.spread
-            patience = self.arrival_patience * max(spread, think / 10)
-            if now > rhythm.released_at + think + patience:
+            if now > rhythm.released_at + think + self._patience(rhythm):
                 continue  # it stopped sending, or thinks much longer than usual
             expected = rhythm.released_at + max(0.0, think - self.arrival_margin * spread)
             earliest = min(earliest, expected)
@@ -421,6 +465,12 @@ class ReservationPolicy:
     @property
     def name(self) -> str:
         return f"{self.inner.name}+reservations"
+
+    def revisit_at(self, view: SchedulingView) -> float:
+        """A window starting or ending, or whatever changes the inner policy's answer."""
+        mine = [r for r in view.reservations if r.resource == view.resource]
+        edges = [r.start for r in mine] + [r.end for r in mine]
+        return min(_after(view.now, edges), revisit_at(self.inner, view))
 
     def next_task(self, view: SchedulingView) -> QueuedTask | None:
         now = view.now

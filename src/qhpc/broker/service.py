@@ -34,6 +34,7 @@ from qhpc.broker.scheduler import (
     SessionMode,
     SessionRhythms,
     build_policy,
+    revisit_at,
 )
 from qhpc.broker.usage import UsageTracker
 from qhpc.errors import QhpcError
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 #: seconds a read of sessions, reservations and shares serves scheduling decisions;
 #: the broker's own changes invalidate it at once, outside writes show up within this
 INPUT_REFRESH = 0.5
+#: longest an idle executor sleeps before it looks at its device's state again (s)
+IDLE_RECHECK = 0.5
 #: how often sessions past their deadline are looked for
 REAP_SECONDS = 1.0
 #: a closing session waits for its running task to stop, saying so this often (s)
@@ -797,29 +800,40 @@ class Broker:
             rhythms=self.rhythms.snapshot(),
         )  # fmt: skip
 
-    def _next(self, resource_name: str, resource: QuantumResource) -> QueuedTask | None:
-        # Caller holds self._cond.
+    def _next(
+        self, resource_name: str, resource: QuantumResource
+    ) -> tuple[QueuedTask | None, float]:
+        """The task to run now, or None and when to ask again (caller holds _cond)."""
         queue = self._queues[resource_name]
+        now = self.clock()
         if not queue or resource_name in self._running or not resource_can_start(resource):
-            return None  # (running: a co-located program's task runs inline right now)
-        view = self._view(resource_name, self.clock(), list(queue.values()))
-        if self._chunk_fit and not view.reservations:
-            # A chunked task can yield after its first chunk: backfill judges that.
-            # (Not beside reservations: a window must not be overrun by the rest.)
-            fit = self._chunk_fit
-            view = replace(
-                view,
-                queue=[
-                    replace(t, estimated_seconds=fit[t.task_id]) if t.task_id in fit else t
-                    for t in view.queue
-                ],
-            )
+            return None, now + IDLE_RECHECK  # (running: a co-located task runs inline)
+        view = self._view(resource_name, now, list(queue.values()))
+        if not view.reservations:
+            view = replace(view, queue=[self._fit_estimate(t) for t in view.queue])
         task = self.policy.next_task(view)
-        if task is not None:
-            del queue[task.task_id]
-            self._running[resource_name] = _Running(task)
-            if task.session_id is None:
-                self._last_batch_start[resource_name] = self.clock()
+        if task is None:
+            return None, min(now + IDLE_RECHECK, revisit_at(self.policy, view))
+        del queue[task.task_id]
+        self._running[resource_name] = _Running(task)
+        if task.session_id is None:
+            self._last_batch_start[resource_name] = self.clock()
+        return task, now
+
+    def _fit_estimate(self, task: QueuedTask) -> QueuedTask:
+        """``task`` with the duration backfill judges it by (caller holds _cond).
+
+        A chunked task can yield after its first chunk: its first chunk's estimate.
+        A batch task with no estimate of its own: the resource's learnt duration, or
+        inf while there is none — an unknown length must not pass for a short one.
+        (Not beside reservations: there a window must not be overrun by the rest, and
+        an unknown length keeps the old reading.)
+        """
+        fit = self._chunk_fit.get(task.task_id)
+        if fit is not None:
+            return replace(task, estimated_seconds=fit)
+        if task.session_id is None and task.estimated_seconds <= 0:
+            return replace(task, estimated_seconds=self._durations.get(task.resource, math.inf))
         return task
 
     def _execute_loop(self, resource_name: str) -> None:
@@ -829,15 +843,16 @@ class Broker:
                 if self._stopping:
                     return
                 try:
-                    task = self._next(resource_name, resource)
+                    task, wake_at = self._next(resource_name, resource)
                 except Exception:  # a bad decision must not end this resource's executor
                     log.exception("scheduling on %s failed; trying again", resource_name)
-                    self._cond.wait(timeout=0.5)
+                    self._cond.wait(timeout=IDLE_RECHECK)
                     continue
                 if task is None:
                     # Woken by submissions, cancellations and session changes; the
-                    # timeout re-checks device state and time-based policy rules.
-                    self._cond.wait(timeout=0.5)
+                    # timeout is when time alone may change the policy's answer (a
+                    # session's patience ends...), at most IDLE_RECHECK for the device.
+                    self._cond.wait(timeout=max(0.0, wake_at - self.clock()))
                     continue
                 running = self._running[resource_name]
             try:
