@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qhpc.resources import (
+    LocalResource,
     Payload,
     QuantumResource,
     ResourceState,
@@ -23,7 +24,6 @@ from qhpc.resources import (
     TaskResult,
     TaskStatus,
 )
-from qhpc.resources.local import LocalResource
 
 log = logging.getLogger(__name__)
 

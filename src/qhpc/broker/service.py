@@ -39,20 +39,18 @@ from qhpc.broker.scheduler import (
 from qhpc.broker.usage import UsageTracker
 from qhpc.errors import QhpcError
 from qhpc.resources import (
+    MAX_PAYLOAD_BYTES,
     Payload,
     PayloadError,
     QuantumResource,
     ResourceRegistry,
     TaskResult,
     TaskStatus,
-    validate_payload,
-)
-from qhpc.resources.codec import (
-    MAX_PAYLOAD_BYTES,
     decode_payload,
     decode_result,
     encode_payload,
     encode_result,
+    validate_payload,
 )
 from qhpc.runtime import Limits
 from qhpc.security import Role
