@@ -27,12 +27,10 @@ BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars"}
 #: known imports of a module inside another room, each to be replaced by the room's
 #: public surface; (importing file, imported module)
 KNOWN_DEBT = {
-    # the frames of the direct channel: qhpc.runtime does not export them yet
+    # The two wire protocols (direct channel, ZeroMQ fast path) are modules shared by both
+    # ends; their frame constants clash by name (HELLO, RESULT …), so the serving side
+    # imports each protocol module rather than flat names from qhpc.runtime.
     ("broker/dispatch.py", "qhpc.runtime.direct"),
-    # being switched to qhpc.resources by the broker's owner
-    ("broker/service.py", "qhpc.resources.codec"),
-    ("broker/executor.py", "qhpc.resources.local"),
-    # the fast path's protocol constants and client: qhpc.runtime does not export them
     ("api/fastpath.py", "qhpc.runtime.fastpath"),
 }
 
