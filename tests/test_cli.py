@@ -108,6 +108,11 @@ def test_demo_runs_on_embedded_defaults(capsys: pytest.CaptureFixture[str]) -> N
         "chem": "completed",
         "phys": "completed",
     }
+    hybrid = broker["hybrid"]
+    assert hybrid["status"] == "completed", hybrid["message"]
+    assert hybrid["return_value"]["best_cut"] == 4  # the ring's maximum cut
+    assert hybrid["return_value"]["expected_cut"] > 2.5  # QAOA p=1 on a 4-ring reaches 3
     booked = {row["group"]: row for row in broker["accounting"]}
     assert booked["chem"]["tasks"] == 6
-    assert booked["phys"]["tasks"] == 4  # three batch tasks and one session task
+    # three batch tasks, one session task, and every QPU call of the hybrid program
+    assert booked["phys"]["tasks"] == 4 + hybrid["qpu_calls"]

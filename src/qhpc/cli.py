@@ -165,7 +165,7 @@ def demo(
     shots: Annotated[int, typer.Option(help="Shots per circuit.")] = 1000,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the main job: Bell + random circuits + an estimator on aer and the emulator."""
+    """Run the main job: local resources, then a broker with batch, session and hybrid work."""
     from qhpc.demo import DemoStep, run_broker_demo, run_demo
 
     if not as_json:
@@ -195,6 +195,7 @@ def demo(
                 ],
                 "accounting": broker_demo.accounting,
                 "session_latency_ms": broker_demo.session_latency_ms,
+                "hybrid": broker_demo.hybrid,
             },
         }
         out.print_json(data=data)
@@ -217,6 +218,20 @@ def _print_broker_demo(demo: Any) -> None:
     for job_id, account, state, tasks in demo.jobs:
         jobs.add_row(job_id[:12], account, state, str(tasks))
     out.print(jobs)
+    hybrid = demo.hybrid
+    if hybrid["status"] == "completed":
+        value, timings = hybrid["return_value"], hybrid["timings"]
+        out.print(
+            f"a co-located hybrid program (QAOA MaxCut, ring of 4, scipy COBYLA) ran in the "
+            f"broker's runtime pool: {hybrid['qpu_calls']} QPU calls, expected cut "
+            f"{value['expected_cut']:.2f}, best sampled cut {value['best_cut']} of 4 "
+            f"({value['best_bits']}); dispatch overhead "
+            f"{timings.get('dispatch_overhead_per_call_s', 0.0) * 1e3:.2f} ms per call"
+        )
+    else:
+        out.print(
+            f"[red]the co-located hybrid program ended {hybrid['status']}:[/] {hybrid['message']}"
+        )
     accounting = Table("account", "tasks", "qpu seconds", "shots", title="accounting")
     for row in demo.accounting:
         accounting.add_row(
