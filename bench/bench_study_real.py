@@ -182,11 +182,54 @@ def bell() -> QuantumCircuit:
     return circuit
 
 
-class Run:
+class JobThreads:
+    """Drives a mode's jobs, each as a thread from ``t0``; modelled time runs ``scale`` times
+    faster than real time. Subclasses say what a hybrid and a batch job do."""
+
+    def __init__(self, mode: Mode, scale: float) -> None:
+        self.mode, self.scale = mode, scale
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+        self.t0 = 0.0
+
+    def hybrid(self, job: HybridJob) -> None:
+        raise NotImplementedError
+
+    def batch(self, job: BatchJob) -> None:
+        raise NotImplementedError
+
+    def until(self, modelled: float) -> None:
+        time.sleep(max(0.0, self.t0 + modelled / self.scale - time.time()))
+
+    def guarded(self, target: Any, job: Any) -> None:
+        try:
+            target(job)
+        except BaseException as exc:  # reported after the run
+            with self.lock:
+                self.errors.append(exc)
+
+    def run_jobs(self, hybrid: tuple[HybridJob, ...], batch: tuple[BatchJob, ...]) -> None:
+        """Every job from half a second from now; raises if any of them failed."""
+        threads = [threading.Thread(target=self.guarded, args=(self.hybrid, j)) for j in hybrid]
+        threads += [threading.Thread(target=self.guarded, args=(self.batch, j)) for j in batch]
+        self.t0 = time.time() + 0.5
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self.errors:
+            first = self.errors[0]  # its type, and its message as written (may span lines)
+            raise RuntimeError(
+                f"{self.mode}: {len(self.errors)} job(s) failed: {type(first).__name__}: {first}"
+            )
+
+
+class Run(JobThreads):
     """One mode on a fresh broker: every job as a thread, timings in modelled seconds."""
 
     def __init__(self, broker: Broker, scenario: Scenario, mode: Mode, scale: float) -> None:
-        self.broker, self.scenario, self.mode, self.scale = broker, scenario, mode, scale
+        super().__init__(mode, scale)
+        self.broker, self.scenario = broker, scenario
         env = scenario.environment
         self.grants = Grants(env.licences if mode is Mode.MULTIPLEX else 1)
         self.latencies: list[float] = []
@@ -194,19 +237,13 @@ class Run:
         self.session_costs: list[float] = []  # real s: opening a session over REST
         self.close_costs: list[float] = []  # real s: closing it
         self.turnarounds: dict[str, float] = {}
-        self.errors: list[BaseException] = []
-        self.lock = threading.Lock()
         self.circuit = bell()
-        self.t0 = 0.0
 
     def now(self) -> float:
         return (time.time() - self.t0) * self.scale
 
     def sleep(self, modelled: float) -> None:
         time.sleep(max(0.0, modelled / self.scale))
-
-    def until(self, modelled: float) -> None:
-        time.sleep(max(0.0, self.t0 + modelled / self.scale - time.time()))
 
     def grant(self) -> None:
         self.grants.acquire()
@@ -284,23 +321,8 @@ class Run:
             self.grants.release()
         self.turnarounds[job.job_id] = self.now() - job.arrival
 
-    def guarded(self, target: Any, job: Any) -> None:
-        try:
-            target(job)
-        except BaseException as exc:  # reported after the run
-            with self.lock:
-                self.errors.append(exc)
-
     def go(self, hybrid: tuple[HybridJob, ...], batch: tuple[BatchJob, ...]) -> dict[str, Any]:
-        threads = [threading.Thread(target=self.guarded, args=(self.hybrid, j)) for j in hybrid]
-        threads += [threading.Thread(target=self.guarded, args=(self.batch, j)) for j in batch]
-        self.t0 = time.time() + 0.5
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self.errors:
-            raise RuntimeError(f"{self.mode}: {len(self.errors)} job(s) failed: {self.errors[0]!r}")
+        self.run_jobs(hybrid, batch)
         return self.measure()
 
     def measure(self) -> dict[str, Any]:
@@ -371,6 +393,15 @@ def calibrate(scenario: Scenario, exclusive: dict[str, Any], scale: float) -> Sc
     )
 
 
+def compare(
+    measured: dict[str, Any], fitted: dict[str, Any], margin: dict[str, float]
+) -> tuple[dict[str, float], bool]:
+    """Relative deviation of measured from predicted per metric in ``margin`` (where both
+    are non-zero), and whether every one is within its margin."""
+    deviation = {k: measured[k] / fitted[k] - 1 for k in margin if fitted[k] and measured[k]}
+    return deviation, all(abs(deviation[k]) <= margin[k] for k in deviation)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="half the jobs and iterations")
@@ -406,8 +437,7 @@ def main() -> None:
             report["calibrated_qpu"] = calibrated.to_dict()["qpu"]
         simulated = predicted(scenario, mode, workload)
         fitted = predicted(calibrated, mode, workload)
-        deviation = {k: measured[k] / fitted[k] - 1 for k in MARGIN if fitted[k] and measured[k]}
-        agree = all(abs(deviation[k]) <= MARGIN[k] for k in deviation)
+        deviation, agree = compare(measured, fitted, MARGIN)
         report["modes"][str(mode)] = {
             "measured": measured, "simulated": simulated, "calibrated": fitted,
             "deviation": deviation, "agree": agree,

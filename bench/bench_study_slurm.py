@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -51,7 +50,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_study_real import RESOURCE, Broker, bell
+from bench_study_real import RESOURCE, Broker, JobThreads, bell, compare
 
 from qhpc.resources import TimingModel
 from qhpc.slurm.chain import Chain
@@ -145,30 +144,23 @@ class Record:
     broker_job: str = ""  # multiplex batch: the broker's job id
 
 
-class SlurmRun:
+class SlurmRun(JobThreads):
     """One mode against a fresh broker, with its own Slurm fragments applied."""
 
     def __init__(
         self, work: Path, broker: Broker, scenario: Scenario, mode: Mode, scale: float
     ) -> None:
-        self.work, self.broker, self.scenario, self.mode, self.scale = (
-            work, broker, scenario, mode, scale,
-        )  # fmt: skip
+        super().__init__(mode, scale)
+        self.work, self.broker, self.scenario = work, broker, scenario
         self.records: dict[str, Record] = {}
-        self.errors: list[BaseException] = []
-        self.lock = threading.Lock()
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
             "LANG": "C.UTF-8",
         }  # fmt: skip
-        self.t0 = 0.0
 
     # -- timing
     def modelled(self, wall: float) -> float:
         return (wall - self.t0) * self.scale
-
-    def until(self, modelled: float) -> None:
-        time.sleep(max(0.0, self.t0 + modelled / self.scale - time.time()))
 
     # -- Slurm
     def options(self, name: str, account: str) -> list[str]:
@@ -289,27 +281,8 @@ class SlurmRun:
             record.finished = answer["done"]
         record.done = [record.finished]
 
-    def guarded(self, target: Any, job: Any) -> None:
-        try:
-            target(job)
-        except BaseException as exc:  # reported after the run
-            with self.lock:
-                self.errors.append(exc)
-
     def go(self, workload: Workload) -> SimulationResult:
-        threads = [
-            threading.Thread(target=self.guarded, args=(self.hybrid, j)) for j in workload.hybrid
-        ]
-        threads += [
-            threading.Thread(target=self.guarded, args=(self.batch, j)) for j in workload.batch
-        ]
-        self.t0 = time.time() + 0.5
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self.errors:
-            raise RuntimeError(f"{self.mode}: {len(self.errors)} job(s) failed: {self.errors[0]}")
+        self.run_jobs(workload.hybrid, workload.batch)
         return self.collect(workload)
 
     # -- measurement
@@ -583,10 +556,7 @@ def main() -> None:
                 report["calibrated_qpu"] = calibrated.to_dict()["qpu"]
             stated = predicted(scenario, mode, workload, scale)
             fitted = predicted(calibrated, mode, workload, scale)
-            deviation = {
-                k: measured[k] / fitted[k] - 1 for k in MARGIN if fitted[k] and measured[k]
-            }
-            agree = all(abs(deviation[k]) <= MARGIN[k] for k in deviation)
+            deviation, agree = compare(measured, fitted, MARGIN)
             report["modes"][str(mode)] = {
                 "measured": measured, "simulated": stated, "calibrated": fitted,
                 "deviation": deviation, "agree": agree, "job_start_modelled_s": starts,
