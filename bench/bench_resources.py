@@ -18,18 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qiskit.circuit import QuantumCircuit
+from _common import bell
 from qiskit.circuit.random import random_circuit
 
 from qhpc.resources import AerResource, QxResource, SamplerTask
-
-
-def bell() -> QuantumCircuit:
-    circuit = QuantumCircuit(2, 2)
-    circuit.h(0)
-    circuit.cx(0, 1)
-    circuit.measure([0, 1], [0, 1])
-    return circuit
 
 
 def median_seconds(action: Callable[[], object], repeats: int) -> float:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from qiskit import QuantumCircuit
+from _common import bell
 
 import qhpc
 from qhpc.resources import SamplerTask, TimingModel
@@ -172,14 +172,6 @@ class Grants:
         with self.cond:
             self.held -= 1
             self.cond.notify_all()
-
-
-def bell() -> QuantumCircuit:
-    circuit = QuantumCircuit(2, 2)
-    circuit.h(0)
-    circuit.cx(0, 1)
-    circuit.measure([0, 1], [0, 1])
-    return circuit
 
 
 class JobThreads:

@@ -50,7 +50,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_study_real import RESOURCE, Broker, JobThreads, bell, compare
+from _common import bell
+from bench_study_real import RESOURCE, Broker, JobThreads, compare
 
 from qhpc.resources import TimingModel
 from qhpc.slurm.chain import Chain

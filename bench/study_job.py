@@ -26,20 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qiskit import QuantumCircuit
+from _common import bell
 
 from qhpc.resources import SamplerTask
 from qhpc.resources.codec import encode_payload
 from qhpc.runtime.fastpath import FastPathClient
 from qhpc.runtime.program import FASTPATH_ENV, QPU, SESSION_ENV
-
-
-def bell() -> QuantumCircuit:
-    circuit = QuantumCircuit(2, 2)
-    circuit.h(0)
-    circuit.cx(0, 1)
-    circuit.measure([0, 1], [0, 1])
-    return circuit
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
