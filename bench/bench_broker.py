@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import socket
 import statistics
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from _report import write_report
 from qiskit.circuit import QuantumCircuit
 
 from qhpc.api import create_app
@@ -294,9 +294,7 @@ def main() -> None:
     for key, value in report.items():
         print(f"{key:<34} {value:>12.3f}" if isinstance(value, float) else f"{key:<34} {value:>12}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

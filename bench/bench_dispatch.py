@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _report import write_report
+
 MESSAGE = b"x" * 50
 #: the strings of the seed's Appendix A
 CIRCUIT = "version 1.0; qubits 2; H q[0]; measure_all"
@@ -495,9 +497,7 @@ def main() -> None:
             "d_cold_start": cold, "d_warm": warm_stats, "d_exit_floor_no_qhpc": floor,
             "goals": goals,
         }  # fmt: skip
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

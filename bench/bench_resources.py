@@ -12,13 +12,13 @@ Run: ``.venv/bin/python bench/bench_resources.py [--quick] [--json results/resou
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from _common import bell
+from _report import write_report
 from qiskit.circuit.random import random_circuit
 
 from qhpc.resources import AerResource, QxResource, SamplerTask
@@ -85,9 +85,7 @@ def main() -> None:
     for key, value in report.items():
         print(f"{key:<{width}}  {value:10.3f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

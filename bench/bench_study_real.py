@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import os
 import socket
@@ -40,6 +39,7 @@ from typing import Any
 
 import httpx
 from _common import bell
+from _report import write_report
 
 import qhpc
 from qhpc.resources import SamplerTask, TimingModel
@@ -445,9 +445,7 @@ def main() -> None:
         )
     report["wall_seconds"] = time.perf_counter() - started
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

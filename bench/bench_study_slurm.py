@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _report import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bell
@@ -576,9 +577,7 @@ def main() -> None:
             shutil.rmtree(private, ignore_errors=True)
     report["wall_seconds"] = time.perf_counter() - started
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ Run: ``.venv/bin/python bench/bench_vqe.py [--quick] [--repeats 5] [--json resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import write_report
 from qiskit.circuit import ParameterVector, QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 
@@ -327,9 +327,7 @@ def main() -> None:
         "the resource's run(); the rest is the stack (plugins, payload plan, results)"
     )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":
