@@ -24,6 +24,14 @@ from rich.table import Table
 
 from qhpc.cli_secrets import secret_option
 from qhpc.client import Client, connect
+from qhpc.envvars import (
+    FASTPATH_ENV,
+    RESOURCE_ENV,
+    SESSION_ENV,
+    SESSION_ID_ENV,
+    TOKEN_ENV,
+    URL_ENV,
+)
 from qhpc.errors import QhpcError
 from qhpc.slurm.chain import Chain, ChainStatus, SlurmCommands
 from qhpc.slurm.checkpoint import ChainError
@@ -116,7 +124,7 @@ def _open_broker_session(
         raise RemoteSlurmError("--broker needs --qpu NAME: the resource the job's session is on")
     if not broker_token:
         raise RemoteSlurmError(
-            "--broker needs the centre's broker token: --broker-token-file FILE or QHPC_TOKEN"
+            f"--broker needs the centre's broker token: --broker-token-file FILE or {TOKEN_ENV}"
         )
     client = connect(broker, broker_token)
     try:
@@ -161,9 +169,7 @@ def submit(
     ] = None,
     broker_token: Annotated[
         str,
-        secret_option(
-            "--broker-token-file", "QHPC_TOKEN", "the centre's broker token (stays here)"
-        ),
+        secret_option("--broker-token-file", TOKEN_ENV, "the centre's broker token (stays here)"),
     ] = "",
     qpu: Annotated[str | None, typer.Option("--qpu", help="Resource of the session.")] = None,
     fastpath: Annotated[
@@ -240,13 +246,13 @@ def submit(
 
 def _session_exports(broker: str, fastpath: str | None, session: dict[str, Any]) -> dict[str, str]:
     exports = {
-        "QHPC_URL": broker,
-        "QHPC_RESOURCE": str(session["resource"]),
-        "QHPC_SESSION": str(session["token"]),
-        "QHPC_SESSION_ID": str(session["session_id"]),
+        URL_ENV: broker,
+        RESOURCE_ENV: str(session["resource"]),
+        SESSION_ENV: str(session["token"]),
+        SESSION_ID_ENV: str(session["session_id"]),
     }
     if fastpath:
-        exports["QHPC_FASTPATH"] = fastpath
+        exports[FASTPATH_ENV] = fastpath
     return exports
 
 

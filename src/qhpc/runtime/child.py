@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from qhpc.envvars import FASTPATH_ENV, PROGRAM_ID_ENV, RESOURCE_ENV, SESSION_ENV, URL_ENV
 from qhpc.runtime import isolation
 from qhpc.runtime.api import (
     CpuLimitExceeded,
@@ -293,7 +294,9 @@ def _run(control: socket.socket, start: StartProgram, make_qpu: QpuFactory) -> i
 _WARM_UP_SOURCE = "def main(value=None):\n    return {'value': value}\n"
 
 
-_WARM_UP_NAMES = ("QHPC_PROGRAM_ID", "QHPC_SESSION", "QHPC_URL", "QHPC_RESOURCE")
+#: the variables a co-located program is started with (runtime.isolation), set once
+#: here so glibc's allocation for each is taken while the process is still a spare
+_WARM_UP_NAMES = (PROGRAM_ID_ENV, SESSION_ENV, URL_ENV, RESOURCE_ENV, FASTPATH_ENV)
 
 
 def _warm_up(workdir: str) -> None:

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qhpc.envvars import FASTPATH_ENV, RESOURCE_ENV, SESSION_ENV, SESSION_ID_ENV, URL_ENV
+
 
 @dataclass(frozen=True)
 class Handover:
@@ -42,11 +44,11 @@ class Handover:
             return {}
         assert self.token and self.url and self.fastpath and self.resource and self.session_id
         return {
-            "QHPC_URL": self.url,
-            "QHPC_FASTPATH": self.fastpath,
-            "QHPC_RESOURCE": self.resource,
-            "QHPC_SESSION": self.token,
-            "QHPC_SESSION_ID": self.session_id,
+            URL_ENV: self.url,
+            FASTPATH_ENV: self.fastpath,
+            RESOURCE_ENV: self.resource,
+            SESSION_ENV: self.token,
+            SESSION_ID_ENV: self.session_id,
         }
 
 
