@@ -10,7 +10,6 @@ untrusted: every structural problem is a :class:`~qhpc.program.JobError`.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import msgspec
@@ -20,6 +19,7 @@ from qiskit.quantum_info import SparsePauliOp
 from qhpc.program.errors import JobError
 from qhpc.program.job import Batch, Job
 from qhpc.program.result import BatchResult, Result
+from qhpc.resources import PayloadError, dump_qpy, load_qpy
 
 FORMAT_VERSION = 1
 #: largest encoded batch or result accepted (the payload limit of the codec)
@@ -52,7 +52,7 @@ def encode_batch(batch: Batch) -> bytes:
     body = {
         "v": FORMAT_VERSION,
         "kind": "batch",
-        "circuits": _dump_qpy(circuits) if circuits else b"",
+        "circuits": dump_qpy(circuits) if circuits else b"",
         "jobs": jobs,
         "meta": plain(batch.meta),
     }
@@ -163,24 +163,8 @@ def _envelope(data: bytes, kind: str) -> dict[str, Any]:
     return body
 
 
-def _dump_qpy(circuits: list[QuantumCircuit]) -> bytes:
-    from qiskit import qpy
-
-    buffer = io.BytesIO()
-    qpy.dump(circuits, buffer)
-    return buffer.getvalue()
-
-
 def _load_qpy(data: object) -> list[QuantumCircuit]:
-    from qiskit import qpy
-
-    if not isinstance(data, bytes):
-        raise JobError("a batch's circuits must be a QPY byte string")
     try:
-        loaded = qpy.load(io.BytesIO(data))
-    except Exception as exc:
-        raise JobError(f"a batch's circuits are not readable QPY: {exc}") from None
-    circuits = [c for c in loaded if isinstance(c, QuantumCircuit)]
-    if len(circuits) != len(loaded):
-        raise JobError("a batch's QPY data must hold circuits only")
-    return circuits
+        return load_qpy(data, allow_empty=True)
+    except PayloadError as exc:  # the codec's messages start "circuits …" / "QPY data …"
+        raise JobError(f"a batch's {exc}") from None

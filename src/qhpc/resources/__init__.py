@@ -26,8 +26,10 @@ from qhpc.resources.codec import (
     PayloadDecoder,
     decode_payload,
     decode_result,
+    dump_qpy,
     encode_payload,
     encode_result,
+    load_qpy,
 )
 from qhpc.resources.config import (
     ResourceRegistry,
@@ -131,10 +133,12 @@ __all__ = [
     "detect_format",
     "device_target",
     "dump_circuit",
+    "dump_qpy",
     "encode_payload",
     "encode_result",
     "load_circuit",
     "load_circuits",
+    "load_qpy",
     "load_registry",
     "observable_key",
     "result_from_dict",

@@ -40,7 +40,7 @@ def encode_payload(payload: Payload) -> bytes:
         body: dict[str, Any] = {
             "v": FORMAT_VERSION,
             "kind": "sampler",
-            "circuits": _dump_qpy(list(payload.circuits)),
+            "circuits": dump_qpy(list(payload.circuits)),
             "shots": payload.shots,
             "memory": payload.memory,
             "seed": payload.seed,
@@ -49,7 +49,7 @@ def encode_payload(payload: Payload) -> bytes:
         body = {
             "v": FORMAT_VERSION,
             "kind": "estimator",
-            "circuit": _dump_qpy([payload.circuit]),
+            "circuit": dump_qpy([payload.circuit]),
             "observables": [
                 [[label, float(c.real), float(c.imag)] for label, c in obs.to_list()]
                 for obs in payload.observables
@@ -62,7 +62,7 @@ def encode_payload(payload: Payload) -> bytes:
 
 
 def decode_payload(data: bytes) -> Payload:
-    return _payload_from(_envelope(data, "payload"), _load_qpy, _load_observables)
+    return _payload_from(_envelope(data, "payload"), load_qpy, _load_observables)
 
 
 class PayloadDecoder:
@@ -95,8 +95,8 @@ class PayloadDecoder:
             if found is not None:
                 self.hits += 1
                 return list(found)
-        circuits = _load_qpy(blob)
-        assert isinstance(blob, bytes)  # _load_qpy refused anything else
+        circuits = load_qpy(blob)
+        assert isinstance(blob, bytes)  # load_qpy refused anything else
         self.misses += 1
         _remember(self._circuits, blob, circuits, self.max_entries)
         return list(circuits)
@@ -191,7 +191,8 @@ def _envelope(data: bytes, what: str) -> dict[str, Any]:
     return body
 
 
-def _dump_qpy(circuits: list[QuantumCircuit]) -> bytes:
+def dump_qpy(circuits: list[QuantumCircuit]) -> bytes:
+    """Circuits as one QPY blob (the form payloads and batches carry them in)."""
     from qiskit import qpy
 
     buffer = io.BytesIO()
@@ -199,7 +200,9 @@ def _dump_qpy(circuits: list[QuantumCircuit]) -> bytes:
     return buffer.getvalue()
 
 
-def _load_qpy(data: object) -> list[QuantumCircuit]:
+def load_qpy(data: object, *, allow_empty: bool = False) -> list[QuantumCircuit]:
+    """The circuits of a QPY blob from an untrusted source; :class:`PayloadError` names
+    what is wrong. Only circuits are accepted, and (unless ``allow_empty``) at least one."""
     from qiskit import qpy
 
     if not isinstance(data, bytes):
@@ -209,8 +212,9 @@ def _load_qpy(data: object) -> list[QuantumCircuit]:
     except Exception as exc:
         raise PayloadError(f"circuits are not readable QPY: {exc}") from None
     circuits = [c for c in loaded if isinstance(c, QuantumCircuit)]
-    if len(circuits) != len(loaded) or not circuits:
-        raise PayloadError("QPY data must hold one or more circuits")
+    if len(circuits) != len(loaded) or not (circuits or allow_empty):
+        wanted = "circuits only" if allow_empty else "one or more circuits"
+        raise PayloadError(f"QPY data must hold {wanted}")
     return circuits
 
 
