@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from qhpc.cli_broker import DEFAULT_URL, UrlOption
 from qhpc.cli_secrets import TokenOption
 from qhpc.client import FINAL_STATES, Client, ClientError
 
@@ -126,7 +127,7 @@ def logs(
     follow_output: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing output until the program ends.")
     ] = False,
-    url: Annotated[str, typer.Option("--url", envvar="QHPC_URL")] = "http://127.0.0.1:8080",
+    url: UrlOption = DEFAULT_URL,
     token: TokenOption = "",
 ) -> None:
     """Print a hybrid job's program output (stdout; stderr to stderr)."""
