@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import IO
 
 import httpx
 import pytest
 
 from qhpc.cli import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: VQE tolerances for H2 (test_program.py's docstring gives the reasoning): chemical
+#: accuracy with exact expectation values, and the bound for 20 000 shots per group
+CHEMICAL_ACCURACY_MHA = 1.6
+SHOTS_TOLERANCE_MHA = 10.0
+
+
+def example(name: str, prefix: str = "example") -> ModuleType:
+    """examples/NAME.py, imported and registered in sys.modules as ``PREFIX_NAME``."""
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

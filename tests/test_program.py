@@ -10,8 +10,6 @@ same example code through a real broker served by uvicorn on 127.0.0.1.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -24,7 +22,7 @@ import uvicorn
 from qiskit.circuit import Parameter, QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 
-from helpers import free_port
+from helpers import CHEMICAL_ACCURACY_MHA, SHOTS_TOLERANCE_MHA, example, free_port
 from qhpc.api import create_app
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.client import connect
@@ -60,19 +58,6 @@ from qhpc.resources import (
 )
 from qhpc.security import Role
 from qhpc.store import AccountRecord, Store
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-CHEMICAL_ACCURACY_MHA = 1.6
-SHOTS_TOLERANCE_MHA = 10.0
-
-
-def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

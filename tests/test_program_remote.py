@@ -9,13 +9,10 @@ the same numbers wherever it runs; the tests check that too.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -25,7 +22,14 @@ from hypothesis import strategies as st
 from qiskit.circuit import Parameter, QuantumCircuit
 
 import qhpc
-from helpers import free_port, start_serve, wait_healthy
+from helpers import (
+    CHEMICAL_ACCURACY_MHA,
+    SHOTS_TOLERANCE_MHA,
+    example,
+    free_port,
+    start_serve,
+    wait_healthy,
+)
 from qhpc.client import ClientError, connect
 from qhpc.program import (
     Batch,
@@ -61,23 +65,10 @@ from qhpc.program.wire import (
 )
 from qhpc.resources import AerResource
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-CHEMICAL_ACCURACY_MHA = 1.6
-SHOTS_TOLERANCE_MHA = 10.0
-
-
-def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"remote_example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def vqe() -> ModuleType:
-    return example("vqe_h2")
+    return example("vqe_h2", prefix="remote_example")
 
 
 @pytest.fixture
