@@ -404,13 +404,7 @@ class Broker:
         """
         task, _ = self._session_task(session_id, payload, encoded)
         with self._cond:
-            if session_id not in self._open_sessions:
-                raise BrokerError(f"session {session_id} is closed")
-            if self._stopping:
-                raise BrokerError("the broker is stopping")
-            self._in_flight[task.task_id] = task
-            self._payloads[task.task_id] = payload
-            self.rhythms.submitted(session_id, task.submitted_at)
+            self._admit_session_task(session_id, task, payload)
             self._enqueue(task)
             self._cond.notify_all()
         return task.task_id
@@ -459,13 +453,7 @@ class Broker:
         """
         task, qpu = self._session_task(session_id, payload, encoded)
         with self._cond:
-            if session_id not in self._open_sessions:
-                raise BrokerError(f"session {session_id} is closed")
-            if self._stopping:
-                raise BrokerError("the broker is stopping")
-            self._in_flight[task.task_id] = task
-            self._payloads[task.task_id] = payload
-            self.rhythms.submitted(session_id, task.submitted_at)
+            self._admit_session_task(session_id, task, payload)
             queued = self._queued(task)
             running = None
             # A budget needs an estimate: until the resource has completed a task, its
@@ -532,6 +520,16 @@ class Broker:
             estimated_seconds=qpu.estimate_seconds(payload) or self._estimate(session.resource),
         )  # fmt: skip
         return task, qpu
+
+    def _admit_session_task(self, session_id: str, task: TaskRecord, payload: Payload) -> None:
+        """Take ``task`` in flight, if its session is still open (caller holds _cond)."""
+        if session_id not in self._open_sessions:
+            raise BrokerError(f"session {session_id} is closed")
+        if self._stopping:
+            raise BrokerError("the broker is stopping")
+        self._in_flight[task.task_id] = task
+        self._payloads[task.task_id] = payload
+        self.rhythms.submitted(session_id, task.submitted_at)
 
     def _may_run_now(self, task: QueuedTask, resource: QuantumResource) -> bool:
         """Would the executor start ``task`` at once if it were queued? (caller holds _cond)"""
