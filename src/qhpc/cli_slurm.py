@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qhpc.cli_slurm_jobs import register as register_job_helpers
+from qhpc.envvars import TOKEN_ENV, URL_ENV
 from qhpc.slurm import SlurmConfigError
 
 out = Console(highlight=False)
@@ -62,7 +63,7 @@ def config(
         list[str] | None, typer.Option("--sessions", help="Per-QPU K as NAME=K (repeatable).")
     ] = None,
     broker: Annotated[
-        str, typer.Option("--broker", envvar="QHPC_URL", help="Broker REST URL for the hooks.")
+        str, typer.Option("--broker", envvar=URL_ENV, help="Broker REST URL for the hooks.")
     ] = "http://127.0.0.1:8080",
     fastpath: Annotated[
         str | None,
@@ -120,7 +121,7 @@ def config(
         except OSError as exc:
             raise SlurmConfigError(f"cannot read {token_file}: {exc.strerror}") from None
     else:
-        token = os.environ.get("QHPC_TOKEN", "").strip()
+        token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise SlurmConfigError(
             "the hooks need an admin or centre token: --token-file FILE or $QHPC_TOKEN"
