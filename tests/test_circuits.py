@@ -11,6 +11,7 @@ from qiskit.quantum_info import Operator
 from qhpc.resources import (
     CircuitFormat,
     CircuitParseError,
+    LimitExceeded,
     UnsupportedCircuitError,
     detect_format,
     dump_circuit,
@@ -171,5 +172,5 @@ def test_mutated_programs_parse_or_fail_cleanly(source: str, position: int) -> N
     ],
 )
 def test_huge_register_declarations_are_refused_before_parsing(source: str) -> None:
-    with pytest.raises(CircuitParseError, match="at most 4096 per register"):
+    with pytest.raises(LimitExceeded, match="limit max_register_bits = 4096"):
         load_circuits(source)

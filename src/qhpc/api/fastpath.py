@@ -49,7 +49,13 @@ import msgspec
 import zmq
 
 from qhpc.errors import QhpcError
-from qhpc.resources import PayloadDecoder, PayloadError
+from qhpc.resources import (
+    CircuitParseError,
+    DecoderUnavailable,
+    LimitExceeded,
+    PayloadDecoder,
+    PayloadError,
+)
 from qhpc.runtime.fastpath import (
     ERROR,
     HELLO,
@@ -197,7 +203,9 @@ class FastPathServer:
             raise _Reject(401, b"", str(exc)) from None
         if principal.session_id is None:
             raise _Reject(401, b"", "the fast path needs a session token")
-        self._connections[identity] = _Connection(principal.session_id, PayloadDecoder())
+        self._connections[identity] = _Connection(
+            principal.session_id, self.broker.payload_decoder()
+        )
         self._connections.move_to_end(identity)
         while len(self._connections) > self.max_connections:
             self._connections.popitem(last=False)
@@ -229,8 +237,12 @@ class FastPathServer:
             task_id, outcome = self.broker.start_session_task(
                 session_id, payload, data, on_done=self._finished, inline_budget=INLINE_BUDGET
             )
-        except PayloadError as exc:
+        except LimitExceeded as exc:
+            raise _Reject(413, request_id, str(exc)) from None
+        except (PayloadError, CircuitParseError) as exc:
             raise _Reject(422, request_id, str(exc)) from None
+        except DecoderUnavailable as exc:
+            raise _Reject(503, request_id, str(exc)) from None
         except QhpcError as exc:
             self._connections.pop(identity, None)  # its session is closed (or unknown)
             raise _Reject(409, request_id, str(exc)) from None

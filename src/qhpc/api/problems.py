@@ -26,6 +26,7 @@ from qhpc.broker import BrokerError, PolicyError, ProgramError
 from qhpc.errors import QhpcError
 from qhpc.resources import (
     CircuitParseError,
+    LimitExceeded,
     PayloadError,
     ResourceConfigError,
     ResourceError,
@@ -57,6 +58,7 @@ STATUS_OF: dict[type[QhpcError], int] = {
     ConflictError: 409,
     BrokerError: 409,
     InvalidRequest: 422,
+    LimitExceeded: 413,
     PayloadError: 422,
     CircuitParseError: 422,
     ResourceConfigError: 422,
@@ -113,6 +115,8 @@ def qhpc_problem(exc: QhpcError) -> JSONResponse:
     extra: dict[str, Any] = {}
     if isinstance(exc, CircuitParseError):
         extra = {"format": exc.format, "line": exc.line, "column": exc.column}
+    elif isinstance(exc, LimitExceeded):
+        extra = {"limit": exc.limit, "value": exc.value}
     elif isinstance(exc, UnknownResourceError):
         extra = {"known": sorted(exc.known)}
     detail = str(exc)

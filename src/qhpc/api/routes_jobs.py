@@ -82,10 +82,10 @@ def submit_job(broker: BrokerDep, principal: CurrentPrincipal, body: JobSubmissi
     )  # fmt: skip
     rules.check_priority(principal, body.priority)
     broker.resources.spec(body.resource)  # unknown resource → 404 before parsing circuits
+    payloads = payloads_of(body, broker.decoder, split=body.split_circuits)
     job = broker.submit(
         user=owner.user, account=owner.account, centre=owner.centre, resource=body.resource,
-        payloads=payloads_of(body, split=body.split_circuits), priority=body.priority,
-        name=body.name,
+        payloads=payloads, priority=body.priority, name=body.name,
     )  # fmt: skip
     return _job_view(broker, job)
 

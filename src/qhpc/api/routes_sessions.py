@@ -100,7 +100,7 @@ def submit_session_task(
         raise PermissionDenied("session tasks are submitted with the session's own token")
     if principal.session_id != session_id:
         raise PermissionDenied("this session token belongs to another session")
-    (payload,) = payloads_of(body)  # the model admits exactly one payload
+    (payload,) = payloads_of(body, broker.decoder)  # the model admits exactly one payload
     task_id = broker.submit_session_task(session_id, payload)
     response.headers["Location"] = f"/v1/tasks/{task_id}"
     return SessionTaskCreated(task_id=task_id, session_id=session_id)

@@ -13,12 +13,11 @@ from qiskit.circuit import QuantumCircuit
 
 from qhpc.api.models import CircuitsBody
 from qhpc.resources import (
-    CircuitParseError,
+    DecodePool,
     Payload,
     PayloadError,
     SamplerTask,
     decode_payload,
-    load_circuits,
 )
 
 #: base64 of QPY's magic bytes b"QISKIT": 6 bytes make exactly 8 characters, so the
@@ -33,36 +32,43 @@ def _b64(text: str, what: str) -> bytes:
         raise PayloadError(f"{what} is not valid base64") from None
 
 
-def circuits_of(sources: list[str]) -> list[QuantumCircuit]:
-    circuits: list[QuantumCircuit] = []
+def circuits_of(sources: list[str], decoder: DecodePool) -> list[QuantumCircuit]:
+    """The circuits of a request's sources, decoded by ``decoder``'s worker processes
+    (one budget for the whole request)."""
+    raw: list[str | bytes] = []
     for index, source in enumerate(sources):
-        try:
-            if source.lstrip().startswith(QPY_BASE64_PREFIX):
-                circuits.extend(load_circuits(_b64(source, "QPY data"), fmt="qpy"))
-            else:
-                circuits.extend(load_circuits(source))
-        except CircuitParseError as exc:
-            # Keep line and column; add which circuit of the list it was.
-            raise CircuitParseError(
-                exc.format, f"{exc.detail} (circuit {index})", exc.line, exc.column
-            ) from None
-        except PayloadError as exc:
-            raise PayloadError(f"circuit {index}: {exc}") from None
-    return circuits
+        if source.lstrip().startswith(QPY_BASE64_PREFIX):
+            try:
+                raw.append(_b64(source, "QPY data"))
+            except PayloadError as exc:
+                raise PayloadError(f"circuit {index}: {exc}") from None
+        else:
+            raw.append(source)
+    return [c for found in decoder.circuits(raw) for c in found]
 
 
-def payloads_of(body: CircuitsBody, split: bool = False) -> list[Payload]:
-    """The payloads a body describes: decoded ``payloads``, or sampler task(s) of ``circuits``."""
+def payloads_of(body: CircuitsBody, decoder: DecodePool, split: bool = False) -> list[Payload]:
+    """The payloads a body describes: decoded ``payloads``, or sampler task(s) of ``circuits``.
+
+    Untrusted bytes are decoded by ``decoder``'s workers first; only input they found
+    within the budget is decoded in this process."""
     if body.payloads is not None:
-        decoded: list[Payload] = []
+        blobs = []
         for index, text in enumerate(body.payloads):
             try:
-                decoded.append(decode_payload(_b64(text, "payload")))
+                blobs.append(_b64(text, "payload"))
+            except PayloadError as exc:
+                raise PayloadError(f"payload {index}: {exc}") from None
+        decoder.check_payloads(blobs)
+        decoded: list[Payload] = []
+        for index, blob in enumerate(blobs):
+            try:
+                decoded.append(decode_payload(blob, decoder.limits))
             except PayloadError as exc:
                 raise PayloadError(f"payload {index}: {exc}") from None
         return decoded
     assert body.circuits is not None and body.shots is not None  # the model guarantees both
-    circuits = circuits_of(body.circuits)
+    circuits = circuits_of(body.circuits, decoder)
     if split:
         return [SamplerTask((c,), shots=body.shots, seed=body.seed) for c in circuits]
     return [SamplerTask(tuple(circuits), shots=body.shots, seed=body.seed)]

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from qhpc.errors import QhpcError
-from qhpc.resources import PayloadDecoder, PayloadError
+from qhpc.resources import (
+    CircuitParseError,
+    DecoderUnavailable,
+    LimitExceeded,
+    PayloadDecoder,
+    PayloadError,
+)
 from qhpc.runtime.direct import (
     DIRECT_VERSION,
     ERROR,
@@ -244,7 +250,7 @@ class DirectDispatcher:
     def _loop(self, conn: socket.socket, reader: FrameReader, session_id: str) -> None:
         with self._lock:
             stats = self._stats.setdefault(session_id, DispatchStats())
-        decoder = PayloadDecoder()  # the program resends its circuits: decode them once
+        decoder = self.broker.payload_decoder()  # the program resends its circuits
         while True:
             try:
                 received = reader.read(self._max_frame)
@@ -280,8 +286,12 @@ class DirectDispatcher:
         try:
             payload = decoder.decode(data)
             outcome = self.broker.run_session_task(session_id, payload, encoded=data)
-        except PayloadError as exc:
+        except LimitExceeded as exc:
+            raise _Refused(413, str(exc)) from None
+        except (PayloadError, CircuitParseError) as exc:
             raise _Refused(422, str(exc)) from None
+        except DecoderUnavailable as exc:
+            raise _Refused(503, str(exc)) from None
         except QhpcError as exc:
             raise _Refused(409, str(exc)) from None
         if outcome.result is None:

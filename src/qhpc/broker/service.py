@@ -39,8 +39,12 @@ from qhpc.broker.scheduler import (
 from qhpc.broker.usage import UsageTracker
 from qhpc.errors import QhpcError
 from qhpc.resources import (
+    DEFAULT_LIMITS,
     MAX_PAYLOAD_BYTES,
+    DecodeLimits,
+    DecodePool,
     Payload,
+    PayloadDecoder,
     PayloadError,
     QuantumResource,
     ResourceRegistry,
@@ -50,6 +54,7 @@ from qhpc.resources import (
     decode_result,
     encode_payload,
     encode_result,
+    shared_pool,
     validate_payload,
 )
 from qhpc.runtime import Limits
@@ -85,6 +90,9 @@ class BrokerConfig:
     fairshare_half_life: float = 7 * 24 * 3600.0
     max_tasks_per_job: int = 10_000
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    #: budgets of decoding tenants' circuits (docs/security.md); the decoding happens
+    #: in worker processes bounded by them (qhpc.resources.decoding)
+    decode_limits: DecodeLimits = DEFAULT_LIMITS
     #: warm spare processes of the runtime pool of hybrid programs (created on first use)
     runtime_pool_size: int = 2
     #: largest program source a hybrid job may carry
@@ -178,6 +186,16 @@ class Broker:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.programs = ProgramManager(self)
+
+    @property
+    def decoder(self) -> DecodePool:
+        """The worker processes that decode tenants' circuits (shared by the process)."""
+        return shared_pool(self.config.decode_limits)
+
+    def payload_decoder(self) -> PayloadDecoder:
+        """A decoder for one stream of a tenant's payloads: every circuit it has not seen
+        before is decoded by a worker first, then here within the same budget."""
+        return PayloadDecoder(limits=self.config.decode_limits, screen=self.decoder.check_qpy)
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:

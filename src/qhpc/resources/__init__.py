@@ -36,6 +36,11 @@ from qhpc.resources.config import (
     ResourceSpec,
     load_registry,
 )
+from qhpc.resources.decoding import (
+    DecodePool,
+    DecoderUnavailable,
+    shared_pool,
+)
 from qhpc.resources.emulator import (
     CalibrationSchedule,
     EmulatorResource,
@@ -47,6 +52,7 @@ from qhpc.resources.emulator import (
 from qhpc.resources.errors import (
     AcquisitionError,
     CircuitParseError,
+    LimitExceeded,
     PayloadError,
     ResourceConfigError,
     ResourceError,
@@ -56,6 +62,11 @@ from qhpc.resources.errors import (
     UnknownTaskError,
     UnsupportedCircuitError,
     UnsupportedPayloadError,
+)
+from qhpc.resources.limits import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    measure_circuits,
 )
 from qhpc.resources.local import (
     LocalResource,
@@ -88,16 +99,21 @@ from qhpc.resources.target import (
 )
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "MAX_PAYLOAD_BYTES",
     "AcquisitionError",
     "AerResource",
     "CalibrationSchedule",
     "CircuitFormat",
     "CircuitParseError",
+    "DecodeLimits",
+    "DecodePool",
+    "DecoderUnavailable",
     "DeviceTarget",
     "EmulatorResource",
     "EstimatorResult",
     "EstimatorTask",
+    "LimitExceeded",
     "LocalResource",
     "ManualClock",
     "NullResource",
@@ -140,7 +156,9 @@ __all__ = [
     "load_circuits",
     "load_qpy",
     "load_registry",
+    "measure_circuits",
     "observable_key",
     "result_from_dict",
+    "shared_pool",
     "validate_payload",
 ]

@@ -3,6 +3,13 @@
 Accepted: OpenQASM 2, OpenQASM 3, cQASM v3 (analysed by libqasm) and QPY
 (Qiskit's binary format, possibly several circuits). The canonical internal
 form is Qiskit's ``QuantumCircuit``. Parse errors carry line and column.
+
+Sources are untrusted. Nothing here opens a file or a socket because of what a source
+says: OpenQASM 2 may include only ``qelib1.inc`` and OpenQASM 3 only ``stdgates.inc``
+(both built into the parsers), and every other ``include`` is refused before a
+parser sees the text. Every circuit read is measured against a
+:class:`~qhpc.resources.limits.DecodeLimits` budget before it is returned, and error
+messages carry only the kind of problem, its place, and text the source itself holds.
 """
 
 from __future__ import annotations
@@ -16,14 +23,12 @@ from pathlib import Path
 from qiskit.circuit import QuantumCircuit
 
 from qhpc.resources.cqasm import circuit_to_cqasm, cqasm_to_circuit
-from qhpc.resources.errors import CircuitParseError, UnsupportedCircuitError
+from qhpc.resources.errors import CircuitParseError, LimitExceeded, UnsupportedCircuitError
+from qhpc.resources.limits import DEFAULT_LIMITS, DecodeLimits, measure_circuits
 
 QPY_MAGIC = b"QISKIT"
-#: largest circuit source accepted (a guard against accidental multi-GB uploads)
-MAX_SOURCE_BYTES = 16 * 1024 * 1024
-#: widest register a source may declare: a 20-byte "qreg q[100000000];" would
-#: otherwise cost the parser gigabytes before any resource limit is checked
-MAX_DECLARED_BITS = 4096
+#: the only file each text format may include; the parsers carry these built in
+ALLOWED_INCLUDES = {"qasm2": "qelib1.inc", "qasm3": "stdgates.inc"}
 
 
 class CircuitFormat(enum.StrEnum):
@@ -72,9 +77,25 @@ def detect_format(source: str | bytes) -> CircuitFormat:
 
 
 def load_circuits(
-    source: str | bytes | Path, fmt: CircuitFormat | str | None = None, name: str | None = None
+    source: str | bytes | Path,
+    fmt: CircuitFormat | str | None = None,
+    name: str | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> list[QuantumCircuit]:
-    """All circuits in ``source`` (text, bytes, or a path to a file)."""
+    """All circuits in ``source`` (text, bytes, or a path to a file), measured against
+    ``limits`` (:class:`LimitExceeded` past one)."""
+    deadline = limits.deadline()
+    circuits = _parse(source, fmt, name, limits)
+    measure_circuits(circuits, limits, deadline)
+    return circuits
+
+
+def _parse(
+    source: str | bytes | Path,
+    fmt: CircuitFormat | str | None,
+    name: str | None,
+    limits: DecodeLimits,
+) -> list[QuantumCircuit]:
     if isinstance(source, Path):
         name = name or source.stem
         try:
@@ -82,16 +103,18 @@ def load_circuits(
         except OSError as exc:
             raise CircuitParseError("circuit", f"cannot read {source}: {exc.strerror}") from None
         source = data
-    if len(source) > MAX_SOURCE_BYTES:
-        raise CircuitParseError(
-            "circuit", f"source of {len(source)} bytes exceeds the {MAX_SOURCE_BYTES}-byte limit"
+    if len(source) > limits.max_source_bytes:
+        raise LimitExceeded(
+            "max_source_bytes",
+            limits.max_source_bytes,
+            f"a circuit source of {len(source)} bytes is too large",
         )
     kind = CircuitFormat(fmt) if fmt is not None else detect_format(source)
     if kind is CircuitFormat.QPY:
         return _load_qpy(source if isinstance(source, bytes) else source.encode(), name)
     text = source.decode("utf-8", errors="replace") if isinstance(source, bytes) else source
-    if kind in (CircuitFormat.QASM2, CircuitFormat.QASM3):
-        _check_declared_sizes(text, kind)
+    check_includes(text, kind)
+    _check_declared_sizes(text, kind, limits.max_register_bits)
     if kind is CircuitFormat.QASM2:
         circuit = _load_qasm2(text)
     elif kind is CircuitFormat.QASM3:
@@ -137,20 +160,54 @@ def dump_circuit(circuit: QuantumCircuit, fmt: CircuitFormat | str) -> str | byt
 
 
 _DECLARATION = re.compile(r"\b(?:qreg|creg|qubit|bit)\s*\w*\s*\[\s*(\d+)\s*\]")
+_FORMAT_NAMES = {
+    CircuitFormat.QASM2: "OpenQASM 2",
+    CircuitFormat.QASM3: "OpenQASM 3",
+    CircuitFormat.CQASM: "cqasm",
+    CircuitFormat.QPY: "qpy",
+}
+_INCLUDE = re.compile(r"\binclude\b")
+# What may stand between ``include`` and its file name: blanks and comments.
+_GAP = re.compile(r"(?:\s|//[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
+_FILE_NAME = re.compile(r"\"([^\"\n]*)\"|'([^'\n]*)'")
 
 
-def _check_declared_sizes(text: str, kind: CircuitFormat) -> None:
+def check_includes(text: str, kind: CircuitFormat) -> None:
+    """Refuse every ``include`` but the format's built-in gate library, before parsing.
+
+    Deliberately blunt: each ``include`` word counts, even inside a comment, so no
+    difference between this scan and a parser's lexer can let a file name through.
+    The refusal names the include (text the tenant sent) and its place.
+    """
+    allowed = ALLOWED_INCLUDES.get(kind.value)
+    for match in _INCLUDE.finditer(text):
+        after = _GAP.match(text, match.end())
+        start = after.end() if after else match.end()
+        quoted = _FILE_NAME.match(text, start)
+        found = None if quoted is None else (quoted[1] if quoted[1] is not None else quoted[2])
+        if found is not None and found == allowed:
+            continue
+        line = text.count("\n", 0, match.start()) + 1
+        column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+        shown = "" if found is None else f" {found[:100]!r}"
+        only = f"only {allowed!r} may be included" if allowed else "no include is accepted"
+        raise CircuitParseError(
+            _FORMAT_NAMES[kind], f"include{shown} is refused: {only}", line, column
+        )
+
+
+def _check_declared_sizes(text: str, kind: CircuitFormat, limit: int) -> None:
     total = 0
     for match in _DECLARATION.finditer(text):
         size = int(match[1][:12])  # a 1000-digit number is just "too big"
         total += size
-        if size > MAX_DECLARED_BITS or total > 2 * MAX_DECLARED_BITS:
+        if size > limit or total > 2 * limit:
             line = text.count("\n", 0, match.start()) + 1
-            raise CircuitParseError(
-                "OpenQASM 2" if kind is CircuitFormat.QASM2 else "OpenQASM 3",
-                f"declares {size} (qu)bits; at most {MAX_DECLARED_BITS} per register and "
-                f"{2 * MAX_DECLARED_BITS} in all are accepted",
-                line=line,
+            raise LimitExceeded(
+                "max_register_bits",
+                limit,
+                f"{_FORMAT_NAMES[kind]} source declares a register of {size} (qu)bits at "
+                f"line {line}; at most the limit per register and twice it in all",
             )
 
 

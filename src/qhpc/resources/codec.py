@@ -9,6 +9,7 @@ Decoding treats its input as untrusted: every structural problem becomes a
 
 from __future__ import annotations
 
+import cmath
 import io
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from qiskit.exceptions import QiskitError
 from qiskit.quantum_info import SparsePauliOp
 
 from qhpc.resources.errors import PayloadError
+from qhpc.resources.limits import DEFAULT_LIMITS, DecodeLimits, measure_circuits
 from qhpc.resources.payload import (
     EstimatorTask,
     Payload,
@@ -61,8 +63,13 @@ def encode_payload(payload: Payload) -> bytes:
     return _encoder.encode(body)
 
 
-def decode_payload(data: bytes) -> Payload:
-    return _payload_from(_envelope(data, "payload"), load_qpy, _load_observables)
+def decode_payload(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Payload:
+    """A payload from untrusted bytes; its circuits are measured against ``limits``."""
+
+    def circuits(blob: object) -> list[QuantumCircuit]:
+        return load_qpy(blob, limits=limits)
+
+    return _payload_from(_envelope(data, "payload"), circuits, _load_observables)
 
 
 class PayloadDecoder:
@@ -79,8 +86,17 @@ class PayloadDecoder:
     thread-safe: one decoder per connection.
     """
 
-    def __init__(self, max_entries: int = 64) -> None:
+    def __init__(
+        self,
+        max_entries: int = 64,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        screen: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.max_entries = max_entries
+        self.limits = limits
+        #: called with each QPY blob not seen before, ahead of decoding it in this
+        #: process (the broker passes DecodePool.check_qpy: a worker decodes it first)
+        self.screen = screen
         self._circuits: dict[bytes, list[QuantumCircuit]] = {}
         self._observables: dict[object, tuple[SparsePauliOp, ...]] = {}
         self.hits = 0
@@ -95,7 +111,9 @@ class PayloadDecoder:
             if found is not None:
                 self.hits += 1
                 return list(found)
-        circuits = load_qpy(blob)
+        if self.screen is not None and isinstance(blob, bytes):
+            self.screen(blob)
+        circuits = load_qpy(blob, limits=self.limits)
         assert isinstance(blob, bytes)  # load_qpy refused anything else
         self.misses += 1
         _remember(self._circuits, blob, circuits, self.max_entries)
@@ -121,10 +139,13 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
 
 
 def _load_observables(terms: object) -> tuple[SparsePauliOp, ...]:
-    return tuple(
-        SparsePauliOp.from_list([(label, complex(re, im)) for label, re, im in obs])
-        for obs in terms  # type: ignore[attr-defined]
-    )
+    observables = []
+    for obs in terms:  # type: ignore[attr-defined]
+        pairs = [(label, complex(re, im)) for label, re, im in obs]
+        if not all(cmath.isfinite(c) for _, c in pairs):
+            raise PayloadError("an observable has a coefficient that is not a finite number")
+        observables.append(SparsePauliOp.from_list(pairs))
+    return tuple(observables)
 
 
 def _payload_from(
@@ -200,13 +221,17 @@ def dump_qpy(circuits: list[QuantumCircuit]) -> bytes:
     return buffer.getvalue()
 
 
-def load_qpy(data: object, *, allow_empty: bool = False) -> list[QuantumCircuit]:
+def load_qpy(
+    data: object, *, allow_empty: bool = False, limits: DecodeLimits = DEFAULT_LIMITS
+) -> list[QuantumCircuit]:
     """The circuits of a QPY blob from an untrusted source; :class:`PayloadError` names
-    what is wrong. Only circuits are accepted, and (unless ``allow_empty``) at least one."""
+    what is wrong. Only circuits are accepted, and (unless ``allow_empty``) at least one;
+    they are measured against ``limits`` (:class:`LimitExceeded` past one)."""
     from qiskit import qpy
 
     if not isinstance(data, bytes):
         raise PayloadError("circuits must be a QPY byte string")
+    deadline = limits.deadline()
     try:
         loaded = qpy.load(io.BytesIO(data))
     except Exception as exc:
@@ -215,6 +240,7 @@ def load_qpy(data: object, *, allow_empty: bool = False) -> list[QuantumCircuit]
     if len(circuits) != len(loaded) or not (circuits or allow_empty):
         wanted = "circuits only" if allow_empty else "one or more circuits"
         raise PayloadError(f"QPY data must hold {wanted}")
+    measure_circuits(circuits, limits, deadline)
     return circuits
 
 

@@ -9,10 +9,16 @@ class ResourceError(QhpcError):
     """Base class of errors raised by ``qhpc.resources``."""
 
 
+#: longest parser message passed on: parsers quote the source, which can be long
+MAX_DETAIL_CHARS = 300
+
+
 class CircuitParseError(ResourceError):
     """A circuit source could not be read; carries the format, line and column."""
 
     def __init__(self, fmt: str, detail: str, line: int | None = None, column: int | None = None):
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[:MAX_DETAIL_CHARS] + " …"
         self.format = fmt
         self.detail = detail
         self.line = line
@@ -21,6 +27,20 @@ class CircuitParseError(ResourceError):
         if line is not None:
             where = f" at line {line}" + (f", column {column}" if column is not None else "")
         super().__init__(f"invalid {fmt} circuit{where}: {detail}")
+
+
+class LimitExceeded(ResourceError):
+    """Untrusted input passed a decoding budget (bytes, operations, depth, time, memory).
+
+    Names the limit and its value, never the input: the caller can fix the request or
+    ask the operator to raise the limit (``qhpc serve --decode-limit``).
+    """
+
+    def __init__(self, limit: str, value: float | int, detail: str):
+        self.limit = limit
+        self.value = value
+        self.detail = detail
+        super().__init__(f"{detail} (limit {limit} = {value})")
 
 
 class UnsupportedCircuitError(ResourceError):
