@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qhpc.cli_secrets import TokenOption
 from qhpc.client import Client, connect
-from qhpc.resources import load_circuits
+from qhpc.resources import DecodeLimits, load_circuits
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -38,6 +38,29 @@ def _client(url: str, token: str) -> Client:
 
 def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
+
+
+def _decode_limits(items: list[str] | None) -> DecodeLimits:
+    from dataclasses import fields, replace
+
+    from qhpc.resources import DEFAULT_LIMITS
+
+    known = {f.name: f.type for f in fields(DecodeLimits)}
+    changes: dict[str, Any] = {}
+    for item in items or []:
+        name, _, text = item.partition("=")
+        if name not in known:
+            raise typer.BadParameter(
+                f"unknown decode limit {name!r}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            value: float | int = float(text) if known[name] == "float" else int(text)
+        except ValueError:
+            raise typer.BadParameter(f"{name} needs a number, got {text!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise typer.BadParameter(f"{name} must be a positive finite number")
+        changes[name] = value
+    return replace(DEFAULT_LIMITS, **changes)
 
 
 def serve(
@@ -65,6 +88,21 @@ def serve(
             "letting session tasks in between; 0 runs them whole.",
         ),
     ] = 0.1,
+    max_task_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Stop and fail a task that runs longer than this on a resource whose "
+            "config sets no max_task_seconds; 0: no limit.",
+        ),
+    ] = 600.0,
+    decode_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A decoding budget, NAME=VALUE (repeatable), e.g. max_operations=2000000; "
+            "see docs/security.md for the names and defaults.",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
@@ -82,8 +120,12 @@ def serve(
     chunks = chunk_seconds if chunk_seconds > 0 else None
     broker = Broker(
         store, registry,
-        BrokerConfig(policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks),
+        BrokerConfig(
+            policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks,
+            max_task_seconds=max_task_seconds or None, decode_limits=_decode_limits(decode_limit),
+        ),
     )  # fmt: skip
+    broker.decoder.start()  # the decoding workers, before the first request waits for them
     broker.programs.rest_url = local_rest_url(host, port)  # co-located programs' QHPC_URL
     secret = bootstrap_admin_token(broker)
     if secret is not None:

@@ -208,8 +208,10 @@ def run_chunked(
     between: Callable[[int, float], None],
     clock: Callable[[], float] = time.time,
     on_started: Callable[[str], None] | None = None,
+    max_seconds: float | None = None,
 ) -> Outcome:
     """Run ``chunks`` one after another as one task; never raises for task failures.
+    ``max_seconds`` bounds each chunk (see :func:`run_task`).
 
     Before chunk ``i`` > 0 it calls ``between(i, estimated seconds of chunk i)``,
     where the executor runs waiting session tasks the policy puts first. A stop
@@ -234,7 +236,7 @@ def run_chunked(
                     f"stopped between chunks ({index} of {count} run)", qpu, shots, circuits,
                     started, clock(),
                 )  # fmt: skip
-        outcome = run_task(resource, chunk, stop_requested, clock, on_started)
+        outcome = run_task(resource, chunk, stop_requested, clock, on_started, max_seconds)
         qpu += outcome.qpu_seconds
         circuits = max(circuits, outcome.circuits)
         if outcome.state is not TaskStatus.COMPLETED or outcome.result is None:

@@ -4,15 +4,24 @@ The executor is the only code that calls a resource's ``task_*`` methods. It
 runs one task at a time (a task is the non-preemptible unit), so the policy is
 asked again at every moment the resource frees up — which is what lets session
 tasks jump the queue and batch tasks fill every gap.
+
+Every task has a longest run time (the resource's ``max_task_seconds``, or the
+broker's default): past it, one watchdog thread per process sets the task's stop
+request, and the task ends *failed* with a message naming the limit, so one
+tenant's accepted task cannot hold a device for everyone else. A resource stops at
+its next stop check (the local simulators check between circuits and shot
+chunks; vendor adapters cancel the remote job).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qhpc.resources import (
     LocalResource,
@@ -29,6 +38,54 @@ log = logging.getLogger(__name__)
 
 #: how often a running task is polled for completion or a stop request
 POLL_SECONDS = 0.05
+
+
+@dataclass
+class _Deadline:
+    stop: threading.Event
+    passed: bool = False
+    done: bool = False
+
+
+@dataclass
+class _Watchdog:
+    """Sets the stop request of every task that runs past its deadline (one thread,
+    started on first use; registering a task costs a heap push, not a thread)."""
+
+    _heap: list[tuple[float, int, _Deadline]] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _order: itertools.count[int] = field(default_factory=itertools.count)
+    _thread: threading.Thread | None = None
+
+    def watch(self, seconds: float, stop: threading.Event) -> _Deadline:
+        deadline = _Deadline(stop)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="qhpc-limit")
+                self._thread.start()
+            self._cond.notify()
+        return deadline
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                due, _, deadline = self._heap[0]
+                left = due - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+                deadline.passed = True
+                deadline.stop.set()
+
+
+_watchdog = _Watchdog()
 
 
 @dataclass(frozen=True)
@@ -69,14 +126,38 @@ def run_task(
     stop_requested: threading.Event,
     clock: Callable[[], float] = time.time,
     on_started: Callable[[str], None] | None = None,
+    max_seconds: float | None = None,
 ) -> Outcome:
     """Run ``payload`` on ``resource`` to a final state; never raises for task failures.
 
     An idle local resource runs it right here, on the calling thread (no hand-off to
     its worker); otherwise it is started and polled. ``on_started`` receives the
     resource's own task id as soon as it exists (never for an inline run, which has
-    none).
+    none). Past ``max_seconds`` the task is stopped and ends failed, naming the limit.
     """
+    if max_seconds is None:
+        return _run_task(resource, payload, stop_requested, clock, on_started)
+    deadline = _watchdog.watch(max_seconds, stop_requested)
+    try:
+        outcome = _run_task(resource, payload, stop_requested, clock, on_started)
+    finally:
+        deadline.done = True
+    if deadline.passed and outcome.state is not TaskStatus.COMPLETED:
+        why = f"stopped: ran longer than the resource's limit (max_task_seconds = {max_seconds})"
+        return Outcome(
+            TaskStatus.FAILED, None, why, outcome.qpu_seconds, outcome.shots, outcome.circuits,
+            outcome.started_at, outcome.finished_at,
+        )  # fmt: skip
+    return outcome
+
+
+def _run_task(
+    resource: QuantumResource,
+    payload: Payload,
+    stop_requested: threading.Event,
+    clock: Callable[[], float],
+    on_started: Callable[[str], None] | None,
+) -> Outcome:
     started = clock()
     wall = time.monotonic()
     if isinstance(resource, LocalResource):

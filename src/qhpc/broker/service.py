@@ -93,6 +93,9 @@ class BrokerConfig:
     #: budgets of decoding tenants' circuits (docs/security.md); the decoding happens
     #: in worker processes bounded by them (qhpc.resources.decoding)
     decode_limits: DecodeLimits = DEFAULT_LIMITS
+    #: longest one task may run on a resource unless its config says otherwise
+    #: (``max_task_seconds``); past it the task is stopped and fails. None: no limit
+    max_task_seconds: float | None = 600.0
     #: warm spare processes of the runtime pool of hybrid programs (created on first use)
     runtime_pool_size: int = 2
     #: largest program source a hybrid job may carry
@@ -186,6 +189,10 @@ class Broker:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.programs = ProgramManager(self)
+
+    def _max_task_seconds(self, resource: str) -> float | None:
+        own = self.resources.spec(resource).max_task_seconds
+        return own if own is not None else self.config.max_task_seconds
 
     @property
     def decoder(self) -> DecodePool:
@@ -915,10 +922,11 @@ class Broker:
             outcome = run_chunked(
                 resource, chunks, running.stop,
                 lambda _, seconds: self._between_chunks(resource, task, running, seconds),
-                self.clock, remember,
+                self.clock, remember, self._max_task_seconds(task.resource),
             )  # fmt: skip
         else:
-            outcome = run_task(resource, payload, running.stop, self.clock, remember)
+            limit = self._max_task_seconds(task.resource)
+            outcome = run_task(resource, payload, running.stop, self.clock, remember, limit)
         state = "cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state)
         finished = TaskOutcome(
             state=state,

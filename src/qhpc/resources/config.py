@@ -11,12 +11,13 @@ the key. With no file at all, built-in defaults give an ``aer`` simulator, an
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from qhpc.resources.base import QuantumResource
 from qhpc.resources.errors import ResourceConfigError, UnknownResourceError
@@ -46,6 +47,19 @@ class ResourceSpec:
     type: str
     options: dict[str, Any] = field(default_factory=dict)
     source: str = "built-in defaults"
+
+    @property
+    def max_task_seconds(self) -> float | None:
+        """The longest one task may run on this resource (the broker stops it then);
+        None: the broker's default."""
+        value = _get(self, "max_task_seconds", float, None)
+        if value is not None and not (0 < value <= 366 * 86400 and math.isfinite(value)):
+            raise ResourceConfigError(
+                f"{self.source}: must be between 0 and one year (seconds)",
+                self.name,
+                "max_task_seconds",
+            )
+        return cast(float | None, value)
 
     def public_options(self) -> dict[str, Any]:
         """Options safe to show: environment values (vendor credentials) are hidden."""
@@ -216,6 +230,8 @@ _OPTIONS: dict[str, set[str]] = {
     "null": {"max_qubits", "max_shots"},
 }
 _QRMI_OPTIONS = {"environment", "num_qubits", "max_shots"}
+#: options of every type, read by the broker rather than the adapter
+_BROKER_OPTIONS = {"max_task_seconds"}
 
 
 def _qrmi_types() -> Mapping[str, object]:
@@ -236,6 +252,8 @@ def _check_spec(spec: ResourceSpec) -> None:
                 "type",
             )
         allowed = _QRMI_OPTIONS
+    allowed = allowed | _BROKER_OPTIONS
+    spec.max_task_seconds  # noqa: B018 - validates the value now, not at the first task
     for key in spec.options:
         if key not in allowed:
             raise ResourceConfigError(
