@@ -445,10 +445,10 @@ def test_the_fast_path_refuses_bombs_and_keeps_serving(
 def test_a_task_past_the_resources_run_time_limit_fails_and_the_next_one_runs(
     broker: Broker, bell: QuantumCircuit
 ) -> None:
-    # The emulator spends modelled device time: 300 circuits take far longer than 0.5 s.
+    # The emulator spends modelled device time: 100,000 shots take 20 s, far past 0.5 s.
     long = broker.submit(
         user="u", account="a", resource="slow",
-        payloads=[SamplerTask((bell,) * 300, shots=20_000)],
+        payloads=[SamplerTask((bell,), shots=100_000)],
     )  # fmt: skip
     short = broker.submit(
         user="v", account="b", resource="slow", payloads=[SamplerTask((bell,), shots=10)]

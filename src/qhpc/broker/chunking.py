@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from threading import Event
 
-from qhpc.broker.executor import Outcome, run_task
+from qhpc.broker.executor import Outcome, past_deadline, run_task, watch_deadline
 from qhpc.resources import (
     EstimatorResult,
     Payload,
@@ -211,7 +211,7 @@ def run_chunked(
     max_seconds: float | None = None,
 ) -> Outcome:
     """Run ``chunks`` one after another as one task; never raises for task failures.
-    ``max_seconds`` bounds each chunk (see :func:`run_task`).
+    ``max_seconds`` bounds the whole task, all chunks together (see :func:`run_task`).
 
     Before chunk ``i`` > 0 it calls ``between(i, estimated seconds of chunk i)``,
     where the executor runs waiting session tasks the policy puts first. A stop
@@ -221,6 +221,24 @@ def run_chunked(
     shots reported are those of the chunks that completed, also when the task did
     not (they ran, and accounting shows them).
     """
+    if max_seconds is None:
+        return _run_chunks(resource, chunks, stop_requested, between, clock, on_started)
+    deadline = watch_deadline(max_seconds, stop_requested)
+    try:
+        outcome = _run_chunks(resource, chunks, stop_requested, between, clock, on_started)
+    finally:
+        deadline.done = True
+    return past_deadline(outcome, deadline, max_seconds)
+
+
+def _run_chunks(
+    resource: QuantumResource,
+    chunks: Sequence[Payload],
+    stop_requested: Event,
+    between: Callable[[int, float], None],
+    clock: Callable[[], float],
+    on_started: Callable[[str], None] | None,
+) -> Outcome:
     started = clock()
     results: list[TaskResult] = []
     qpu = 0.0
@@ -236,7 +254,7 @@ def run_chunked(
                     f"stopped between chunks ({index} of {count} run)", qpu, shots, circuits,
                     started, clock(),
                 )  # fmt: skip
-        outcome = run_task(resource, chunk, stop_requested, clock, on_started, max_seconds)
+        outcome = run_task(resource, chunk, stop_requested, clock, on_started)
         qpu += outcome.qpu_seconds
         circuits = max(circuits, outcome.circuits)
         if outcome.state is not TaskStatus.COMPLETED or outcome.result is None:

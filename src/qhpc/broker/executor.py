@@ -137,18 +137,28 @@ def run_task(
     """
     if max_seconds is None:
         return _run_task(resource, payload, stop_requested, clock, on_started)
-    deadline = _watchdog.watch(max_seconds, stop_requested)
+    deadline = watch_deadline(max_seconds, stop_requested)
     try:
         outcome = _run_task(resource, payload, stop_requested, clock, on_started)
     finally:
         deadline.done = True
-    if deadline.passed and outcome.state is not TaskStatus.COMPLETED:
-        why = f"stopped: ran longer than the resource's limit (max_task_seconds = {max_seconds})"
-        return Outcome(
-            TaskStatus.FAILED, None, why, outcome.qpu_seconds, outcome.shots, outcome.circuits,
-            outcome.started_at, outcome.finished_at,
-        )  # fmt: skip
-    return outcome
+    return past_deadline(outcome, deadline, max_seconds)
+
+
+def watch_deadline(seconds: float, stop_requested: threading.Event) -> _Deadline:
+    """Set ``stop_requested`` once ``seconds`` have passed (unless ``done`` is set first)."""
+    return _watchdog.watch(seconds, stop_requested)
+
+
+def past_deadline(outcome: Outcome, deadline: _Deadline, max_seconds: float) -> Outcome:
+    """``outcome``, or a failure naming the limit when the deadline stopped the task."""
+    if not deadline.passed or outcome.state is TaskStatus.COMPLETED:
+        return outcome
+    why = f"stopped: ran longer than the resource's limit (max_task_seconds = {max_seconds})"
+    return Outcome(
+        TaskStatus.FAILED, None, why, outcome.qpu_seconds, outcome.shots, outcome.circuits,
+        outcome.started_at, outcome.finished_at,
+    )  # fmt: skip
 
 
 def _run_task(
