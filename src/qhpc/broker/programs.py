@@ -13,7 +13,7 @@ Stop conditions: the wall-clock ``timeout``, ``max_iterations`` (checked by the
 program's ``report()``), the pool's CPU/memory limits, ``cancel``, and the
 session being closed from outside (Slurm's epilog, an admin). Programs are not
 resumable: a program that was running when the broker stopped is marked failed
-at the next start; what it printed until then is in the store
+("interrupted: …") at the next start; what it printed until then is in the store
 (:mod:`qhpc.broker.output` writes it while the program runs).
 
 Server-side programs: a job may name a registered *entry point* instead of
@@ -245,11 +245,16 @@ class ProgramManager:
             )
 
     def recover(self) -> list[str]:
-        """At start: programs that were queued or running are failed (not resumable)."""
+        """At start: programs that were queued or running are failed (not resumable).
+
+        Their output so far stays where the writer put it; the message says why they
+        ended, and their sessions are closed.
+        """
         failed = []
         for record in self.broker.store.open_programs():
+            when = "ran" if record.status == "running" else "was queued"
             message = (
-                f"the broker restarted while this program was {record.status}; hybrid "
+                f"interrupted: the broker restarted while the program {when}; hybrid "
                 "programs are not resumable: submit it again"
             )
             try:
