@@ -8,12 +8,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import IO
 
 import httpx
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from qhpc.cli import main
 
@@ -56,7 +60,7 @@ def start_serve(
     tmp_path: Path,
     port: int,
     *extra: str,
-    db: Path,
+    db: Path | str,
     stdout: int | IO[bytes] | None = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     """``qhpc serve`` as a real process on 127.0.0.1 (fifo policy, admin token in a file)."""
@@ -85,3 +89,28 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60
             output = process.stdout.read().decode() if process.stdout else ""
             raise AssertionError(f"broker did not come up:\n{output}")
         time.sleep(0.1)
+
+
+def postgres_schema_url(prefix: str = "qhpc_helper") -> Iterator[str]:
+    """A URL whose connections see only a fresh, uniquely named schema; dropped after.
+
+    Skips without QHPC_TEST_POSTGRES_URL, except under CI=true, where it fails.
+    """
+    pg_url = os.environ.get("QHPC_TEST_POSTGRES_URL", "")
+    if not pg_url:
+        message = (
+            "QHPC_TEST_POSTGRES_URL is unset: run `make unit` or "
+            "`QHPC_TEST_POSTGRES_URL=$(scripts/postgres.sh start) pytest`"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+    url = make_url(pg_url).update_query_dict({"options": f"-c search_path={name}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {name} CASCADE")

@@ -1,16 +1,18 @@
-"""kill -9 the broker with hundreds of acknowledged tasks queued; nothing is lost or doubled."""
+"""kill -9 the broker: acknowledged tasks are neither lost nor doubled, and a running
+hybrid program's output so far is kept while the program ends as interrupted."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from qiskit.circuit import QuantumCircuit
 
-from helpers import free_port, start_serve, wait_healthy
+from helpers import free_port, postgres_schema_url, start_serve, wait_healthy
 from qhpc import connect
 from qhpc.store import Store
 
@@ -150,3 +152,94 @@ def test_kill_9_after_session_results_were_released_loses_no_task_and_no_usage(
         finally:
             if second.poll() is None:
                 second.kill()
+
+
+PRINTS_THEN_SLEEPS = """
+import time
+def main():
+    for i in range(3):
+        print("line", i, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where both brokers keep their state: an SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "programs.db")
+    else:
+        yield from postgres_schema_url("qhpc_crash")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_keeps_a_running_programs_output_and_ends_it_interrupted(
+    tmp_path: Path, store_url: str
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    extra = ("--runtime-pool-size", "1")
+    first = start_serve(tmp_path, port, *extra, db=store_url, stdout=subprocess.PIPE)
+    printed = "".join(f"line {i}\n" for i in range(3))
+    try:
+        wait_healthy(url, first)
+        admin = (tmp_path / "admin.token").read_text().strip()
+        with connect(url, admin) as client:
+            body = {
+                "resource": "aer",
+                "source": PRINTS_THEN_SLEEPS,
+                "timeout": 600,
+                "account": "ops",
+            }
+            job_id = client._request("POST", "/programs", json=body)["job_id"]
+            deadline = time.monotonic() + 90
+            while True:  # the live form, served from the broker's memory
+                logs = client._request("GET", f"/jobs/{job_id}/logs")
+                if logs["stdout"] == printed:
+                    break
+                assert not logs["final"], logs
+                assert time.monotonic() < deadline, f"no output before the kill: {logs}"
+                time.sleep(0.1)
+            assert logs["stdout_offset"] == len(printed.encode())
+        # The kill must come after the writer's round (every 0.5 s), not race it: wait
+        # until the store has the lines, reading it as any other process would.
+        with Store.open(store_url) as store:
+            while store.read_output(job_id, "stdout")[0] != printed.encode():
+                assert time.monotonic() < deadline, "the output never reached the store"
+                time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+
+    with Store.open(store_url) as store:  # before the restart: what the crash left
+        assert store.get_program(job_id).status == "running"
+        assert store.read_output(job_id, "stdout") == (printed.encode(), len(printed.encode()))
+
+    second = start_serve(tmp_path, port, *extra, db=store_url, stdout=subprocess.PIPE)
+    try:
+        wait_healthy(url, second)  # started: programs open at the crash have been ended
+        with connect(url, admin) as client:
+            logs = client._request("GET", f"/jobs/{job_id}/logs")
+            assert (logs["stdout"], logs["stderr"], logs["final"]) == (printed, "", True)
+            assert logs["stdout_offset"] == len(printed.encode())
+            tail = client._request("GET", f"/jobs/{job_id}/logs", params={"stdout_offset": 7})
+            assert tail["stdout"] == printed[7:]
+            job = client.job(job_id)
+            assert job["state"] == "failed" and job["finished_at"] is not None
+            program = job["program"]
+            assert program["status"] == "failed"
+            assert program["message"].startswith(
+                "interrupted: the broker restarted while the program ran"
+            )
+    finally:
+        stop(second)

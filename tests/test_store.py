@@ -33,6 +33,7 @@ from qhpc.store import (
     ConflictError,
     JobRecord,
     NotFoundError,
+    OutputPiece,
     ProgramRecord,
     ReservationRecord,
     SessionRecord,
@@ -933,7 +934,7 @@ def test_program_lifecycle(store: Store) -> None:
     finished = replace(
         running, status="timeout", message="wall-clock timeout", return_value=None,
         timings='{"run_s": 1.5}', progress='{"iteration": 3}', iterations=3, qpu_calls=7,
-        stdout="out\n", stderr="", finished_at=110.0,
+        finished_at=110.0,
     )  # fmt: skip
     store.finish_program(finished, "failed")
     assert store.get_program("h1") == finished
@@ -960,3 +961,55 @@ def test_program_creation_is_atomic_and_validated(store: Store) -> None:
     failed = store.fail_program("h2", "the broker restarted", 130.0)
     assert store.get_program("h2") == failed
     assert store.get_job("h2").state == "failed"
+
+
+def test_program_output_is_appended_and_read_from_byte_offsets(store: Store) -> None:
+    job, program = _hybrid_job("o1")
+    store.create_program(job, program)
+    chunk = store_schema.OUTPUT_CHUNK
+    assert store.read_output("o1", "stdout") == (b"", 0)
+    first = bytes(range(256)) * (chunk // 256) + b"\x00tail"  # over one row, NUL included
+    store.append_output([OutputPiece("o1", "stdout", 0, first[:100])])
+    store.append_output(
+        [OutputPiece("o1", "stdout", 100, first[100:]), OutputPiece("o1", "stderr", 0, b"e")]
+    )
+    assert store.read_output("o1", "stdout") == (first, len(first))
+    assert store.read_output("o1", "stdout", chunk + 1) == (first[chunk + 1 :], len(first))
+    assert store.read_output("o1", "stdout", 10 * chunk) == (b"", len(first))
+    assert store.read_output("o1", "stderr") == (b"e", 1)
+    # An offset inside what is stored replaces the rest (a truncation marker does so).
+    store.append_output([OutputPiece("o1", "stdout", 50, b"[cut]")])
+    assert store.read_output("o1", "stdout") == (first[:50] + b"[cut]", 55)
+    with pytest.raises(ValueError, match="55 bytes long"):
+        store.append_output([OutputPiece("o1", "stderr", 1, b"ok"),
+                             OutputPiece("o1", "stdout", 56, b"gap")])  # fmt: skip
+    assert store.read_output("o1", "stderr") == (b"e", 1)  # the whole call was refused
+    with pytest.raises(ValueError, match="unknown output stream"):
+        store.append_output([OutputPiece("o1", "stdin", 0, b"x")])
+    store.fail_program("o1", "interrupted", 120.0)  # finishing keeps the output
+    assert store.read_output("o1", "stdout")[1] == 55
+
+
+def test_migration_3_moves_stored_output_into_byte_rows(store_url: str) -> None:
+    db = Database.connect(store_url)
+    try:
+        migrate(db, MIGRATIONS[:2])
+        job, _ = job_with_tasks("old", 0, kind="hybrid")
+        text_out = "héllo\n" * (store_schema.OUTPUT_CHUNK // 4)
+        with db.tx(write=True) as conn:
+            conn.execute(store_schema.jobs.insert().values(store_schema.to_row(job)))
+            conn.execute(
+                text(
+                    "INSERT INTO programs (job_id, entry, args, timeout, status, iterations, "
+                    "qpu_calls, stdout, stderr) VALUES ('old', 'main', '{}', 1, 'completed', "
+                    "0, 0, :out, '')"
+                ),
+                {"out": text_out},
+            )
+        assert migrate(db) == LATEST_VERSION
+    finally:
+        db.close()
+    with Store.open(store_url) as opened:
+        assert opened.read_output("old", "stdout") == (text_out.encode(), len(text_out.encode()))
+        assert opened.read_output("old", "stderr") == (b"", 0)
+        assert opened.get_program("old").status == "completed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,7 +42,7 @@ def _print_json(data: Any) -> None:
 
 
 def _decode_limits(items: list[str] | None) -> DecodeLimits:
-    from dataclasses import fields, replace
+    from dataclasses import fields
 
     from qhpc.resources import DEFAULT_LIMITS
 
@@ -80,6 +81,14 @@ def serve(
     runtime_pool_size: Annotated[
         int, typer.Option(min=1, help="Warm spare processes for hybrid programs.")
     ] = 2,
+    program_output_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1024,  # qhpc.broker.MIN_OUTPUT_LIMIT, which the broker checks again
+            help="Bytes kept of each of a hybrid program's stdout and stderr, truncation "
+            "marker included; the rest is dropped (default 4 MiB).",
+        ),
+    ] = None,
     chunk_seconds: Annotated[
         float,
         typer.Option(
@@ -118,13 +127,13 @@ def serve(
     store = Store.open(db)
     registry = load_registry(config)
     chunks = chunk_seconds if chunk_seconds > 0 else None
-    broker = Broker(
-        store, registry,
-        BrokerConfig(
-            policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks,
-            max_task_seconds=max_task_seconds or None, decode_limits=_decode_limits(decode_limit),
-        ),
+    settings = BrokerConfig(
+        policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks,
+        max_task_seconds=max_task_seconds or None, decode_limits=_decode_limits(decode_limit),
     )  # fmt: skip
+    if program_output_limit is not None:
+        settings = replace(settings, program_output_limit=program_output_limit)
+    broker = Broker(store, registry, settings)
     broker.decoder.start()  # the decoding workers, before the first request waits for them
     broker.programs.rest_url = local_rest_url(host, port)  # co-located programs' QHPC_URL
     secret = bootstrap_admin_token(broker)

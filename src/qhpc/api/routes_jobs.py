@@ -137,8 +137,11 @@ def job_results(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) 
 @jobs.get(
     "/{job_id}/logs",
     summary="a hybrid job's program output (stdout, stderr), from offsets on",
-    description="Poll with the offsets of the previous answer to follow the output; "
-    "final is true once the program has ended.",
+    description="Offsets are byte offsets into each stream (UTF-8). Poll with the offsets "
+    "of the previous answer to follow the output; final is true once the program has ended. "
+    "Output is stored while the program runs, so it survives a broker crash; each stream keeps "
+    "its first BrokerConfig.program_output_limit bytes (default 4 MiB), ending in a "
+    "truncation marker when the program printed more.",
 )
 def job_logs(
     broker: BrokerDep,

@@ -145,8 +145,11 @@ class LogsView(BaseModel):
     job_id: str
     stdout: str = Field(description="standard output from stdout_offset on")
     stderr: str = Field(description="standard error from stderr_offset on")
-    stdout_offset: int = Field(description="pass back as stdout_offset to get only what is new")
-    stderr_offset: int
+    stdout_offset: int = Field(
+        description="bytes of stdout so far (UTF-8): pass back as stdout_offset to get only "
+        "what is new"
+    )
+    stderr_offset: int = Field(description="the same for stderr")
     final: bool = Field(description="the program has ended: nothing more will come")
 
 

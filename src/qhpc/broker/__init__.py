@@ -4,10 +4,10 @@ Public surface; other rooms import only these names.
 """
 
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
+from qhpc.broker.output import DEFAULT_OUTPUT_LIMIT, MIN_OUTPUT_LIMIT, ProgramLogs
 from qhpc.broker.programs import (
     ProgramError,
     ProgramInfo,
-    ProgramLogs,
     entry_points,
     register_entry_point,
 )
@@ -34,6 +34,8 @@ from qhpc.broker.usage import UsageTracker
 
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
+    "DEFAULT_OUTPUT_LIMIT",
+    "MIN_OUTPUT_LIMIT",
     "POLICIES",
     "Broker",
     "BrokerConfig",

@@ -13,7 +13,8 @@ Stop conditions: the wall-clock ``timeout``, ``max_iterations`` (checked by the
 program's ``report()``), the pool's CPU/memory limits, ``cancel``, and the
 session being closed from outside (Slurm's epilog, an admin). Programs are not
 resumable: a program that was running when the broker stopped is marked failed
-at the next start.
+("interrupted: …") at the next start; what it printed until then is in the store
+(:mod:`qhpc.broker.output` writes it while the program runs).
 
 Server-side programs: a job may name a registered *entry point* instead of
 carrying source. An entry point ``name → "package.module:function"`` is called
@@ -30,10 +31,18 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from qhpc.broker.dispatch import DirectDispatcher
+from qhpc.broker.output import (
+    FLUSH_BYTES,
+    MIN_OUTPUT_LIMIT,
+    OutputWriter,
+    ProgramLogs,
+    ProgramOutput,
+    read_logs,
+)
 from qhpc.envvars import URL_ENV
 from qhpc.errors import QhpcError
 from qhpc.runtime import (
@@ -113,41 +122,13 @@ class ProgramInfo:
     return_value: Any
 
 
-@dataclass(frozen=True)
-class ProgramLogs:
-    """Output from the given offsets on (characters); ``final`` once the program ended."""
-
-    stdout: str
-    stderr: str
-    stdout_offset: int
-    stderr_offset: int
-    final: bool
-
-
 @dataclass
 class _Live:
     job_id: str
+    output: ProgramOutput
     session_id: str | None = None
     handle: ProgramHandle | None = None
     cancel_message: str | None = None
-    out: list[str] = field(default_factory=list)
-    err: list[str] = field(default_factory=list)
-    out_chars: int = 0
-    err_chars: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def write(self, stream: str, text: str, limit: int) -> None:
-        with self.lock:
-            if stream == "stdout" and self.out_chars < limit:
-                self.out.append(text)
-                self.out_chars += len(text)
-            elif stream == "stderr" and self.err_chars < limit:
-                self.err.append(text)
-                self.err_chars += len(text)
-
-    def text(self) -> tuple[str, str]:
-        with self.lock:
-            return "".join(self.out), "".join(self.err)
 
 
 class ProgramManager:
@@ -156,7 +137,13 @@ class ProgramManager:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.config = broker.config
+        if self.config.program_output_limit < MIN_OUTPUT_LIMIT:
+            raise ValueError(
+                f"program_output_limit is {self.config.program_output_limit} bytes; "
+                f"at least {MIN_OUTPUT_LIMIT}"
+            )
         self._lock = threading.Lock()
+        self._writer = OutputWriter(broker.store)
         self._pool: RuntimePool | None = None
         self._dispatcher: DirectDispatcher | None = None
         self._live: dict[str, _Live] = {}
@@ -219,7 +206,7 @@ class ProgramManager:
             args=args_text, timeout=timeout, max_iterations=max_iterations, status="queued",
         )  # fmt: skip
         self.broker.store.create_program(job, record)
-        live = _Live(job_id)
+        live = _Live(job_id, ProgramOutput(job_id, self.config.program_output_limit))
         thread = threading.Thread(
             target=self._run, args=(job, record, live), name=f"qhpc-program-{job_id[:8]}",
             daemon=True,
@@ -258,11 +245,16 @@ class ProgramManager:
             )
 
     def recover(self) -> list[str]:
-        """At start: programs that were queued or running are failed (not resumable)."""
+        """At start: programs that were queued or running are failed (not resumable).
+
+        Their output so far stays where the writer put it; the message says why they
+        ended, and their sessions are closed.
+        """
         failed = []
         for record in self.broker.store.open_programs():
+            when = "ran" if record.status == "running" else "was queued"
             message = (
-                f"the broker restarted while this program was {record.status}; hybrid "
+                f"interrupted: the broker restarted while the program {when}; hybrid "
                 "programs are not resumable: submit it again"
             )
             try:
@@ -297,6 +289,7 @@ class ProgramManager:
             pool.close()
         if dispatcher is not None:
             dispatcher.stop()
+        self._writer.close()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -330,18 +323,19 @@ class ProgramManager:
         return ProgramInfo(record, record.qpu_calls, progress_dict, line, timings, value)
 
     def logs(self, job_id: str, stdout_offset: int = 0, stderr_offset: int = 0) -> ProgramLogs:
+        """Output from the given byte offsets on: from memory while the program runs here,
+        else from the store (the same bytes: the store holds a prefix of memory's)."""
         with self._lock:
             live = self._live.get(job_id)
         if live is not None:
-            out, err = live.text()
-            final = False
-        else:
-            record = self.broker.store.get_program(job_id)
-            out, err = record.stdout, record.stderr
-            final = record.status not in ("queued", "running")
-        return ProgramLogs(
-            out[stdout_offset:], err[stderr_offset:], len(out), len(err), final
-        )  # fmt: skip
+            return read_logs(live.output.read, stdout_offset, stderr_offset, final=False)
+        record = self.broker.store.get_program(job_id)  # status first: final means all stored
+        final = record.status not in ("queued", "running")
+
+        def stored(stream: str, offset: int) -> tuple[bytes, int]:
+            return self.broker.store.read_output(job_id, stream, offset)
+
+        return read_logs(stored, stdout_offset, stderr_offset, final=final)
 
     def pool(self) -> RuntimePool:
         """The runtime pool, created on first use."""
@@ -383,6 +377,7 @@ class ProgramManager:
             log.exception("hybrid job %s failed in the broker", job.job_id)
             self._finish_unstarted(job.job_id, live, "failed", f"internal error: {exc!r}")
         finally:
+            self._writer.finish(live.output)  # written before readers turn to the store
             with self._lock:
                 self._live.pop(job.job_id, None)
                 self._threads.pop(job.job_id, None)
@@ -436,10 +431,11 @@ class ProgramManager:
             endpoint=endpoint, session_token=token, resource=job.resource, user=job.user,
             account=job.account, env=rest,
         )  # fmt: skip
-        limit = pool.output_limit
+        self._writer.add(live.output)
 
-        def on_output(stream: str, text: str) -> None:
-            live.write(stream, text, limit)
+        def on_output(stream: str, text: str) -> None:  # on the pool's I/O thread: no I/O
+            if live.output.write(stream, text) >= FLUSH_BYTES:
+                self._writer.nudge()
 
         submitted = time.monotonic()
         try:
@@ -455,6 +451,9 @@ class ProgramManager:
         if live.cancel_message is not None:  # cancelled while it was being started
             handle.stop(ProgramStatus.CANCELLED, live.cancel_message)
         outcome = handle.wait()
+        # All output has been delivered once the outcome is (pipes drained): store it
+        # before the outcome, so a final program's output is complete in the store.
+        self._writer.finish(live.output)
         closing = time.monotonic()
         self._close_session(session.session_id)
         closed = time.monotonic()
@@ -492,8 +491,7 @@ class ProgramManager:
         final = replace(
             record, status=status, message=message, return_value=value,
             timings=json.dumps(timings), progress=progress_text, iterations=outcome.iterations,
-            qpu_calls=self._calls(session_id), stdout=_storable(outcome.stdout),
-            stderr=_storable(outcome.stderr), session_id=session_id,
+            qpu_calls=self._calls(session_id), session_id=session_id,
             started_at=self.broker.store.get_program(record.job_id).started_at,
             finished_at=self.broker.clock(),
         )  # fmt: skip
@@ -525,11 +523,6 @@ def _check_syntax(source: str, filename: str) -> None:
         raise ProgramError(f"syntax error in {filename} at {where}: {exc.msg}{shown}") from None
     except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
         raise ProgramError(f"{filename} cannot be compiled: {exc}") from None
-
-
-def _storable(text: str) -> str:
-    # Both backends refuse NUL in text; a program may print one.
-    return text.replace("\x00", "\\x00")
 
 
 def _timings(

@@ -24,6 +24,7 @@ from qhpc.broker.access import Access
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, can_chunk, plan_chunks, run_chunked
 from qhpc.broker.executor import Outcome, resource_can_start, run_task
 from qhpc.broker.journal import COMMIT_INTERVAL, Journal
+from qhpc.broker.output import DEFAULT_OUTPUT_LIMIT
 from qhpc.broker.programs import ProgramManager
 from qhpc.broker.scheduler import (
     Policy,
@@ -103,6 +104,9 @@ class BrokerConfig:
     program_default_timeout: float = 3600.0
     program_max_timeout: float = 7 * 24 * 3600.0
     program_limits: Limits = field(default_factory=Limits)
+    #: bytes kept of each of a program's stdout and stderr, truncation marker included
+    #: (written to the store while the program runs; see output.py)
+    program_output_limit: int = DEFAULT_OUTPUT_LIMIT
     #: server-side programs offered besides the registered ones: name → "module:function"
     entry_points: dict[str, str] = field(default_factory=dict)
     #: where the journal logs finished session tasks before their results are released

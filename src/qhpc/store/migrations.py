@@ -18,6 +18,8 @@ tables in ``schema.py`` to match. Migration 1 creates the tables from ``schema.p
 so the first migration that alters a table must also freeze migration 1 (replace its
 ``create_all`` with a copy of the version-1 table definitions): a fresh database passes
 through every step, and the test that migrates an empty database fails until then.
+The same holds for every later table: migration 3 took the output columns out of
+``programs``, so migration 2 creates the frozen version-2 ``programs`` below.
 """
 
 from __future__ import annotations
@@ -26,7 +28,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Double,
+    ForeignKey,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    text,
+)
 
 from qhpc.store import schema
 from qhpc.store.database import Database
@@ -47,13 +63,70 @@ def _v1_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
+# ``programs`` as migration 2 created it; ``jobs`` only as far as its foreign key needs.
+_v2 = MetaData()
+Table("jobs", _v2, Column("job_id", Text, primary_key=True))
+_V2_PROGRAMS = Table(
+    "programs",
+    _v2,
+    Column("job_id", Text, ForeignKey("jobs.job_id"), primary_key=True),
+    Column("source", Text),
+    Column("entry_point", Text),
+    Column("entry", Text, nullable=False),
+    Column("args", Text, nullable=False),
+    Column("timeout", Double, nullable=False),
+    Column("max_iterations", BigInteger),
+    Column("status", Text, nullable=False),
+    Column("session_id", Text),
+    Column("message", Text),
+    Column("return_value", Text),
+    Column("timings", Text),
+    Column("progress", Text),
+    Column("iterations", BigInteger, nullable=False),
+    Column("qpu_calls", BigInteger, nullable=False),
+    Column("stdout", Text, nullable=False),
+    Column("stderr", Text, nullable=False),
+    Column("started_at", Double),
+    Column("finished_at", Double),
+    Index("ix_programs_status", "status"),
+)
+
+
 def _v2_programs(conn: Connection) -> None:
-    schema.programs.create(conn)
+    _V2_PROGRAMS.create(conn)
+
+
+def _v3_program_output(conn: Connection) -> None:
+    # Output moves from two text columns of ``programs`` (written once, when a program
+    # ended) to byte rows written while it runs; what finished programs printed is kept.
+    schema.program_output.create(conn)
+    old = _V2_PROGRAMS.c
+    printed = (
+        conn.execute(select(old.job_id).where((old.stdout != "") | (old.stderr != "")))
+        .scalars()
+        .all()
+    )
+    chunk = schema.OUTPUT_CHUNK
+    for job_id in printed:  # one program's text in memory at a time
+        streams = conn.execute(select(old.stdout, old.stderr).where(old.job_id == job_id)).one()
+        for stream, text_ in zip(("stdout", "stderr"), streams, strict=True):
+            data = text_.encode("utf-8")
+            pieces = [
+                {"job_id": job_id, "stream": stream, "chunk_offset": at,
+                 "data": data[at : at + chunk]}
+                for at in range(0, len(data), chunk)
+            ]  # fmt: skip
+            if pieces:
+                conn.execute(insert(schema.program_output), pieces)
+    # DROP COLUMN needs SQLite 3.35, which the store's RETURNING needs already.
+    conn.execute(text("ALTER TABLE programs DROP COLUMN stdout"))
+    conn.execute(text("ALTER TABLE programs DROP COLUMN stderr"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tasks, sessions, reservations, accounts, tokens, usage", _v1_initial),
     Migration(2, "programs of hybrid jobs", _v2_programs),
+    Migration(3, "program output written while programs run", _v3_program_output),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -19,6 +19,8 @@ JOB_KINDS: tuple[str, ...] = ("batch", "session", "hybrid")
 PAYLOAD_KINDS: tuple[str, ...] = ("sampler", "estimator")
 TOKEN_ROLES: tuple[str, ...] = ("admin", "centre", "user", "session")
 ROLLUP_GROUPS: tuple[str, ...] = ("job", "user", "account", "centre", "resource")
+#: The output streams of a hybrid program.
+OUTPUT_STREAMS: tuple[str, ...] = ("stdout", "stderr")
 #: How a hybrid program ended (``queued``/``running`` while it has not).
 PROGRAM_STATUSES: tuple[str, ...] = (
     "queued", "running", "completed", "failed", "timeout", "cancelled", "limit", "killed",
@@ -151,7 +153,8 @@ class ProgramRecord:
 
     ``source`` is the program text, or ``None`` when ``entry_point`` names a program
     registered on the server (``args`` then carries its JSON spec). JSON columns
-    (``args``, ``return_value``, ``timings``, ``progress``) hold JSON text.
+    (``args``, ``return_value``, ``timings``, ``progress``) hold JSON text. Its output
+    is kept apart, as bytes (:class:`OutputPiece`, ``Store.read_output``).
     """
 
     job_id: str
@@ -169,7 +172,15 @@ class ProgramRecord:
     progress: str | None = None
     iterations: int = 0
     qpu_calls: int = 0
-    stdout: str = ""
-    stderr: str = ""
     started_at: float | None = None
     finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPiece:
+    """Bytes of a program's ``stream`` from byte ``offset`` on (what replaces the rest)."""
+
+    job_id: str
+    stream: str
+    offset: int
+    data: bytes

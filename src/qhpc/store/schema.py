@@ -5,8 +5,9 @@ Column names follow the record fields except where a field name is an SQL keywor
 :func:`to_row`/:func:`from_row` translate. Types are portable: ``Text`` ids, ``Double``
 times, ``LargeBinary`` payloads (BLOB / BYTEA).
 
-Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs`` (see
-``migrations.py`` for the rule once a later migration changes one).
+Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs``,
+migration 3 ``program_output`` (and takes the output columns out of ``programs``; see
+``migrations.py`` for the rule once a later migration changes a table).
 """
 
 from __future__ import annotations
@@ -183,12 +184,24 @@ programs = Table(
     Column("progress", Text),
     Column("iterations", BigInteger, nullable=False),
     Column("qpu_calls", BigInteger, nullable=False),
-    Column("stdout", Text, nullable=False),
-    Column("stderr", Text, nullable=False),
     Column("started_at", Double),
     Column("finished_at", Double),
     Index("ix_programs_status", "status"),
 )
+
+# A program's stdout and stderr as raw bytes, in pieces of OUTPUT_CHUNK bytes keyed by
+# their byte offset in the stream: appending rewrites at most the last piece, and a
+# read from an offset fetches only the pieces from there on.
+program_output = Table(
+    "program_output",
+    metadata,
+    Column("job_id", Text, ForeignKey("programs.job_id"), primary_key=True),
+    Column("stream", Text, primary_key=True),
+    Column("chunk_offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+#: bytes per row of ``program_output`` (every row but a stream's last is full)
+OUTPUT_CHUNK = 64 << 10
 
 #: tables migration 1 created; later tables come with their own migration
 V1_TABLES: tuple[str, ...] = (

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from qhpc.store import schema
 from qhpc.store._admin import AdminMixin
+from qhpc.store._output import OutputMixin
 from qhpc.store._programs import ProgramsMixin
 from qhpc.store.database import Database
 from qhpc.store.errors import ConflictError, NotFoundError
@@ -58,7 +59,7 @@ _t = schema.tasks
 _TASK_COLUMNS = [c for c in _t.c if c.name != "result"]
 
 
-class Store(AdminMixin, ProgramsMixin):
+class Store(AdminMixin, ProgramsMixin, OutputMixin):
     """Jobs, tasks, sessions, reservations, accounts, tokens and usage of one broker."""
 
     def __init__(self, db: Database, schema_version: int) -> None:
