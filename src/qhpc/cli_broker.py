@@ -132,11 +132,21 @@ def submit(
     max_iterations: Annotated[int | None, typer.Option(help="Hybrid: iteration limit.")] = None,
     entry: Annotated[str, typer.Option(help="Hybrid: the function to call.")] = "main",
     wait: Annotated[bool, typer.Option("--wait", help="Hybrid: follow it to its end.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Name this submission: run again with the same key (within 24 h), the "
+            "command answers with the job the first run made. Default: a fresh key."
+        ),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Submit circuits as one batch job (one task per file), or a program (--hybrid)."""
+    """Submit circuits as one batch job (one task per file), or a program (--hybrid).
+
+    Lost answers (connection errors, timeouts, 5xx) are retried with the same
+    idempotency key, so a job is never stored twice."""
     if hybrid:
         from qhpc.cli_hybrid import submit_hybrid
 
@@ -146,12 +156,15 @@ def submit(
             submit_hybrid(
                 client, files[0], resource=resource, args=args, timeout=timeout,
                 max_iterations=max_iterations, entry=entry, account=account, name=name,
-                wait=wait, as_json=as_json,
+                wait=wait, as_json=as_json, idempotency_key=idempotency_key,
             )  # fmt: skip
         return
     circuits = [c for path in files for c in load_circuits(path)]
     with _client(url, token) as client:
-        job = client.submit(resource, circuits, shots, priority, account, name, split_circuits=True)
+        job = client.submit(
+            resource, circuits, shots, priority, account, name, split_circuits=True,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
     if as_json:
         _print_json(job)
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Path, Query
+from fastapi import Header, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 #: user, account, centre, resource names: Slurm-like identifiers
@@ -33,6 +33,18 @@ _PRINTABLE = r"^[^\x00-\x1f\x7f]{1,128}$"
 PathId = Annotated[str, Path(pattern=_PRINTABLE)]
 #: an optional name filter in the query
 QueryName = Annotated[str | None, Query(pattern=_PRINTABLE)]
+#: the ``Idempotency-Key`` header of a submission: 1-128 visible ASCII characters
+#: (a UUID is typical); one key names one logical submission of one principal
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x21-\x7e]{1,128}$",
+        description="names this submission: sent again with the same body (a retry), it "
+        "answers with the job the first one made instead of storing another; with another "
+        "body, 409. Scoped to the token's user; kept 24 h.",
+    ),
+]
 #: free text stored as is (job names)
 Label = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{0,200}$")]
 

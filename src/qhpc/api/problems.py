@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qhpc.broker import BrokerError, PolicyError, ProgramError
+from qhpc.broker import BrokerError, IdempotencyKeyReused, PolicyError, ProgramError
 from qhpc.errors import QhpcError
 from qhpc.resources import (
     CircuitParseError,
@@ -56,6 +56,7 @@ STATUS_OF: dict[type[QhpcError], int] = {
     UnknownTaskError: 404,
     ConflictError: 409,
     BrokerError: 409,
+    IdempotencyKeyReused: 409,
     InvalidRequest: 422,
     PayloadError: 422,
     CircuitParseError: 422,

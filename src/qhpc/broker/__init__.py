@@ -4,6 +4,12 @@ Public surface; other rooms import only these names.
 """
 
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
+from qhpc.broker.idempotency import (
+    IDEMPOTENCY_TTL,
+    Idempotency,
+    IdempotencyKeyReused,
+    scope_of,
+)
 from qhpc.broker.programs import (
     ProgramError,
     ProgramInfo,
@@ -34,12 +40,15 @@ from qhpc.broker.usage import UsageTracker
 
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
+    "IDEMPOTENCY_TTL",
     "POLICIES",
     "Broker",
     "BrokerConfig",
     "BrokerError",
     "FairSharePolicy",
     "FifoPolicy",
+    "Idempotency",
+    "IdempotencyKeyReused",
     "Policy",
     "PolicyError",
     "PriorityPolicy",
@@ -60,5 +69,6 @@ __all__ = [
     "build_policy",
     "entry_points",
     "register_entry_point",
+    "scope_of",
     "shot_chunks",
 ]

@@ -5,8 +5,9 @@ Column names follow the record fields except where a field name is an SQL keywor
 :func:`to_row`/:func:`from_row` translate. Types are portable: ``Text`` ids, ``Double``
 times, ``LargeBinary`` payloads (BLOB / BYTEA).
 
-Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs`` (see
-``migrations.py`` for the rule once a later migration changes one).
+Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs``,
+migration 4 ``idempotency_keys`` (see ``migrations.py`` for the rule once a later
+migration changes one).
 """
 
 from __future__ import annotations
@@ -188,6 +189,20 @@ programs = Table(
     Column("started_at", Double),
     Column("finished_at", Double),
     Index("ix_programs_status", "status"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # Scoped per principal: one tenant's key never meets another's. Stored in the
+    # transaction that stores its job, so a job is never without its key or vice versa.
+    Column("scope", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("request_hash", Text, nullable=False),
+    Column("job_id", Text, ForeignKey("jobs.job_id"), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
 )
 
 #: tables migration 1 created; later tables come with their own migration
