@@ -65,15 +65,41 @@ def serve(
             "letting session tasks in between; 0 runs them whole.",
         ),
     ] = 0.1,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send request headers.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send a request body.")
+    ] = 30.0,
+    keep_alive_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")
+    ] = 5,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections beyond this are answered 503.")
+    ] = 256,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest request head (request line + headers).")
+    ] = 16384,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
 
-    from qhpc.api import FastPathServer, bootstrap_admin_token, run_server, write_secret
+    from qhpc.api import (
+        FastPathServer,
+        ServerLimits,
+        bootstrap_admin_token,
+        run_server,
+        write_secret,
+    )
     from qhpc.broker import Broker, BrokerConfig
     from qhpc.resources import load_registry
     from qhpc.store import Store
 
+    limits = ServerLimits(
+        header_timeout=header_timeout, body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
+        max_header_bytes=max_header_bytes,
+    )  # fmt: skip
     if db is None:
         data_dir = user_data_path("qhpc", ensure_exists=True)
         db = str(data_dir / "qhpc.db")
@@ -98,7 +124,7 @@ def serve(
         f"qhpc broker: REST http://{host}:{port}/v1, fast path {fast.endpoint}, store {store.url}"
     )
     try:
-        run_server(broker, host, port)
+        run_server(broker, host, port, limits)
     finally:
         fast.stop()
         broker.stop()
