@@ -112,15 +112,41 @@ def serve(
             "see docs/security.md for the names and defaults.",
         ),
     ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send request headers.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send a request body.")
+    ] = 30.0,
+    keep_alive_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")
+    ] = 5,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections beyond this are answered 503.")
+    ] = 256,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest request head (request line + headers).")
+    ] = 16384,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
 
-    from qhpc.api import FastPathServer, bootstrap_admin_token, run_server, write_secret
+    from qhpc.api import (
+        FastPathServer,
+        ServerLimits,
+        bootstrap_admin_token,
+        run_server,
+        write_secret,
+    )
     from qhpc.broker import Broker, BrokerConfig
     from qhpc.resources import load_registry
     from qhpc.store import Store
 
+    limits = ServerLimits(
+        header_timeout=header_timeout, body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
+        max_header_bytes=max_header_bytes,
+    )  # fmt: skip
     if db is None:
         data_dir = user_data_path("qhpc", ensure_exists=True)
         db = str(data_dir / "qhpc.db")
@@ -149,7 +175,7 @@ def serve(
         f"qhpc broker: REST http://{host}:{port}/v1, fast path {fast.endpoint}, store {store.url}"
     )
     try:
-        run_server(broker, host, port)
+        run_server(broker, host, port, limits)
     finally:
         fast.stop()
         broker.stop()
@@ -183,11 +209,21 @@ def submit(
     max_iterations: Annotated[int | None, typer.Option(help="Hybrid: iteration limit.")] = None,
     entry: Annotated[str, typer.Option(help="Hybrid: the function to call.")] = "main",
     wait: Annotated[bool, typer.Option("--wait", help="Hybrid: follow it to its end.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Name this submission: run again with the same key (within 24 h), the "
+            "command answers with the job the first run made. Default: a fresh key."
+        ),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Submit circuits as one batch job (one task per file), or a program (--hybrid)."""
+    """Submit circuits as one batch job (one task per file), or a program (--hybrid).
+
+    Lost answers (connection errors, timeouts, 5xx) are retried with the same
+    idempotency key, so a job is never stored twice."""
     if hybrid:
         from qhpc.cli_hybrid import submit_hybrid
 
@@ -197,12 +233,15 @@ def submit(
             submit_hybrid(
                 client, files[0], resource=resource, args=args, timeout=timeout,
                 max_iterations=max_iterations, entry=entry, account=account, name=name,
-                wait=wait, as_json=as_json,
+                wait=wait, as_json=as_json, idempotency_key=idempotency_key,
             )  # fmt: skip
         return
     circuits = [c for path in files for c in load_circuits(path)]
     with _client(url, token) as client:
-        job = client.submit(resource, circuits, shots, priority, account, name, split_circuits=True)
+        job = client.submit(
+            resource, circuits, shots, priority, account, name, split_circuits=True,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
     if as_json:
         _print_json(job)
     else:

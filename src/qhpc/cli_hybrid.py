@@ -13,7 +13,7 @@ from rich.console import Console
 
 from qhpc.cli_broker import DEFAULT_URL, UrlOption
 from qhpc.cli_secrets import TokenOption
-from qhpc.client import FINAL_STATES, Client, ClientError
+from qhpc.client import FINAL_STATES, Client, ClientError, new_idempotency_key
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -22,8 +22,10 @@ err = Console(stderr=True, highlight=False)
 POLL_S = 0.5
 
 
-def _post_program(client: Client, body: dict[str, Any]) -> dict[str, Any]:
-    return dict(client._request("POST", "/programs", json=body))
+def _post_program(client: Client, body: dict[str, Any], key: str | None) -> dict[str, Any]:
+    # With an idempotency key, so the client retries a lost answer without a second job.
+    key = key or new_idempotency_key()
+    return dict(client._request("POST", "/programs", json=body, idempotency_key=key))
 
 
 def _logs(client: Client, job_id: str, stdout_offset: int, stderr_offset: int) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def _logs(client: Client, job_id: str, stdout_offset: int, stderr_offset: int) -
 def submit_hybrid(
     client: Client, program: Path, *, resource: str, args: str | None, timeout: float | None,
     max_iterations: int | None, entry: str, account: str | None, name: str | None,
-    wait: bool, as_json: bool,
+    wait: bool, as_json: bool, idempotency_key: str | None = None,
 ) -> None:  # fmt: skip
     """Upload ``program`` as a hybrid job; with ``wait``, follow it to its end."""
     try:
@@ -52,7 +54,7 @@ def submit_hybrid(
         "args": parsed_args, "timeout": timeout, "max_iterations": max_iterations,
         "account": account, "name": name,
     }  # fmt: skip
-    job = _post_program(client, {k: v for k, v in body.items() if v is not None})
+    job = _post_program(client, {k: v for k, v in body.items() if v is not None}, idempotency_key)
     job_id = job["job_id"]
     if not wait:
         if as_json:

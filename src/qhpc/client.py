@@ -7,8 +7,14 @@
 
 Every error answer (an RFC 9457 problem body) becomes a :class:`ClientError`
 carrying the HTTP status and the server's detail; an unreachable broker is a
-:class:`ClientError` too, with ``status`` ``None``. Plain dicts mirror the JSON
-the API returns, except results, which come back as
+:class:`ClientError` too, with ``status`` ``None``.
+
+Submissions (jobs, programs) carry a fresh ``Idempotency-Key`` each, and are retried
+with that same key after a connection error, a timeout or a 5xx answer (up to
+``retries`` times, with exponential backoff): the broker stores a job once per key, so
+a retry after a lost answer returns the job the first attempt made instead of a second.
+
+Plain dicts mirror the JSON the API returns, except results, which come back as
 :class:`~qhpc.resources.SamplerResult` / :class:`~qhpc.resources.EstimatorResult`.
 """
 
@@ -17,7 +23,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import random
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -34,6 +42,17 @@ if TYPE_CHECKING:
     from qhpc.program import RemoteQPU, SessionQPU
 
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+#: retries of a submission after a connection error, timeout or 5xx (same key each time)
+DEFAULT_RETRIES = 4
+#: first pause before a retry (s); doubled each time, with jitter, up to MAX_BACKOFF
+DEFAULT_BACKOFF = 0.25
+MAX_BACKOFF = 8.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one logical submission (random, so never reused by accident)."""
+    return uuid.uuid4().hex
 
 
 class ClientError(QhpcError):
@@ -83,9 +102,20 @@ def payload_text(payload: Payload) -> str:
 class Client:
     """A connection to one broker with one token; use :func:`connect` to make one."""
 
-    def __init__(self, http: httpx.Client, url: str) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        url: str,
+        *,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        if retries < 0 or backoff < 0:
+            raise ValueError("retries and backoff must not be negative")
         self._http = http
         self.url = url
+        self.retries = retries
+        self.backoff = backoff
 
     # -- plumbing ----------------------------------------------------------------------
     def _request(
@@ -96,18 +126,42 @@ class Client:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        try:
-            response = self._http.request(method, "/v1" + path, json=json, params=query, **extra)
-        except httpx.TransportError as exc:
-            raise ClientError(f"cannot reach broker at {self.url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise _error_of(response)
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+        if idempotency_key is not None:
+            extra["headers"] = {IDEMPOTENCY_HEADER: idempotency_key}
+        # Only a request with a key is retried: without one, a retry of a POST whose
+        # answer was lost could store a second job.
+        retries = self.retries if idempotency_key is not None else 0
+        for attempt in range(retries + 1):
+            last = attempt == retries
+            try:
+                response = self._http.request(
+                    method, "/v1" + path, json=json, params=query, **extra
+                )
+            except httpx.TransportError as exc:
+                if last:
+                    raise ClientError(f"cannot reach broker at {self.url}: {exc}") from exc
+                self._pause(attempt, None)
+                continue
+            if response.status_code >= 500 and not last:
+                self._pause(attempt, response.headers.get("retry-after"))
+                continue
+            if response.status_code >= 400:
+                raise _error_of(response)
+            if response.status_code == 204 or not response.content:
+                return None
+            return response.json()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _pause(self, attempt: int, retry_after: str | None) -> None:
+        pause = min(self.backoff * 2**attempt, MAX_BACKOFF) * random.uniform(0.5, 1.0)
+        if retry_after is not None and retry_after.isdigit():
+            # The server's hint, within reason: a retry must not hang a client for hours.
+            pause = max(pause, min(float(retry_after), MAX_BACKOFF))
+        time.sleep(pause)
 
     def close(self) -> None:
         self._http.close()
@@ -152,8 +206,13 @@ class Client:
         user: str | None = None,
         seed: int | None = None,
         split_circuits: bool = False,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Submit circuits (one task, or one per circuit with ``split_circuits``)."""
+        """Submit circuits (one task, or one per circuit with ``split_circuits``).
+
+        ``idempotency_key`` names this submission (default: a fresh one); a caller that
+        repeats a submission after losing its answer passes the key it used before.
+        """
         if isinstance(circuits, QuantumCircuit | str):
             circuits = [circuits]
         body = {
@@ -161,7 +220,7 @@ class Client:
             "shots": shots, "priority": priority, "account": account, "name": name,
             "user": user, "seed": seed, "split_circuits": split_circuits,
         }  # fmt: skip
-        return dict(self._request("POST", "/jobs", json=_compact(body)))
+        return self._submit("/jobs", body, idempotency_key)
 
     def submit_payloads(
         self,
@@ -172,13 +231,18 @@ class Client:
         name: str | None = None,
         *,
         user: str | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Submit ready-made payloads (sampler or estimator tasks), one task each."""
         body = {
             "resource": resource, "payloads": [payload_text(p) for p in payloads],
             "priority": priority, "account": account, "name": name, "user": user,
         }  # fmt: skip
-        return dict(self._request("POST", "/jobs", json=_compact(body)))
+        return self._submit("/jobs", body, idempotency_key)
+
+    def _submit(self, path: str, body: Mapping[str, Any], key: str | None) -> dict[str, Any]:
+        key = key or new_idempotency_key()
+        return dict(self._request("POST", path, json=_compact(body), idempotency_key=key))
 
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/jobs/{job_id}"))
@@ -282,6 +346,7 @@ class Client:
         name: str | None = None,
         timeout: float | None = None,
         max_iterations: int | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Submit a hybrid job: program ``source``, or a server-side ``entry_point``."""
         body = {
@@ -289,7 +354,7 @@ class Client:
             "args": None if args is None else dict(args), "account": account, "name": name,
             "timeout": timeout, "max_iterations": max_iterations,
         }  # fmt: skip
-        return dict(self._request("POST", "/programs", json=_compact(body)))
+        return self._submit("/programs", body, idempotency_key)
 
     def program(self, job_id: str) -> dict[str, Any]:
         """A hybrid job's program section (status, message, return value, timings)."""
@@ -427,8 +492,17 @@ def _error_of(response: httpx.Response) -> ClientError:
     return ClientError(text, status=response.status_code, title=response.reason_phrase)
 
 
-def connect(url: str | None = None, token: str | None = None, timeout: float = 30) -> Client:
+def connect(
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float = 30,
+    *,
+    retries: int = DEFAULT_RETRIES,
+) -> Client:
     """A client of the broker at ``url`` (``http://host:port``) using ``token``.
+
+    ``retries`` bounds the retries of a submission (see the module doc); 0 sends each
+    submission once.
 
     Unset, ``url`` is ``$QHPC_URL`` and ``token`` is ``$QHPC_TOKEN``, else
     ``$QHPC_SESSION`` (what a Slurm job holding a session gets), so a program
@@ -448,7 +522,7 @@ def connect(url: str | None = None, token: str | None = None, timeout: float = 3
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         timeout=timeout,
     )
-    client = Client(http, base)
+    client = Client(http, base, retries=retries)
     try:
         client.health()
     except ClientError:

@@ -1,8 +1,9 @@
 """HTTP (FastAPI) and ZeroMQ in front of the broker: thin, no business logic.
 
-REST: ``create_app(broker)`` builds the app, ``run_server(broker)`` serves it with
-uvicorn, ``openapi_json(app)`` gives the spec to publish, and
-``bootstrap_admin_token(broker)`` makes the first admin token of a fresh store.
+REST: ``create_app(broker)`` builds the app, ``run_server(broker, limits=ServerLimits())``
+serves it with uvicorn under timeouts and a connection cap, ``openapi_json(app)``
+gives the spec to publish, and ``bootstrap_admin_token(broker)`` makes the first admin
+token of a fresh store.
 ZeroMQ: ``FastPathServer(broker)`` (:mod:`qhpc.api.fastpath`) serves session tasks.
 
 The REST names load on first use, so that a hybrid program importing only the
@@ -17,10 +18,12 @@ if TYPE_CHECKING:
     from qhpc.api.app import API_PREFIX, create_app, openapi_json
     from qhpc.api.fastpath import FastPathServer
     from qhpc.api.server import bootstrap_admin_token, run_server, write_secret
+    from qhpc.api.transport import ServerLimits
 
 __all__ = [
     "API_PREFIX",
     "FastPathServer",
+    "ServerLimits",
     "bootstrap_admin_token",
     "create_app",
     "openapi_json",
@@ -36,6 +39,7 @@ _LAZY = {
     "run_server": "qhpc.api.server",
     "write_secret": "qhpc.api.server",
     "FastPathServer": "qhpc.api.fastpath",
+    "ServerLimits": "qhpc.api.transport",
 }
 
 

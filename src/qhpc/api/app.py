@@ -8,7 +8,7 @@ from fastapi import APIRouter, FastAPI
 
 import qhpc
 from qhpc.api import routes_admin, routes_jobs, routes_resources, routes_sessions
-from qhpc.api.limits import BodyLimit
+from qhpc.api.limits import DEFAULT_BODY_TIMEOUT, BodyLimit
 from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
 from qhpc.api.views import Problem
 from qhpc.broker import Broker
@@ -27,8 +27,9 @@ def _problem_responses() -> dict[int | str, dict[str, Any]]:
         401: "missing, malformed, unknown, expired or revoked token",
         403: "the token may not do this",
         404: "no such object (or not visible to this token)",
+        408: "the request body did not arrive in time (the connection is closed)",
         409: "conflicts with the current state",
-        413: "request body too large",
+        413: "request body too large (the connection is closed)",
         422: "invalid input: validation, circuits, payloads",
     }
     return {
@@ -37,11 +38,17 @@ def _problem_responses() -> dict[int | str, dict[str, Any]]:
     }
 
 
-def create_app(broker: Broker, *, max_body_bytes: int | None = None) -> FastAPI:
+def create_app(
+    broker: Broker,
+    *,
+    max_body_bytes: int | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+) -> FastAPI:
     """The API over ``broker``; the caller starts and stops the broker.
 
     ``max_body_bytes`` defaults to the broker's payload limit
-    (``BrokerConfig.max_payload_bytes``, i.e. ``MAX_PAYLOAD_BYTES``).
+    (``BrokerConfig.max_payload_bytes``, i.e. ``MAX_PAYLOAD_BYTES``); a body must
+    arrive within ``body_timeout`` seconds (408 otherwise).
     """
     app = FastAPI(
         title="qhpc broker",
@@ -67,7 +74,7 @@ def create_app(broker: Broker, *, max_body_bytes: int | None = None) -> FastAPI:
         v1.include_router(router)
     app.include_router(v1)
     limit = broker.config.max_payload_bytes if max_body_bytes is None else max_body_bytes
-    app.add_middleware(BodyLimit, max_bytes=limit)
+    app.add_middleware(BodyLimit, max_bytes=limit, timeout=body_timeout)
     return app
 
 

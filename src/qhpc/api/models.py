@@ -3,14 +3,31 @@
 Bounds are part of the contract, not decoration: every number that reaches the
 store fits a 64-bit integer or a finite float, and every name is a short plain
 token, so no input can make the database (SQLite or PostgreSQL) fail with a 500.
+
+Bodies are validated strictly: nothing is converted to fit a field, so ``"shots":
+"100"``, ``"shots": true`` and ``"shots": 100.0`` are 422 like any other wrong type
+(only an integer is accepted where a float is expected). Lenient coercion would make
+two spellings of one request differ in their idempotency hash, and hides client bugs.
+Non-finite numbers (``NaN``, ``Infinity``, which Python's JSON parser reads, and
+``1e400``, which it reads as infinity) are refused in every float field and anywhere
+inside ``args``. Query parameters are text by nature and are converted, with the same
+bounds and finiteness checks.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from fastapi import Header, Path, Query
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 #: user, account, centre, resource names: Slurm-like identifiers
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
@@ -33,6 +50,18 @@ _PRINTABLE = r"^[^\x00-\x1f\x7f]{1,128}$"
 PathId = Annotated[str, Path(pattern=_PRINTABLE)]
 #: an optional name filter in the query
 QueryName = Annotated[str | None, Query(pattern=_PRINTABLE)]
+#: the ``Idempotency-Key`` header of a submission: 1-128 visible ASCII characters
+#: (a UUID is typical); one key names one logical submission of one principal
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x21-\x7e]{1,128}$",
+        description="names this submission: sent again with the same body (a retry), it "
+        "answers with the job the first one made instead of storing another; with another "
+        "body, 409. Scoped to the token's user; kept 24 h.",
+    ),
+]
 #: free text stored as is (job names)
 Label = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{0,200}$")]
 
@@ -40,9 +69,13 @@ TaskStateName = Literal["queued", "running", "completed", "failed", "cancelled"]
 GroupBy = Literal["account", "user", "centre", "job", "resource"]
 
 
+#: every request body: unknown fields refused (a typo like ``shot`` is not silently
+#: ignored), no type coercion (see the module doc)
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 class _Body(BaseModel):
-    # Unknown fields are refused so a typo (``shot`` for ``shots``) is not silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
 
 class CircuitsBody(_Body):
@@ -81,7 +114,7 @@ _BELL = (
 
 class JobSubmission(CircuitsBody):
     model_config = ConfigDict(
-        extra="forbid",
+        **_STRICT,
         json_schema_extra={"examples": [{"resource": "aer", "circuits": [_BELL], "shots": 1000}]},
     )
 
@@ -103,7 +136,7 @@ class ProgramSubmission(_Body):
     """A hybrid job: a program the broker runs next to the QPU (co-located)."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        **_STRICT,
         json_schema_extra={"examples": [{"resource": "aer", "source": _PROGRAM, "timeout": 600}]},
     )
 
@@ -131,6 +164,15 @@ class ProgramSubmission(_Body):
     centre: Name | None = Field(None, description="admins only; centre tokens use their own")
     name: Label | None = None
 
+    @field_validator("args")
+    @classmethod
+    def _finite_json(cls, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(args, allow_nan=False)
+        except ValueError:
+            raise ValueError("args must hold finite numbers only (no NaN or Infinity)") from None
+        return args
+
     @model_validator(mode="after")
     def _one_program(self) -> ProgramSubmission:
         if (self.source is None) == (self.entry_point is None):
@@ -148,7 +190,7 @@ class SessionTaskSubmission(CircuitsBody):
 
 class SessionRequest(_Body):
     model_config = ConfigDict(
-        extra="forbid",
+        **_STRICT,
         json_schema_extra={
             "examples": [
                 {"resource": "aer", "user": "alice", "account": "chem", "duration_seconds": 3600}

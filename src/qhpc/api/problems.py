@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qhpc.broker import BrokerError, PolicyError, ProgramError
+from qhpc.broker import BrokerError, IdempotencyKeyReused, PolicyError, ProgramError
 from qhpc.errors import QhpcError
 from qhpc.resources import (
     CircuitParseError,
@@ -57,6 +57,7 @@ STATUS_OF: dict[type[QhpcError], int] = {
     UnknownTaskError: 404,
     ConflictError: 409,
     BrokerError: 409,
+    IdempotencyKeyReused: 409,
     InvalidRequest: 422,
     LimitExceeded: 413,
     PayloadError: 422,

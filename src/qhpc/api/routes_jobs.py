@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
 
 from qhpc.api import rules
 from qhpc.api.deps import BrokerDep, CurrentPrincipal
-from qhpc.api.models import JobSubmission, PathId, ProgramSubmission, QueryName, TaskStateName
+from qhpc.api.models import (
+    IdempotencyKey,
+    JobSubmission,
+    PathId,
+    ProgramSubmission,
+    QueryName,
+    TaskStateName,
+)
 from qhpc.api.problems import InvalidRequest
 from qhpc.api.views import (
     CancelView,
@@ -24,7 +34,8 @@ from qhpc.api.views import (
     task_view,
 )
 from qhpc.api.wire import payloads_of
-from qhpc.broker import Broker
+from qhpc.broker import Broker, Idempotency, scope_of
+from qhpc.security import Principal
 from qhpc.store import JobRecord
 
 jobs = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -48,6 +59,44 @@ def _job_view(broker: Broker, job: JobRecord) -> JobView:
     )
 
 
+#: set on the answer to a submission that repeated an earlier one's Idempotency-Key
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def _idempotency(
+    principal: Principal, key: str | None, kind: str, body: BaseModel
+) -> Idempotency | None:
+    if key is None:
+        return None
+    # The validated model, not the raw bytes: key order, spacing and spelled-out
+    # defaults do not make a retry look like another request.
+    canonical = json.dumps(
+        [kind, body.model_dump(mode="json")], sort_keys=True, separators=(",", ":")
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return Idempotency(scope=scope_of(principal), key=key, request_hash=digest)
+
+
+def _prior(broker: Broker, idempotency: Idempotency | None, response: Response) -> JobRecord | None:
+    """The job of an earlier submission with this key (409 if it had another body).
+
+    Answered from the store, without parsing circuits or checking the resource again.
+    A concurrent first use is settled by the broker instead, whose submit then returns
+    the job that won (without the replay header).
+    """
+    prior = broker.keys.prior(idempotency)
+    if prior is not None:
+        response.headers[REPLAYED_HEADER] = "true"
+    return prior
+
+
+_IDEMPOTENT = (
+    " With an Idempotency-Key header, a repeat of the same request (a retry after a lost "
+    "answer) answers 201 with the job the first one made (header Idempotent-Replayed: true) "
+    "instead of storing another; the same key with another body is a 409."
+)
+
+
 @programs.post(
     "",
     status_code=201,
@@ -56,36 +105,59 @@ def _job_view(broker: Broker, job: JobRecord) -> JobView:
     "runtime pool with a QPU handle on a session of the job's owner. The job is stored "
     "before this answers; follow it with GET /v1/jobs/{id} (progress), "
     "GET /v1/jobs/{id}/logs and GET /v1/jobs/{id}/results (return value, timings). "
-    "A syntax error is refused here (422, with line and column).",
+    "A syntax error is refused here (422, with line and column)." + _IDEMPOTENT,
 )
 def submit_program(
-    broker: BrokerDep, principal: CurrentPrincipal, body: ProgramSubmission
+    broker: BrokerDep,
+    principal: CurrentPrincipal,
+    body: ProgramSubmission,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobView:
     owner = rules.resolve_owner(
         broker, principal, resource=body.resource, user=body.user, account=body.account,
         centre=body.centre,
     )  # fmt: skip
+    idempotency = _idempotency(principal, idempotency_key, "programs", body)
+    prior = _prior(broker, idempotency, response)
+    if prior is not None:
+        return _job_view(broker, prior)
     job = broker.programs.submit(
         user=owner.user, account=owner.account, centre=owner.centre, resource=body.resource,
         source=body.source, entry_point=body.entry_point, entry=body.entry, args=body.args,
         timeout=body.timeout, max_iterations=body.max_iterations, name=body.name,
-        filename=body.filename,
+        filename=body.filename, idempotency=idempotency,
     )  # fmt: skip
     return _job_view(broker, broker.get_job(job.job_id))
 
 
-@jobs.post("", status_code=201, summary="submit a batch job (circuits or encoded payloads)")
-def submit_job(broker: BrokerDep, principal: CurrentPrincipal, body: JobSubmission) -> JobView:
+@jobs.post(
+    "",
+    status_code=201,
+    summary="submit a batch job (circuits or encoded payloads)",
+    description="The job is stored before this answers." + _IDEMPOTENT,
+)
+def submit_job(
+    broker: BrokerDep,
+    principal: CurrentPrincipal,
+    body: JobSubmission,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobView:
     owner = rules.resolve_owner(
         broker, principal, resource=body.resource, user=body.user, account=body.account,
         centre=body.centre,
     )  # fmt: skip
     rules.check_priority(principal, body.priority)
+    idempotency = _idempotency(principal, idempotency_key, "jobs", body)
+    prior = _prior(broker, idempotency, response)
+    if prior is not None:
+        return _job_view(broker, prior)
     broker.resources.spec(body.resource)  # unknown resource → 404 before parsing circuits
     payloads = payloads_of(body, broker.decoder, split=body.split_circuits)
     job = broker.submit(
         user=owner.user, account=owner.account, centre=owner.centre, resource=body.resource,
-        payloads=payloads, priority=body.priority, name=body.name,
+        payloads=payloads, priority=body.priority, name=body.name, idempotency=idempotency,
     )  # fmt: skip
     return _job_view(broker, job)
 

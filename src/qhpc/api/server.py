@@ -16,6 +16,7 @@ from types import FrameType
 import uvicorn
 
 from qhpc.api.app import create_app
+from qhpc.api.transport import ServerLimits, server_config
 from qhpc.broker import Broker, BrokerConfig
 from qhpc.resources import load_registry
 from qhpc.security import Role
@@ -24,13 +25,20 @@ from qhpc.store import Store
 log = logging.getLogger(__name__)
 
 
-def run_server(broker: Broker, host: str = "127.0.0.1", port: int = 8080) -> None:
+def run_server(
+    broker: Broker,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    limits: ServerLimits | None = None,
+) -> None:
     """Serve the API for ``broker`` until SIGINT/SIGTERM, then return normally.
 
     The broker is expected to be started by the caller, who also stops it after.
+    ``limits`` bound slow and numerous clients (see ``transport.py``).
     """
-    config = uvicorn.Config(create_app(broker), host=host, port=port, log_level="info")
-    server = uvicorn.Server(config)
+    limits = limits or ServerLimits()
+    app = create_app(broker, body_timeout=limits.body_timeout)
+    server = uvicorn.Server(server_config(app, host, port, limits))
     with _signals_stop(server):
         server.run()
 

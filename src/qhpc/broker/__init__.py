@@ -4,6 +4,12 @@ Public surface; other rooms import only these names.
 """
 
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
+from qhpc.broker.idempotency import (
+    IDEMPOTENCY_TTL,
+    Idempotency,
+    IdempotencyKeyReused,
+    scope_of,
+)
 from qhpc.broker.output import DEFAULT_OUTPUT_LIMIT, MIN_OUTPUT_LIMIT, ProgramLogs
 from qhpc.broker.programs import (
     ProgramError,
@@ -35,6 +41,7 @@ from qhpc.broker.usage import UsageTracker
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
     "DEFAULT_OUTPUT_LIMIT",
+    "IDEMPOTENCY_TTL",
     "MIN_OUTPUT_LIMIT",
     "POLICIES",
     "Broker",
@@ -42,6 +49,8 @@ __all__ = [
     "BrokerError",
     "FairSharePolicy",
     "FifoPolicy",
+    "Idempotency",
+    "IdempotencyKeyReused",
     "Policy",
     "PolicyError",
     "PriorityPolicy",
@@ -62,5 +71,6 @@ __all__ = [
     "build_policy",
     "entry_points",
     "register_entry_point",
+    "scope_of",
     "shot_chunks",
 ]

@@ -56,6 +56,7 @@ from qhpc.runtime import (
 from qhpc.store import ConflictError, JobRecord, ProgramRecord
 
 if TYPE_CHECKING:
+    from qhpc.broker.idempotency import Idempotency
     from qhpc.broker.service import Broker
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,16 @@ class ProgramManager:
         entry_point: str | None = None, entry: str = "main", args: dict[str, Any] | None = None,
         timeout: float | None = None, max_iterations: int | None = None,
         centre: str | None = None, name: str | None = None, filename: str = "program.py",
+        idempotency: Idempotency | None = None,
     ) -> JobRecord:  # fmt: skip
-        """Validate, persist (durable before return), start; returns the hybrid job."""
+        """Validate, persist (durable before return), start; returns the hybrid job.
+
+        With ``idempotency``, a submission that reuses a key returns the job of the
+        first one instead, without starting anything.
+        """
+        prior = self.broker.keys.prior(idempotency)
+        if prior is not None:
+            return prior
         self.broker.resources.spec(resource)  # unknown resource → UnknownResourceError
         if self._closing:
             raise ProgramError("the broker is stopping: it takes no new programs")
@@ -205,7 +214,11 @@ class ProgramManager:
             job_id=job_id, source=source, entry_point=entry_point, entry=entry,
             args=args_text, timeout=timeout, max_iterations=max_iterations, status="queued",
         )  # fmt: skip
-        self.broker.store.create_program(job, record)
+        winner = self.broker.keys.store_once(
+            idempotency, job_id, now, lambda key: self.broker.store.create_program(job, record, key)
+        )
+        if winner is not None:
+            return winner
         live = _Live(job_id, ProgramOutput(job_id, self.config.program_output_limit))
         thread = threading.Thread(
             target=self._run, args=(job, record, live), name=f"qhpc-program-{job_id[:8]}",

@@ -23,6 +23,7 @@ from pathlib import Path
 from qhpc.broker.access import Access
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, can_chunk, plan_chunks, run_chunked
 from qhpc.broker.executor import Outcome, resource_can_start, run_task
+from qhpc.broker.idempotency import IDEMPOTENCY_TTL, Idempotency, Keys
 from qhpc.broker.journal import COMMIT_INTERVAL, Journal
 from qhpc.broker.output import DEFAULT_OUTPUT_LIMIT
 from qhpc.broker.programs import ProgramManager
@@ -115,6 +116,8 @@ class BrokerConfig:
     journal_dir: str | None = None
     #: how long the journal gathers finished session tasks into one commit (seconds)
     journal_commit_interval: float = COMMIT_INTERVAL
+    #: how long an Idempotency-Key names its submission (see idempotency.py)
+    idempotency_ttl: float = IDEMPOTENCY_TTL
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class Broker:
         #: each session's think time, learnt from its submissions and released results
         self.rhythms = SessionRhythms()
         self.access = Access(store, clock)
+        self.keys = Keys(store, clock, self.config.idempotency_ttl)
         self._session_counts: dict[str, int] = {}
         self.journal = Journal(
             store, self._journal_committed, log_dir=journal_dir(store, self.config.journal_dir),
@@ -289,8 +293,16 @@ class Broker:
         priority: int = 0,
         name: str | None = None,
         session_id: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> JobRecord:
-        """Validate, persist (durable before return), queue; returns the job."""
+        """Validate, persist (durable before return), queue; returns the job.
+
+        With ``idempotency``, a submission that reuses a key returns the job of the
+        first one instead (see idempotency.py).
+        """
+        prior = self.keys.prior(idempotency)
+        if prior is not None:
+            return prior
         qpu = self.resources.get(resource)
         target = qpu.target()
         if not payloads:
@@ -331,7 +343,11 @@ class Broker:
             created_at=now, finished_at=None, session_id=session_id, name=name,
             task_count=len(tasks),
         )  # fmt: skip
-        self.store.create_job(job, tasks)
+        winner = self.keys.store_once(
+            idempotency, job_id, now, lambda key: self.store.create_job(job, tasks, key)
+        )
+        if winner is not None:
+            return winner
         with self._cond:
             for task, payload in zip(tasks, payloads, strict=True):
                 self._payloads[task.task_id] = payload

@@ -11,9 +11,16 @@ from dataclasses import replace
 from sqlalchemy import Connection, insert, select, update
 
 from qhpc.store import schema
+from qhpc.store._idempotency import claim_key
 from qhpc.store.database import Database
 from qhpc.store.errors import ConflictError, NotFoundError
-from qhpc.store.records import FINAL_STATES, PROGRAM_STATUSES, JobRecord, ProgramRecord
+from qhpc.store.records import (
+    FINAL_STATES,
+    PROGRAM_STATUSES,
+    IdempotencyRecord,
+    JobRecord,
+    ProgramRecord,
+)
 
 _p = schema.programs
 _j = schema.jobs
@@ -24,16 +31,26 @@ OPEN_PROGRAM_STATUSES: tuple[str, ...] = ("queued", "running")
 class ProgramsMixin:
     _db: Database
 
-    def create_program(self, job: JobRecord, program: ProgramRecord) -> None:
-        """Stores a hybrid job and its program in one transaction; durable on return."""
+    def create_program(
+        self,
+        job: JobRecord,
+        program: ProgramRecord,
+        idempotency: IdempotencyRecord | None = None,
+    ) -> None:
+        """Stores a hybrid job and its program (and the key of its submission, if given)
+        in one transaction; durable on return. ConflictError if the key is live already."""
         if job.kind != "hybrid" or job.task_count != 0:
             raise ValueError("a program belongs to a hybrid job created without tasks")
         if program.job_id != job.job_id:
             raise ValueError(f"program of {program.job_id!r} given with job {job.job_id!r}")
+        if idempotency is not None and idempotency.job_id != job.job_id:
+            raise ValueError(f"idempotency key of {idempotency.job_id!r} given with {job.job_id!r}")
         _check_status(program.status)
         with self._db.tx(write=True) as conn:
             conn.execute(insert(_j).values(schema.to_row(job)))
             conn.execute(insert(_p).values(schema.to_row(program)))
+            if idempotency is not None:
+                claim_key(conn, idempotency)
 
     def get_program(self, job_id: str) -> ProgramRecord:
         with self._db.tx() as conn:

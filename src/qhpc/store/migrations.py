@@ -13,6 +13,12 @@ migration is never applied twice.
 A database whose version is higher than the last migration here was written by a newer
 qhpc; it is refused, since this code cannot know what the extra migrations changed.
 
+Numbers may have gaps, and a lower number may land after a higher one: migrations are
+written on parallel branches (4 may reach main before 3). Each migration is applied
+once, by number, whether or not its predecessors are there yet, so a database that got
+1, 2, 4 gets 3 when that lands. A migration that may land late must therefore not
+depend on a higher-numbered one (new tables, as both 3 and 4 add, never do).
+
 Adding a migration: append ``Migration(N + 1, "what", function)`` and change the
 tables in ``schema.py`` to match. Migration 1 creates the tables from ``schema.py``,
 so the first migration that alters a table must also freeze migration 1 (replace its
@@ -123,19 +129,26 @@ def _v3_program_output(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE programs DROP COLUMN stderr"))
 
 
+def _v4_idempotency_keys(conn: Connection) -> None:
+    schema.idempotency_keys.create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tasks, sessions, reservations, accounts, tokens, usage", _v1_initial),
     Migration(2, "programs of hybrid jobs", _v2_programs),
     Migration(3, "program output written while programs run", _v3_program_output),
+    Migration(4, "idempotency keys of submissions", _v4_idempotency_keys),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
 def _check_numbering() -> None:
-    for position, migration in enumerate(MIGRATIONS, start=1):
-        if migration.version != position:
-            raise AssertionError(f"migration {migration.version} is listed at {position}")
+    previous = 0
+    for migration in MIGRATIONS:
+        if migration.version <= previous:
+            raise AssertionError(f"migration {migration.version} is listed after {previous}")
+        previous = migration.version
 
 
 _check_numbering()
@@ -149,26 +162,35 @@ def current_version(conn: Connection) -> int:
     return int(version) if version is not None else 0
 
 
+def applied_versions(conn: Connection) -> set[int]:
+    """The numbers of the migrations applied to the database (the table must exist)."""
+    return {int(v) for v in conn.execute(select(schema.schema_version.c.version)).scalars()}
+
+
 def migrate(
     db: Database,
     migrations: tuple[Migration, ...] = MIGRATIONS,
     *,
     clock: Callable[[], float] = time.time,
 ) -> int:
-    """Brings the database up to the last of ``migrations``; returns that version."""
+    """Applies every one of ``migrations`` the database lacks; returns the last version."""
     latest = migrations[-1].version
+    known = {m.version for m in migrations}
     while True:
         with db.tx(write=True, lock="qhpc-migrate") as conn:
             schema.schema_version.create(conn, checkfirst=True)
-            version = current_version(conn)
-            if version > latest:
+            applied = applied_versions(conn)
+            unknown = applied - known
+            if unknown:
+                what = "newer than" if max(unknown) > latest else "unknown to"
                 raise StoreError(
-                    f"the store at {db.display_url} has schema version {version}, newer "
-                    f"than the {latest} this qhpc knows: upgrade qhpc to use it"
+                    f"the store at {db.display_url} has schema version {max(unknown)}, "
+                    f"{what} the {latest} this qhpc knows: upgrade qhpc to use it"
                 )
-            if version == latest:
-                return version
-            step = migrations[version]
+            pending = [m for m in migrations if m.version not in applied]
+            if not pending:
+                return latest
+            step = pending[0]
             step.apply(conn)
             conn.execute(
                 insert(schema.schema_version).values(

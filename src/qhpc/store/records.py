@@ -184,3 +184,20 @@ class OutputPiece:
     stream: str
     offset: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A submission's ``Idempotency-Key``: who sent it, what for, and the job it made.
+
+    ``scope`` names the principal the key belongs to (keys of different principals
+    never meet); ``request_hash`` is a hash of the canonical request body, so a
+    reused key with another body is told apart from a retry.
+    """
+
+    scope: str
+    key: str
+    request_hash: str
+    job_id: str
+    created_at: float
+    expires_at: float

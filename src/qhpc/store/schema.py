@@ -6,8 +6,9 @@ Column names follow the record fields except where a field name is an SQL keywor
 times, ``LargeBinary`` payloads (BLOB / BYTEA).
 
 Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs``,
-migration 3 ``program_output`` (and takes the output columns out of ``programs``; see
-``migrations.py`` for the rule once a later migration changes a table).
+migration 3 ``program_output`` (and takes the output columns out of ``programs``),
+migration 4 ``idempotency_keys`` (see ``migrations.py`` for the rule once a later
+migration changes a table).
 """
 
 from __future__ import annotations
@@ -202,6 +203,20 @@ program_output = Table(
 )
 #: bytes per row of ``program_output`` (every row but a stream's last is full)
 OUTPUT_CHUNK = 64 << 10
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # Scoped per principal: one tenant's key never meets another's. Stored in the
+    # transaction that stores its job, so a job is never without its key or vice versa.
+    Column("scope", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("request_hash", Text, nullable=False),
+    Column("job_id", Text, ForeignKey("jobs.job_id"), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
 
 #: tables migration 1 created; later tables come with their own migration
 V1_TABLES: tuple[str, ...] = (

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from qhpc.store import schema
 from qhpc.store._admin import AdminMixin
+from qhpc.store._idempotency import IdempotencyMixin, claim_key
 from qhpc.store._output import OutputMixin
 from qhpc.store._programs import ProgramsMixin
 from qhpc.store.database import Database
@@ -47,6 +48,7 @@ from qhpc.store.records import (
     OPEN_TASK_STATES,
     PAYLOAD_KINDS,
     TASK_STATES,
+    IdempotencyRecord,
     JobRecord,
     TaskOutcome,
     TaskRecord,
@@ -59,7 +61,7 @@ _t = schema.tasks
 _TASK_COLUMNS = [c for c in _t.c if c.name != "result"]
 
 
-class Store(AdminMixin, ProgramsMixin, OutputMixin):
+class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
     """Jobs, tasks, sessions, reservations, accounts, tokens and usage of one broker."""
 
     def __init__(self, db: Database, schema_version: int) -> None:
@@ -115,12 +117,20 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin):
 
     # -- jobs -------------------------------------------------------------------------
 
-    def create_job(self, job: JobRecord, tasks: Sequence[TaskRecord]) -> None:
+    def create_job(
+        self,
+        job: JobRecord,
+        tasks: Sequence[TaskRecord],
+        idempotency: IdempotencyRecord | None = None,
+    ) -> None:
         """Stores a job and its tasks in one transaction; durable once this returns.
 
         ``job.task_count`` must equal ``len(tasks)``. ConflictError on a duplicate job
-        or task id (and nothing is stored).
+        or task id, or when ``idempotency`` names a key that is live already (and
+        nothing is stored).
         """
+        if idempotency is not None and idempotency.job_id != job.job_id:
+            raise ValueError(f"idempotency key of {idempotency.job_id!r} given with {job.job_id!r}")
         _check_job(job)
         if job.task_count != len(tasks):
             raise ValueError(
@@ -132,6 +142,8 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin):
             conn.execute(insert(_j).values(job_row))
             if task_rows:
                 conn.execute(insert(_t), task_rows)
+            if idempotency is not None:
+                claim_key(conn, idempotency)
 
     def add_tasks(self, job_id: str, tasks: Sequence[TaskRecord]) -> None:
         """Appends tasks to a job that is not final (sessions grow over time)."""
