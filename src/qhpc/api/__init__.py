@@ -2,7 +2,8 @@
 
 REST: ``create_app(broker)`` builds the app, ``run_server(broker)`` serves it with
 uvicorn, ``openapi_json(app)`` gives the spec to publish, and
-``bootstrap_admin_token(broker)`` makes the first admin token of a fresh store.
+``bootstrap_admin_token(broker)`` makes the first admin token of a fresh store,
+``private_state(db)`` makes a server's files private before it opens its store.
 ZeroMQ: ``FastPathServer(broker)`` (:mod:`qhpc.api.fastpath`) serves session tasks.
 
 The REST names load on first use, so that a hybrid program importing only the
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qhpc.api.app import API_PREFIX, create_app, openapi_json
     from qhpc.api.fastpath import FastPathServer
-    from qhpc.api.server import bootstrap_admin_token, run_server, write_secret
+    from qhpc.api.server import bootstrap_admin_token, private_state, run_server, write_secret
 
 __all__ = [
     "API_PREFIX",
@@ -24,6 +25,7 @@ __all__ = [
     "bootstrap_admin_token",
     "create_app",
     "openapi_json",
+    "private_state",
     "run_server",
     "write_secret",
 ]
@@ -33,6 +35,7 @@ _LAZY = {
     "create_app": "qhpc.api.app",
     "openapi_json": "qhpc.api.app",
     "bootstrap_admin_token": "qhpc.api.server",
+    "private_state": "qhpc.api.server",
     "run_server": "qhpc.api.server",
     "write_secret": "qhpc.api.server",
     "FastPathServer": "qhpc.api.fastpath",
