@@ -1,11 +1,11 @@
 """A pool that is not root but holds the switch's capabilities (deploy/systemd's broker).
 
 The pool runs as ``daemon`` with exactly ``qhpc.runtime.privileges.POOL_CAPABILITIES``
-as ambient capabilities (``setpriv``, as systemd's ``AmbientCapabilities=`` gives
-them): its programs must still run as ``nobody``, hold no capability at all (a
-non-root process keeps its capabilities across ``setresuid``, so without the
-explicit drop a program could ``setuid(0)``), be killed at their timeout and leave
-no work dir behind.
+as ambient capabilities, no_new_privs and the unit's securebits (``setpriv``, as
+deploy/systemd/qhpc.service sets them up): its programs must still run as
+``nobody``, hold no capability at all (a non-root process keeps its capabilities
+across ``setresuid``, so without the explicit drop a program could ``setuid(0)``), be
+killed at their timeout and leave no work dir behind.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def test_a_pool_with_only_the_switch_capabilities_runs_programs_as_nobody() -> N
         command = [
             "setpriv", f"--reuid={daemon.pw_uid}", f"--regid={daemon.pw_gid}",
             "--clear-groups", f"--inh-caps=-all,{caps}", f"--ambient-caps=-all,{caps}",
-            f"--bounding-set=-all,{caps}", sys.executable, "-c", POOL_SCRIPT, parent,
+            f"--bounding-set=-all,{caps}", "--no-new-privs",  # as deploy/systemd/qhpc.service
+            "--securebits=+noroot,+noroot_locked", sys.executable, "-c", POOL_SCRIPT, parent,
         ]  # fmt: skip
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=180, env=env, cwd=parent
