@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -58,6 +59,20 @@ def test_submit_status_result_accounting_and_tokens(
     assert code == 0, err
     alice = out.strip().splitlines()[-1]
     assert alice.startswith("qhpc_")
+    # --out: the secret goes to a 0600 file (not stdout), whatever the umask.
+    previous = os.umask(0o000)
+    try:
+        code, out, err = run_cli(
+            ["token", "create", "--role", "user", "--subject", "bob", "--url", url,
+             "--token-file", token_file("admin", admin), "--out", str(tmp_path / "bob.token")],
+            capsys,
+        )  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    bob = (tmp_path / "bob.token").read_text().strip()
+    assert bob.startswith("qhpc_") and bob not in out
+    assert (tmp_path / "bob.token").stat().st_mode & 0o777 == 0o600
     auth = ["--url", url, "--token-file", token_file("alice", alice)]
     code, out, err = run_cli(
         ["submit", str(circuit), str(circuit), "-s", "200", "--json", *auth], capsys

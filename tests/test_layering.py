@@ -3,7 +3,8 @@
 - ``broker`` never imports ``api``; nothing below ``api`` imports it (only ``api``
   itself and the command line do);
 - ``resources`` import nothing of qhpc but ``qhpc.resources`` (and the shared
-  bottom modules, ``qhpc.errors`` and ``qhpc.envvars``);
+  bottom modules, ``qhpc.errors``, ``qhpc.envvars`` and ``qhpc.files``);
+- the bottom modules import nothing of qhpc;
 - ``api`` and ``broker`` reach another room only through its public surface
   (``from qhpc.ROOM import NAME``), never a module inside it; nor does the
   command line reach ``api`` or ``broker`` any other way.
@@ -22,7 +23,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "qhpc"
 #: modules at the bottom of the graph, importable from anywhere
-BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars"}
+BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars", "qhpc.files"}
 
 #: known imports of a module inside another room, each to be replaced by the room's
 #: public surface; (importing file, imported module)
@@ -123,6 +124,15 @@ def test_other_rooms_are_reached_through_their_public_surface(
     ]
     assert not wrong, "import these names from the room's __init__ (export them there): " + (
         ", ".join(f"{i.file} imports {i.module}" for i in wrong)
+    )
+
+
+def test_the_bottom_modules_import_nothing_above_them() -> None:
+    bottom_files = {m.removeprefix("qhpc.").replace(".", "/") + ".py" for m in BOTTOM}
+    wrong = [i for i in all_imports() if i.file in bottom_files]
+    assert {"files.py", "envvars.py", "errors.py"} <= bottom_files
+    assert not wrong, "a bottom module imports qhpc: " + ", ".join(
+        f"{i.file} imports {i.module}" for i in wrong
     )
 
 

@@ -135,10 +135,12 @@ def serve(
         FastPathServer,
         ServerLimits,
         bootstrap_admin_token,
+        private_state,
         run_server,
         write_secret,
     )
     from qhpc.broker import Broker, BrokerConfig
+    from qhpc.files import NotPrivateError
     from qhpc.resources import load_registry
     from qhpc.store import Store
 
@@ -148,8 +150,12 @@ def serve(
         max_header_bytes=max_header_bytes,
     )  # fmt: skip
     if db is None:
-        data_dir = user_data_path("qhpc", ensure_exists=True)
-        db = str(data_dir / "qhpc.db")
+        db = str(user_data_path("qhpc") / "qhpc.db")
+    try:
+        private_state(db)  # the data dir 0700 (or refused), umask 077, before the store opens
+    except NotPrivateError as error:
+        err.print(f"qhpc serve: {error}", style="red", markup=False)
+        raise typer.Exit(2) from None
     store = Store.open(db)
     registry = load_registry(config)
     chunks = chunk_seconds if chunk_seconds > 0 else None
@@ -382,12 +388,22 @@ def token_create(
     ttl: Annotated[float | None, typer.Option(help="Lifetime in seconds.")] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = "",
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="PATH", help="Write the secret here (0600), not stdout."),
+    ] = None,
 ) -> None:
-    """Issue a token; the secret is printed once, on stdout."""
+    """Issue a token; the secret is printed once, on stdout (or written to --out)."""
+    from qhpc.files import write_private
+
     with _client(url, token) as client:
         created = client.create_token(role, subject, account, centre, ttl)
     err.print(f"token {created.get('token_id')} for {subject} ({role})")
-    sys.stdout.write(created["token"] + "\n")
+    if out_file is None:
+        sys.stdout.write(created["token"] + "\n")
+        return
+    write_private(out_file, created["token"] + "\n")
+    err.print(f"secret written to {out_file}")
 
 
 @token_app.command("revoke")

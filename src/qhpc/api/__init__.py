@@ -2,8 +2,9 @@
 
 REST: ``create_app(broker)`` builds the app, ``run_server(broker, limits=ServerLimits())``
 serves it with uvicorn under timeouts and a connection cap, ``openapi_json(app)``
-gives the spec to publish, and ``bootstrap_admin_token(broker)`` makes the first admin
-token of a fresh store.
+gives the spec to publish, ``bootstrap_admin_token(broker)`` makes the first admin
+token of a fresh store, and ``private_state(db)`` makes a server's files private
+before it opens its store.
 ZeroMQ: ``FastPathServer(broker)`` (:mod:`qhpc.api.fastpath`) serves session tasks.
 
 The REST names load on first use, so that a hybrid program importing only the
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qhpc.api.app import API_PREFIX, create_app, openapi_json
     from qhpc.api.fastpath import FastPathServer
-    from qhpc.api.server import bootstrap_admin_token, run_server, write_secret
+    from qhpc.api.server import bootstrap_admin_token, private_state, run_server, write_secret
     from qhpc.api.transport import ServerLimits
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "bootstrap_admin_token",
     "create_app",
     "openapi_json",
+    "private_state",
     "run_server",
     "write_secret",
 ]
@@ -36,6 +38,7 @@ _LAZY = {
     "create_app": "qhpc.api.app",
     "openapi_json": "qhpc.api.app",
     "bootstrap_admin_token": "qhpc.api.server",
+    "private_state": "qhpc.api.server",
     "run_server": "qhpc.api.server",
     "write_secret": "qhpc.api.server",
     "FastPathServer": "qhpc.api.fastpath",

@@ -18,6 +18,7 @@ import uvicorn
 from qhpc.api.app import create_app
 from qhpc.api.transport import ServerLimits, server_config
 from qhpc.broker import Broker, BrokerConfig
+from qhpc.files import NotPrivateError, private_dir, write_private
 from qhpc.resources import load_registry
 from qhpc.security import Role
 from qhpc.store import Store
@@ -83,10 +84,31 @@ def bootstrap_admin_token(broker: Broker) -> str | None:
 
 
 def write_secret(path: Path, secret: str) -> None:
-    # Created 0600 from the start: the secret must never be readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
+    """Write ``secret`` to ``path``: created 0600 (a looser existing file is tightened,
+    one owned by someone else or a symlink refused), never readable by others."""
+    write_private(path, secret + "\n")
+
+
+def private_state(db: str) -> None:
+    """Before a server opens its store: files it creates are private whatever the umask
+    it was started with, and the SQLite store's directory is private: made 0700,
+    tightened with a warning when this process owns it, else refused
+    (:class:`~qhpc.files.NotPrivateError`; the rules are in :mod:`qhpc.files`)."""
+    # Second line of defence: every file qhpc writes is created 0600 explicitly, but
+    # a library writing a file of its own would otherwise follow the inherited umask.
+    os.umask(0o077)
+    path = sqlite_path(db)
+    if path is not None:
+        private_dir(path.parent)
+
+
+def sqlite_path(db: str) -> Path | None:
+    """The file of an SQLite store URL or path; None for PostgreSQL or in memory."""
+    if db in ("", ":memory:", "sqlite://", "sqlite:///:memory:"):
+        return None
+    if db.startswith(("sqlite:///", "sqlite+pysqlite:///")):
+        return Path(db.split(":///", 1)[1]).expanduser()
+    return None if "://" in db else Path(db).expanduser()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        private_state(args.db)
+    except NotPrivateError as error:
+        print(f"qhpc: {error}", file=sys.stderr)
+        return 2
     store = Store.open(args.db)
     registry = load_registry(args.config)
     broker = Broker(store, registry, BrokerConfig(policy=args.policy))

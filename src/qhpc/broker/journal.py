@@ -49,6 +49,7 @@ from typing import Final
 
 import msgspec
 
+from qhpc.files import open_private, private_dir, secure_dir, tighten_file
 from qhpc.store import ConflictError, NotFoundError, Store, StoreError, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ class Journal:
         :meth:`start`. Segments another live process is writing are left alone."""
         if self.log_dir is None or not self.log_dir.is_dir():
             return 0
+        # An earlier run (or an older qhpc) may have left it readable: tighten or refuse.
+        secure_dir(self.log_dir)
+        tighten_file(self.log_dir / DEAD_LETTER)
         stored = 0
         for path in sorted(self.log_dir.glob("*" + SEGMENT_SUFFIX)):
             try:
@@ -241,7 +245,7 @@ class Journal:
 
     def _open_segment(self) -> tuple[Path, int]:
         assert self.log_dir is not None
-        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.log_dir, tighten=False)  # recover() judged an existing one
         while True:
             with self._numbering:
                 if self._segment_number == 0:
@@ -379,8 +383,8 @@ class Journal:
         if directory is not None and path is not None:
             record = _encoder.encode(item)
             try:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                private_dir(directory, tighten=False)
+                fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 try:
                     os.write(fd, FRAME.pack(len(record)) + record)
                     os.fsync(fd)  # rare, and its segment is deleted once this returns

@@ -16,15 +16,23 @@ program process gets, before any user code runs:
   they are not in its memory either);
 - no inherited file descriptors but stdin (``/dev/null``), stdout/stderr (pipes to
   the pool) and fd 3, its control socket;
-- when the pool runs as root and ``run_as`` names an existing unprivileged user
+- when the pool runs as root (or with ``CAP_SETUID`` and ``CAP_SETGID``, see
+  :mod:`qhpc.runtime.privileges`) and ``run_as`` names an existing unprivileged user
   (``"auto"``: ``qhpc-runtime``, else ``nobody``): ``setgroups([])``,
-  ``setresgid``, ``setresuid``, a check that ``setuid(0)`` now fails, and
-  ``PR_SET_NO_NEW_PRIVS``. The identity is pool-wide, so this happens right after
-  the fork, before the spare waits: no start pays for it, and the rlimits set at
-  the start can then only be lowered, never raised, by the program.
+  ``setresgid``, ``setresuid``, every capability dropped, a check that
+  ``setuid(0)`` now fails, ``PR_SET_DUMPABLE`` 0 and ``PR_SET_NO_NEW_PRIVS``. The
+  identity is pool-wide, so this happens right after the fork, before the spare
+  waits: no start pays for it, and the rlimits set at the start can then only be
+  lowered, never raised, by the program. Not dumpable, its ``/proc/PID`` files
+  (environ, cwd, fd, mem) belong to root, so a co-located program under the same
+  uid cannot read another's session token, memory or work dir (``ptrace`` is
+  refused too); the kernel already does this on a uid change when
+  ``fs.suid_dumpable`` is 0, but that is a host setting.
 
 Not covered here: a shared ``nobody`` uid lets co-located programs signal each
-other (a uid per slot would not); the program can write where its uid may (``/tmp``);
+other, and read each other's files wherever they can name them (a program that
+writes outside its work dir, e.g. to ``/tmp``; a uid per slot would not); a child a
+program ``exec``s is dumpable again; the program can write where its uid may (``/tmp``);
 memory is limited by address space, not RSS (a cgroup would do both, and would
 also give fork-bomb protection without a dedicated uid).
 
@@ -57,6 +65,7 @@ import msgspec
 
 from qhpc.envvars import FASTPATH_ENV, PROGRAM_ID_ENV, RESOURCE_ENV, SESSION_ENV
 from qhpc.runtime.outcome import ProgramContext
+from qhpc.runtime.privileges import can_switch_ids, clear_capabilities
 
 #: environment variables a program process inherits from the pool's environment
 DEFAULT_ENV_ALLOW: tuple[str, ...] = (
@@ -82,6 +91,7 @@ AS_RESERVE_MB = 64
 _QHPC_NAME = re.compile(r"QHPC_[A-Z0-9_]+")
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
 
@@ -124,12 +134,13 @@ class RunAs(msgspec.Struct, frozen=True):
 def resolve_run_as(spec: str | None) -> RunAs | None:
     """The identity for ``run_as``: ``None`` keeps the pool's; ``"auto"`` picks one if root.
 
-    Dropping privileges needs root, so for a non-root pool ``"auto"`` means ``None``
-    and an explicit user name other than the pool's own raises ``PermissionError``.
+    Dropping privileges needs root or ``CAP_SETUID`` + ``CAP_SETGID``; without them
+    ``"auto"`` means ``None`` and an explicit user name other than the pool's own
+    raises ``PermissionError``.
     """
     if spec is None:
         return None
-    root = os.geteuid() == 0
+    root = can_switch_ids()
     names = AUTO_USERS if spec == "auto" else (spec,)
     for name in names:
         try:
@@ -141,7 +152,9 @@ def resolve_run_as(spec: str | None) -> RunAs | None:
         if not root:
             if spec == "auto":
                 return None
-            raise PermissionError(f"run_as={spec!r} needs a pool running as root")
+            raise PermissionError(
+                f"run_as={spec!r} needs a pool running as root or with CAP_SETUID and CAP_SETGID"
+            )
         blocked = _unreachable_python_dir(entry.pw_uid, entry.pw_gid)
         if blocked is not None:
             # A program that cannot import the standard library is no program at all
@@ -293,6 +306,9 @@ def drop_privileges(run_as: RunAs) -> None:
     os.setgroups([])
     os.setresgid(run_as.gid, run_as.gid, run_as.gid)
     os.setresuid(run_as.uid, run_as.uid, run_as.uid)
+    # From root the kernel has just cleared them; from a pool with ambient capabilities
+    # (systemd, deploy/systemd) it has not: CAP_SETUID would let the program become root.
+    clear_capabilities()
     # Belt and braces: a process that could get root back must not run user code.
     try:
         os.setuid(0)
@@ -300,6 +316,7 @@ def drop_privileges(run_as: RunAs) -> None:
         pass
     else:
         raise PermissionError("privileges were not dropped: setuid(0) still succeeds")
+    _prctl(_PR_SET_DUMPABLE, 0)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from qhpc.files import open_private
 from qhpc.slurm.errors import SlurmError
 from qhpc.slurm.handover import (
     Handover,
@@ -69,7 +70,9 @@ def _log(settings: HookSettings | None, message: str, stream: TextIO | None = No
     if settings is None:
         return
     try:
-        with (settings.spool_dir / LOG_NAME).open("a", encoding="utf-8") as log:
+        # 0600 whatever slurmctld's umask: job ids and broker errors are SlurmUser's.
+        fd = open_private(settings.spool_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(fd, "a", encoding="utf-8") as log:
             log.write(line + "\n")
     except OSError:
         pass

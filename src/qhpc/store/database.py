@@ -39,12 +39,16 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
+from qhpc.files import private_file, tighten_file
 from qhpc.store.errors import ConflictError, StoreError
 
 #: Seconds a PostgreSQL connection attempt may take before the store gives up.
 PG_CONNECT_TIMEOUT = 5
 #: Milliseconds an SQLite writer waits for another process's write lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: what SQLite keeps beside an SQLite database file (the file itself: "")
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 _WRITE_OPTION = "qhpc_write"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -163,8 +167,7 @@ def _sqlite_database(path: Path | None) -> Database:
         display = "sqlite://:memory:"
     else:
         path = path.expanduser()
-        # The embedded default lives in a state directory that may not exist yet.
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_files(path)
         engine = create_engine(
             URL.create("sqlite+pysqlite", database=str(path)),
             connect_args={
@@ -211,6 +214,22 @@ def _sqlite_database(path: Path | None) -> Database:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return Database(engine, display_url=display, memory=memory)
+
+
+def _private_sqlite_files(path: Path) -> None:
+    """The database file 0600 (its directory 0700 if made here) before SQLite opens it.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's mode, so a file made
+    0600 first keeps all three private whatever the umask; existing files of ours that
+    are looser are tightened, another user's are refused (see :mod:`qhpc.files`).
+    """
+    try:
+        for companion in SQLITE_COMPANIONS:
+            tighten_file(path.with_name(path.name + companion))
+        if not path.exists():
+            private_file(path)  # the embedded default's directory may not exist yet
+    except OSError as error:
+        raise StoreError(f"sqlite:///{path}: {error}") from error
 
 
 def _postgres_database(url: URL) -> Database:
