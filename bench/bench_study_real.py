@@ -118,9 +118,13 @@ class Broker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QHPC_")}
         env["XDG_CONFIG_HOME"] = str(folder)
         self.log = (folder / "serve.log").open("wb")
+        # The store in a directory of its own: the broker refuses a shared one (the
+        # Slurm study's folder is sticky and world-writable, for jobs' output).
+        state = folder / "state"
+        state.mkdir(mode=0o700, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "qhpc.cli", "serve", "--db", str(folder / "qhpc.db"),
+                sys.executable, "-m", "qhpc.cli", "serve", "--db", str(state / "qhpc.db"),
                 "--config", str(config), "--port", str(port), "--fastpath", self.fastpath,
                 "--policy", "fifo", "--admin-token-file", str(folder / "admin.token"),
             ],

@@ -461,3 +461,35 @@ def test_a_task_past_the_resources_run_time_limit_fails_and_the_next_one_runs(
     assert "max_task_seconds = 0.5" in (ended.error or "")
     assert time.monotonic() - began < 10
     assert broker.wait_task(short_task.task_id, timeout=30).state == "completed"
+
+
+def test_a_stack_batch_bomb_is_refused_at_submission(tmp_path: Path) -> None:
+    """The batch's QPY goes through the broker's decoding workers under the broker's own
+    limits (50 operations here: the in-process default of 10**6 would let it pass)."""
+    from qhpc.program import Batch, Job, LocalQPU, Transpile
+    from qhpc.program.server import make_request
+    from qhpc.resources import AerResource
+
+    looped = QuantumCircuit(1, 1)
+    with looped.for_loop(range(100)):
+        looped.x(0)
+    looped.measure(0, 0)
+    local = AerResource("aer", seed=1)
+    try:
+        request = make_request(Transpile() | LocalQPU(local), Batch([Job.sample(looped, shots=10)]))
+    finally:
+        local.close()
+    registry = ResourceRegistry([ResourceSpec("aer", "aer", {"seed": 1})])
+    config = BrokerConfig(policy="fifo", decode_limits=DecodeLimits(max_operations=50))
+    with Store.open(tmp_path / "stack.db") as store:
+        service = Broker(store, registry, config)
+        service.start()
+        try:
+            with pytest.raises(LimitExceeded, match="max_operations = 50"):
+                service.programs.submit(
+                    user="u", account="a", resource="aer", entry_point="qhpc.stack", args=request
+                )
+            assert store.list_jobs(limit=100) == []
+        finally:
+            service.stop()
+    registry.close()

@@ -66,7 +66,12 @@ def _decode_limits(items: list[str] | None) -> DecodeLimits:
 
 def serve(
     db: Annotated[
-        str | None, typer.Option(help="SQLite path or postgresql:// URL (default: user data dir).")
+        str | None,
+        typer.Option(
+            envvar="QHPC_DB",
+            help="SQLite path or postgresql:// URL (default: user data dir); a URL with a "
+            "password belongs in $QHPC_DB or PGPASSFILE, not on the command line.",
+        ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", envvar="QHPC_CONFIG")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -171,11 +171,13 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
     private.chmod(0o711)
     (private / "run").mkdir(mode=0o711)
     (private / "run").chmod(0o711)
+    # The broker's store: a directory of its own (it refuses the shared, sticky `work`).
+    (private / "state").mkdir(mode=0o700)
     port = free_port()
     fastpath = f"tcp://127.0.0.1:{free_port()}"
     process = start_serve(
         work, port, "--config", str(work / "resources.toml"), "--fastpath", fastpath,
-        db=work / "broker.db", stdout=(work / "broker.log").open("wb"),
+        db=private / "state" / "broker.db", stdout=(work / "broker.log").open("wb"),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     saved = work / "saved"

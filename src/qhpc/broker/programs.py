@@ -31,6 +31,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -188,7 +189,7 @@ class ProgramManager:
             if entry_point not in known:
                 offered = ", ".join(sorted(known)) or "none"
                 raise ProgramError(f"no server-side program {entry_point!r} (offered: {offered})")
-            _check_entry_point_args(entry_point, args or {})
+            _check_entry_point_args(entry_point, args or {}, self.broker.decoder.check_qpy)
             entry = "main"
         if not entry.isidentifier():
             raise ProgramError(f"entry {entry!r} is not a Python function name")
@@ -514,14 +515,18 @@ class ProgramManager:
             log.warning("program of job %s had already been finished", record.job_id)
 
 
-def _check_entry_point_args(name: str, args: dict[str, Any]) -> None:
+def _check_entry_point_args(
+    name: str, args: dict[str, Any], screen: Callable[[bytes], None]
+) -> None:
+    """Run the entry point's admission check; ``screen`` gets every QPY blob the check
+    would decode in this process first (a decoding worker's budget: docs/security.md)."""
     target = ENTRY_POINT_CHECKS.get(name)
     if target is None:
         return
     module, _, function = target.partition(":")
     check = getattr(importlib.import_module(module), function)
     try:
-        check(args)
+        check(args, screen=screen)
     except ValueError as exc:
         raise ProgramError(f"server-side program {name!r} refused its args: {exc}") from None
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +80,7 @@ def make_request(stack: Stack, batch: Batch, target: DeviceTarget | None = None)
     }
 
 
-def check_request(request: object) -> StackRequest:
+def check_request(request: object, screen: Callable[[bytes], None] | None = None) -> StackRequest:
     """A stack request, validated: unknown plugins, bad params, a stack without a QPU,
     a malformed batch or target are errors naming the culprit (a 4xx at the broker)."""
     from qhpc.program.remote import target_from_dict
@@ -109,16 +109,18 @@ def check_request(request: object) -> StackRequest:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise JobError(f"a stack request's batch is not base64: {exc}") from exc
-    batch = decode_batch(raw)
+    batch = decode_batch(raw, screen)
     return StackRequest(tuple(plugins), dict(spec), target, batch)
 
 
-def check_spec(request: Mapping[str, Any]) -> None:
-    """The broker's check before it stores a stack job: ValueError naming the culprit."""
+def check_spec(request: Mapping[str, Any], screen: Callable[[bytes], None] | None = None) -> None:
+    """The broker's check before it stores a stack job: ValueError naming the culprit.
+    ``screen`` sees the batch's QPY before it is decoded here (a decoding worker's
+    budget; its LimitExceeded / PayloadError pass through)."""
     from qhpc.program.errors import ProgramError
 
     try:
-        check_request(request)
+        check_request(request, screen)
     except ProgramError as exc:
         raise ValueError(str(exc)) from None
 

@@ -10,6 +10,7 @@ untrusted: every structural problem is a :class:`~qhpc.program.JobError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -59,10 +60,15 @@ def encode_batch(batch: Batch) -> bytes:
     return _encoder.encode(body)
 
 
-def decode_batch(data: bytes) -> Batch:
+def decode_batch(data: bytes, screen: Callable[[bytes], None] | None = None) -> Batch:
+    """A batch from untrusted bytes; ``screen`` (if given) sees its QPY blob before it is
+    decoded here (the broker passes a decoding worker's check)."""
     body = _envelope(data, "batch")
     try:
-        circuits = _load_qpy(body["circuits"]) if body["circuits"] else []
+        blob = body["circuits"]
+        if screen is not None and blob and isinstance(blob, bytes):
+            screen(blob)
+        circuits = _load_qpy(blob) if blob else []
         jobs = []
         for index, item in enumerate(body["jobs"]):
             slot = item["circuit"]
