@@ -212,6 +212,12 @@ class Broker:
         before is decoded by a worker first, then here within the same budget."""
         return PayloadDecoder(limits=self.config.decode_limits, screen=self.decoder.check_qpy)
 
+    def _start_decoder(self) -> None:
+        try:
+            self.decoder.start()
+        except Exception:  # the first request will try again, and report it
+            log.exception("the decoding workers did not start")
+
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
         self.journal.recover()  # session tasks released before a crash, before usage is read
@@ -230,6 +236,9 @@ class Broker:
             for open_session in self.store.list_sessions(open_only=True):
                 self._open_sessions[open_session.session_id] = open_session
         self.journal.start()
+        # The decoding workers start in the background: the first tenant circuit
+        # should not wait for their interpreters (~0.5 s each).
+        threading.Thread(target=self._start_decoder, daemon=True, name="qhpc-decoder").start()
         reaper = threading.Thread(target=self._reap_sessions, daemon=True, name="qhpc-reaper")
         reaper.start()
         self._threads.append(reaper)
