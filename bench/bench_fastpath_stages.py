@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from qhpc.api import fastpath
-from qhpc.broker import dispatch, journal, service
+from qhpc.broker import admission, dispatch, executor, journal, service
 from qhpc.resources import ResourceRegistry, ResourceSpec, codec
 from qhpc.store import Store
 
@@ -90,18 +90,18 @@ def stages_of(path: str, tasks: int) -> dict[str, float]:
         for owner, name in (
             handler,
             (codec.PayloadDecoder, "decode"),
-            (service.Broker, "_session_task"),
-            (service.Broker, "_run_one"),
-            (service, "encode_result"),
+            (admission, "encoded"),
+            (executor.ResourceExecutor, "run_one"),
+            (executor, "encode_result"),
             (journal.Journal, "append"),
             (Store, "record_finished_tasks"),
         )
     ]
     wrap(*handler, "handler", marks)
     wrap(codec.PayloadDecoder, "decode", "decode", marks)
-    wrap(service.Broker, "_session_task", "admission", marks)
-    wrap(service.Broker, "_run_one", "run", marks)
-    wrap(service, "encode_result", "encode", marks)
+    wrap(admission, "encoded", "admission", marks)
+    wrap(executor.ResourceExecutor, "run_one", "run", marks)
+    wrap(executor, "encode_result", "encode", marks)
     wrap(journal.Journal, "append", "log", marks)
     wrap(Store, "record_finished_tasks", "commit", marks)
     registry = ResourceRegistry([ResourceSpec("null", "null", {})])

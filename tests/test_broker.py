@@ -399,7 +399,7 @@ def test_an_unknown_length_batch_task_waits_out_a_thinking_session_then_runs(
             session, _ = broker.open_session(
                 user="u", account="a", resource="null", deadline=_time.time() + 600
             )
-            with broker._cond:  # a session that thinks 0.4 s ± 0.2 s, thinking since now
+            with broker.shared.cond:  # a session that thinks 0.4 s ± 0.2 s, thinking since now
                 now = _time.time()
                 broker.rhythms.submitted(session.session_id, now - 1.0)
                 broker.rhythms.released(session.session_id, now - 0.9)

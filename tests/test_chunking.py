@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from qiskit.circuit import QuantumCircuit
 
 import qhpc.broker.chunking as chunking
-import qhpc.broker.service as service_module
+import qhpc.broker.executor as executor_module
 from qhpc.broker.chunking import chunk_seed, merge_results, plan_chunks, shot_chunks
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import (
@@ -179,7 +179,7 @@ class _Events:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.items: list[str] = []
         self.lock = threading.Lock()
-        chunk_run, session_run = chunking.run_task, service_module.run_task
+        chunk_run, session_run = chunking.run_task, executor_module.run_task
 
         def chunk(*args: Any, **kwargs: Any) -> Any:
             self.add("chunk")
@@ -190,7 +190,7 @@ class _Events:
             return session_run(*args, **kwargs)
 
         monkeypatch.setattr(chunking, "run_task", chunk)
-        monkeypatch.setattr(service_module, "run_task", whole)
+        monkeypatch.setattr(executor_module, "run_task", whole)
 
     def add(self, what: str) -> None:
         with self.lock:

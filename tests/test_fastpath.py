@@ -201,13 +201,14 @@ def test_short_tasks_run_on_the_server_thread_and_unknown_ones_are_queued(
         broker.start()
         server = FastPathServer(broker).start()
         ran_on: dict[str, list[str]] = {"null": [], "aer": []}
-        original = broker._run_one
+        for executor in broker.executors.values():
+            original = executor.run_one
 
-        def spy(resource, task, running, inline=False):  # type: ignore[no-untyped-def]
-            ran_on[task.resource].append(threading.current_thread().name)
-            return original(resource, task, running, inline)
+            def spy(task, running, inline=False, original=original):  # type: ignore[no-untyped-def]
+                ran_on[task.resource].append(threading.current_thread().name)
+                return original(task, running, inline)
 
-        broker._run_one = spy  # type: ignore[method-assign]
+            executor.run_one = spy  # type: ignore[method-assign]
         try:
             for resource in ("null", "aer"):
                 _, token = broker.open_session(

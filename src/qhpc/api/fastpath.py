@@ -280,8 +280,11 @@ class FastPathServer:
             pending = self._pending.pop(task_id, None)
             if pending is None:
                 continue
-            state, data, error = self.broker.take_outcome(task_id)
-            self._reply(pending.identity, pending.request_id, task_id, state, data, error)
+            ended = self.broker.take_outcome(task_id)
+            self._reply(
+                pending.identity, pending.request_id, task_id, ended.state, ended.result,
+                ended.error,
+            )  # fmt: skip
 
     def _reply(
         self,

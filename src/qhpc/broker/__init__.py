@@ -4,6 +4,7 @@ Public surface; other rooms import only these names.
 """
 
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
+from qhpc.broker.config import BrokerConfig
 from qhpc.broker.idempotency import (
     IDEMPOTENCY_TTL,
     Idempotency,
@@ -35,7 +36,8 @@ from qhpc.broker.scheduler import (
     SessionRhythms,
     build_policy,
 )
-from qhpc.broker.service import Broker, BrokerConfig, BrokerError, SessionTaskOutcome
+from qhpc.broker.service import Broker, BrokerError
+from qhpc.broker.sessions import SessionTaskOutcome
 from qhpc.broker.usage import UsageTracker
 
 __all__ = [

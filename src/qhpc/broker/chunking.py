@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from threading import Event
 
-from qhpc.broker.executor import Outcome, past_deadline, run_task, watch_deadline
+from qhpc.broker.runner import Outcome, past_deadline, run_task, watch_deadline
 from qhpc.resources import (
     EstimatorResult,
     Payload,

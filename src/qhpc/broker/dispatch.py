@@ -49,7 +49,7 @@ from qhpc.runtime.direct import (
 from qhpc.security import AuthError
 
 if TYPE_CHECKING:
-    from qhpc.broker.service import Broker
+    from qhpc.broker.ports import SessionRunner
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class DirectDispatcher:
 
     def __init__(
         self,
-        broker: Broker,
+        broker: SessionRunner,
         directory: str | None = None,
         *,
         hello_timeout: float = HELLO_TIMEOUT_S,

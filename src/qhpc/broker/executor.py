@@ -1,236 +1,392 @@
-"""One executor per resource: ask the policy, drive the resource, book the outcome.
+"""One executor per resource: its queue, the task it runs, and the loop that picks the next.
 
-The executor is the only code that calls a resource's ``task_*`` methods. It
-runs one task at a time (a task is the non-preemptible unit), so the policy is
-asked again at every moment the resource frees up — which is what lets session
-tasks jump the queue and batch tasks fill every gap.
+A :class:`ResourceExecutor` is the data plane of one resource. Its thread asks the
+policy for the next task each time the resource frees up (a task is the
+non-preemptible unit, so this is what lets session tasks jump the queue and batch
+tasks fill every gap), runs it through :func:`~qhpc.broker.runner.run_task`, books
+the outcome and learns the resource's typical task duration. A long batch task runs
+as shot chunks (chunking.py); at each chunk boundary the executor runs the session
+tasks the policy puts first, then resumes. A session task may also run *inline* on
+its submitter's thread when the resource is idle (see :meth:`ResourceExecutor.claim`).
 
-Every task has a longest run time (the resource's ``max_task_seconds``, or the
-broker's default): past it, one watchdog thread per process sets the task's stop
-request, and the task ends *failed* with a message naming the limit, so one
-tenant's accepted task cannot hold a device for everyone else. A resource stops at
-its next stop check (the local simulators check between circuits and shot
-chunks; vendor adapters cancel the remote job).
+All executors share the broker's one condition (their queues, the sessions and the
+policy inputs are read together in each decision); what each owns is listed on the
+class. Methods marked "caller holds the lock" expect it held.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
+import math
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from qhpc.broker.chunking import can_chunk, plan_chunks, run_chunked
+from qhpc.broker.inputs import PolicyInputs
+from qhpc.broker.runner import Outcome, resource_can_start, run_task
+from qhpc.broker.scheduler import Policy, QueuedTask, SchedulingView, SessionMode, revisit_at
+from qhpc.broker.sessions import Sessions
+from qhpc.broker.usage import UsageTracker
 from qhpc.resources import (
-    LocalResource,
     Payload,
     QuantumResource,
-    ResourceState,
-    SamplerResult,
-    SamplerTask,
-    TaskResult,
     TaskStatus,
+    decode_payload,
+    encode_result,
 )
+from qhpc.store import Store, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
 
-#: how often a running task is polled for completion or a stop request
-POLL_SECONDS = 0.05
+#: longest an idle executor sleeps before it looks at its device's state again (s)
+IDLE_RECHECK = 0.5
 
 
 @dataclass
-class _Deadline:
-    stop: threading.Event
-    passed: bool = False
-    done: bool = False
+class Running:
+    """A task on the resource, and how to stop it."""
+
+    task: QueuedTask
+    stop: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False  # stopped because a user cancelled (not because we shut down)
 
 
 @dataclass
-class _Watchdog:
-    """Sets the stop request of every task that runs past its deadline (one thread,
-    started on first use; registering a task costs a heap push, not a thread)."""
+class Shared:
+    """What the broker and all its executors share: the lock, and whether it is stopping."""
 
-    _heap: list[tuple[float, int, _Deadline]] = field(default_factory=list)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _order: itertools.count[int] = field(default_factory=itertools.count)
-    _thread: threading.Thread | None = None
-
-    def watch(self, seconds: float, stop: threading.Event) -> _Deadline:
-        deadline = _Deadline(stop)
-        with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), deadline))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True, name="qhpc-limit")
-                self._thread.start()
-            self._cond.notify()
-        return deadline
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0][2].done:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                due, _, deadline = self._heap[0]
-                left = due - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                heapq.heappop(self._heap)
-                deadline.passed = True
-                deadline.stop.set()
-
-
-_watchdog = _Watchdog()
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    stopping: bool = False
+    #: closing sessions waiting for their running tasks (executors then notify at once)
+    idle_waiters: int = 0
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What happened to one task on the resource."""
+class Context:
+    """The broker's parts an executor uses."""
 
-    state: TaskStatus
-    result: TaskResult | None
-    error: str | None
-    qpu_seconds: float
-    shots: int
-    circuits: int
-    started_at: float
-    finished_at: float
+    shared: Shared
+    store: Store
+    sessions: Sessions
+    inputs: PolicyInputs
+    #: the broker's policy as it is now (a broker's policy may be swapped while it runs)
+    current_policy: Callable[[], Policy]
+    usage: UsageTracker
+    clock: Callable[[], float]
+    chunk_seconds: float | None
 
-
-def usage_of(
-    payload: Payload, result: TaskResult | None, wall_seconds: float
-) -> tuple[float, int, int]:
-    """QPU seconds (the resource's own figure when it reports one), shots and circuits."""
-    qpu = wall_seconds
-    if result is not None and "qpu_seconds" in result.metadata:
-        qpu = float(result.metadata["qpu_seconds"])
-    if isinstance(payload, SamplerTask):
-        circuits = len(payload.circuits)
-        shots = payload.shots * circuits
-    else:
-        circuits = len(payload.parameter_values)
-        shots = (payload.shots or 0) * circuits
-    if isinstance(result, SamplerResult):
-        shots = sum(c.shots for c in result.circuits)
-    return qpu, shots, circuits
+    @property
+    def policy(self) -> Policy:
+        return self.current_policy()
 
 
-def run_task(
-    resource: QuantumResource,
-    payload: Payload,
-    stop_requested: threading.Event,
-    clock: Callable[[], float] = time.time,
-    on_started: Callable[[str], None] | None = None,
-    max_seconds: float | None = None,
-) -> Outcome:
-    """Run ``payload`` on ``resource`` to a final state; never raises for task failures.
-
-    An idle local resource runs it right here, on the calling thread (no hand-off to
-    its worker); otherwise it is started and polled. ``on_started`` receives the
-    resource's own task id as soon as it exists (never for an inline run, which has
-    none). Past ``max_seconds`` the task is stopped and ends failed, naming the limit.
-    """
-    if max_seconds is None:
-        return _run_task(resource, payload, stop_requested, clock, on_started)
-    deadline = watch_deadline(max_seconds, stop_requested)
-    try:
-        outcome = _run_task(resource, payload, stop_requested, clock, on_started)
-    finally:
-        deadline.done = True
-    return past_deadline(outcome, deadline, max_seconds)
-
-
-def watch_deadline(seconds: float, stop_requested: threading.Event) -> _Deadline:
-    """Set ``stop_requested`` once ``seconds`` have passed (unless ``done`` is set first)."""
-    return _watchdog.watch(seconds, stop_requested)
-
-
-def past_deadline(outcome: Outcome, deadline: _Deadline, max_seconds: float) -> Outcome:
-    """``outcome``, or a failure naming the limit when the deadline stopped the task."""
-    if not deadline.passed or outcome.state is TaskStatus.COMPLETED:
-        return outcome
-    why = f"stopped: ran longer than the resource's limit (max_task_seconds = {max_seconds})"
-    return Outcome(
-        TaskStatus.FAILED, None, why, outcome.qpu_seconds, outcome.shots, outcome.circuits,
-        outcome.started_at, outcome.finished_at,
+def queued(record: TaskRecord) -> QueuedTask:
+    """What the policy sees of a task."""
+    return QueuedTask(
+        task_id=record.task_id, job_id=record.job_id, resource=record.resource,
+        account=record.account, user=record.user, submitted_at=record.submitted_at,
+        priority=record.priority, session_id=record.session_id,
+        estimated_seconds=record.estimated_seconds,
     )  # fmt: skip
 
 
-def _run_task(
-    resource: QuantumResource,
-    payload: Payload,
-    stop_requested: threading.Event,
-    clock: Callable[[], float],
-    on_started: Callable[[str], None] | None,
-) -> Outcome:
-    started = clock()
-    wall = time.monotonic()
-    if isinstance(resource, LocalResource):
-        try:
-            done = resource.run_now(payload, stop_requested)
-        except Exception as exc:  # admission failed at the resource: the task failed
-            return Outcome(
-                TaskStatus.FAILED, None, f"{type(exc).__name__}: {exc}", 0.0, 0, 0, started,
-                clock(),
-            )  # fmt: skip
-        if done is not None:
-            inline_status, inline_result, inline_error = done
-            qpu, shots, circuits = usage_of(payload, inline_result, time.monotonic() - wall)
-            if inline_status is not TaskStatus.COMPLETED:
-                shots = 0
-            return Outcome(
-                inline_status, inline_result, inline_error, qpu, shots, circuits, started,
-                clock(),
-            )  # fmt: skip
-    try:
-        resource_task = resource.task_start(payload)
-    except Exception as exc:  # admission failed at the resource: the task failed
-        return Outcome(
-            TaskStatus.FAILED, None, f"{type(exc).__name__}: {exc}", 0.0, 0, 0, started, clock()
+class ResourceExecutor:
+    """The queue and the running task of one resource, and the thread that runs them.
+
+    Owns: ``queue`` (task id → queued task), ``running`` and ``suspended`` (a chunked
+    batch task waiting at a boundary while a session task runs), the payloads of
+    queued tasks, the first-chunk estimates of chunked tasks, the learnt duration,
+    and when the last batch task started.
+    """
+
+    def __init__(
+        self, resource: QuantumResource, context: Context, max_task_seconds: float | None
+    ) -> None:
+        self.resource = resource
+        self.name = resource.name
+        self.context = context
+        #: past this a task is stopped and fails (runner.py); None: no limit
+        self.max_task_seconds = max_task_seconds
+        self.queue: dict[str, QueuedTask] = {}
+        self.running: Running | None = None
+        self.suspended: Running | None = None
+        self.payloads: dict[str, Payload] = {}
+        self._chunk_fit: dict[str, float] = {}
+        self._duration: float | None = None
+        self._last_batch_start: float | None = None
+
+    # -- queue (caller holds the lock) ----------------------------------------------------
+    def enqueue(self, record: TaskRecord, payload: Payload | None = None) -> None:
+        self.queue[record.task_id] = queued(record)
+        if payload is not None:
+            self.payloads[record.task_id] = payload
+            self._note_chunk_fit(record, payload)
+
+    def drop(self, task_id: str) -> None:
+        """Take a task out of the queue (cancelled)."""
+        self.queue.pop(task_id, None)
+        self.payloads.pop(task_id, None)
+        self._chunk_fit.pop(task_id, None)
+
+    def runs(self) -> list[Running]:
+        return [r for r in (self.running, self.suspended) if r is not None]
+
+    def estimate(self) -> float:
+        """The learnt duration of a task here (0 until one has completed)."""
+        return self._duration or 0.0
+
+    def knows_durations(self) -> bool:
+        return self._duration is not None
+
+    def view(self, now: float, tasks: list[QueuedTask]) -> SchedulingView:
+        return self.context.inputs.view(self.name, now, tasks, self._last_batch_start)
+
+    def may_run_now(self, task: QueuedTask) -> bool:
+        """Would this executor start ``task`` at once if it were queued?"""
+        if self.context.shared.stopping or self.running is not None or self.queue:
+            return False
+        if not resource_can_start(self.resource):
+            return False
+        now = self.context.clock()
+        sessions, reservations, _ = self.context.inputs.read(now)
+        constrained = any(r.resource == self.name for r in reservations) or any(
+            s.resource == self.name
+            and s.mode is SessionMode.EXCLUSIVE
+            and s.session_id != task.session_id
+            for s in sessions
         )
-    if on_started is not None:
+        if not constrained:  # with one task pending, every policy picks it
+            return True
+        return self.context.policy.next_task(self.view(now, [task])) is task
+
+    def claim(self, task: QueuedTask) -> Running:
+        """Mark ``task`` running on the caller's thread (after :meth:`may_run_now`)."""
+        self.running = Running(task)
+        return self.running
+
+    def release(self) -> None:
+        """The caller's inline run is over: wake the executor only if it has reason."""
+        self.running = None
+        shared = self.context.shared
+        if self.queue or shared.idle_waiters or shared.stopping:
+            shared.cond.notify_all()
+
+    def order(self, now: float, cap: int = 100) -> list[tuple[QueuedTask, float]]:
+        """Queued tasks in the order the policy would run them now, with ETAs (s from now).
+
+        The policy's order is the order of repeated ``next_task`` calls; capped so a
+        huge queue costs O(cap · n), the rest is shown in submission order.
+        """
+        with self.context.shared.cond:
+            pending = dict(self.queue)
+            base = self.view(now, list(pending.values()))
+            busy = self.running is not None
+        ahead = self.estimate() / 2 if busy else 0.0
+        ordered: list[tuple[QueuedTask, float]] = []
+        remaining = dict(pending)
+        while remaining and len(ordered) < cap:
+            task = self.context.policy.next_task(replace(base, queue=list(remaining.values())))
+            task = task or min(remaining.values(), key=lambda t: t.submitted_at)
+            ordered.append((task, ahead))
+            ahead += task.estimated_seconds or self.estimate()
+            del remaining[task.task_id]
+        for task in sorted(remaining.values(), key=lambda t: t.submitted_at):
+            ordered.append((task, ahead))
+            ahead += task.estimated_seconds or self.estimate()
+        return ordered
+
+    # -- the loop ----------------------------------------------------------------------------
+    def loop(self) -> None:
+        cond = self.context.shared.cond
+        while True:
+            with cond:
+                if self.context.shared.stopping:
+                    return
+                try:
+                    task, wake_at = self._next()
+                except Exception:  # a bad decision must not end this resource's executor
+                    log.exception("scheduling on %s failed; trying again", self.name)
+                    cond.wait(timeout=IDLE_RECHECK)
+                    continue
+                if task is None:
+                    # Woken by submissions, cancellations and session changes; the
+                    # timeout is when time alone may change the policy's answer (a
+                    # session's patience ends...), at most IDLE_RECHECK for the device.
+                    cond.wait(timeout=max(0.0, wake_at - self.context.clock()))
+                    continue
+                running = self.running
+                assert running is not None
+            try:
+                self.run_one(task, running)
+            except Exception:
+                log.exception("executor for %s failed on task %s", self.name, task.task_id)
+            finally:
+                with cond:
+                    self.running = None
+                    cond.notify_all()
+
+    def _next(self) -> tuple[QueuedTask | None, float]:
+        """The task to run now, or None and when to ask again (caller holds the lock)."""
+        now = self.context.clock()
+        if not self.queue or self.running is not None or not resource_can_start(self.resource):
+            return None, now + IDLE_RECHECK  # (running: a co-located task runs inline)
+        view = self.view(now, list(self.queue.values()))
+        if not view.reservations:
+            view = replace(view, queue=[self._fit_estimate(t) for t in view.queue])
+        task = self.context.policy.next_task(view)
+        if task is None:
+            return None, min(now + IDLE_RECHECK, revisit_at(self.context.policy, view))
+        del self.queue[task.task_id]
+        self.running = Running(task)
+        if task.session_id is None:
+            self._last_batch_start = self.context.clock()
+        return task, now
+
+    def _fit_estimate(self, task: QueuedTask) -> QueuedTask:
+        """``task`` with the duration backfill judges it by (caller holds the lock).
+
+        A chunked task can yield after its first chunk: its first chunk's estimate.
+        A batch task with no estimate of its own: the learnt duration, or inf while
+        there is none — an unknown length must not pass for a short one. (Not beside
+        reservations: there a window must not be overrun by the rest, and an unknown
+        length keeps the old reading.)
+        """
+        fit = self._chunk_fit.get(task.task_id)
+        if fit is not None:
+            return replace(task, estimated_seconds=fit)
+        if task.session_id is None and task.estimated_seconds <= 0:
+            known = self._duration
+            return replace(task, estimated_seconds=math.inf if known is None else known)
+        return task
+
+    # -- running one task ----------------------------------------------------------------------
+    def run_one(
+        self, task: QueuedTask, running: Running, inline: bool = False
+    ) -> TaskOutcome | None:
+        """Run a task and book it; its outcome, or ``None`` if our own shutdown stopped it.
+
+        ``inline``: a session task run on its caller's thread, for microseconds to
+        milliseconds; it is not shown ``running`` meanwhile (one record copy fewer).
+        """
+        context, sessions = self.context, self.context.sessions
+        with context.shared.cond:
+            in_memory = sessions.in_flight.get(task.task_id)
+            payload = self.payloads.pop(task.task_id, None)
+            self._chunk_fit.pop(task.task_id, None)
+        if payload is None:
+            payload = decode_payload(context.store.get_task(task.task_id).payload)
+        started = context.clock()
+        if in_memory is None:
+            context.store.mark_task_running(task.task_id, None, started)
+        elif not inline:
+            with context.shared.cond:
+                if task.task_id in sessions.in_flight:
+                    sessions.in_flight[task.task_id] = replace(
+                        in_memory, state="running", started_at=started
+                    )
+        outcome = self._run(task, running, payload, in_memory is not None or inline)
+        finished = TaskOutcome(
+            state="cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state),
+            result=None if outcome.result is None else encode_result(outcome.result),
+            error=outcome.error, qpu_seconds=outcome.qpu_seconds, shots=outcome.shots,
+            circuits=outcome.circuits, finished_at=outcome.finished_at,
+        )  # fmt: skip
+        with context.shared.cond:  # the policy reads both under the lock
+            context.usage.record(task.account, outcome.qpu_seconds, outcome.finished_at)
+            if outcome.state is TaskStatus.COMPLETED:
+                took, before = outcome.qpu_seconds, self._duration
+                self._duration = took if before is None else 0.8 * before + 0.2 * took
+        interrupted = (
+            outcome.state is TaskStatus.CANCELLED
+            and not running.cancelled
+            and context.shared.stopping
+        )
+        if interrupted and in_memory is None:
+            # Interrupted by our own shutdown, not by its owner: leave it "running" in
+            # the store, and the next start queues it again (as after a crash).
+            return None
+        if interrupted:
+            # A session task exists only in memory: nothing would run it again, so it
+            # ends cancelled, with the device time it used booked.
+            finished = replace(finished, error="the broker stopped while it ran")
+        if in_memory is not None:
+            # Write-behind: logged now, committed by the journal later (journal.py).
+            sessions.finished(replace(in_memory, started_at=started, attempts=1), finished)
+            return finished
+        # Settles the job in the same transaction, so a waiter woken below sees it final.
+        context.store.finish_task(task.task_id, finished)
+        with context.shared.cond:
+            sessions.signal(task.task_id)
+        return finished
+
+    def _run(self, task: QueuedTask, running: Running, payload: Payload, whole: bool) -> Outcome:
+        limit = self.max_task_seconds
+        remember = None
+        if not whole and self.resource.remembers_tasks:
+            store = self.context.store
+
+            def remember(resource_task: str) -> None:
+                store.set_resource_task_id(task.task_id, resource_task)
+
+        chunks = [payload] if whole else self._chunks(task, payload)
+        if len(chunks) > 1:
+            return run_chunked(
+                self.resource, chunks, running.stop,
+                lambda _, seconds: self._between_chunks(task, running, seconds),
+                self.context.clock, remember, limit,
+            )  # fmt: skip
+        return run_task(self.resource, payload, running.stop, self.context.clock, remember, limit)
+
+    # -- shot chunks (chunking.py) ---------------------------------------------------------------
+    def _note_chunk_fit(self, task: TaskRecord, payload: Payload) -> None:
+        """Remember the first chunk's estimate of a batch task that will run chunked."""
+        if task.session_id is not None or self.context.chunk_seconds is None:
+            return
+        chunks = self._chunks(queued(task), payload)
+        if len(chunks) > 1:
+            self._chunk_fit[task.task_id] = self.resource.estimate_seconds(chunks[0]) or 0.0
+
+    def _chunks(self, task: QueuedTask, payload: Payload) -> list[Payload]:
+        """``payload`` as the chunks a batch task runs as ([payload]: whole)."""
+        if task.session_id is not None or not can_chunk(self.resource):
+            return [payload]
         try:
-            on_started(resource_task)
-        except Exception:
-            log.exception("recording the resource task id %s failed", resource_task)
-    stopped = False
-    while True:
-        status = resource.task_wait(resource_task, timeout=POLL_SECONDS)
-        if status.is_final:
-            break
-        if stop_requested.is_set() and not stopped:
-            resource.task_stop(resource_task)
-            stopped = True
-    elapsed = time.monotonic() - wall
-    result: TaskResult | None = None
-    error: str | None = None
-    if status is TaskStatus.COMPLETED:
-        try:
-            result = resource.task_result(resource_task)
-        except Exception as exc:
-            status, error = TaskStatus.FAILED, f"{type(exc).__name__}: {exc}"
-    else:
-        error = _last_line(resource.task_logs(resource_task)) or str(status)
-    qpu, shots, circuits = usage_of(payload, result, elapsed)
-    if status is not TaskStatus.COMPLETED:
-        shots = 0
-    return Outcome(status, result, error, qpu, shots, circuits, started, clock())
+            return plan_chunks(payload, self.resource.estimate_seconds, self.context.chunk_seconds)
+        except Exception:  # a plan is an optimisation: never fail the task over it
+            log.exception("planning shot chunks of task %s failed; running it whole", task.task_id)
+            return [payload]
 
-
-def resource_can_start(resource: QuantumResource) -> bool:
-    """False while the device cannot start work (tasks then wait in the broker's queue)."""
-    try:
-        return resource.status().state is ResourceState.ONLINE
-    except Exception:
-        log.exception("status() of %s failed", resource.name)
-        return False
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    def _between_chunks(self, task: QueuedTask, running: Running, seconds: float) -> None:
+        """At a boundary of a chunked batch task: run the waiting session tasks that the
+        policy puts before the task's next chunk (``seconds`` long), then return."""
+        context = self.context
+        cond = context.shared.cond
+        while True:
+            with cond:
+                if context.shared.stopping or running.stop.is_set():
+                    return
+                now = context.clock()
+                sessions, _, _ = context.inputs.read(now)
+                open_ids = {
+                    s.session_id for s in sessions if s.resource == self.name and s.is_open(now)
+                }
+                waiting = [t for t in self.queue.values() if t.session_id in open_ids]
+                chosen = None
+                if waiting:
+                    resume = replace(task, estimated_seconds=seconds)
+                    chosen = context.policy.next_task(self.view(now, [*waiting, resume]))
+                if chosen is None or chosen.task_id == task.task_id:
+                    self._last_batch_start = now
+                    return
+                del self.queue[chosen.task_id]
+                yielded = Running(chosen)
+                self.suspended, self.running = running, yielded
+            try:
+                self.run_one(chosen, yielded)
+            except Exception:
+                log.exception("executor for %s failed on task %s", self.name, chosen.task_id)
+            finally:
+                with cond:
+                    self.running, self.suspended = running, None
+                    cond.notify_all()

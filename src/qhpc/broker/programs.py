@@ -58,7 +58,7 @@ from qhpc.store import ConflictError, JobRecord, ProgramRecord
 
 if TYPE_CHECKING:
     from qhpc.broker.idempotency import Idempotency
-    from qhpc.broker.service import Broker
+    from qhpc.broker.ports import ProgramHost
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class _Live:
 class ProgramManager:
     """Runs a broker's hybrid jobs (see the module docstring)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ProgramHost) -> None:
         self.broker = broker
         self.config = broker.config
         if self.config.program_output_limit < MIN_OUTPUT_LIMIT:
