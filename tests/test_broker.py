@@ -133,7 +133,7 @@ def test_session_tasks_tokens_and_close(broker: Broker, store: Store, bell: Quan
     with pytest.raises(AuthError, match="revoked"):
         broker.access.authenticate(secret)
     assert store.get_job(session.session_id).state == "completed"
-    from qhpc.broker.service import BrokerError
+    from qhpc.broker import BrokerError
 
     with pytest.raises(BrokerError, match="closed"):
         broker.submit_session_task(session.session_id, SamplerTask((bell,), 1))
@@ -157,8 +157,8 @@ def test_expired_sessions_are_closed(broker: Broker, store: Store) -> None:
 def test_exclusive_session_is_single(broker: Broker) -> None:
     import time as _time
 
+    from qhpc.broker import BrokerError
     from qhpc.broker.scheduler import SessionMode
-    from qhpc.broker.service import BrokerError
 
     deadline = _time.time() + 60
     broker.open_session(
@@ -348,9 +348,9 @@ def test_closing_a_session_waits_for_a_task_slow_to_stop_and_stores_it(
     import threading
     import time as _time
 
-    from qhpc.broker import service
+    from qhpc.broker import leases
 
-    monkeypatch.setattr(service, "CLOSE_WAIT_REPORT", 0.05)  # well below the task's 1 s
+    monkeypatch.setattr(leases, "CLOSE_WAIT_REPORT", 0.05)  # well below the task's 1 s
     registry = ResourceRegistry([ResourceSpec("null", "null", {})])
     device = registry.get("null")
     original = device._sample  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ Public surface; other rooms import only these names.
 
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.config import BrokerConfig
+from qhpc.broker.errors import BrokerError
 from qhpc.broker.idempotency import (
     IDEMPOTENCY_TTL,
     Idempotency,
@@ -36,7 +37,7 @@ from qhpc.broker.scheduler import (
     SessionRhythms,
     build_policy,
 )
-from qhpc.broker.service import Broker, BrokerError
+from qhpc.broker.service import Broker
 from qhpc.broker.sessions import SessionTaskOutcome
 from qhpc.broker.usage import UsageTracker
 

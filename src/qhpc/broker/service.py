@@ -23,43 +23,35 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from qhpc.broker import admission
 from qhpc.broker.access import Access
 from qhpc.broker.config import BrokerConfig, journal_dir
-from qhpc.broker.executor import Context, ResourceExecutor, Shared, queued
+from qhpc.broker.executor import Context, ResourceExecutor, Shared
 from qhpc.broker.idempotency import Idempotency, Keys
 from qhpc.broker.inputs import PolicyInputs
+from qhpc.broker.leases import Leases
 from qhpc.broker.programs import ProgramManager
+from qhpc.broker.queries import TaskQueries
 from qhpc.broker.scheduler import Policy, QueuedTask, SessionMode, SessionRhythms, build_policy
+from qhpc.broker.session_tasks import SessionTasks
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
 from qhpc.broker.usage import UsageTracker
-from qhpc.errors import QhpcError
 from qhpc.resources import (
     DecodePool,
     Payload,
     PayloadDecoder,
     ResourceRegistry,
     TaskResult,
-    decode_result,
     shared_pool,
 )
-from qhpc.security import Role
-from qhpc.store import ConflictError, JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
+from qhpc.store import JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
 
 #: how often sessions past their deadline are looked for
 REAP_SECONDS = 1.0
-#: a closing session waits for its running task to stop, saying so this often (s)
-CLOSE_WAIT_REPORT = 60.0
-
-
-class BrokerError(QhpcError):
-    """A request the broker refuses (bad state, limits); the message says why."""
 
 
 class Broker:
@@ -93,6 +85,7 @@ class Broker:
             journal_dir(store, config.journal_dir), config.journal_commit_interval,
         )  # fmt: skip
         self.journal = self.sessions.journal
+        self.tasks = TaskQueries(store, self.sessions, self.shared.cond)
         context = Context(
             self.shared, store, self.sessions, self.inputs, lambda: self.policy, self.usage,
             clock, config.chunk_seconds,
@@ -101,9 +94,19 @@ class Broker:
             name: ResourceExecutor(resources.get(name), context, self._max_task_seconds(name))
             for name in resources.names()
         }
+        self.session_tasks = SessionTasks(
+            shared=self.shared, sessions=self.sessions, executors=self.executors,
+            store=store, clock=clock, max_payload_bytes=config.max_payload_bytes,
+        )  # fmt: skip
+        self.leases = Leases(
+            store=store, resources=resources, access=self.access, sessions=self.sessions,
+            shared=self.shared, executors=self.executors, clock=clock, cancel=self.cancel,
+            invalidate=self.invalidate,
+        )  # fmt: skip
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self.programs = ProgramManager(self)
+        self.leases.on_close = self.programs.session_closed
 
     def _max_task_seconds(self, resource: str) -> float | None:
         own = self.resources.spec(resource).max_task_seconds
@@ -276,240 +279,60 @@ class Broker:
         slurm_job_id: str | None = None,
     ) -> tuple[SessionRecord, str]:  # fmt: skip
         """Open a lease on ``resource``; returns it and a session token valid until the deadline."""
-        self.resources.spec(resource)  # unknown resource → UnknownResourceError
-        now = self.clock()
-        if deadline <= now:
-            raise BrokerError(f"session deadline {deadline:.0f} is not in the future")
-        if mode is SessionMode.EXCLUSIVE and any(
-            s.mode == SessionMode.EXCLUSIVE
-            for s in self.store.list_sessions(open_only=True, resource=resource)
-        ):
-            raise BrokerError(f"{resource} is already held by an exclusive session")
-        session = SessionRecord(
-            session_id=uuid.uuid4().hex, resource=resource, user=user, account=account,
-            centre=centre, mode=str(mode), opened_at=now, deadline=deadline, closed_at=None,
-            slurm_job_id=slurm_job_id,
+        return self.leases.open(
+            user=user, account=account, resource=resource, deadline=deadline, mode=mode,
+            centre=centre, slurm_job_id=slurm_job_id,
         )  # fmt: skip
-        self.store.create_session(session)
-        label = f"session of Slurm job {slurm_job_id}" if slurm_job_id else "session"
-        job = JobRecord(
-            job_id=session.session_id, user=user, account=account, centre=centre,
-            resource=resource, kind="session", priority=0, state="running", created_at=now,
-            finished_at=None, session_id=session.session_id, name=label, task_count=0,
-        )  # fmt: skip
-        self.store.create_job(job, [])
-        with self.shared.cond:
-            self.sessions.open[session.session_id] = session
-        _, secret = self.access.issue(
-            Role.SESSION, user, account=account, centre=centre,
-            session_id=session.session_id, resource=resource, expires_at=deadline,
-        )  # fmt: skip
-        self.invalidate()
-        return session, secret
+
+    def close_session(self, session_id: str) -> None:
+        """Close a session: stop a program running in it, cancel its leftovers, revoke its
+        tokens, end its job."""
+        self.leases.close(session_id)
+
+    def close_expired_sessions(self) -> list[str]:
+        """Close every open session past its deadline; returns their ids."""
+        return self.leases.close_expired()
 
     def submit_session_task(
         self, session_id: str, payload: Payload, encoded: bytes | None = None
     ) -> str:
         """Queue one task inside an open session (session priority); returns its id."""
-        task_id, _ = self.start_session_task(session_id, payload, encoded, on_done=None,
-                                             inline_budget=-1.0)  # fmt: skip
-        return task_id
+        return self.session_tasks.submit(session_id, payload, encoded)
 
     def run_session_task(
         self, session_id: str, payload: Payload, encoded: bytes | None = None
     ) -> SessionTaskOutcome:
-        """Run one session task to its end on the caller's thread and return its outcome
-        (the direct path of co-located programs; see :meth:`start_session_task`)."""
-        done = threading.Lock()  # released when a queued task has finished (cheaper than an Event)
-        done.acquire()
-        task_id, outcome = self.start_session_task(
-            session_id, payload, encoded, on_done=lambda _: done.release()
-        )
-        if outcome is not None:
-            return outcome
-        done.acquire()
-        return self.sessions.take_outcome(task_id)
+        """Run one session task to its end on the caller's thread; its outcome."""
+        return self.session_tasks.run(session_id, payload, encoded)
 
     def start_session_task(
         self, session_id: str, payload: Payload, encoded: bytes | None = None, *,
         on_done: Callable[[str], None] | None, inline_budget: float = math.inf,
     ) -> tuple[str, SessionTaskOutcome | None]:  # fmt: skip
-        """Admit one session task — the one way in — and run it on the caller's thread if
-        it may run now.
-
-        Nothing is written yet: the task runs from memory and is stored, with its
-        outcome, by the journal once it has finished (write-behind, see journal.py).
-        It runs right here when the resource is idle, nothing is queued for it, the
-        policy would pick it anyway and it is expected to take at most
-        ``inline_budget`` seconds (a negative budget: never); then its outcome is
-        returned, once the journal has logged it. Otherwise it is queued (session
-        priority), ``(task_id, None)`` is returned and ``on_done(task_id)`` (if given) is
-        called once it has finished (under the broker's lock: hand the id over, never
-        block); :meth:`take_outcome` then gives its outcome.
-        """
-        with self.shared.cond:
-            session = self.sessions.open.get(session_id)
-        now = self.clock()
-        if session is None or session.deadline <= now:
-            self.store.get_session(session_id)  # unknown → NotFoundError
-            raise BrokerError(f"session {session_id} is closed")
-        executor = self.executors[session.resource]
-        data = admission.encoded(
-            payload, executor.resource, self.config.max_payload_bytes, data=encoded
+        """Admit one session task, running it here if it may run now (see session_tasks.py)."""
+        return self.session_tasks.start(
+            session_id, payload, encoded, on_done=on_done, inline_budget=inline_budget
         )
-        with self.shared.cond:
-            if session_id not in self.sessions.open:
-                raise BrokerError(f"session {session_id} is closed")
-            if self.shared.stopping:
-                raise BrokerError("the broker is stopping")
-            task = admission.session_task(
-                session=session, resource=executor.resource, payload=payload, data=data,
-                task_id=self.sessions.next_task_id(), index=self.sessions.next_index(session_id),
-                now=now, learnt_seconds=executor.estimate(),
-            )  # fmt: skip
-            self.sessions.in_flight[task.task_id] = task
-            executor.payloads[task.task_id] = payload
-            self.rhythms.submitted(session_id, now)
-            ready = queued(task)
-            # A budget needs an estimate: until the resource has completed a task, its
-            # tasks' duration is unknown (and could be long).
-            short = inline_budget == math.inf or (
-                inline_budget >= 0
-                and executor.knows_durations()
-                and task.estimated_seconds <= inline_budget
-            )
-            running = executor.claim(ready) if short and executor.may_run_now(ready) else None
-            if running is None:
-                if on_done is not None:
-                    self.sessions.call_when_done(task.task_id, on_done)
-                executor.enqueue(task)
-                self.shared.cond.notify_all()
-        if running is None:
-            return task.task_id, None
-        try:
-            finished = executor.run_one(ready, running, inline=True)
-        finally:
-            with self.shared.cond:
-                executor.release()
-        if finished is None:  # interrupted by the broker's own shutdown
-            return task.task_id, SessionTaskOutcome(
-                task.task_id, "cancelled", None, "the broker is stopping"
-            )
-        return task.task_id, SessionTaskOutcome.of(task.task_id, finished)
 
-    def close_session(self, session_id: str) -> None:
-        """Close a session: stop a program running in it, cancel its leftovers, revoke its
-        tokens, end its job."""
-        self.programs.session_closed(session_id)
-        now = self.clock()
-        self.store.close_session(session_id, now)
-        with self.shared.cond:
-            self.sessions.close(session_id)
-        self.store.revoke_session_tokens(session_id, now)
-        self.cancel(session_id)
-        self._wait_idle(session_id)
-        self.journal.flush()
-        job = self.store.get_job(session_id)
-        states = {t.state for t in self.store.tasks_of_job(session_id)}
-        if job.state not in ("completed", "failed", "cancelled"):
-            final = "completed" if states <= {"completed", "cancelled"} else "failed"
-            try:
-                self.store.set_job_state(session_id, final, finished_at=now)
-            except ConflictError:
-                pass
-        with self.shared.cond:
-            self.sessions.forget(session_id)
-        self.invalidate()
-
-    def close_expired_sessions(self) -> list[str]:
-        """Close every open session past its deadline; returns their ids."""
-        now = self.clock()
-        expired = [
-            s.session_id for s in self.store.list_sessions(open_only=True) if s.deadline <= now
-        ]
-        for session_id in expired:
-            try:
-                self.close_session(session_id)
-            except ConflictError:
-                pass  # closed meanwhile
-        return expired
-
-    def _wait_idle(self, job_id: str) -> None:
-        """Until no task of ``job_id`` runs (a closing session waits for its last task).
-
-        No time limit: the run was asked to stop, and the job may end only after its
-        task is stored — a final job refuses it, and the task and its usage would be
-        lost. A device slow to stop is reported every ``CLOSE_WAIT_REPORT`` seconds.
-        """
-
-        def running() -> list[QueuedTask]:
-            return [
-                e.running.task
-                for e in self.executors.values()
-                if e.running is not None and e.running.task.job_id == job_id
-            ]
-
-        with self.shared.cond:
-            self.shared.idle_waiters += 1
-            try:
-                while not self.shared.cond.wait_for(lambda: not running(), CLOSE_WAIT_REPORT):
-                    for task in running():
-                        log.warning("closing %s: still waiting for task %s to stop on %s",
-                                    job_id, task.task_id, task.resource)  # fmt: skip
-            finally:
-                self.shared.idle_waiters -= 1
-
-    def _reap_sessions(self) -> None:
-        # Its own event, not the broker's condition: every submission notifies that.
-        while not self._stopped.wait(REAP_SECONDS):
-            try:
-                self.close_expired_sessions()
-            except Exception:
-                log.exception("closing expired sessions failed")
-
-    # -- queries ---------------------------------------------------------------------------
+    # -- queries (queries.py) ----------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRecord:
         """A job; a session job's task count includes its tasks still in flight."""
-        job = self.store.get_job(job_id)
-        with self.shared.cond:
-            extra = sum(1 for t in self.sessions.in_flight.values() if t.job_id == job_id)
-        return replace(job, task_count=job.task_count + extra) if extra else job
+        return self.tasks.job(job_id)
 
     def tasks_of_job(self, job_id: str) -> list[TaskRecord]:
         """A job's tasks by index, including session tasks in flight (not stored yet)."""
-        stored = self.store.tasks_of_job(job_id)
-        with self.shared.cond:
-            pending = self.sessions.of_job(job_id)
-        if not pending:
-            return stored
-        known = {t.task_id for t in stored}
-        merged = stored + [t for t in pending if t.task_id not in known]
-        return sorted(merged, key=lambda t: t.index)
+        return self.tasks.of_job(job_id)
 
     def get_task(self, task_id: str) -> TaskRecord:
         """A task, also while it is a session task in flight (not stored yet)."""
-        with self.shared.cond:
-            pending = self.sessions.in_flight.get(task_id)
-            if pending is not None:
-                return self.sessions.visible(pending)
-        return self.store.get_task(task_id)
+        return self.tasks.get(task_id)
 
     def wait_task(self, task_id: str, timeout: float | None = None) -> TaskRecord:
-        with self.shared.cond:
-            event = self.sessions.done_event(task_id)
-            in_flight = task_id in self.sessions.in_flight
-        if in_flight:
-            event.wait(timeout)
-            with self.shared.cond:
-                pending = self.sessions.in_flight.get(task_id)
-                if pending is not None:  # still running: not stored yet
-                    return self.sessions.visible(pending)
-            return self.store.get_task(task_id)
-        task = self.store.get_task(task_id)
-        if task.state in ("queued", "running"):
-            event.wait(timeout)
-            task = self.store.get_task(task_id)
-        return task
+        """A task once it is final, or as it stands after ``timeout`` seconds."""
+        return self.tasks.wait(task_id, timeout)
+
+    def task_result(self, task_id: str) -> TaskResult | None:
+        return self.tasks.result(task_id)
 
     def when_done(self, task_id: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(task_id)`` once the task is final (at once if it already is);
@@ -519,12 +342,6 @@ class Broker:
     def take_outcome(self, task_id: str) -> SessionTaskOutcome:
         """How a final task ended (see :meth:`Sessions.take_outcome`)."""
         return self.sessions.take_outcome(task_id)
-
-    def task_result(self, task_id: str) -> TaskResult | None:
-        with self.shared.cond:
-            finished = self.sessions.unstored(task_id)
-        data = finished.result if finished is not None else self.store.task_result(task_id)
-        return None if data is None else decode_result(data)
 
     def queue(self, resource: str) -> list[tuple[QueuedTask, float]]:
         """Pending tasks in the order the policy would run them now, with ETAs (s from now)."""
@@ -542,6 +359,14 @@ class Broker:
         """Re-read sessions, reservations and shares at the next scheduling decision."""
         with self.shared.cond:
             self.inputs.invalidate()
+
+    def _reap_sessions(self) -> None:
+        # Its own event, not the broker's condition: every submission notifies that.
+        while not self._stopped.wait(REAP_SECONDS):
+            try:
+                self.leases.close_expired()
+            except Exception:
+                log.exception("closing expired sessions failed")
 
     # -- internals -------------------------------------------------------------------------
     def _enqueue(self, record: TaskRecord) -> None:
