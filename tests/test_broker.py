@@ -418,3 +418,31 @@ def test_an_unknown_length_batch_task_waits_out_a_thinking_session_then_runs(
         finally:
             broker.stop()
             registry.close()
+
+
+def test_reservations_and_shares_changed_through_the_broker_count_at_the_next_decision(
+    store: Store,
+) -> None:
+    """Not after the policy-input cache expires: the clock stands still here, so a
+    cached read would be served for ever if the change did not invalidate it."""
+    from qhpc.store import ReservationRecord
+
+    registry = ResourceRegistry([ResourceSpec("aer", "aer", {"seed": 3})])
+    broker = Broker(store, registry, BrokerConfig(policy="fairshare"), clock=lambda: 1000.0)
+    try:
+        with broker.shared.cond:
+            _, reservations, shares = broker.inputs.read(1000.0)  # fills the cache
+        assert reservations == [] and "chem" not in shares
+        broker.records.create_reservation(
+            ReservationRecord("r1", "aer", "chem", 900.0, 2000.0, False, "admin")
+        )
+        broker.records.upsert_account(AccountRecord("chem", 3.0, None))
+        with broker.shared.cond:
+            _, reservations, shares = broker.inputs.read(1000.0)
+        assert [r.reservation_id for r in reservations] == ["r1"]
+        assert shares["chem"] == 3.0
+        broker.records.delete_reservation("r1")
+        with broker.shared.cond:
+            assert broker.inputs.read(1000.0)[1] == []
+    finally:
+        registry.close()

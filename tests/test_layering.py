@@ -151,3 +151,30 @@ def test_the_walk_sees_every_kind_of_import() -> None:
     }  # fmt: skip
     assert {i.room for i in found} == {"broker"}
     assert {i.target for i in found} == {"api", "resources", "store"}
+
+
+def _store_reaches(relative: str, text: str) -> list[str]:
+    """``broker.store`` / ``self.broker.store`` uses in a file, as ``file:line``."""
+    found = []
+    for node in ast.walk(ast.parse(text, relative)):
+        if isinstance(node, ast.Attribute) and node.attr == "store":
+            owner = node.value
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)
+            if name == "broker":
+                found.append(f"{relative}:{node.lineno}")
+    return found
+
+
+def test_the_api_never_holds_the_store() -> None:
+    """Every mutation the API makes goes through a broker method (which tells the
+    scheduler at once); reads too go through ``broker.records`` and the queries."""
+    wrong = [
+        hit
+        for path in sorted((SOURCE / "api").rglob("*.py"))
+        for hit in _store_reaches(path.relative_to(SOURCE).as_posix(), path.read_text("utf-8"))
+    ]
+    assert not wrong, "the API reaches past the broker into its store: " + ", ".join(wrong)
+    # the check itself sees both shapes
+    assert _store_reaches("api/x.py", "broker.store.get_job(1)\nself.broker.store.x()\n") == [
+        "api/x.py:1", "api/x.py:2",
+    ]  # fmt: skip

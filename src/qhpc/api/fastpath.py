@@ -257,7 +257,7 @@ class FastPathServer:
         closed: set[str] = set()
         for session_id in {c.session_id for c in self._connections.values()}:
             try:
-                record = self.broker.store.get_session(session_id)
+                record = self.broker.records.session(session_id)
             except NotFoundError:
                 closed.add(session_id)
                 continue

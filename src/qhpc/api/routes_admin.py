@@ -54,7 +54,7 @@ def create_reservation(
         start=body.start, end=body.end, allow_backfill=body.allow_backfill,
         created_by=principal.subject,
     )  # fmt: skip
-    broker.store.create_reservation(record)  # overlap → 409
+    broker.records.create_reservation(record)  # overlap → 409
     return reservation_view(record)
 
 
@@ -66,7 +66,7 @@ def list_reservations(
     include_past: bool = False,
 ) -> list[ReservationView]:
     after = None if include_past else broker.clock()
-    found = broker.store.list_reservations(resource=resource, ending_after=after)
+    found = broker.records.reservations(resource=resource, ending_after=after)
     return [reservation_view(r) for r in found]
 
 
@@ -75,7 +75,7 @@ def delete_reservation(
     broker: BrokerDep, principal: CurrentPrincipal, reservation_id: PathId
 ) -> Response:
     principal.require(Role.ADMIN)
-    broker.store.delete_reservation(reservation_id)
+    broker.records.delete_reservation(reservation_id)
     return Response(status_code=204)
 
 
@@ -92,12 +92,12 @@ def _account_visible(principal: Principal, account: AccountRecord) -> bool:
 
 @accounts.get("", summary="accounts: all (admin), the centre's, or the token's own")
 def list_accounts(broker: BrokerDep, principal: CurrentPrincipal) -> list[AccountView]:
-    return [account_view(a) for a in broker.store.list_accounts() if _account_visible(principal, a)]
+    return [account_view(a) for a in broker.records.accounts() if _account_visible(principal, a)]
 
 
 @accounts.get("/{name}", summary="one account with its fair-share weight")
 def get_account(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -> AccountView:
-    account = broker.store.get_account(name)
+    account = broker.records.account(name)
     if not _account_visible(principal, account):
         raise NotFoundError(f"no account {name!r}")
     return account_view(account)
@@ -109,7 +109,7 @@ def put_account(
 ) -> AccountView:
     principal.require(Role.ADMIN)
     record = AccountRecord(name=name, shares=body.shares, centre=body.centre)
-    broker.store.upsert_account(record)
+    broker.records.upsert_account(record)
     return account_view(record)
 
 
@@ -130,15 +130,15 @@ def get_accounting(
 ) -> AccountingView:
     rules.no_session_tokens(principal)
     if principal.role is Role.ADMIN:
-        rows = broker.store.usage_rollup(group_by, since=since, until=until)
+        rows = broker.records.usage_rollup(group_by, since=since, until=until)
     elif principal.role is Role.CENTRE:
         if principal.centre is None:
             rows = []
         else:
-            usage = broker.store.usage(since=since, until=until, centre=principal.centre)
+            usage = broker.records.usage(since=since, until=until, centre=principal.centre)
             rows = rules.rollup(usage, group_by)
     else:
-        usage = broker.store.usage(since=since, until=until, user=principal.subject)
+        usage = broker.records.usage(since=since, until=until, user=principal.subject)
         rows = rules.rollup(usage, group_by)
     return AccountingView(
         group_by=group_by, since=since, until=until, rows=[UsageRow(**r) for r in rows]
@@ -171,7 +171,7 @@ def list_tokens(
     include_revoked: bool = False,
 ) -> list[TokenView]:
     principal.require(Role.ADMIN)
-    found = broker.store.list_tokens(subject=subject, include_revoked=include_revoked)
+    found = broker.records.tokens(subject=subject, include_revoked=include_revoked)
     return [token_view(t) for t in found]
 
 

@@ -58,7 +58,7 @@ def list_sessions(
     include_closed: Annotated[bool, Query()] = False,
     slurm_job_id: QueryName = None,
 ) -> list[SessionView]:
-    found = broker.store.list_sessions(open_only=not include_closed, resource=resource)
+    found = broker.records.sessions(open_only=not include_closed, resource=resource)
     return [
         session_view(s)
         for s in found
@@ -81,7 +81,7 @@ def close_session(
 ) -> SessionView:
     rules.visible_session(broker, principal, session_id)
     broker.close_session(session_id)  # already closed → 409
-    return session_view(broker.store.get_session(session_id))
+    return session_view(broker.records.session(session_id))
 
 
 @sessions.post(

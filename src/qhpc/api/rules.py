@@ -11,7 +11,7 @@ a missing one, so ids of other people's work cannot be probed):
 - session: only tasks of its own session (submit, read, close the session);
 - ``slurm_job_id`` on a new session: admin and centre tokens only (Slurm's hooks).
 
-Plus small read helpers over ``broker.store`` that the broker does not offer.
+Plus small read helpers over ``broker.records`` (the api never holds the store).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def resolve_owner(
         raise InvalidRequest("no account to charge: name one, or use a token that has one")
     if principal.role is Role.CENTRE:
         try:
-            record = broker.store.get_account(owner_account)
+            record = broker.records.account(owner_account)
         except NotFoundError:
             record = None
         if record is not None and record.centre not in (None, principal.centre):
@@ -124,7 +124,7 @@ def session_visible(principal: Principal, session: SessionRecord) -> bool:
 
 
 def visible_session(broker: Broker, principal: Principal, session_id: str) -> SessionRecord:
-    session = broker.store.get_session(session_id)
+    session = broker.records.session(session_id)
     if not session_visible(principal, session):
         raise NotFoundError(f"no session {session_id!r}")
     return session
@@ -147,7 +147,7 @@ def list_visible_jobs(
         centre = principal.centre
     elif principal.role is Role.USER:
         user = principal.subject
-    return broker.store.list_jobs(
+    return broker.records.jobs(
         user=user, centre=centre, state=state, resource=resource, limit=limit, offset=offset
     )
 

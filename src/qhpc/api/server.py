@@ -76,7 +76,7 @@ def bootstrap_admin_token(broker: Broker) -> str | None:
     themselves out gets back in by restarting the server on the same store.
     """
     now = broker.clock()
-    for token in broker.store.list_tokens(include_revoked=False):
+    for token in broker.records.tokens(include_revoked=False):
         if token.role == str(Role.ADMIN) and (token.expires_at is None or token.expires_at > now):
             return None
     _, secret = broker.access.issue(Role.ADMIN, "admin")

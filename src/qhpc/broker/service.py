@@ -34,6 +34,7 @@ from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.leases import Leases
 from qhpc.broker.programs import ProgramManager
 from qhpc.broker.queries import TaskQueries
+from qhpc.broker.records import Records
 from qhpc.broker.scheduler import Policy, QueuedTask, SessionMode, SessionRhythms, build_policy
 from qhpc.broker.session_tasks import SessionTasks
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
@@ -86,6 +87,8 @@ class Broker:
         )  # fmt: skip
         self.journal = self.sessions.journal
         self.tasks = TaskQueries(store, self.sessions, self.shared.cond)
+        #: what the API reads and changes besides jobs and sessions (records.py)
+        self.records = Records(store, self.invalidate)
         context = Context(
             self.shared, store, self.sessions, self.inputs, lambda: self.policy, self.usage,
             clock, config.chunk_seconds,
