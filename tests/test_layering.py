@@ -3,7 +3,7 @@
 - ``broker`` never imports ``api``; nothing below ``api`` imports it (only ``api``
   itself and the command line do);
 - ``resources`` import nothing of qhpc but ``qhpc.resources`` (and the shared
-  bottom modules, ``qhpc.errors``, ``qhpc.envvars`` and ``qhpc.files``);
+  bottom modules, ``qhpc.errors``, ``qhpc.envvars``, ``qhpc.files`` and ``qhpc.states``);
 - the bottom modules import nothing of qhpc;
 - ``api`` and ``broker`` reach another room only through its public surface
   (``from qhpc.ROOM import NAME``), never a module inside it; nor does the
@@ -23,7 +23,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "qhpc"
 #: modules at the bottom of the graph, importable from anywhere
-BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars", "qhpc.files"}
+BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars", "qhpc.files", "qhpc.states"}
 
 #: known imports of a module inside another room, each to be replaced by the room's
 #: public surface; (importing file, imported module)

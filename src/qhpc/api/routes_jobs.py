@@ -36,6 +36,7 @@ from qhpc.api.views import (
 from qhpc.api.wire import payloads_of
 from qhpc.broker import Broker, Idempotency, scope_of
 from qhpc.security import Principal
+from qhpc.states import OPEN_STATES, TaskStatus
 from qhpc.store import JobRecord
 
 jobs = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -49,7 +50,7 @@ MAX_WAIT_SECONDS = 60.0
 def _job_view(broker: Broker, job: JobRecord) -> JobView:
     records = broker.tasks_of_job(job.job_id)
     places = {}
-    if any(t.state == "queued" for t in records):
+    if any(t.state == TaskStatus.QUEUED for t in records):
         places = rules.queue_places(broker, job.resource)
     program = program_view(broker.programs.info(job.job_id)) if job.kind == "hybrid" else None
     return JobView(
@@ -195,7 +196,7 @@ def job_results(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) 
     job = rules.visible_job(broker, principal, job_id)
     views = []
     for task in broker.tasks_of_job(job_id):
-        result = broker.task_result(task.task_id) if task.state == "completed" else None
+        result = broker.task_result(task.task_id) if task.state == TaskStatus.COMPLETED else None
         views.append(
             TaskResultView(
                 task_id=task.task_id, index=task.index, state=task.state, error=task.error,
@@ -243,10 +244,10 @@ def get_task(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)] = 0.0,
 ) -> TaskDetail:
     task = rules.visible_task(broker, principal, task_id)
-    if wait > 0 and task.state in ("queued", "running"):
+    if wait > 0 and task.state in OPEN_STATES:
         task = broker.wait_task(task_id, timeout=wait)
     place = None
-    if task.state == "queued":
+    if task.state == TaskStatus.QUEUED:
         place = rules.queue_places(broker, task.resource).get(task_id)
-    result = broker.task_result(task_id) if task.state == "completed" else None
+    result = broker.task_result(task_id) if task.state == TaskStatus.COMPLETED else None
     return TaskDetail(**task_view(task, place).model_dump(), result=result_json(result))

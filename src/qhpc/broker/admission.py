@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 
 from qhpc.resources import Payload, PayloadError, QuantumResource, encode_payload, validate_payload
+from qhpc.states import TaskStatus
 from qhpc.store import JobRecord, SessionRecord, TaskRecord
 
 
@@ -64,7 +65,7 @@ def batch_job(
                 # Job id + index: tasks of one job share a submission time, and the
                 # policies break ties by task id, so this keeps them in index order.
                 task_id=f"{job_id}{index:06x}", job_id=job_id, resource=resource.name,
-                index=index, state="queued", payload=data, payload_kind=payload.kind,
+                index=index, state=TaskStatus.QUEUED, payload=data, payload_kind=payload.kind,
                 submitted_at=now, started_at=None, finished_at=None, resource_task_id=None,
                 error=None, attempts=0, session_id=session_id, account=account, user=user,
                 priority=priority,
@@ -73,7 +74,7 @@ def batch_job(
         )  # fmt: skip
     job = JobRecord(
         job_id=job_id, user=user, account=account, centre=centre, resource=resource.name,
-        kind="session" if session_id else "batch", priority=priority, state="queued",
+        kind="session" if session_id else "batch", priority=priority, state=TaskStatus.QUEUED,
         created_at=now, finished_at=None, session_id=session_id, name=name,
         task_count=len(tasks),
     )  # fmt: skip
@@ -94,7 +95,7 @@ def session_task(
     """The in-memory record of one session task (``data``: its checked encoding)."""
     return TaskRecord(
         task_id=task_id, job_id=session.session_id, resource=session.resource, index=index,
-        state="queued", payload=data, payload_kind=payload.kind, submitted_at=now,
+        state=TaskStatus.QUEUED, payload=data, payload_kind=payload.kind, submitted_at=now,
         started_at=None, finished_at=None, resource_task_id=None, error=None, attempts=0,
         session_id=session.session_id, account=session.account, user=session.user,
         priority=0, estimated_seconds=resource.estimate_seconds(payload) or learnt_seconds,

@@ -283,11 +283,11 @@ class ResourceExecutor:
             with context.shared.cond:
                 if task.task_id in sessions.in_flight:
                     sessions.in_flight[task.task_id] = replace(
-                        in_memory, state="running", started_at=started
+                        in_memory, state=TaskStatus.RUNNING, started_at=started
                     )
         outcome = self._run(task, running, payload, in_memory is not None or inline)
         finished = TaskOutcome(
-            state="cancelled" if outcome.state is TaskStatus.CANCELLED else str(outcome.state),
+            state=str(outcome.state),
             result=None if outcome.result is None else encode_result(outcome.result),
             error=outcome.error, qpu_seconds=outcome.qpu_seconds, shots=outcome.shots,
             circuits=outcome.circuits, finished_at=outcome.finished_at,

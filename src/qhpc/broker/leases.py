@@ -21,6 +21,7 @@ from qhpc.broker.scheduler import QueuedTask, SessionMode
 from qhpc.broker.sessions import Sessions
 from qhpc.resources import ResourceRegistry
 from qhpc.security import Role
+from qhpc.states import FINAL_STATES, TaskStatus
 from qhpc.store import ConflictError, JobRecord, SessionRecord, Store
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Leases:
         label = f"session of Slurm job {slurm_job_id}" if slurm_job_id else "session"
         job = JobRecord(
             job_id=session.session_id, user=user, account=account, centre=centre,
-            resource=resource, kind="session", priority=0, state="running", created_at=now,
+            resource=resource, kind="session", priority=0, state=TaskStatus.RUNNING, created_at=now,
             finished_at=None, session_id=session.session_id, name=label, task_count=0,
         )  # fmt: skip
         self.store.create_job(job, [])
@@ -104,8 +105,9 @@ class Leases:
         self.sessions.journal.flush()
         job = self.store.get_job(session_id)
         states = {t.state for t in self.store.tasks_of_job(session_id)}
-        if job.state not in ("completed", "failed", "cancelled"):
-            final = "completed" if states <= {"completed", "cancelled"} else "failed"
+        if job.state not in FINAL_STATES:
+            ended_well = states <= {TaskStatus.COMPLETED, TaskStatus.CANCELLED}
+            final = TaskStatus.COMPLETED if ended_well else TaskStatus.FAILED
             try:
                 self.store.set_job_state(session_id, final, finished_at=now)
             except ConflictError:

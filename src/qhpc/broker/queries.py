@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from qhpc.broker.sessions import Sessions
 from qhpc.resources import TaskResult, decode_result
+from qhpc.states import OPEN_STATES
 from qhpc.store import JobRecord, Store, TaskRecord
 
 
@@ -59,7 +60,7 @@ class TaskQueries:
                     return self.sessions.visible(pending)
             return self.store.get_task(task_id)
         task = self.store.get_task(task_id)
-        if task.state in ("queued", "running"):
+        if task.state in OPEN_STATES:
             event.wait(timeout)
             task = self.store.get_task(task_id)
         return task

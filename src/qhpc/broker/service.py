@@ -47,6 +47,7 @@ from qhpc.resources import (
     TaskResult,
     shared_pool,
 )
+from qhpc.states import TaskStatus
 from qhpc.store import JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,13 @@ class Broker:
             unstarted = self._take_queued(lambda t: t.task_id in self.sessions.in_flight)
             self.shared.cond.notify_all()
         never_ran = TaskOutcome(
-            "cancelled", None, "the broker stopped before it started", 0.0, 0, 0, self.clock()
+            TaskStatus.CANCELLED,
+            None,
+            "the broker stopped before it started",
+            0.0,
+            0,
+            0,
+            self.clock(),
         )
         for task in unstarted:
             self.sessions.finished(task, never_ran)
@@ -257,7 +264,9 @@ class Broker:
                     running.cancelled = True
                     running.stop.set()
             self.shared.cond.notify_all()
-        never_ran = TaskOutcome("cancelled", None, "cancelled before it started", 0.0, 0, 0, now)
+        never_ran = TaskOutcome(
+            TaskStatus.CANCELLED, None, "cancelled before it started", 0.0, 0, 0, now
+        )
         for task in unstarted:  # session tasks: not stored yet, the journal stores them
             self.sessions.finished(task, never_ran)
         with self.shared.cond:

@@ -20,6 +20,7 @@ from qhpc.broker.errors import BrokerError
 from qhpc.broker.executor import ResourceExecutor, Shared, queued
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
 from qhpc.resources import Payload
+from qhpc.states import TaskStatus
 from qhpc.store import Store
 
 
@@ -122,6 +123,6 @@ class SessionTasks:
                 executor.release()
         if finished is None:  # interrupted by the broker's own shutdown
             return task.task_id, SessionTaskOutcome(
-                task.task_id, "cancelled", None, "the broker is stopping"
+                task.task_id, TaskStatus.CANCELLED, None, "the broker is stopping"
             )
         return task.task_id, SessionTaskOutcome.of(task.task_id, finished)

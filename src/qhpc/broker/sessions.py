@@ -24,6 +24,7 @@ from pathlib import Path
 
 from qhpc.broker.journal import Journal
 from qhpc.broker.scheduler import SessionRhythms
+from qhpc.states import OPEN_STATES, TaskStatus
 from qhpc.store import SessionRecord, Store, TaskOutcome, TaskRecord
 
 
@@ -133,7 +134,7 @@ class Sessions:
             self._callbacks[task_id] = callback
             if task_id in self.in_flight:
                 return  # signalled when it has finished
-        if self.store.get_task(task_id).state not in ("queued", "running"):
+        if self.store.get_task(task_id).state not in OPEN_STATES:
             with self.cond:
                 if self._callbacks.pop(task_id, None) is not None:
                     callback(task_id)
@@ -146,7 +147,7 @@ class Sessions:
         if kept is not None:
             return kept
         task = self.store.get_task(task_id)
-        data = self.store.task_result(task_id) if task.state == "completed" else None
+        data = self.store.task_result(task_id) if task.state == TaskStatus.COMPLETED else None
         return SessionTaskOutcome(task_id, task.state, data, task.error)
 
     def signal(self, task_id: str) -> None:

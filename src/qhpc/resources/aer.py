@@ -22,8 +22,8 @@ from qiskit.circuit import QuantumCircuit
 
 from qhpc.resources.errors import ResourceConfigError, TaskFailedError
 from qhpc.resources.local import (
+    LocalTask,
     SamplingResource,
-    TaskRecord,
     TaskStopped,
     circuit_key,
     observable_key,
@@ -134,7 +134,7 @@ class AerResource(SamplingResource):
         shots: int,
         memory: bool,
         seed: int | None,
-        record: TaskRecord,
+        record: LocalTask,
     ) -> tuple[list[SampledCircuit], dict[str, object]]:
         """Sample now, in the calling thread (the emulator drives this with its own clock)."""
         return self._sample(circuits, shots, memory, seed, record)
@@ -145,7 +145,7 @@ class AerResource(SamplingResource):
         shots: int,
         memory: bool,
         seed: int | None,
-        record: TaskRecord,
+        record: LocalTask,
     ) -> tuple[list[SampledCircuit], dict[str, object]]:
         started = time.perf_counter()
         prepared = self.prepare(circuits)
@@ -180,9 +180,7 @@ class AerResource(SamplingResource):
             meta["depths"] = [c.depth() for c in prepared]
         return results, meta
 
-    def _exact_expectations(
-        self, task: EstimatorTask, record: TaskRecord
-    ) -> EstimatorResult | None:
+    def _exact_expectations(self, task: EstimatorTask, record: LocalTask) -> EstimatorResult | None:
         if self._noise_model is not None:
             return None  # a noisy exact value needs density matrices; sample instead
         import qiskit_aer  # noqa: F401  (registers save_expectation_value)

@@ -20,6 +20,7 @@ from typing import Any
 from qhpc.resources.errors import AcquisitionError, TaskFailedError
 from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.target import DeviceTarget
+from qhpc.states import TaskStatus as TaskStatus  # the resource interface's name for it
 
 
 class ResourceState(enum.StrEnum):
@@ -27,21 +28,6 @@ class ResourceState(enum.StrEnum):
     OFFLINE = "offline"
     PAUSED = "paused"
     CALIBRATING = "calibrating"
-
-
-class TaskStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL
-
-
-_FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
 @dataclass(frozen=True)

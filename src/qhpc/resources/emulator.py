@@ -25,7 +25,7 @@ from qhpc.resources.aer import AerResource
 from qhpc.resources.base import ResourceState
 from qhpc.resources.errors import ResourceConfigError
 from qhpc.resources.estimation import MeasurementPlan
-from qhpc.resources.local import SamplingResource, TaskRecord, TaskStopped
+from qhpc.resources.local import LocalTask, SamplingResource, TaskStopped
 from qhpc.resources.payload import Payload, SampledCircuit, SamplerTask
 from qhpc.resources.target import DeviceTarget
 
@@ -225,7 +225,7 @@ class EmulatorResource(SamplingResource):
             return ResourceState.PAUSED, "paused by operator", None
         return ResourceState.ONLINE, "", None
 
-    def _wait_until_available(self, record: TaskRecord) -> None:
+    def _wait_until_available(self, record: LocalTask) -> None:
         while True:
             state, reason, until = self._state_at(self.clock.now())
             if state is ResourceState.ONLINE:
@@ -244,7 +244,7 @@ class EmulatorResource(SamplingResource):
         shots: int,
         memory: bool,
         seed: int | None,
-        record: TaskRecord,
+        record: LocalTask,
     ) -> tuple[list[SampledCircuit], dict[str, object]]:
         started = self.clock.now()
         results, meta = self._aer.simulate(circuits, shots, memory, seed, record)

@@ -36,7 +36,7 @@ from qhpc.resources.payload import (
 
 
 @dataclass
-class TaskRecord:
+class LocalTask:
     """Book-keeping of one task inside a local adapter."""
 
     id: str
@@ -121,10 +121,10 @@ class LocalResource(QuantumResource):
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self._tasks: dict[str, TaskRecord] = {}
+        self._tasks: dict[str, LocalTask] = {}
         self._finished: deque[str] = deque()
-        self._queue: deque[TaskRecord] = deque()
-        self._running: TaskRecord | None = None
+        self._queue: deque[LocalTask] = deque()
+        self._running: LocalTask | None = None
         self._cond = threading.Condition()
         self._closed = False
         self._worker: threading.Thread | None = None
@@ -133,7 +133,7 @@ class LocalResource(QuantumResource):
     def task_start(self, payload: Payload) -> str:
         validate_payload(payload, self.target())
         self._check_payload(payload)
-        record = TaskRecord(id=uuid.uuid4().hex, payload=payload)
+        record = LocalTask(id=uuid.uuid4().hex, payload=payload)
         record.log(f"queued {payload.kind} task on {self.name}")
         with self._cond:
             if self._closed:
@@ -195,7 +195,7 @@ class LocalResource(QuantumResource):
         """
         validate_payload(payload, self.target())
         self._check_payload(payload)
-        record = TaskRecord(id="inline", payload=payload, stop_requested=stop_requested)
+        record = LocalTask(id="inline", payload=payload, stop_requested=stop_requested)
         with self._cond:
             if self._closed:
                 raise TaskFailedError(f"{self.name} is closed")
@@ -240,7 +240,7 @@ class LocalResource(QuantumResource):
 
     # -- hooks for subclasses --------------------------------------------------
     @abc.abstractmethod
-    def _execute(self, record: TaskRecord) -> TaskResult:
+    def _execute(self, record: LocalTask) -> TaskResult:
         """Run one task to completion; raise :class:`TaskStopped` if stopped."""
 
     def _check_payload(self, payload: Payload) -> None:
@@ -249,11 +249,11 @@ class LocalResource(QuantumResource):
     def _state(self) -> tuple[ResourceState, str]:
         return ResourceState.ONLINE, ""
 
-    def _wait_until_available(self, record: TaskRecord) -> None:
+    def _wait_until_available(self, record: LocalTask) -> None:
         """Block before a task starts while the device cannot run it (override)."""
 
     # -- internals -----------------------------------------------------------
-    def _record(self, task_id: str) -> TaskRecord:
+    def _record(self, task_id: str) -> LocalTask:
         try:
             return self._tasks[task_id]
         except KeyError:
@@ -294,7 +294,7 @@ class LocalResource(QuantumResource):
                 self._cond.notify_all()
             self._run_one(record)
 
-    def _run_one(self, record: TaskRecord) -> None:
+    def _run_one(self, record: LocalTask) -> None:
         try:
             result = self._execute(record)
         except TaskStopped:
@@ -313,7 +313,7 @@ class LocalResource(QuantumResource):
                 self._running = None
                 self._cond.notify_all()
 
-    def _finish(self, record: TaskRecord, status: TaskStatus, error: str | None = None) -> None:
+    def _finish(self, record: LocalTask, status: TaskStatus, error: str | None = None) -> None:
         # Caller holds self._cond.
         record.status = status
         record.error = error
@@ -344,17 +344,15 @@ class SamplingResource(LocalResource):
         shots: int,
         memory: bool,
         seed: int | None,
-        record: TaskRecord,
+        record: LocalTask,
     ) -> tuple[list[SampledCircuit], dict[str, object]]:
         """Sample every circuit; return results in order and adapter metadata."""
 
-    def _exact_expectations(
-        self, task: EstimatorTask, record: TaskRecord
-    ) -> EstimatorResult | None:
+    def _exact_expectations(self, task: EstimatorTask, record: LocalTask) -> EstimatorResult | None:
         """Exact expectation values, or None if this resource cannot compute them."""
         return None
 
-    def _execute(self, record: TaskRecord) -> TaskResult:
+    def _execute(self, record: LocalTask) -> TaskResult:
         payload = record.payload
         if isinstance(payload, SamplerTask):
             sampled, meta = self._sample(

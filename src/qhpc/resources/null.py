@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from qiskit.circuit import QuantumCircuit
 
-from qhpc.resources.local import SamplingResource, TaskRecord
+from qhpc.resources.local import LocalTask, SamplingResource
 from qhpc.resources.payload import SampledCircuit
 from qhpc.resources.target import DeviceTarget
 
@@ -30,7 +30,7 @@ class NullResource(SamplingResource):
         shots: int,
         memory: bool,
         seed: int | None,
-        record: TaskRecord,
+        record: LocalTask,
     ) -> tuple[list[SampledCircuit], dict[str, object]]:
         results = []
         for circuit in circuits:

@@ -21,7 +21,7 @@ from qhpc.resources.cqasm import (
     qubit_counts_to_clbit_counts,
 )
 from qhpc.resources.errors import TaskFailedError, UnsupportedPayloadError
-from qhpc.resources.local import SamplingResource, TaskRecord, TaskStopped
+from qhpc.resources.local import LocalTask, SamplingResource, TaskStopped
 from qhpc.resources.payload import Payload, SampledCircuit, SamplerTask
 from qhpc.resources.target import DeviceTarget
 
@@ -65,7 +65,7 @@ class QxResource(SamplingResource):
         shots: int,
         memory: bool,
         seed: int | None,
-        record: TaskRecord,
+        record: LocalTask,
     ) -> tuple[list[SampledCircuit], dict[str, object]]:
         import qxelarator
 

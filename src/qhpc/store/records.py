@@ -1,20 +1,23 @@
 """The records the store keeps: plain frozen dataclasses, one per table.
 
 Times are float UNIX seconds chosen by the caller (the store never reads a clock for
-data, so tests and replays are deterministic). States are plain strings; the tuples
-below name the valid ones and the store refuses others with ``ValueError``.
+data, so tests and replays are deterministic). Task and job states are the members
+of :class:`qhpc.states.TaskStatus` (strings in the tables); the tuples below name the
+valid values of each column and the store refuses others with ``ValueError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-JOB_STATES: tuple[str, ...] = ("queued", "running", "completed", "failed", "cancelled")
+from qhpc.states import FINAL_STATES as FINAL_STATES  # re-exported: the store's own name
+from qhpc.states import OPEN_STATES, TaskStatus
+
+#: a job's state is its tasks' (queued until one runs, final once all are)
+JOB_STATES: tuple[str, ...] = tuple(TaskStatus)
 TASK_STATES: tuple[str, ...] = JOB_STATES
-#: States a job or task never leaves.
-FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 #: States a task can be finished from.
-OPEN_TASK_STATES: tuple[str, ...] = ("queued", "running")
+OPEN_TASK_STATES: tuple[str, ...] = tuple(s for s in TaskStatus if s in OPEN_STATES)
 JOB_KINDS: tuple[str, ...] = ("batch", "session", "hybrid")
 PAYLOAD_KINDS: tuple[str, ...] = ("sampler", "estimator")
 TOKEN_ROLES: tuple[str, ...] = ("admin", "centre", "user", "session")

@@ -33,6 +33,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from qhpc.states import TaskStatus
 from qhpc.store import schema
 from qhpc.store._admin import AdminMixin
 from qhpc.store._idempotency import IdempotencyMixin, claim_key
@@ -249,7 +250,7 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
         self, resource: str | None = None, limit: int | None = None
     ) -> list[TaskRecord]:
         """Queued tasks (of one resource, if given), oldest first."""
-        query = select(*_TASK_COLUMNS).where(_t.c.state == "queued")
+        query = select(*_TASK_COLUMNS).where(_t.c.state == TaskStatus.QUEUED)
         if resource is not None:
             query = query.where(_t.c.resource == resource)
         query = query.order_by(_t.c.submitted_at, _t.c.job_id, _t.c.idx).limit(limit)
@@ -259,7 +260,7 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
 
     def queue_length(self, resource: str | None = None) -> int:
         """Number of queued tasks (of one resource, if given)."""
-        query = select(func.count()).select_from(_t).where(_t.c.state == "queued")
+        query = select(func.count()).select_from(_t).where(_t.c.state == TaskStatus.QUEUED)
         if resource is not None:
             query = query.where(_t.c.resource == resource)
         with self._db.tx() as conn:
@@ -272,9 +273,9 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
         with self._db.tx(write=True) as conn:
             done = conn.execute(
                 update(_t)
-                .where(_t.c.task_id == task_id, _t.c.state == "queued")
+                .where(_t.c.task_id == task_id, _t.c.state == TaskStatus.QUEUED)
                 .values(
-                    state="running",
+                    state=TaskStatus.RUNNING,
                     started_at=started_at,
                     resource_task_id=resource_task_id,
                     attempts=_t.c.attempts + 1,
@@ -289,7 +290,7 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
         with self._db.tx(write=True) as conn:
             conn.execute(
                 update(_t)
-                .where(_t.c.task_id == task_id, _t.c.state == "running")
+                .where(_t.c.task_id == task_id, _t.c.state == TaskStatus.RUNNING)
                 .values(resource_task_id=resource_task_id)
             )
 
@@ -321,7 +322,7 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
             # In the same transaction, so a reader who sees the task final also sees
             # its job settled.
             _settle_job(conn, row.job_id, outcome.finished_at)
-            if outcome.state != "completed" and outcome.qpu_seconds <= 0:
+            if outcome.state != TaskStatus.COMPLETED and outcome.qpu_seconds <= 0:
                 return None
             centre = conn.execute(select(_j.c.centre).where(_j.c.job_id == row.job_id)).scalar()
             record = UsageRecord(
@@ -391,7 +392,7 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
                         finished_at=outcome.finished_at,
                     )
                     for task, outcome in items
-                    if outcome.state == "completed" or outcome.qpu_seconds > 0
+                    if outcome.state == TaskStatus.COMPLETED or outcome.qpu_seconds > 0
                 ]  # fmt: skip
                 if usage:
                     conn.execute(insert(schema.usage), [schema.to_row(u) for u in usage])
@@ -415,8 +416,8 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
                 raise NotFoundError(f"no job {job_id!r}")
             rows = conn.execute(
                 update(_t)
-                .where(_t.c.job_id == job_id, _t.c.state == "queued")
-                .values(state="cancelled", finished_at=at)
+                .where(_t.c.job_id == job_id, _t.c.state == TaskStatus.QUEUED)
+                .values(state=TaskStatus.CANCELLED, finished_at=at)
                 .returning(_t.c.task_id, _t.c.idx)
             ).all()
             _settle_job(conn, job_id, at)
@@ -428,12 +429,12 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
         ``started_at`` is cleared; ``resource_task_id`` is kept so that recovery can
         still find (and cancel) the orphaned run on the resource.
         """
-        query = update(_t).where(_t.c.state == "running")
+        query = update(_t).where(_t.c.state == TaskStatus.RUNNING)
         if resource is not None:
             query = query.where(_t.c.resource == resource)
         with self._db.tx(write=True) as conn:
             ids = conn.execute(
-                query.values(state="queued", started_at=None).returning(_t.c.task_id)
+                query.values(state=TaskStatus.QUEUED, started_at=None).returning(_t.c.task_id)
             ).scalars()
             return sorted(ids)
 
@@ -453,14 +454,17 @@ def _settle_job(conn: Connection, job_id: str, at: float) -> None:
             select(_t.c.state, func.count()).where(_t.c.job_id == job_id).group_by(_t.c.state)
         ).all()
     }
-    if counts.get("queued", 0) or counts.get("running", 0):
-        new, finished = ("running" if set(counts) - {"queued"} else "queued"), None
-    elif set(counts) <= {"completed"}:
-        new, finished = "completed", at
-    elif counts.get("failed", 0):
-        new, finished = "failed", at
+    if counts.get(TaskStatus.QUEUED, 0) or counts.get(TaskStatus.RUNNING, 0):
+        new, finished = (
+            (TaskStatus.RUNNING if set(counts) - {TaskStatus.QUEUED} else TaskStatus.QUEUED),
+            None,
+        )
+    elif set(counts) <= {TaskStatus.COMPLETED}:
+        new, finished = TaskStatus.COMPLETED, at
+    elif counts.get(TaskStatus.FAILED, 0):
+        new, finished = TaskStatus.FAILED, at
     else:
-        new, finished = "cancelled", at
+        new, finished = TaskStatus.CANCELLED, at
     if new != job.state:
         conn.execute(
             update(_j).where(_j.c.job_id == job_id).values(state=new, finished_at=finished)
