@@ -206,3 +206,9 @@ def test_job_environment() -> None:
         job_environment([], ["HOME"], {})
     with pytest.raises(RemoteSlurmError, match="--env expects NAME=VALUE, got 'A'"):
         job_environment(["A"], [], {})
+
+
+def test_a_submission_without_an_environment_gets_a_plain_path() -> None:
+    rest = FakeRest([done()])
+    submit_remote(rest, RemoteSubmission("#!/bin/sh\n", "j"), session=None)  # type: ignore[arg-type]
+    assert rest.submitted[0]["environment"] == {"PATH": "/usr/local/bin:/usr/bin:/bin"}

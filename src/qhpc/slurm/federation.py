@@ -47,6 +47,7 @@ class RemoteSubmission:
     script: str
     name: str
     working_directory: str = "/tmp"
+    #: the job's whole environment (slurmrestd passes none of ours); default a plain PATH
     environment: Mapping[str, str] | None = None
     partition: str | None = None
     licenses: str | None = None
@@ -230,7 +231,7 @@ def submit_remote(
     no job will use it.
     """
     emit = on_event or (lambda _: None)
-    environment = dict(submission.environment or {})
+    environment = dict(submission.environment or {"PATH": DEFAULT_PATH})
     link: BrokerLink | None = None
     opened: Mapping[str, Any] | None = None
     if session is not None:
