@@ -43,9 +43,8 @@ class Import:
 
     @property
     def room(self) -> str:
-        """The room of the importing file: its first path part (``cli_broker.py`` → ``cli``)."""
-        first = self.file.split("/")[0].removesuffix(".py")
-        return "cli" if first.startswith("cli") else first
+        """The room of the importing file: its first path part (``cli/jobs.py`` → ``cli``)."""
+        return self.file.split("/")[0].removesuffix(".py")
 
     @property
     def target(self) -> str:
@@ -178,3 +177,63 @@ def test_the_api_never_holds_the_store() -> None:
     assert _store_reaches("api/x.py", "broker.store.get_job(1)\nself.broker.store.x()\n") == [
         "api/x.py:1", "api/x.py:2",
     ]  # fmt: skip
+
+
+def module_file(module: str) -> str | None:
+    """The file (relative to src/qhpc) of ``qhpc.a.b``: ``a/b.py`` or ``a/b/__init__.py``."""
+    parts = module.split(".")[1:]
+    if not parts:  # qhpc itself
+        return "__init__.py"
+    inner = Path(*parts)
+    for candidate in (inner.with_suffix(".py"), inner / "__init__.py"):
+        if (SOURCE / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def circles(files: dict[str, set[str]]) -> list[list[str]]:
+    """Each import circle among ``files`` (file -> files it imports), as a path back to
+    its start; a depth-first walk, so every circle shows up at least once."""
+    found: list[list[str]] = []
+    state: dict[str, str] = {}  # "open" while on the walk's path, "done" after
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        path = [*path, node]
+        for target in sorted(files.get(node, ())):
+            if state.get(target) == "open":
+                found.append([*path[path.index(target) :], target])
+            elif target not in state:
+                walk(target, path)
+        state[node] = "done"
+
+    for node in sorted(files):
+        if node not in state:
+            walk(node, [])
+    return found
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert circles({"a": {"a"}}) == [["a", "a"]]
+    assert circles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+@pytest.mark.parametrize("room", ["cli", "slurm", "study"])
+def test_no_circles_inside_the_room(room: str) -> None:
+    files: dict[str, set[str]] = {}
+    for i in all_imports():
+        target = module_file(i.module)
+        if i.room == room and target is not None and target.startswith(f"{room}/"):
+            files.setdefault(i.file, set()).add(target)
+    assert files, f"no imports inside {room}/: is the room still a package?"
+    assert not circles(files), f"import circles in {room}/: " + "; ".join(
+        " -> ".join(c) for c in circles(files)
+    )
+
+
+def test_nothing_imports_the_command_line() -> None:
+    wrong = [i for i in all_imports() if i.target == "cli" and i.room != "cli"]
+    assert not wrong, "the command line is the top of the house: " + ", ".join(
+        f"{i.file} imports {i.module}" for i in wrong
+    )

@@ -427,3 +427,40 @@ def test_manifest_is_json_a_person_can_read(tmp_path: Path) -> None:
     data = json.loads((chain.directory / "chain.json").read_text())
     assert data["steps"] == 2 and data["sbatch_args"] == ["-p", "qpu"]
     assert data["job_ids"] == [None, None]
+
+
+def test_settled_status_cancels_the_steps_that_can_never_run(tmp_path: Path) -> None:
+    slurm = FakeSlurm()
+    program = write_program(tmp_path, COUNTER.replace("FAIL_AT = 0", "FAIL_AT = 2"))
+    chain = Chain(program, 4, tmp_path / "run", slurm=slurm,
+                  sbatch_args=["--kill-on-invalid-dep=no"])  # fmt: skip
+    chain.submit()
+    assert chain.settled_status()[1] == []  # healthy so far: nothing to cancel
+    for _ in range(4):
+        slurm.tick()
+    assert slurm.jobs[103].reason == "DependencyNeverSatisfied"
+    status, cancelled = chain.settled_status()
+    assert cancelled == [103, 104] == slurm.cancelled
+    assert [s.state for s in status.steps] == ["COMPLETED", "FAILED", "CANCELLED", "CANCELLED"]
+    assert chain.settled_status() == (status, [])  # settled once: nothing left
+
+
+def test_locate_takes_a_directory_or_a_step_job_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slurm = FakeSlurm()
+    chain = Chain(write_program(tmp_path), 2, tmp_path / "7", slurm=slurm)
+    ids = chain.submit()
+
+    def directory_of(job_id: int) -> Path:
+        if job_id not in slurm.jobs:
+            raise ChainError(f"job {job_id} is not a step of a qhpc chain")
+        return chain.directory
+
+    monkeypatch.setattr(slurm, "chain_directory_of_job", directory_of)
+    assert Chain.locate(chain.directory, slurm).job_ids == ids
+    assert Chain.locate(str(ids[1]), slurm).directory == chain.directory
+    with pytest.raises(ChainError, match="job 5 is not a step"):
+        Chain.locate("5", slurm)
+    monkeypatch.chdir(tmp_path)  # a directory named like a job id is that directory
+    assert Chain.locate("7", slurm).directory == chain.directory

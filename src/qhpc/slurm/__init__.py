@@ -9,8 +9,18 @@ QPU session, for how long — and the broker multiplexes the sessions' tasks.
 - :mod:`qhpc.slurm.hooks` holds the hook entry points
   (``python -m qhpc.slurm.hooks prolog-slurmctld`` …);
 - :func:`slurm_accounting` joins broker usage with ``sacct`` records
-  (``qhpc accounting --slurm``).
+  (``qhpc accounting --slurm``);
+- :class:`Chain` splits a hybrid loop into ``afterok`` steps with checkpoints;
+- :func:`submit_remote` submits to another site's Slurm through slurmrestd,
+  with a QPU session at its broker (federation).
+
+Chains, slurmrestd and federation load pydantic and httpx, which the hooks —
+whose start-up every job waits for — never need: those names are imported on
+first use (:func:`__getattr__`), not with the package.
 """
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from qhpc.slurm.accounting import (
     join_accounting,
@@ -45,17 +55,92 @@ from qhpc.slurm.sacct import (
 )
 from qhpc.slurm.settings import HookSettings, load_settings
 
+if TYPE_CHECKING:
+    from qhpc.slurm.chain import Chain, ChainStatus, SlurmCommands
+    from qhpc.slurm.checkpoint import ChainError
+    from qhpc.slurm.federation import (
+        CentreSession,
+        FederationEvent,
+        JobChanged,
+        JobSubmitted,
+        RemoteSubmission,
+        RemoteSubmitResult,
+        SessionClosed,
+        SessionLeftOpen,
+        SessionOpened,
+        job_dict,
+        job_environment,
+        rest_client,
+        submit_remote,
+    )
+    from qhpc.slurm.rest import RemoteJob, RemoteSlurmError, SlurmRestClient
+    from qhpc.slurm.templates import hetjob_script
+
+#: names imported on first use, and the module each comes from
+_LAZY = {
+    "Chain": "qhpc.slurm.chain",
+    "ChainStatus": "qhpc.slurm.chain",
+    "SlurmCommands": "qhpc.slurm.chain",
+    "ChainError": "qhpc.slurm.checkpoint",
+    "RemoteJob": "qhpc.slurm.rest",
+    "RemoteSlurmError": "qhpc.slurm.rest",
+    "SlurmRestClient": "qhpc.slurm.rest",
+    "hetjob_script": "qhpc.slurm.templates",
+    "CentreSession": "qhpc.slurm.federation",
+    "FederationEvent": "qhpc.slurm.federation",
+    "JobChanged": "qhpc.slurm.federation",
+    "JobSubmitted": "qhpc.slurm.federation",
+    "RemoteSubmission": "qhpc.slurm.federation",
+    "RemoteSubmitResult": "qhpc.slurm.federation",
+    "SessionClosed": "qhpc.slurm.federation",
+    "SessionLeftOpen": "qhpc.slurm.federation",
+    "SessionOpened": "qhpc.slurm.federation",
+    "job_dict": "qhpc.slurm.federation",
+    "job_environment": "qhpc.slurm.federation",
+    "rest_client": "qhpc.slurm.federation",
+    "submit_remote": "qhpc.slurm.federation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
 __all__ = [
+    "CentreSession",
+    "Chain",
+    "ChainError",
+    "ChainStatus",
+    "FederationEvent",
     "Handover",
     "HookSettings",
     "HookSettingsError",
+    "JobChanged",
+    "JobSubmitted",
     "JobView",
+    "RemoteJob",
+    "RemoteSlurmError",
+    "RemoteSubmission",
+    "RemoteSubmitResult",
+    "SessionClosed",
     "SessionHandoverError",
+    "SessionLeftOpen",
+    "SessionOpened",
     "SlurmCommandError",
+    "SlurmCommands",
     "SlurmConfigError",
     "SlurmConfigRequest",
     "SlurmError",
+    "SlurmRestClient",
     "WrittenConfig",
+    "hetjob_script",
+    "job_dict",
+    "job_environment",
     "job_from_env",
     "join_accounting",
     "licence_name",
@@ -64,9 +149,11 @@ __all__ = [
     "parse_time_limit",
     "parse_usage_comment",
     "qpus_in_licences",
+    "rest_client",
     "sacct_jobs",
     "show_job",
     "slurm_accounting",
+    "submit_remote",
     "usage_comment",
     "write_config",
 ]

@@ -354,6 +354,16 @@ class Chain:
         chain.manifest = ChainManifest.read(chain.directory)
         return chain
 
+    @classmethod
+    def locate(cls, where: str | Path, slurm: SlurmCommands | None = None) -> Chain:
+        """The chain in the directory ``where``, or the chain one of whose steps has the
+        Slurm job id ``where`` (a directory of that name wins)."""
+        text = str(where)
+        if text.isdigit() and not Path(text).is_dir():
+            slurm = slurm or SlurmCommands()
+            return cls.open(slurm.chain_directory_of_job(int(text)), slurm)
+        return cls.open(where, slurm)
+
     @property
     def name(self) -> str:
         return self.manifest.name
@@ -494,6 +504,20 @@ class Chain:
         if doomed:
             self.slurm.scancel(doomed)
         return doomed
+
+    def settled_status(self) -> tuple[ChainStatus, list[int]]:
+        """The status once steps that can never run are cancelled, and their job ids.
+
+        Settles only when a step failed or one waits on a dependency Slurm reports
+        as never satisfied, so a healthy chain costs one status query.
+        """
+        status = self.status()
+        if status.state != "failing" and not any(
+            step.reason == NEVER_SATISFIED for step in status.steps
+        ):
+            return status, []
+        cancelled = self.settle(status)
+        return (self.status() if cancelled else status), cancelled
 
     def cancel(self) -> list[int]:
         """Cancel every step not yet finished; the ids cancelled."""

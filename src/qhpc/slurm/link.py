@@ -60,18 +60,25 @@ class BrokerLink:
         self,
         resource: str,
         *,
-        deadline: float,
-        user: str,
-        account: str | None,
-        slurm_job_id: str,
+        deadline: float | None = None,
+        duration_seconds: float | None = None,
+        user: str | None = None,
+        account: str | None = None,
+        slurm_job_id: str | None = None,
         mode: str = "multiplex",
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "resource": resource, "deadline": deadline, "user": user, "mode": mode,
-            "slurm_job_id": slurm_job_id,
+        """Open a session; the answer's ``token`` is the session token (shown once).
+
+        The hooks give a ``deadline`` and the Slurm job; a centre submitting to
+        another site (:mod:`qhpc.slurm.federation`) gives a duration and the user,
+        before the job exists. Unset fields are left to the broker's defaults.
+        """
+        body: dict[str, Any] = {"resource": resource, "mode": mode}
+        given = {
+            "deadline": deadline, "duration_seconds": duration_seconds, "user": user,
+            "account": account or None, "slurm_job_id": slurm_job_id,
         }  # fmt: skip
-        if account:
-            body["account"] = account
+        body.update({name: value for name, value in given.items() if value is not None})
         return dict(self._call("POST", "/sessions", json=body))
 
     def sessions(

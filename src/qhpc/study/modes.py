@@ -1,7 +1,9 @@
 """The four ways of scheduling hybrid work that the study compares.
 
 Each mode says how a job reaches the QPU; the broker's policy objects decide
-the order of tasks in every mode (see :mod:`qhpc.study.simulator`).
+the order of tasks in every mode (see :mod:`qhpc.study.simulator`). A mode
+drives the simulator through :class:`ModeEngine`, the few calls it needs, so
+this module sits below the simulator rather than in a circle with it.
 
 - ``exclusive`` (seed 004's *high-level only*): Slurm reserves the QPU for a
   whole job. One job at a time holds an exclusive session; its iterations run
@@ -21,16 +23,13 @@ Slurm's job order); off, ``fifo``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from qhpc.broker import SessionMode
-from qhpc.study.workload import BatchJob, HybridJob
-
-if TYPE_CHECKING:
-    from qhpc.study.simulator import Engine
+from qhpc.study.workload import BatchJob, Environment, HybridJob
 
 
 class Mode(StrEnum):
@@ -77,6 +76,43 @@ class Strategy:
 STRATEGIES: tuple[Strategy, ...] = tuple(Strategy(m, f) for m in Mode for f in (False, True))
 
 
+class ModeEngine(Protocol):
+    """What a mode calls on the simulator (:class:`qhpc.study.simulator.Engine`)."""
+
+    now: float
+    environment: Environment
+
+    def after(self, delay: float, action: Callable[[], None]) -> None: ...
+
+    def job_started(self, job_id: str) -> None: ...
+
+    def job_finished(self, job_id: str) -> None: ...
+
+    def open_session(self, job_id: str, account: str, mode: SessionMode) -> str: ...
+
+    def close_session(self, session_id: str) -> None: ...
+
+    def submit(
+        self,
+        job_id: str,
+        account: str,
+        circuits_per_task: Sequence[int],
+        shots: int,
+        session: str | None,
+        ready_at: float,
+        done: Callable[[], None],
+        *,
+        iteration: int | None = None,
+        requested_at: float | None = None,
+    ) -> None: ...
+
+    def request_grant(
+        self, job_id: str, account: str, ready_at: float, then: Callable[[], None]
+    ) -> None: ...
+
+    def release_grant(self, job_id: str) -> None: ...
+
+
 def grant_capacity(mode: Mode, licences: int) -> int:
     """How many jobs Slurm lets hold the QPU at once in ``mode`` (0: no gating)."""
     if mode in (Mode.EXCLUSIVE, Mode.SPLIT):
@@ -86,7 +122,7 @@ def grant_capacity(mode: Mode, licences: int) -> int:
     return 0
 
 
-def start_hybrid(engine: Engine, job: HybridJob, mode: Mode) -> None:
+def start_hybrid(engine: ModeEngine, job: HybridJob, mode: Mode) -> None:
     """Run one hybrid program from its arrival (``engine.now``) to its last result."""
     ready = engine.now
     if mode is Mode.SPLIT:
@@ -113,7 +149,7 @@ def start_hybrid(engine: Engine, job: HybridJob, mode: Mode) -> None:
 
 
 def _iterate(
-    engine: Engine,
+    engine: ModeEngine,
     job: HybridJob,
     index: int,
     session: str | None,
@@ -140,7 +176,7 @@ def _iterate(
     engine.submit(job.job_id, job.account, sizes, step.shots, session, ready, done, iteration=index)
 
 
-def _split_block(engine: Engine, job: HybridJob, index: int, ready: float) -> None:
+def _split_block(engine: ModeEngine, job: HybridJob, index: int, ready: float) -> None:
     step = job.iterations[index]
 
     def granted() -> None:
@@ -164,7 +200,7 @@ def _split_block(engine: Engine, job: HybridJob, index: int, ready: float) -> No
     engine.request_grant(job.job_id, job.account, ready, granted)
 
 
-def start_batch(engine: Engine, job: BatchJob, mode: Mode) -> None:
+def start_batch(engine: ModeEngine, job: BatchJob, mode: Mode) -> None:
     """Submit one batch job at its arrival (``engine.now``)."""
     ready = engine.now
     if mode in (Mode.FIFO_CIRCUIT, Mode.MULTIPLEX):

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qhpc.study.modes import Mode, Strategy
-
-if TYPE_CHECKING:
-    from qhpc.study.report import ScenarioRun
+from qhpc.study.runs import ScenarioRun
 
 #: strategies shown in the per-scenario figures (fair share on: the broker's default)
 SHOWN: tuple[Strategy, ...] = tuple(Strategy(m, True) for m in Mode)

@@ -24,6 +24,7 @@ from qhpc import __version__
 from qhpc.broker import DEFAULT_CHUNK_SECONDS
 from qhpc.study.metrics import Metrics, measure
 from qhpc.study.modes import MODE_TITLES, STRATEGIES, Mode, Strategy
+from qhpc.study.runs import ScenarioRun
 from qhpc.study.simulator import SimulationResult, simulate
 from qhpc.study.workload import SCENARIOS, Scenario
 
@@ -60,18 +61,6 @@ class Goal:
             "reached": self.reached,
             "licences": self.licences,
         }
-
-
-@dataclass
-class ScenarioRun:
-    scenario: Scenario
-    scale: float
-    results: dict[str, SimulationResult]
-    metrics: dict[str, Metrics]
-    #: multiplex (fair share) with the session policy before session-aware backfill
-    greedy: Metrics | None = None
-    #: multiplex (fair share) with session-aware backfill, batch tasks run whole
-    whole: Metrics | None = None
 
 
 Progress = Callable[[str], None]

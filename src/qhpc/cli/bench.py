@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from qhpc.cli.output import err, fail, out
 from qhpc.errors import QhpcError
 
 bench_app = typer.Typer(
     help="Benchmarks: the scheduling study, micro-benchmarks, the README's figures.",
     no_args_is_help=True,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 #: micro-benchmark scripts: (script, report file, extra arguments for --quick)
 MICRO: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -49,9 +47,8 @@ BenchDirOption = Annotated[
 
 def find_bench_dir(given: Path | None = None) -> Path:
     """``given``, else ./bench, else the bench/ folder next to this source checkout."""
-    candidates = (
-        [given] if given else [Path("bench"), Path(__file__).resolve().parents[2] / "bench"]
-    )
+    checkout = Path(__file__).resolve().parents[3]  # src/qhpc/cli/bench.py → the checkout
+    candidates = [given] if given else [Path("bench"), checkout / "bench"]
     for candidate in candidates:
         if candidate is not None and (candidate / "bench_study.py").exists():
             return candidate.resolve()
@@ -62,8 +59,7 @@ def find_bench_dir(given: Path | None = None) -> Path:
 
 
 def _fail(exc: Exception) -> NoReturn:
-    err.print(f"error: {exc}")
-    raise typer.Exit(1)
+    raise typer.Exit(fail(str(exc)))
 
 
 @bench_app.command("study")
@@ -232,7 +228,3 @@ def readme(
         _fail(QhpcError(f"{readme_path}: {exc}"))
     readme_path.write_text(updated)
     out.print(f"updated {readme_path}")
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(bench_app, name="bench")

@@ -1,32 +1,30 @@
-"""``qhpc slurm …``: commands for Slurm admins and users.
+"""``qhpc slurm config`` and ``qhpc slurm template``: QPUs as Slurm resources.
 
-Each command is a plain function registered on :data:`slurm_app`; add a new one
-with ``@slurm_app.command("name")`` below the others. ``qhpc accounting --slurm``
-lives in cli_broker.py and calls :func:`print_slurm_accounting`.
+:data:`slurm_app` holds the admin's commands; the job helpers on the same verb
+(``submit``/``job`` in :mod:`qhpc.cli.remote`, ``chain`` in
+:mod:`qhpc.cli.chain`) are added to it where the command is assembled
+(:mod:`qhpc.cli`).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from qhpc.cli_slurm_jobs import register as register_job_helpers
+from qhpc.cli.output import err, out
 from qhpc.envvars import TOKEN_ENV, URL_ENV
-from qhpc.slurm import SlurmConfigError
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+from qhpc.resources import load_registry
+from qhpc.slurm import SlurmConfigError, SlurmConfigRequest, hetjob_script, write_config
 
 slurm_app = typer.Typer(
     help="QPUs as Slurm resources: configuration, hooks, job helpers.", no_args_is_help=True
 )
+template_app = typer.Typer(help="Print batch-script templates.", no_args_is_help=True)
 
 
 def _parse_sessions(items: list[str]) -> dict[str, int]:
@@ -110,9 +108,6 @@ def config(
 ) -> None:
     """Write qhpc.conf, plugstack.conf, gres.conf into --out; hooks and hooks.toml into
     --hooks-dir."""
-    from qhpc.resources.config import load_registry
-    from qhpc.slurm import SlurmConfigRequest, write_config
-
     if mode not in ("multiplex", "exclusive"):
         raise SlurmConfigError(f"--mode: multiplex or exclusive, not {mode!r}")
     if token_file is not None:
@@ -146,35 +141,28 @@ def config(
         err.print(f"note: {note}")
 
 
-def print_slurm_accounting(url: str, token: str, as_json: bool) -> None:
-    """``qhpc accounting --slurm``: broker usage per Slurm job joined with sacct."""
-    from qhpc.slurm import slurm_accounting
-
-    rows = slurm_accounting(url, token)
-    if as_json:
-        out.print_json(json.dumps(rows, default=str))
-        return
-    table = Table(
-        "slurm job", "user", "account", "state", "resource", "tasks", "qpu seconds", "shots",
-        "sacct qpu s",
+@template_app.command("hetjob")
+def template_hetjob(
+    command: Annotated[list[str], typer.Argument(help="What the qpu component runs.")],
+    qpu: Annotated[str | None, typer.Option(help="Ask for this QPU (--qpu=NAME).")] = None,
+    licenses: Annotated[
+        str | None, typer.Option("--licenses", "-L", help="Or a licence, e.g. qpu_sim:1.")
+    ] = None,
+    classical: Annotated[
+        str | None,
+        typer.Option("--classical", help="Command for the classical component (shell words)."),
+    ] = None,
+    classical_tasks: Annotated[int, typer.Option(help="Tasks of the classical component.")] = 1,
+    classical_partition: Annotated[str, typer.Option()] = "debug",
+    qpu_partition: Annotated[str, typer.Option()] = "qpu",
+    job_name: Annotated[str, typer.Option("--name", "-J")] = "qhpc-hetjob",
+    time_limit: Annotated[str | None, typer.Option("--time")] = None,
+) -> None:
+    """Print a heterogeneous job: classical component 0, component 1 on the qpu partition."""
+    script = hetjob_script(
+        command=command, classical_command=shlex.split(classical) if classical else None,
+        job_name=job_name, classical_partition=classical_partition,
+        qpu_partition=qpu_partition, classical_tasks=classical_tasks, qpu=qpu,
+        license=licenses, time_limit=time_limit,
     )  # fmt: skip
-    for row in rows:
-        table.add_row(
-            row["slurm_job_id"], _text(row["user"]), _text(row["account"]), _text(row["state"]),
-            _text(row["resource"]), _text(row["tasks"]), _seconds(row["qpu_seconds"]),
-            _text(row["shots"]), _seconds(row["sacct_qpu_seconds"]),
-        )  # fmt: skip
-    out.print(table)
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _seconds(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-def register(app: typer.Typer) -> None:
-    register_job_helpers(slurm_app)  # submit, job, chain, template (cli_slurm_jobs.py)
-    app.add_typer(slurm_app, name="slurm")
+    typer.echo(script, nl=False)  # verbatim: no wrapping or markup

@@ -1,8 +1,10 @@
-"""Secrets on the command line: from a file or the environment, never as an argument.
+"""Options several verb groups share: the broker's address, its token, ``--json``.
 
-A token given as ``--token VALUE`` would sit in ``/proc/PID/cmdline``, which every
-user of the machine can read (``ps``), for as long as the command runs. So the CLI
-takes a file (``--token-file PATH``) or an environment variable instead.
+Secrets come from a file or the environment, never as an argument: a token
+given as ``--token VALUE`` would sit in ``/proc/PID/cmdline``, which every user
+of the machine can read (``ps``), for as long as the command runs. So the CLI
+takes a file (``--token-file PATH``) or an environment variable instead
+(:func:`secret_option`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from qhpc.envvars import TOKEN_ENV, URL_ENV
+
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _reader(flag: str, envvar: str) -> Callable[[str | None], str]:
@@ -41,4 +47,18 @@ def secret_option(flag: str, envvar: str, what: str) -> Any:
 
 
 #: the broker's bearer token: --token-file PATH or $QHPC_TOKEN
-TokenOption = Annotated[str, secret_option("--token-file", "QHPC_TOKEN", "the bearer token")]
+TokenOption = Annotated[str, secret_option("--token-file", TOKEN_ENV, "the bearer token")]
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar=URL_ENV, help="Broker URL.", show_default=True)
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Resource config (qhpc TOML or qrmi_config.json); default $QHPC_CONFIG, "
+        "~/.config/qhpc/resources.toml, else built-in aer/emulator/qx.",
+        envvar="QHPC_CONFIG",
+    ),
+]

@@ -1,5 +1,5 @@
 """The CLI of hybrid jobs: ``qhpc submit --hybrid``, ``qhpc logs``, and the hybrid parts of
-``qhpc status`` / ``qhpc result`` (called from :mod:`qhpc.cli_broker`)."""
+``qhpc status`` / ``qhpc result`` (called from :mod:`qhpc.cli.jobs`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from qhpc.cli_broker import DEFAULT_URL, UrlOption
-from qhpc.cli_secrets import TokenOption
-from qhpc.client import FINAL_STATES, Client, ClientError, new_idempotency_key
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+from qhpc.cli.options import DEFAULT_URL, TokenOption, UrlOption
+from qhpc.cli.output import err, out
+from qhpc.client import FINAL_STATES, Client, ClientError, connect, new_idempotency_key
 
 #: how often a waiting CLI asks the broker about the job
 POLL_S = 0.5
@@ -133,8 +129,6 @@ def logs(
     token: TokenOption = "",
 ) -> None:
     """Print a hybrid job's program output (stdout; stderr to stderr)."""
-    from qhpc.client import connect
-
     with connect(url, token) as client:
         stdout_offset = stderr_offset = 0
         while True:

@@ -1,22 +1,22 @@
-"""The ``qhpc`` command line: thin over the rooms, errors as one clear line."""
+"""``qhpc run`` and ``qhpc demo``: circuits on a local resource, no broker in between.
+
+``run`` samples a circuit file on one resource of the config with a live
+status line; ``demo`` runs :mod:`qhpc.demo` (local resources, then a broker
+with batch, session and hybrid work) and prints what each step showed.
+"""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from qhpc import __version__
-from qhpc.cli_bench import register as register_bench_commands
-from qhpc.cli_broker import register as register_broker_commands
-from qhpc.cli_slurm import register as register_slurm_commands
-from qhpc.errors import QhpcError
+from qhpc.cli.options import ConfigOption, JsonOption
+from qhpc.cli.output import err, fail, out
 from qhpc.resources import (
     EstimatorResult,
     QuantumResource,
@@ -27,115 +27,7 @@ from qhpc.resources import (
     load_registry,
 )
 
-app = typer.Typer(
-    name="qhpc",
-    help="Quantum processors as shared, scheduled, accounted HPC resources.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-resources_app = typer.Typer(
-    help="List configured resources with their status, or show one's target.",
-    invoke_without_command=True,
-)
-app.add_typer(resources_app, name="resources")
-register_broker_commands(app)
-register_bench_commands(app)
-register_slurm_commands(app)
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Resource config (qhpc TOML or qrmi_config.json); default $QHPC_CONFIG, "
-        "~/.config/qhpc/resources.toml, else built-in aer/emulator/qx.",
-        envvar="QHPC_CONFIG",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-@app.command()
-def version() -> None:
-    """Print the qhpc version."""
-    out.print(__version__)
-
-
-@resources_app.callback()
-def resources_list(
-    ctx: typer.Context, config: ConfigOption = None, as_json: JsonOption = False
-) -> None:
-    """List resources: type, state, busy, queue length, qubits."""
-    if ctx.invoked_subcommand is not None:
-        return
-    with load_registry(config) as registry:
-        rows = []
-        for name in registry.names():
-            spec = registry.spec(name)
-            resource = registry.get(name)
-            status = resource.status()
-            target = resource.target()
-            rows.append(
-                {
-                    "name": name,
-                    "type": spec.type,
-                    "num_qubits": target.num_qubits,
-                    "device": target.name,
-                    **status.to_dict(),
-                }
-            )
-    if as_json:
-        out.print_json(data=rows)
-        return
-    table = Table("name", "type", "state", "busy", "pending", "qubits", "device", "reason")
-    for row in rows:
-        state = row["state"]
-        colour = {"online": "green", "calibrating": "yellow", "paused": "yellow"}.get(state, "red")
-        table.add_row(
-            row["name"],
-            row["type"],
-            f"[{colour}]{state}[/]",
-            "yes" if row["busy"] else "no",
-            str(row["pending"]),
-            str(row["num_qubits"]),
-            row["device"],
-            row["reason"],
-        )
-    out.print(table)
-
-
-@resources_app.command("target")
-def resources_target(
-    name: Annotated[str, typer.Argument(help="Resource name.")],
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Show a resource's target: qubits, coupling, basis gates, errors, durations."""
-    with load_registry(config) as registry:
-        resource = registry.get(name)
-        target = resource.target().to_dict()
-        meta = resource.metadata()
-    if as_json:
-        out.print_json(data={"target": target, "metadata": meta})
-        return
-    table = Table("property", "value", title=f"{name} ({meta.get('type')})")
-    for key, value in target.items():
-        if key == "coupling_map":
-            value = "all-to-all" if value is None else f"{len(value)} directed edges: {value}"
-        elif key == "extra" and not value:
-            continue
-        table.add_row(key, str(value))
-    for key, value in meta.items():
-        if key not in ("name", "type"):
-            table.add_row(f"metadata.{key}", str(value))
-    out.print(table)
-
-
-@app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="Circuit file: OpenQASM 2/3, cQASM v3 or QPY.")],
     resource: Annotated[str, typer.Option("--resource", "-r", help="Resource name.")] = "aer",
@@ -159,7 +51,6 @@ def run(
     _print_result(result, resource, elapsed, [c.name for c in circuits])
 
 
-@app.command()
 def demo(
     config: ConfigOption = None,
     shots: Annotated[int, typer.Option(help="Shots per circuit.")] = 1000,
@@ -256,7 +147,7 @@ def _run_with_progress(
                 break
             if time.monotonic() > deadline:
                 resource.task_stop(task_id)
-                raise typer.Exit(_fail(f"task {task_id} timed out after {timeout:g} s; stopped"))
+                raise typer.Exit(fail(f"task {task_id} timed out after {timeout:g} s; stopped"))
             if status_line is not None:
                 device = resource.status()
                 extra = f" — {device.reason}" if device.reason else ""
@@ -317,36 +208,3 @@ def _print_result(
         ):
             table.add_row(label, f"{value:+.4f}", f"{error:.4f}")
         out.print(table)
-
-
-def _fail(message: str) -> int:
-    err.print(f"[red]error:[/] {message}")
-    return 1
-
-
-def main(argv: list[str] | None = None) -> Any:
-    """Console entry point: domain errors become one line on stderr and exit code 1."""
-    try:
-        code = app(args=argv, standalone_mode=False)
-    except QhpcError as exc:
-        sys.exit(_fail(str(exc)))
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(_fail("aborted"))
-    except Exception as exc:
-        import click
-
-        # typer 0.29 raises its own vendored click's exceptions (TyperException), not click's
-        show = getattr(exc, "show", None)
-        if isinstance(exc, (click.ClickException, typer.TyperException)) and callable(show):
-            show()
-            sys.exit(int(getattr(exc, "exit_code", 2)))
-        raise
-    if isinstance(code, int) and code:
-        sys.exit(code)
-    return None
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,179 @@
+"""``qhpc serve``: run the broker (REST API and ZeroMQ fast path) in this process.
+
+The command assembles what :mod:`qhpc.api` serves — store, resource registry,
+broker settings — from its options, writes the first admin token where asked,
+and stops everything in order when the server returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from qhpc.cli.output import err
+from qhpc.resources import DecodeLimits
+
+
+def _decode_limits(items: list[str] | None) -> DecodeLimits:
+    from dataclasses import fields
+
+    from qhpc.resources import DEFAULT_LIMITS
+
+    known = {f.name: f.type for f in fields(DecodeLimits)}
+    changes: dict[str, Any] = {}
+    for item in items or []:
+        name, _, text = item.partition("=")
+        if name not in known:
+            raise typer.BadParameter(
+                f"unknown decode limit {name!r}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            value: float | int = float(text) if known[name] == "float" else int(text)
+        except ValueError:
+            raise typer.BadParameter(f"{name} needs a number, got {text!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise typer.BadParameter(f"{name} must be a positive finite number")
+        changes[name] = value
+    return replace(DEFAULT_LIMITS, **changes)
+
+
+def serve(
+    db: Annotated[
+        str | None,
+        typer.Option(
+            envvar="QHPC_DB",
+            help="SQLite path or postgresql:// URL (default: user data dir); a URL with a "
+            "password belongs in $QHPC_DB or PGPASSFILE, not on the command line.",
+        ),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", envvar="QHPC_CONFIG")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="REST port.")] = 8080,
+    fastpath: Annotated[
+        str, typer.Option(help="ZeroMQ fast-path endpoint for session tasks.")
+    ] = "tcp://127.0.0.1:5555",
+    policy: Annotated[str, typer.Option(help="fifo, priority or fairshare.")] = "fairshare",
+    admin_token_file: Annotated[
+        Path | None, typer.Option(help="Write a first admin token here (mode 0600).")
+    ] = None,
+    runtime_pool_size: Annotated[
+        int, typer.Option(min=1, help="Warm spare processes for hybrid programs.")
+    ] = 2,
+    program_output_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1024,  # qhpc.broker.MIN_OUTPUT_LIMIT, which the broker checks again
+            help="Bytes kept of each of a hybrid program's stdout and stderr, truncation "
+            "marker included; the rest is dropped (default 4 MiB).",
+        ),
+    ] = None,
+    chunk_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Run batch tasks longer than this (estimated device seconds) as shot chunks, "
+            "letting session tasks in between; 0 runs them whole.",
+        ),
+    ] = 0.1,
+    max_task_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Stop and fail a task that runs longer than this on a resource whose "
+            "config sets no max_task_seconds; 0: no limit.",
+        ),
+    ] = 600.0,
+    decode_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A decoding budget, NAME=VALUE (repeatable), e.g. max_operations=2000000; "
+            "see docs/security.md for the names and defaults.",
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send request headers.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send a request body.")
+    ] = 30.0,
+    keep_alive_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")
+    ] = 5,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections beyond this are answered 503.")
+    ] = 256,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest request head (request line + headers).")
+    ] = 16384,
+) -> None:
+    """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
+    from platformdirs import user_data_path
+
+    from qhpc.api import (
+        FastPathServer,
+        ServerLimits,
+        bootstrap_admin_token,
+        private_state,
+        run_server,
+        write_secret,
+    )
+    from qhpc.broker import Broker, BrokerConfig
+    from qhpc.files import NotPrivateError
+    from qhpc.resources import load_registry
+    from qhpc.store import Store
+
+    limits = ServerLimits(
+        header_timeout=header_timeout, body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
+        max_header_bytes=max_header_bytes,
+    )  # fmt: skip
+    if db is None:
+        db = str(user_data_path("qhpc") / "qhpc.db")
+    try:
+        private_state(db)  # the data dir 0700 (or refused), umask 077, before the store opens
+    except NotPrivateError as error:
+        err.print(f"qhpc serve: {error}", style="red", markup=False)
+        raise typer.Exit(2) from None
+    store = Store.open(db)
+    registry = load_registry(config)
+    chunks = chunk_seconds if chunk_seconds > 0 else None
+    settings = BrokerConfig(
+        policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks,
+        max_task_seconds=max_task_seconds or None, decode_limits=_decode_limits(decode_limit),
+    )  # fmt: skip
+    if program_output_limit is not None:
+        settings = replace(settings, program_output_limit=program_output_limit)
+    broker = Broker(store, registry, settings)
+    broker.decoder.start()  # the decoding workers, before the first request waits for them
+    broker.programs.rest_url = local_rest_url(host, port)  # co-located programs' QHPC_URL
+    secret = bootstrap_admin_token(broker)
+    if secret is not None:
+        if admin_token_file is not None:
+            write_secret(admin_token_file, secret)
+            err.print(f"admin token written to {admin_token_file}")
+        else:
+            err.print(f"admin token (shown once): [bold]{secret}[/]")
+    broker.start()
+    fast = FastPathServer(broker, fastpath).start()
+    err.print(
+        f"qhpc broker: REST http://{host}:{port}/v1, fast path {fast.endpoint}, store {store.url}"
+    )
+    try:
+        run_server(broker, host, port, limits)
+    finally:
+        fast.stop()
+        broker.stop()
+        registry.close()
+        store.close()
+
+
+def local_rest_url(host: str, port: int) -> str:
+    """The REST API as a process on the broker's own host reaches it."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
