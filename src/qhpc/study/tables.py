@@ -173,8 +173,19 @@ def real_table(real: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def micro_table(folder: Path) -> str:
-    """One row per headline micro-benchmark figure that has a report in ``folder``."""
+#: the micro-benchmark rows the README shows (the rest are in docs/benchmarks.md)
+HEADLINES = (
+    "dispatcher: raw Unix socket round trip",
+    "dispatcher: qhpc iteration, co-located, qpu.run",
+    "broker: ZeroMQ fast path, 64 tasks in flight",
+    "VQE H2 per evaluation: through a broker, ZeroMQ fast path",
+    "broker: REST `GET /v1/health`",
+)
+
+
+def micro_table(folder: Path, headlines_only: bool = False) -> str:
+    """One row per headline micro-benchmark figure that has a report in ``folder``
+    (``headlines_only``: the few the README shows)."""
     rows: list[tuple[str, str, str]] = []
     for part in (_dispatch_rows, _broker_rows, _vqe_rows, _resource_rows):
         try:
@@ -182,6 +193,8 @@ def micro_table(folder: Path) -> str:
         except (KeyError, TypeError) as exc:
             # A script changed its report: say so instead of failing the whole table.
             rows.append((f"({part.__name__[1:-5]} report not understood: {exc!r})", "–", "–"))
+    if headlines_only:
+        rows = [r for r in rows if r[0].startswith(HEADLINES) or r[0].startswith("(")]
     if not rows:
         return ""
     lines = ["| measurement | median | script |", "|---|---|---|"]
@@ -289,52 +302,32 @@ def _resource_rows(folder: Path) -> list[tuple[str, str, str]]:
 
 
 def readme_section(folder: Path) -> str:
-    """The text between the README's bench markers, from the reports in ``folder``."""
+    """The text between the README's bench markers: the headline figures of the reports
+    in ``folder`` (every table is in docs/benchmarks.md, from the same run)."""
     parts = []
     study = _load(folder, "study.json")
     if study and "vqe-heavy" in study["scenarios"]:
         parts += [
             "Scheduling study, VQE-heavy scenario (simulated with the broker's own policies; "
-            "modelled seconds), from `.venv/bin/python bench/bench_study.py` — scenarios, "
-            "the other tables and plots in [docs/benchmarks.md](docs/benchmarks.md):",
+            "modelled seconds), from `.venv/bin/python bench/bench_study.py`:",
             "",
             study_table(study, "vqe-heavy"),
-            "",
-            goals_table(study),
         ]
-    real = _load(folder, "study_real.json")
-    if real:
-        parts += [
-            "",
-            "The same comparison on a real broker with a scaled-time emulator, from "
-            "`.venv/bin/python bench/bench_study_real.py`, beside the simulator's prediction:",
-            "",
-            real_table(real),
-            "",
-            "Measured / simulated as stated / simulated with overheads calibrated on the "
-            "exclusive run; where they differ, "
-            "[docs/benchmarks.md](docs/benchmarks.md#the-same-comparison-on-a-real-broker) "
-            "says why.",
-        ]
-    through_slurm = _load(folder, "study_slurm.json")
-    if through_slurm:
-        parts += [
-            "",
-            "The same comparison with the hybrid jobs submitted through the real Slurm cluster "
-            "(`sbatch --qpu`, session hooks, chains for split), from "
-            "`.venv/bin/python bench/bench_study_slurm.py`:",
-            "",
-            real_table(through_slurm),
-        ]
-    micro = micro_table(folder)
+    micro = micro_table(folder, headlines_only=True)
     if micro:
         parts += [
             "",
-            "Micro-benchmarks (medians on a 2-core machine), from "
+            "Headline micro-benchmarks (medians on a 2-core machine), from "
             "`.venv/bin/python bench/run_all.py --micro-only`:",
             "",
             micro,
         ]
+    parts += [
+        "",
+        "Every table of the same run — the other scenarios, the goals reached and missed, "
+        "the real broker and the real Slurm cluster beside the simulator, all "
+        "micro-benchmarks — is in [docs/benchmarks.md](docs/benchmarks.md#results).",
+    ]
     return "\n".join(parts)
 
 
