@@ -52,7 +52,7 @@ from qhpc.slurm.templates import chain_step_script
 MANIFEST = "chain.json"
 DEFAULT_FUNCTION = "chain_step"
 #: Slurm job states after which a job never runs again.
-FINAL_STATES = frozenset(
+SLURM_FINAL_STATES = frozenset(
     {
         "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
         "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
@@ -77,7 +77,7 @@ class JobState:
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_STATES
+        return self.state in SLURM_FINAL_STATES
 
     @property
     def succeeded(self) -> bool:
@@ -270,7 +270,7 @@ class ChainStatus:
     @property
     def failed_step(self) -> StepStatus | None:
         for step in self.steps:
-            if step.state in FINAL_STATES and step.state != "COMPLETED":
+            if step.state in SLURM_FINAL_STATES and step.state != "COMPLETED":
                 return step
         return None
 
@@ -281,7 +281,7 @@ class ChainStatus:
         if all(step.state == "COMPLETED" for step in self.steps):
             return "completed"
         if self.failed_step is not None:
-            settled = all(s.state in FINAL_STATES or s.job_id is None for s in self.steps)
+            settled = all(s.state in SLURM_FINAL_STATES or s.job_id is None for s in self.steps)
             return "failed" if settled else "failing"
         if any(step.state in ("RUNNING", "COMPLETING") for step in self.steps):
             return "running"
@@ -496,7 +496,7 @@ class Chain:
             step.job_id
             for step in status.steps
             if step.job_id is not None
-            and step.state not in FINAL_STATES
+            and step.state not in SLURM_FINAL_STATES
             and step.state != "UNKNOWN"
             and ((step.state == "PENDING" and step.reason == NEVER_SATISFIED)
                  or (failed is not None and step.step > failed.step))

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qhpc.slurm.chain import FINAL_STATES
+from qhpc.slurm.chain import SLURM_FINAL_STATES
 from qhpc.slurm.errors import SlurmError
 
 API_VERSION = "v0.0.38"
@@ -141,7 +141,7 @@ class RemoteJob:
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_STATES
+        return self.state in SLURM_FINAL_STATES
 
     @property
     def exit_status(self) -> int:
