@@ -80,7 +80,7 @@ class RemoteQPU(Executor):
                         f"unknown resource {self.name!r} at {self.client.url}; known: {known}"
                     ) from exc
                 raise RemoteError(f"{self.name} at {self.client.url}: {exc}") from exc
-            self._specs = target_from_dict(data["target"])
+            self._specs = DeviceTarget.from_dict(data["target"])
         return self._specs
 
     # the primitives' QPU protocol, so Qiskit's SamplerV2/EstimatorV2 run remotely too
@@ -264,13 +264,9 @@ class RemoteQPU(Executor):
 
 
 def target_from_dict(data: dict[str, Any]) -> DeviceTarget:
-    """The inverse of ``DeviceTarget.to_dict`` (JSON form)."""
-    fields = dict(data)
-    fields["basis_gates"] = tuple(fields.get("basis_gates") or ())
-    coupling = fields.get("coupling_map")
-    fields["coupling_map"] = None if coupling is None else tuple(tuple(e) for e in coupling)
-    known = set(DeviceTarget.__dataclass_fields__)
-    return DeviceTarget(**{k: v for k, v in fields.items() if k in known})
+    """The inverse of ``DeviceTarget.to_dict``: kept for callers of this name, it is
+    :meth:`DeviceTarget.from_dict <qhpc.resources.DeviceTarget.from_dict>`."""
+    return DeviceTarget.from_dict(data)
 
 
 def qpu(client: Client, name: str, **options: Any) -> RemoteQPU:
