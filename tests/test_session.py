@@ -102,3 +102,11 @@ def test_the_runtime_pool_does_not_load_qiskit_through_the_session() -> None:
     loaded = loaded_by("import qhpc.runtime")
     assert "qhpc.session.errors" in loaded
     assert "qiskit" not in loaded and "qhpc.session.handle" not in loaded
+
+
+def test_the_primitives_old_protocol_name_still_works_and_warns() -> None:
+    import qhpc.primitives
+
+    with pytest.warns(DeprecationWarning, match="TaskRunner"):
+        old = qhpc.primitives.QPU
+    assert old is qhpc.primitives.TaskRunner

@@ -34,13 +34,13 @@ from qhpc.program.errors import (
     RemoteError,
     StackError,
 )
+from qhpc.program.executor import Executor, LocalQPU, PayloadPlan, as_qpu
 from qhpc.program.future import Future
 from qhpc.program.generator import JobGenerator, job_generator
 from qhpc.program.job import Batch, Job, ObservableLike, ParameterValues
 from qhpc.program.minimize import ScipyMinimize
 from qhpc.program.mitigation import ReadoutMitigation
 from qhpc.program.observables import ObservableMeasurement
-from qhpc.program.qpu import Executor, LocalQPU, PayloadPlan, as_qpu
 from qhpc.program.registry import plugin_spec, register_plugin, registered_plugins
 from qhpc.program.remote import RemoteQPU, qpu, target_from_dict
 from qhpc.program.result import BatchResult, Result

@@ -22,9 +22,9 @@ from typing import Any
 
 from qhpc.client import Client, ClientError
 from qhpc.program.errors import CancelledError, JobError, RemoteError
+from qhpc.program.executor import Executor, PayloadPlan
 from qhpc.program.future import current_future
 from qhpc.program.job import Batch
-from qhpc.program.qpu import Executor, PayloadPlan
 from qhpc.program.result import BatchResult
 from qhpc.resources.errors import TaskFailedError
 from qhpc.resources.payload import Payload, TaskResult
@@ -83,7 +83,7 @@ class RemoteQPU(Executor):
             self._specs = DeviceTarget.from_dict(data["target"])
         return self._specs
 
-    # the primitives' QPU protocol, so Qiskit's SamplerV2/EstimatorV2 run remotely too
+    # the primitives' task-runner protocol, so Qiskit's SamplerV2/EstimatorV2 run remotely too
     def target(self) -> DeviceTarget:
         return self.specs()
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qhpc.program.errors import JobError, PluginSpecError, StackError
+from qhpc.program.executor import LocalQPU
 from qhpc.program.job import Batch
-from qhpc.program.qpu import LocalQPU
 from qhpc.program.result import BatchResult
 from qhpc.program.session import SessionResource, payload_runner
 from qhpc.program.specs import check_stack_spec, stack_from_spec, stack_spec

@@ -22,7 +22,7 @@ from qhpc.client import ClientError, connect
 from qhpc.envvars import FASTPATH_ENV, SESSION_ENV, URL_ENV
 from qhpc.errors import QhpcError
 from qhpc.program.errors import RemoteError
-from qhpc.program.qpu import LocalQPU
+from qhpc.program.executor import LocalQPU
 from qhpc.resources.errors import TaskFailedError
 from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.target import DeviceTarget

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qhpc.program.errors import PluginSpecError, StackError
-from qhpc.program.qpu import Executor
+from qhpc.program.executor import Executor
 from qhpc.program.registry import plugin_spec, registered_plugins
 from qhpc.program.stack import Plugin, Stack
 

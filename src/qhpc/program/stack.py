@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from qhpc.program.errors import PluginError, ProgramError, StackError
+from qhpc.program.executor import Executor, as_qpu
 from qhpc.program.job import Batch
-from qhpc.program.qpu import Executor, as_qpu
 from qhpc.program.registry import plugin_spec
 from qhpc.program.result import BatchResult
 from qhpc.resources.target import DeviceTarget
