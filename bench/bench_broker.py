@@ -39,11 +39,12 @@ from _report import write_report
 from qiskit.circuit import QuantumCircuit
 
 from qhpc.api import create_app
-from qhpc.api.fastpath import FastPathClient, FastPathServer
+from qhpc.api.fastpath import FastPathServer
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerTask
 from qhpc.resources.codec import encode_payload
 from qhpc.security import Role
+from qhpc.session import FastPathClient
 from qhpc.store import FINAL_STATES, Store
 
 #: concurrent REST clients (threads, one keep-alive connection each)

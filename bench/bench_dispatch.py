@@ -236,8 +236,7 @@ CO_LOCATED_PROGRAM = ITERATION_LOOP
 
 def role_fastpath_client(endpoint: str, token: str, iterations: int) -> None:
     """The client-driven loop: a separate process (as a Slurm job would be)."""
-    from qhpc.runtime.fastpath import FastPathClient
-    from qhpc.runtime.program import QPU
+    from qhpc.session import QPU, FastPathClient
 
     namespace: dict[str, Any] = {}
     exec(compile(ITERATION_LOOP, "<loop>", "exec"), namespace)

@@ -48,7 +48,7 @@ COMMIT = "group commit, mean per task (off the path)"
 
 CLIENT = """
 import json, sys, time
-from qhpc.runtime.program import connect
+from qhpc.session import open_channel as connect
 sys.path.insert(0, sys.argv[4])
 from bench_broker import payload_bytes
 client = connect(sys.argv[1], sys.argv[2])

@@ -44,7 +44,7 @@ from _report import write_report
 import qhpc
 from qhpc.resources import SamplerTask, TimingModel
 from qhpc.resources.codec import encode_payload
-from qhpc.runtime.fastpath import FastPathClient
+from qhpc.session import FastPathClient
 from qhpc.study import Dist, Mode, Scenario, Strategy, simulate
 from qhpc.study.workload import (
     Arrivals,

@@ -28,10 +28,10 @@ from typing import Any
 
 from _common import bell
 
+from qhpc.envvars import FASTPATH_ENV, SESSION_ENV
 from qhpc.resources import SamplerTask
 from qhpc.resources.codec import encode_payload
-from qhpc.runtime.fastpath import FastPathClient
-from qhpc.runtime.program import FASTPATH_ENV, QPU, SESSION_ENV
+from qhpc.session import QPU, FastPathClient
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:

@@ -101,6 +101,6 @@ def main(qpu: Any, p: int = 2, samples: int = 2000, maxiter: int = 200) -> dict[
 
 
 if __name__ == "__main__":
-    from qhpc.runtime.program import QPU
+    from qhpc.session import QPU
 
     print(main(QPU.from_env()))

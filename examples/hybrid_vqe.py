@@ -71,6 +71,6 @@ def main(qpu: Any, shots: int | None = None, maxiter: int = 300) -> dict[str, An
 
 
 if __name__ == "__main__":
-    from qhpc.runtime.program import QPU
+    from qhpc.session import QPU
 
     print(main(QPU.from_env()))

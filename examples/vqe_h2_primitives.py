@@ -3,7 +3,7 @@
 The same problem as ``vqe_h2.py`` (Hamiltonian, ansatz, exact energy), written
 as Qiskit users write it: an estimator primitive evaluates the energy, scipy
 drives the loop. The estimator runs on any qhpc QPU: a local resource, or a
-``RemoteQPU`` on a broker (it speaks the primitives' QPU protocol too).
+``RemoteQPU`` on a broker (it speaks the primitives' task-runner protocol too).
 
     python examples/vqe_h2_primitives.py                       # exact values on aer
     python examples/vqe_h2_primitives.py --precision 0.005     # shots = 1/precision² = 40k
@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 import qhpc
-from qhpc.primitives import QPU, EstimatorV2
+from qhpc.primitives import EstimatorV2, TaskRunner
 from qhpc.program import RemoteQPU
 from qhpc.resources import AerResource
 
@@ -54,7 +54,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
-    qpu: QPU
+    qpu: TaskRunner
     if args.url:
         qpu = RemoteQPU(qhpc.connect(args.url, _token(args.token_file)), args.resource)
     else:

@@ -103,7 +103,7 @@ def test_kill_9_after_session_results_were_released_loses_no_task_and_no_usage(
     before the journal's group commit; a kill -9 right after the last one must still
     leave every released task stored and booked exactly once after the restart."""
     from qhpc.resources import SamplerTask
-    from qhpc.runtime.fastpath import FastPathClient
+    from qhpc.session import FastPathClient
 
     port, fastpath = free_port(), f"tcp://127.0.0.1:{free_port()}"
     url = f"http://127.0.0.1:{port}"

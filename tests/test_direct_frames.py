@@ -18,7 +18,7 @@ from qiskit.circuit import QuantumCircuit
 from qhpc.broker.dispatch import DirectDispatcher
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerResult, SamplerTask
-from qhpc.runtime.direct import ERROR, TASK, DirectClient, FrameReader, frame, socket_path
+from qhpc.session.direct import ERROR, TASK, DirectClient, FrameReader, frame, socket_path
 from qhpc.store import Store
 
 

@@ -12,10 +12,12 @@ import pytest
 import zmq
 from qiskit.circuit import QuantumCircuit
 
-from qhpc.api.fastpath import PROTOCOL, FastPathClient, FastPathError, FastPathServer
+from qhpc.api.fastpath import FastPathServer
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerResult, SamplerTask
 from qhpc.security import Role
+from qhpc.session import FastPathClient, FastPathError
+from qhpc.session.fastpath import PROTOCOL
 from qhpc.store import Store
 
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from qiskit.circuit import QuantumCircuit
 
 from helpers import free_port, wait_healthy
-from qhpc.api.fastpath import FastPathClient, FastPathError, FastPathServer
+from qhpc.api.fastpath import FastPathServer
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import (
     CircuitParseError,
@@ -39,6 +39,7 @@ from qhpc.resources import (
     encode_payload,
     load_circuits,
 )
+from qhpc.session import FastPathClient, FastPathError
 from qhpc.store import Store
 from test_api import postgres_schema_url
 

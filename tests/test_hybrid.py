@@ -12,7 +12,7 @@ from qhpc.api.fastpath import FastPathServer
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import ResourceRegistry, ResourceSpec
 from qhpc.runtime import ProgramContext, QpuNotConfiguredError, RuntimePool
-from qhpc.runtime.program import QPU
+from qhpc.session import QPU
 from qhpc.store import Store
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hybrid_vqe.py"
@@ -101,7 +101,7 @@ def test_co_located_program_runs_unchanged_in_the_runtime_pool(
     context = ProgramContext(
         endpoint=server.endpoint, session_token=session(broker), resource="aer"
     )
-    with RuntimePool(size=1, qpu_factory="qhpc.runtime.program:make_qpu") as pool:
+    with RuntimePool(size=1, qpu_factory="qhpc.session:make_qpu") as pool:
         outcome = pool.run(str(EXAMPLE), args={}, timeout=120, context=context)
         assert outcome.status == "completed", outcome.error
         assert outcome.return_value["error_mha"] < 1.6
@@ -119,7 +119,7 @@ def test_missing_session_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_quantum_inspire_calls_keep_their_results(served: tuple[Broker, FastPathServer]) -> None:
     broker, server = served
-    from qhpc.api.fastpath import FastPathClient
+    from qhpc.session import FastPathClient
 
     qi = QPU(FastPathClient(server.endpoint, session(broker)))
     counts = qi.execute_circuit(

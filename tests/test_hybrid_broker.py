@@ -81,7 +81,7 @@ def main():
     import qhpc
     from qiskit import QuantumCircuit
     from qhpc.resources import SamplerResult, SamplerTask
-    from qhpc.runtime.program import QPU
+    from qhpc.session import QPU
 
     one = QuantumCircuit(1, 1)
     one.x(0)

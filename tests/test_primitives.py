@@ -31,7 +31,7 @@ from qiskit.providers import JobStatus
 from qiskit.quantum_info import Pauli, SparseObservable, SparsePauliOp, Statevector
 from scipy.stats import chi2_contingency
 
-from qhpc.primitives import QPU, EstimatorV2, SamplerV2, shots_for_precision
+from qhpc.primitives import EstimatorV2, SamplerV2, TaskRunner, shots_for_precision
 from qhpc.resources import (
     AerResource,
     EmulatorResource,
@@ -56,7 +56,7 @@ SHOTS = 4000
 class Spy:
     """A QPU that records every payload and may narrow the target's limits."""
 
-    def __init__(self, inner: QPU, **limits: Any) -> None:
+    def __init__(self, inner: TaskRunner, **limits: Any) -> None:
         self.inner = inner
         self.payloads: list[Payload] = []
         self._target = replace(inner.target(), **limits)
@@ -221,7 +221,7 @@ def test_same_script_matches_reference(sampler: SamplerV2, estimator: EstimatorV
 
 
 def test_qpu_protocol_is_met_by_resources(qpu: AerResource) -> None:
-    assert isinstance(qpu, QPU)
+    assert isinstance(qpu, TaskRunner)
     assert isinstance(SamplerV2(qpu), BaseSamplerV2)
     assert isinstance(EstimatorV2(qpu), BaseEstimatorV2)
 

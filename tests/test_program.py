@@ -22,6 +22,7 @@ import uvicorn
 from qiskit.circuit import Parameter, QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 
+import qhpc
 from helpers import CHEMICAL_ACCURACY_MHA, SHOTS_TOLERANCE_MHA, example, free_port
 from qhpc.api import create_app
 from qhpc.broker.service import Broker, BrokerConfig
@@ -471,7 +472,7 @@ def test_remote_futures_status_and_cancel(remote: Remote, bell: QuantumCircuit) 
 def test_client_qpu_is_a_remote_qpu(remote: Remote) -> None:
     from qhpc.program import RemoteQPU
 
-    with connect(remote.url, remote.token) as client:
+    with qhpc.connect(remote.url, remote.token) as client:
         device = client.qpu("aer")
         assert isinstance(device, RemoteQPU)
         assert device.specs().num_qubits >= 2

@@ -456,7 +456,7 @@ def test_inside_a_session_connect_and_qpu_use_the_fast_path(
 
 
 def test_stacks_over_a_remote_qpu_run_the_same_code(served: Served, vqe: Any) -> None:
-    with connect(served.url, served.admin) as client:
+    with qhpc.connect(served.url, served.admin) as client:
         remote = client.qpu("aer", fastpath=False, account="chem")
         assert isinstance(remote, RemoteQPU)
         for shots in (None, 20_000):
@@ -469,7 +469,7 @@ def test_stacks_over_a_remote_qpu_run_the_same_code(served: Served, vqe: Any) ->
 
 
 def test_whole_stacks_are_rebuilt_on_the_broker(served: Served, vqe: Any) -> None:
-    with connect(served.url, served.admin) as client:
+    with qhpc.connect(served.url, served.admin) as client:
         assert client.offers_programs()
         remote = client.qpu("aer", fastpath=False, stacks="broker", account="chem")
         for shots in (None, 20_000):
@@ -497,7 +497,7 @@ def test_whole_stacks_are_rebuilt_on_the_broker(served: Served, vqe: Any) -> Non
 
 def test_a_rejected_remote_stack_leaves_nothing_on_the_broker(served: Served, vqe: Any) -> None:
     job = Job.expectation(vqe.ansatz(), vqe.hamiltonian(), name="vqe")
-    with connect(served.url, served.admin) as client:
+    with qhpc.connect(served.url, served.admin) as client:
         before = served.jobs()
         remote = client.qpu("aer", fastpath=False, stacks="broker", account="chem")
         # refused on the client, before anything is sent
@@ -519,7 +519,7 @@ def test_a_rejected_remote_stack_leaves_nothing_on_the_broker(served: Served, vq
 
 def test_cancelling_a_stack_on_the_broker_cancels_its_job(served: Served, vqe: Any) -> None:
     job = Job.expectation(vqe.ansatz(), vqe.hamiltonian(), shots=100, name="endless")
-    with connect(served.url, served.admin) as client:
+    with qhpc.connect(served.url, served.admin) as client:
         remote = client.qpu("aer", fastpath=False, stacks="broker", account="chem")
         endless = ScipyMinimize(tol=1e-15, maxiter=10**6) | ObservableMeasurement() | remote
         future = endless.submit_async(job)

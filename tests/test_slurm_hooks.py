@@ -143,7 +143,7 @@ def test_session_handed_over_used_closed_and_booked(
     assert exports["QHPC_SESSION"] == controller.token
     assert broker.admin not in text
 
-    from qhpc.runtime.program import QPU
+    from qhpc.session import QPU
 
     for name, value in exports.items():
         monkeypatch.setenv(name, value)

@@ -53,7 +53,7 @@ class LocalAer:
 def quantum() -> Any:
     """The job's broker session if it has one, else a local simulator."""
     if os.environ.get("QHPC_FASTPATH") and os.environ.get("QHPC_SESSION"):
-        from qhpc.runtime.program import QPU
+        from qhpc.session import QPU
 
         return QPU.from_env()
     return LocalAer()

@@ -14,7 +14,7 @@
 # user alice of centre north.
 "${PY:-python3}" - <<'PYTHON'
 from qiskit import QuantumCircuit
-from qhpc.runtime.program import QPU
+from qhpc.session import QPU
 
 bell = QuantumCircuit(2)
 bell.h(0)

@@ -11,11 +11,13 @@ __version__ = "0.1.0"
 __all__ = ["QhpcError", "__version__", "connect"]
 
 if TYPE_CHECKING:
-    from qhpc.client import Client
+    from qhpc.program import Connection
 
 
-def connect(url: str | None = None, token: str | None = None, timeout: float = 30.0) -> Client:
-    """A client of the broker at ``url`` (default ``$QHPC_URL``; see :mod:`qhpc.client`)."""
-    from qhpc.client import connect as _connect
+def connect(url: str | None = None, token: str | None = None, timeout: float = 30.0) -> Connection:
+    """A client of the broker at ``url`` (default ``$QHPC_URL``; see :mod:`qhpc.client`) whose
+    ``qpu(name)`` gives its resources as QPUs (:class:`qhpc.program.Connection`)."""
+    # Imported on call: ``import qhpc`` stays free of Qiskit and the programming model.
+    from qhpc.program import connect as _connect
 
     return _connect(url, token, timeout)

@@ -16,6 +16,12 @@ a retry after a lost answer returns the job the first attempt made instead of a 
 
 Plain dicts mirror the JSON the API returns, except results, which come back as
 :class:`~qhpc.resources.SamplerResult` / :class:`~qhpc.resources.EstimatorResult`.
+
+Qiskit and the resources room load only where a circuit, a payload or a result is
+handled, so that a caller that only manages sessions (Slurm's hooks, once per job
+on the controller) starts in a fraction of the time. QPUs on a broker
+(``qhpc.connect(url, token).qpu("aer")``) come from :mod:`qhpc.program`, which
+builds on this client.
 """
 
 from __future__ import annotations
@@ -28,26 +34,26 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from qiskit.circuit import QuantumCircuit
 
-from qhpc.envvars import FASTPATH_ENV, RESOURCE_ENV, SESSION_ENV, TOKEN_ENV, URL_ENV
+from qhpc.envvars import SESSION_ENV, TOKEN_ENV, URL_ENV
 from qhpc.errors import QhpcError
-from qhpc.resources import Payload, PayloadError, TaskResult, encode_payload
-from qhpc.resources import result_from_dict as payload_result_from_dict
+from qhpc.states import FINAL_STATES as FINAL_STATES  # a job is final once in one
 
 if TYPE_CHECKING:
-    from qhpc.program import RemoteQPU, SessionQPU
+    from qiskit.circuit import QuantumCircuit
 
-FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+    from qhpc.resources import Payload, TaskResult
+
 #: retries of a submission after a connection error, timeout or 5xx (same key each time)
 DEFAULT_RETRIES = 4
 #: first pause before a retry (s); doubled each time, with jitter, up to MAX_BACKOFF
 DEFAULT_BACKOFF = 0.25
 MAX_BACKOFF = 8.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+ClientT = TypeVar("ClientT", bound="Client")
 
 
 def new_idempotency_key() -> str:
@@ -78,6 +84,9 @@ class ClientError(QhpcError):
 
 def result_from_dict(data: Mapping[str, Any]) -> TaskResult:
     """A result from the broker's JSON (see :func:`qhpc.resources.payload.result_from_dict`)."""
+    from qhpc.resources import PayloadError
+    from qhpc.resources import result_from_dict as payload_result_from_dict
+
     try:
         return payload_result_from_dict(data)
     except PayloadError as exc:
@@ -96,6 +105,8 @@ def circuit_text(circuit: QuantumCircuit | str) -> str:
 
 
 def payload_text(payload: Payload) -> str:
+    from qhpc.resources import encode_payload
+
     return base64.b64encode(encode_payload(payload)).decode("ascii")
 
 
@@ -213,8 +224,8 @@ class Client:
         ``idempotency_key`` names this submission (default: a fresh one); a caller that
         repeats a submission after losing its answer passes the key it used before.
         """
-        if isinstance(circuits, QuantumCircuit | str):
-            circuits = [circuits]
+        if isinstance(circuits, str) or not isinstance(circuits, Sequence):
+            circuits = [circuits]  # one circuit (text or a QuantumCircuit)
         body = {
             "resource": resource, "circuits": [circuit_text(c) for c in circuits],
             "shots": shots, "priority": priority, "account": account, "name": name,
@@ -311,9 +322,15 @@ class Client:
         }  # fmt: skip
         return dict(self._request("POST", "/sessions", json=_compact(body)))
 
-    def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
-        params = {"include_closed": include_closed}
+    def sessions(
+        self, include_closed: bool = False, slurm_job_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Sessions this token may see; ``slurm_job_id`` keeps one Slurm job's."""
+        params = {"include_closed": include_closed, "slurm_job_id": slurm_job_id}
         return list(self._request("GET", "/sessions", params=params))
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/sessions/{session_id}"))
 
     def close_session(self, session_id: str) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/sessions/{session_id}"))
@@ -435,41 +452,6 @@ class Client:
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", f"/tokens/{token_id}")
 
-    # -- programming model ------------------------------------------------------------
-    def qpu(
-        self, name: str | None = None, *, fastpath: bool | None = None, **options: Any
-    ) -> RemoteQPU | SessionQPU:
-        """A QPU on this broker with the same interface as a local one (``submit`` …).
-
-        Inside a session (``QHPC_FASTPATH`` and ``QHPC_SESSION`` set, as in a
-        Slurm job with ``--qpu``), the session's resource is reached over the
-        ZeroMQ fast path: every payload is a session task (session priority, no
-        HTTP). Elsewhere, or for another resource, it is a
-        :class:`~qhpc.program.RemoteQPU` (one broker job per batch; whole stacks
-        run on the broker). ``fastpath=True`` insists on the session, ``False``
-        refuses it; ``name`` defaults to ``QHPC_RESOURCE``. ``options`` go to
-        :class:`~qhpc.program.RemoteQPU`.
-        """
-        from qhpc.program import RemoteQPU, session_qpu
-
-        name = name or os.environ.get(RESOURCE_ENV)
-        if not name:
-            raise ClientError(f"name a resource: qpu('aer'), or set {RESOURCE_ENV}")
-        session_resource = os.environ.get(RESOURCE_ENV)
-        in_session = bool(os.environ.get(FASTPATH_ENV) and os.environ.get(SESSION_ENV))
-        if fastpath is None:
-            fastpath = in_session and (session_resource is None or session_resource == name)
-        if fastpath:
-            if options:
-                raise ClientError(f"options {sorted(options)} do not apply to a session's QPU")
-            return session_qpu(target=self._target(name))
-        return RemoteQPU(self, name, **options)
-
-    def _target(self, name: str) -> Any:
-        from qhpc.program import target_from_dict
-
-        return target_from_dict(self.resource(name)["target"])
-
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
@@ -498,6 +480,7 @@ def connect(
     timeout: float = 30,
     *,
     retries: int = DEFAULT_RETRIES,
+    check: bool = True,
 ) -> Client:
     """A client of the broker at ``url`` (``http://host:port``) using ``token``.
 
@@ -508,8 +491,23 @@ def connect(
     ``$QHPC_SESSION`` (what a Slurm job holding a session gets), so a program
     written for a session needs no arguments. Checks that the broker answers
     (``/v1/health``) so a wrong URL fails here, with a :class:`ClientError`
-    naming it, rather than at the first real call.
+    naming it, rather than at the first real call; ``check=False`` skips that round
+    trip for a caller whose first call tells it as much.
     """
+    return open_client(Client, url, token, timeout, retries=retries, check=check)
+
+
+def open_client(
+    kind: type[ClientT],
+    url: str | None,
+    token: str | None,
+    timeout: float,
+    *,
+    retries: int = DEFAULT_RETRIES,
+    check: bool = True,
+) -> ClientT:
+    """:func:`connect`, making a ``kind`` of :class:`Client` (a subclass that adds
+    calls, as ``qhpc.program``'s connection adds ``qpu()``)."""
     url = url or os.environ.get(URL_ENV)
     token = token or os.environ.get(TOKEN_ENV) or os.environ.get(SESSION_ENV)
     if not url:
@@ -522,10 +520,11 @@ def connect(
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         timeout=timeout,
     )
-    client = Client(http, base, retries=retries)
-    try:
-        client.health()
-    except ClientError:
-        http.close()
-        raise
+    client = kind(http, base, retries=retries)
+    if check:
+        try:
+            client.health()
+        except ClientError:
+            http.close()
+            raise
     return client

@@ -228,7 +228,7 @@ def test_a_job_submitted_through_slurmrestd_runs_and_reports_its_state(tmp_path:
 BELL_JOB = """#!/bin/bash
 {python} - <<'PYTHON'
 from qiskit import QuantumCircuit
-from qhpc.runtime.program import QPU
+from qhpc.session import QPU
 bell = QuantumCircuit(2)
 bell.h(0)
 bell.cx(0, 1)

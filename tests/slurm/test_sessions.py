@@ -52,7 +52,7 @@ noise = false
 LOAD = """
 import sys, time
 from qiskit import QuantumCircuit
-from qhpc.runtime.program import QPU
+from qhpc.session import QPU
 qpu = QPU.from_env(timeout=60)
 bell = QuantumCircuit(2, 2); bell.h(0); bell.cx(0, 1); bell.measure([0, 1], [0, 1])
 end, tasks = time.time() + float(sys.argv[1]), 0
@@ -360,7 +360,7 @@ def test_jobs_without_a_session_fail_with_a_clear_message(cluster: Cluster) -> N
     no_qpu = cluster.sbatch(
         "--partition=debug", f"--output={cluster.work}/job-%j.out",
         script=cluster.job_script(
-            f"{cluster.python} -c 'from qhpc.runtime.program import QPU; QPU.from_env()'"
+            f"{cluster.python} -c 'from qhpc.session import QPU; QPU.from_env()'"
         ),
     )  # fmt: skip
     unknown = subprocess.run(

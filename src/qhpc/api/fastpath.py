@@ -1,7 +1,9 @@
 """The ZeroMQ fast path: session task → result without HTTP.
 
-The client (:class:`FastPathClient`) lives in :mod:`qhpc.runtime.fastpath`, which
-user programs import; it is re-exported here.
+This is the broker's end. The session's end (:class:`~qhpc.session.FastPathClient`)
+and the frame names both ends share live below, in :mod:`qhpc.session.fastpath`,
+which user programs import; ``qhpc.api.fastpath.FastPathClient`` still works and
+warns.
 
 Wire protocol (version 1). The client is a DEALER, the broker a ROUTER; every
 message is three frames::
@@ -41,9 +43,10 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
@@ -56,18 +59,10 @@ from qhpc.resources import (
     PayloadDecoder,
     PayloadError,
 )
-from qhpc.runtime.fastpath import (
-    ERROR,
-    HELLO,
-    PROTOCOL,
-    READY,
-    REQUEST_ID_BYTES,
-    RESULT,
-    RUN,
-    FastPathClient,
-    FastPathError,
-)
 from qhpc.security import AuthError
+from qhpc.session import FastPathError as _FastPathError
+from qhpc.session.fastpath import ERROR, HELLO, PROTOCOL, READY, REQUEST_ID_BYTES, RESULT, RUN
+from qhpc.session.fastpath import FastPathClient as _FastPathClient
 from qhpc.store import NotFoundError
 
 if TYPE_CHECKING:  # the client side (user programs) must not import the broker
@@ -75,10 +70,20 @@ if TYPE_CHECKING:  # the client side (user programs) must not import the broker
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ERROR", "HELLO", "PROTOCOL", "READY", "REQUEST_ID_BYTES", "RESULT", "RUN",
-    "FastPathClient", "FastPathError", "FastPathServer",
-]  # fmt: skip
+__all__ = ["FastPathServer"]
+
+
+def __getattr__(name: str) -> Any:
+    # The client's names were re-exported here; old imports still work, and warn.
+    moved = {"FastPathClient": _FastPathClient, "FastPathError": _FastPathError}
+    if name not in moved:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"qhpc.api.fastpath.{name} moved: import it from qhpc.session",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return moved[name]
 
 
 #: a session task expected to take at most this long (seconds) runs on the server's

@@ -1,4 +1,4 @@
-"""The broker's end of the direct dispatch channel (see :mod:`qhpc.runtime.direct`).
+"""The broker's end of the direct dispatch channel (see :mod:`qhpc.session.direct`).
 
 Co-located programs connect to a Unix stream socket in a directory the broker
 made for it. Each connection is served by its own thread, which authenticates
@@ -35,7 +35,8 @@ from qhpc.resources import (
     PayloadDecoder,
     PayloadError,
 )
-from qhpc.runtime.direct import (
+from qhpc.security import AuthError
+from qhpc.session.direct import (
     DIRECT_VERSION,
     ERROR,
     HELLO,
@@ -46,7 +47,6 @@ from qhpc.runtime.direct import (
     FrameReader,
     frame,
 )
-from qhpc.security import AuthError
 
 if TYPE_CHECKING:
     from qhpc.broker.ports import SessionRunner

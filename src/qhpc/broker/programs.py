@@ -360,7 +360,7 @@ class ProgramManager:
                 self._dispatcher = DirectDispatcher(self.broker)
                 self._pool = RuntimePool(
                     size=self.config.runtime_pool_size,
-                    qpu_factory="qhpc.runtime.program:make_qpu",
+                    qpu_factory="qhpc.session:make_qpu",
                     limits=self.config.program_limits,
                     default_timeout=self.config.program_default_timeout,
                 )  # fmt: skip

@@ -9,9 +9,9 @@ metadata keys as Qiskit's ``StatevectorSampler`` / ``StatevectorEstimator``,
 and hand back a Qiskit ``PrimitiveJob`` (``result()``, ``status()``,
 ``done()``, ``cancel()`` — cancelling succeeds only before the job starts).
 
-The QPU protocol
-----------------
-Both primitives run on anything with two methods (:class:`QPU`)::
+The task-runner protocol
+------------------------
+Both primitives run on anything with two methods (:class:`TaskRunner`)::
 
     run(payload: SamplerTask | EstimatorTask, timeout: float | None = None)
         -> SamplerResult | EstimatorResult
@@ -36,15 +36,28 @@ Example::
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from qhpc.primitives.estimator import EstimatorV2, shots_for_precision
-from qhpc.primitives.qpu import QPU, PrimitiveOptions, SeedLike
 from qhpc.primitives.sampler import SamplerV2
+from qhpc.primitives.shared import PrimitiveOptions, SeedLike, TaskRunner
 
 __all__ = [
-    "QPU",
     "EstimatorV2",
     "PrimitiveOptions",
     "SamplerV2",
     "SeedLike",
+    "TaskRunner",
     "shots_for_precision",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The protocol was called QPU, which is the hybrid program's handle (qhpc.session.QPU).
+    if name != "QPU":
+        raise AttributeError(f"module 'qhpc.primitives' has no attribute {name!r}")
+    warnings.warn(
+        "qhpc.primitives.QPU is now qhpc.primitives.TaskRunner", DeprecationWarning, stacklevel=2
+    )
+    return TaskRunner

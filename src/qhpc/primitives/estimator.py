@@ -27,10 +27,10 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPu
 from qiskit.primitives.primitive_job import PrimitiveJob
 from qiskit.quantum_info import SparsePauliOp
 
-from qhpc.primitives.qpu import (
-    QPU,
+from qhpc.primitives.shared import (
     PrimitiveOptions,
     SeedLike,
+    TaskRunner,
     check_fits,
     task_seeds,
     with_context,
@@ -106,7 +106,7 @@ class EstimatorV2(BaseEstimatorV2):  # type: ignore[misc]
     """Estimates expectation values on a qhpc QPU; a drop-in for ``StatevectorEstimator``.
 
     Args:
-        qpu: where circuits run (any :class:`~qhpc.primitives.QPU`).
+        qpu: where circuits run (any :class:`~qhpc.primitives.TaskRunner`).
         default_precision: precision of pubs that specify none, when ``run`` gets none
             either; 0 asks for exact values.
         seed: an int for repeatable results, a NumPy generator, or None (the QPU's seeding).
@@ -115,7 +115,7 @@ class EstimatorV2(BaseEstimatorV2):  # type: ignore[misc]
 
     def __init__(
         self,
-        qpu: QPU,
+        qpu: TaskRunner,
         *,
         default_precision: float = 0.0,
         seed: SeedLike = None,
@@ -129,7 +129,7 @@ class EstimatorV2(BaseEstimatorV2):  # type: ignore[misc]
         self._options = PrimitiveOptions.coerce(options)
 
     @property
-    def qpu(self) -> QPU:
+    def qpu(self) -> TaskRunner:
         return self._qpu
 
     @property

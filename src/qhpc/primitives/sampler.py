@@ -24,10 +24,10 @@ from qiskit.primitives import BaseSamplerV2, BitArray, DataBin, PrimitiveResult,
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 from qiskit.primitives.primitive_job import PrimitiveJob
 
-from qhpc.primitives.qpu import (
-    QPU,
+from qhpc.primitives.shared import (
     PrimitiveOptions,
     SeedLike,
+    TaskRunner,
     check_fits,
     task_seeds,
     with_context,
@@ -44,7 +44,7 @@ class SamplerV2(BaseSamplerV2):  # type: ignore[misc]
     """Samples pubs on a qhpc QPU; a drop-in for Qiskit's ``StatevectorSampler``.
 
     Args:
-        qpu: where circuits run (any :class:`~qhpc.primitives.QPU`).
+        qpu: where circuits run (any :class:`~qhpc.primitives.TaskRunner`).
         default_shots: shots of pubs that specify none, when ``run`` gets none either.
         seed: an int for repeatable results, a NumPy generator, or None (the QPU's seeding).
         options: :class:`~qhpc.primitives.PrimitiveOptions` or a mapping of them.
@@ -52,7 +52,7 @@ class SamplerV2(BaseSamplerV2):  # type: ignore[misc]
 
     def __init__(
         self,
-        qpu: QPU,
+        qpu: TaskRunner,
         *,
         default_shots: int = 1024,
         seed: SeedLike = None,
@@ -69,7 +69,7 @@ class SamplerV2(BaseSamplerV2):  # type: ignore[misc]
         self._memory = True  # ask for per-shot memory until the QPU refuses it
 
     @property
-    def qpu(self) -> QPU:
+    def qpu(self) -> TaskRunner:
         return self._qpu
 
     @property

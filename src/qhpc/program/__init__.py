@@ -13,14 +13,18 @@ QPU itself::
     result = stack.submit(Job.expectation(ansatz, hamiltonian, shots=20_000))
     print(result.value, result.meta["nfev"])
 
-The bottom of a stack is any qhpc resource (wrapped in :class:`LocalQPU`) or a
-:class:`RemoteQPU` on a broker; the same stack code runs on both.
+The bottom of a stack is any qhpc resource (wrapped in :class:`LocalQPU`), a
+:class:`RemoteQPU` on a broker or a session's :class:`SessionQPU`; the same stack
+code runs on all of them. ``qhpc.connect(url, token)`` is :func:`connect` here: a
+:class:`Connection` whose ``qpu(name)`` picks the session's fast path or a
+:class:`RemoteQPU`.
 ``submit_async`` returns a :class:`Future` (``result()``/``join()``,
 ``status()``, ``cancel()``). See ``docs/programming.md``.
 """
 
 from __future__ import annotations
 
+from qhpc.program.connection import Connection, connect
 from qhpc.program.errors import (
     CancelledError,
     JobError,
@@ -30,24 +34,18 @@ from qhpc.program.errors import (
     RemoteError,
     StackError,
 )
+from qhpc.program.executor import Executor, LocalQPU, PayloadPlan, as_qpu
 from qhpc.program.future import Future
 from qhpc.program.generator import JobGenerator, job_generator
 from qhpc.program.job import Batch, Job, ObservableLike, ParameterValues
 from qhpc.program.minimize import ScipyMinimize
 from qhpc.program.mitigation import ReadoutMitigation
 from qhpc.program.observables import ObservableMeasurement
-from qhpc.program.qpu import Executor, LocalQPU, PayloadPlan, as_qpu
-from qhpc.program.registry import (
-    plugin_from_spec,
-    plugin_spec,
-    register_plugin,
-    registered_plugins,
-    stack_from_spec,
-    stack_spec,
-)
+from qhpc.program.registry import plugin_spec, register_plugin, registered_plugins
 from qhpc.program.remote import RemoteQPU, qpu, target_from_dict
 from qhpc.program.result import BatchResult, Result
 from qhpc.program.session import SessionQPU, session_qpu
+from qhpc.program.specs import plugin_from_spec, stack_from_spec, stack_spec
 from qhpc.program.stack import Plugin, Stack
 from qhpc.program.transpile import Transpile
 
@@ -55,6 +53,7 @@ __all__ = [
     "Batch",
     "BatchResult",
     "CancelledError",
+    "Connection",
     "Executor",
     "Future",
     "Job",
@@ -79,6 +78,7 @@ __all__ = [
     "StackError",
     "Transpile",
     "as_qpu",
+    "connect",
     "job_generator",
     "plugin_from_spec",
     "plugin_spec",

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from qhpc.program.errors import JobError
+from qhpc.program.executor import Executor
 from qhpc.program.future import check_cancelled
 from qhpc.program.job import Batch, Job
-from qhpc.program.qpu import Executor
 from qhpc.program.registry import register_plugin
 from qhpc.program.result import BatchResult, Result
 from qhpc.program.stack import Plugin

@@ -11,7 +11,9 @@ The shipped plugins are registered under their class names::
 
     register_plugin("MyPlugin", MyPlugin)     # on client *and* broker, same name
 
-A plugin describes itself with :meth:`~qhpc.program.Plugin.params` (the
+Stacks and plugins as specs, and back, are :mod:`qhpc.program.specs` (above the
+stack; this module is below it). A plugin describes itself with
+:meth:`~qhpc.program.Plugin.params` (the
 keyword arguments that rebuild it; plain JSON data only). Lookup is by exact
 type: a subclass of a registered plugin is not the registered plugin (it may
 override what the broker would run) and must be registered itself.
@@ -22,20 +24,23 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from qhpc.program.errors import PluginSpecError, StackError
+from qhpc.program.errors import PluginSpecError
 
-if TYPE_CHECKING:
-    from qhpc.program.qpu import Executor
-    from qhpc.program.stack import Plugin, Stack
+
+class Describable(Protocol):
+    """What the registry reads of a plugin: a protocol, so that ``Plugin.spec()`` can
+    ask the registry while the registry never imports the stack (no circle)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def params(self) -> dict[str, Any]: ...
+
 
 #: ``factory(**params) -> Plugin``; a plugin class is the usual factory
-PluginFactory = Callable[..., "Plugin"]
-#: version of the stack spec format; a broker refuses other versions by name
-SPEC_VERSION = 1
-#: longest plugin list a spec may carry (a guard against absurd input)
-MAX_PLUGINS = 32
+PluginFactory = Callable[..., Any]
 
 _lock = threading.Lock()
 _factories: dict[str, PluginFactory] = {}
@@ -70,13 +75,13 @@ def registered_plugins() -> dict[str, PluginFactory]:
         return dict(_factories)
 
 
-def registered_name(plugin: Plugin) -> str | None:
+def registered_name(plugin: Describable) -> str | None:
     """The name ``plugin`` is registered under (exact type), or None."""
     with _lock:
         return _names_by_type.get(type(plugin))
 
 
-def plugin_spec(plugin: Plugin) -> dict[str, Any]:
+def plugin_spec(plugin: Describable) -> dict[str, Any]:
     """``{"plugin": name, "params": {...}}`` for a registered plugin, else PluginSpecError."""
     name = registered_name(plugin)
     if name is None:
@@ -91,74 +96,6 @@ def plugin_spec(plugin: Plugin) -> dict[str, Any]:
     except NotImplementedError as exc:
         raise PluginSpecError(name, f"plugin {name} cannot describe itself: {exc}") from exc
     return {"plugin": name, "params": _plain_params(name, params)}
-
-
-def plugin_from_spec(spec: object) -> Plugin:
-    """Rebuild one plugin; unknown names and bad params are errors naming the plugin."""
-    from qhpc.program.stack import Plugin
-
-    if not isinstance(spec, Mapping):
-        raise PluginSpecError("?", f"a plugin spec must be a map, not {type(spec).__name__}")
-    name = spec.get("plugin")
-    if not isinstance(name, str):
-        raise PluginSpecError("?", f"a plugin spec needs a 'plugin' name, got {name!r}")
-    extra = sorted(set(spec) - {"plugin", "params"})
-    if extra:
-        raise PluginSpecError(name, f"plugin {name}: unknown spec field(s) {extra}")
-    params = spec.get("params", {})
-    if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
-        raise PluginSpecError(name, f"plugin {name}: params must be a map of names to values")
-    factory = registered_plugins().get(name)
-    if factory is None:
-        known = ", ".join(sorted(registered_plugins())) or "none"
-        raise PluginSpecError(name, f"unknown plugin {name!r}; registered plugins: {known}")
-    try:
-        plugin = factory(**params)
-    except (TypeError, ValueError) as exc:
-        raise PluginSpecError(name, f"plugin {name}: bad params {dict(params)}: {exc}") from exc
-    if not isinstance(plugin, Plugin):
-        raise PluginSpecError(name, f"plugin {name}: the factory made a {type(plugin).__name__}")
-    return plugin
-
-
-def stack_spec(stack: Stack) -> dict[str, Any]:
-    """A stack as JSON-able data: its plugins' specs and its QPU's name."""
-    if stack.qpu is None:
-        raise StackError(f"stack {stack.name} has no QPU: end it with a qpu ({stack.name} | qpu)")
-    return {
-        "v": SPEC_VERSION,
-        "plugins": [plugin_spec(p) for p in stack.plugins],
-        "qpu": stack.qpu.name,
-    }
-
-
-def check_stack_spec(spec: object) -> list[Plugin]:
-    """The plugins of a stack spec, rebuilt (which validates them), or PluginSpecError."""
-    if not isinstance(spec, Mapping):
-        raise PluginSpecError("?", f"a stack spec must be a map, not {type(spec).__name__}")
-    if spec.get("v") != SPEC_VERSION:
-        raise PluginSpecError(
-            "?", f"stack spec version {spec.get('v')!r} is not supported (this qhpc speaks "
-            f"version {SPEC_VERSION})",
-        )  # fmt: skip
-    qpu = spec.get("qpu")
-    plugins = spec.get("plugins")
-    if not isinstance(qpu, str) or not qpu:
-        raise StackError("the stack spec names no QPU: a stack must end in a qpu")
-    if not isinstance(plugins, list):
-        raise PluginSpecError("?", "a stack spec's 'plugins' must be a list")
-    if len(plugins) > MAX_PLUGINS:
-        raise PluginSpecError(
-            "?", f"a stack spec holds {len(plugins)} plugins (at most {MAX_PLUGINS})"
-        )
-    return [plugin_from_spec(p) for p in plugins]
-
-
-def stack_from_spec(spec: object, qpu: Executor) -> Stack:
-    """Rebuild the stack ``spec`` describes over ``qpu`` (the broker's own QPU)."""
-    from qhpc.program.stack import Stack
-
-    return Stack(check_stack_spec(spec), qpu)
 
 
 # -- helpers ------------------------------------------------------------------------

@@ -22,15 +22,15 @@ from typing import Any
 
 from qhpc.client import Client, ClientError
 from qhpc.program.errors import CancelledError, JobError, RemoteError
+from qhpc.program.executor import Executor, PayloadPlan
 from qhpc.program.future import current_future
 from qhpc.program.job import Batch
-from qhpc.program.qpu import Executor, PayloadPlan
 from qhpc.program.result import BatchResult
 from qhpc.resources.errors import TaskFailedError
 from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.target import DeviceTarget
+from qhpc.states import FINAL_STATES
 
-FINAL = frozenset({"completed", "failed", "cancelled"})
 #: where the plugins of a stack over a RemoteQPU run
 STACK_MODES = ("auto", "broker", "client")
 
@@ -80,10 +80,10 @@ class RemoteQPU(Executor):
                         f"unknown resource {self.name!r} at {self.client.url}; known: {known}"
                     ) from exc
                 raise RemoteError(f"{self.name} at {self.client.url}: {exc}") from exc
-            self._specs = target_from_dict(data["target"])
+            self._specs = DeviceTarget.from_dict(data["target"])
         return self._specs
 
-    # the primitives' QPU protocol, so Qiskit's SamplerV2/EstimatorV2 run remotely too
+    # the primitives' task-runner protocol, so Qiskit's SamplerV2/EstimatorV2 run remotely too
     def target(self) -> DeviceTarget:
         return self.specs()
 
@@ -220,13 +220,13 @@ class RemoteQPU(Executor):
                     if left is not None and left <= 0:
                         break
                     chunk = 1.0 if left is None else min(1.0, left)
-                    if str(self.client.task(task_id, wait=chunk)["state"]) in FINAL:
+                    if str(self.client.task(task_id, wait=chunk)["state"]) in FINAL_STATES:
                         break
                     if future is not None and future.cancel_requested:
                         raise CancelledError(f"{future.name} was cancelled (broker job {job_id})")
             while True:
                 state = str(self.client.job(job_id)["state"])
-                if state in FINAL:
+                if state in FINAL_STATES:
                     return state
                 if deadline is not None and time.monotonic() >= deadline:
                     raise RemoteError(f"broker job {job_id} is still {state} after {timeout} s")
@@ -264,13 +264,9 @@ class RemoteQPU(Executor):
 
 
 def target_from_dict(data: dict[str, Any]) -> DeviceTarget:
-    """The inverse of ``DeviceTarget.to_dict`` (JSON form)."""
-    fields = dict(data)
-    fields["basis_gates"] = tuple(fields.get("basis_gates") or ())
-    coupling = fields.get("coupling_map")
-    fields["coupling_map"] = None if coupling is None else tuple(tuple(e) for e in coupling)
-    known = set(DeviceTarget.__dataclass_fields__)
-    return DeviceTarget(**{k: v for k, v in fields.items() if k in known})
+    """The inverse of ``DeviceTarget.to_dict``: kept for callers of this name, it is
+    :meth:`DeviceTarget.from_dict <qhpc.resources.DeviceTarget.from_dict>`."""
+    return DeviceTarget.from_dict(data)
 
 
 def qpu(client: Client, name: str, **options: Any) -> RemoteQPU:

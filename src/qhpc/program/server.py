@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from qhpc.program.errors import JobError, PluginSpecError, StackError
+from qhpc.program.executor import LocalQPU
 from qhpc.program.job import Batch
-from qhpc.program.qpu import LocalQPU
-from qhpc.program.registry import check_stack_spec, stack_from_spec, stack_spec
 from qhpc.program.result import BatchResult
 from qhpc.program.session import SessionResource, payload_runner
+from qhpc.program.specs import check_stack_spec, stack_from_spec, stack_spec
 from qhpc.program.stack import Plugin, Stack
 from qhpc.program.wire import decode_batch, decode_batch_result, encode_batch, encode_batch_result
 from qhpc.resources.target import DeviceTarget
@@ -83,8 +83,6 @@ def make_request(stack: Stack, batch: Batch, target: DeviceTarget | None = None)
 def check_request(request: object, screen: Callable[[bytes], None] | None = None) -> StackRequest:
     """A stack request, validated: unknown plugins, bad params, a stack without a QPU,
     a malformed batch or target are errors naming the culprit (a 4xx at the broker)."""
-    from qhpc.program.remote import target_from_dict
-
     if not isinstance(request, Mapping):
         raise StackError(f"a stack request must be a map, not {type(request).__name__}")
     if request.get("v") != REQUEST_VERSION:
@@ -99,7 +97,7 @@ def check_request(request: object, screen: Callable[[bytes], None] | None = None
     if not isinstance(target_data, Mapping):
         raise StackError("a stack request needs the device 'target' the stack compiles for")
     try:
-        target = target_from_dict(dict(target_data))
+        target = DeviceTarget.from_dict(dict(target_data))
     except (TypeError, ValueError) as exc:
         raise StackError(f"a stack request's target is malformed: {exc}") from exc
     encoded = request.get("batch")

@@ -18,16 +18,18 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from qhpc.client import ClientError, connect
 from qhpc.envvars import FASTPATH_ENV, SESSION_ENV, URL_ENV
+from qhpc.errors import QhpcError
 from qhpc.program.errors import RemoteError
-from qhpc.program.qpu import LocalQPU
+from qhpc.program.executor import LocalQPU
 from qhpc.resources.errors import TaskFailedError
 from qhpc.resources.payload import Payload, TaskResult
 from qhpc.resources.target import DeviceTarget
+from qhpc.session import open_channel
 
 if TYPE_CHECKING:
-    from qhpc.runtime.direct import DirectClient
-    from qhpc.runtime.fastpath import FastPathClient
+    from qhpc.session import SessionChannel
 
 #: ``runner(payload) -> result``: one session task, run to completion
 PayloadRunner = Callable[[Payload], TaskResult]
@@ -47,8 +49,6 @@ class SessionResource:
         self.name = name
 
     def run(self, payload: Payload, timeout: float | None = None) -> TaskResult:
-        from qhpc.errors import QhpcError
-
         try:
             return self._runner(payload)
         except QhpcError as exc:
@@ -62,7 +62,7 @@ class SessionQPU(LocalQPU):
     """A session's resource over the fast path; :meth:`close` ends the connection
     (the session itself stays open: Slurm's epilog or its owner closes it)."""
 
-    def __init__(self, client: FastPathClient | DirectClient, target: DeviceTarget) -> None:
+    def __init__(self, client: SessionChannel, target: DeviceTarget) -> None:
         super().__init__(SessionResource(client.run, target, client.resource), name=client.resource)
         self.client = client
         self.session_id = client.session_id
@@ -111,9 +111,6 @@ def session_qpu(
     Unset arguments come from ``QHPC_FASTPATH``, ``QHPC_SESSION`` and
     ``QHPC_URL``. Without ``target`` it is read from the broker's REST API.
     """
-    # unix:// is the direct channel of a program co-located with the broker
-    from qhpc.runtime.program import connect as connect_session
-
     endpoint = endpoint or os.environ.get(FASTPATH_ENV)
     token = token or os.environ.get(SESSION_ENV)
     if not endpoint or not token:
@@ -121,7 +118,8 @@ def session_qpu(
             f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "
             f"{SESSION_ENV} (a session token), as qhpc's Slurm TaskProlog does"
         )
-    client = connect_session(endpoint, token, timeout=timeout)
+    # unix:// is the direct channel of a program co-located with the broker
+    client = open_channel(endpoint, token, timeout=timeout)
     try:
         if target is None:
             target = _target_over_rest(url or os.environ.get(URL_ENV), token, client.resource)
@@ -132,9 +130,6 @@ def session_qpu(
 
 
 def _target_over_rest(url: str | None, token: str, resource: str) -> DeviceTarget:
-    from qhpc.client import ClientError, connect
-    from qhpc.program.remote import target_from_dict
-
     if not url:
         raise RemoteError(
             f"the session's device target is needed to compile for {resource!r}: set "
@@ -145,4 +140,4 @@ def _target_over_rest(url: str | None, token: str, resource: str) -> DeviceTarge
             data: dict[str, Any] = client.resource(resource)
     except ClientError as exc:
         raise RemoteError(f"cannot read the target of {resource!r} at {url}: {exc}") from exc
-    return target_from_dict(data["target"])
+    return DeviceTarget.from_dict(data["target"])

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from qhpc.program.errors import PluginError, ProgramError, StackError
+from qhpc.program.executor import Executor, as_qpu
 from qhpc.program.job import Batch
-from qhpc.program.qpu import Executor, as_qpu
+from qhpc.program.registry import plugin_spec
 from qhpc.program.result import BatchResult
 from qhpc.resources.target import DeviceTarget
 
@@ -53,8 +54,6 @@ class Plugin:
 
     def spec(self) -> dict[str, Any]:
         """``{"plugin": name, "params": {...}}``: how a broker rebuilds this plugin."""
-        from qhpc.program.registry import plugin_spec
-
         return plugin_spec(self)
 
     def execute(self, batch: Batch, below: Executor) -> BatchResult:

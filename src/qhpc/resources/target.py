@@ -65,6 +65,17 @@ class DeviceTarget:
         )
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceTarget:
+        """The inverse of :meth:`to_dict` (JSON form); unknown keys are ignored, so a
+        newer broker's target still reads."""
+        fields = dict(data)
+        fields["basis_gates"] = tuple(fields.get("basis_gates") or ())
+        coupling = fields.get("coupling_map")
+        fields["coupling_map"] = None if coupling is None else tuple(tuple(e) for e in coupling)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
     def to_qiskit(self) -> Any:
         """A ``qiskit.transpiler.Target`` for transpiling against this device."""
         return _qiskit_target(self)

@@ -9,6 +9,7 @@ process that cannot start, a wait that ran out, a malformed frame.
 from __future__ import annotations
 
 from qhpc.errors import QhpcError
+from qhpc.session import QpuNotConfiguredError as QpuNotConfiguredError  # both rooms raise it
 
 
 class RuntimeBaseError(QhpcError):
@@ -33,10 +34,6 @@ class WaitTimeout(RuntimeBaseError, TimeoutError):
 
 class WireError(RuntimeBaseError):
     """A frame on a control channel is malformed, oversized or of another wire version."""
-
-
-class QpuNotConfiguredError(RuntimeBaseError):
-    """The program used its QPU handle but the pool was built without ``qpu_factory``."""
 
 
 class ProgramArgumentsError(RuntimeBaseError, ValueError):

@@ -1,117 +1,25 @@
-"""The ZeroMQ fast path, client side: protocol constants and :class:`FastPathClient`.
+"""Deprecated home of the fast path's client: it moved to :mod:`qhpc.session.fastpath`.
 
-Lives in the runtime room (not in ``qhpc.api``) because hybrid programs import it:
-a user program must reach its session without loading the broker or FastAPI.
-``qhpc.api.fastpath`` holds the server and re-exports these names. The protocol
-(version 1) is described there.
+``from qhpc.runtime.fastpath import FastPathClient`` still works and warns; import
+``FastPathClient`` and ``FastPathError`` from :mod:`qhpc.session`.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-import msgspec
-import zmq
-
-from qhpc.errors import QhpcError
-from qhpc.resources import Payload, TaskResult
-from qhpc.resources.codec import decode_result, encode_payload
-
-PROTOCOL = b"QHPC/1"
-HELLO = b"HELLO"
-READY = b"READY"
-RUN = b"RUN"
-RESULT = b"RESULT"
-ERROR = b"ERROR"
-REQUEST_ID_BYTES = 8
+from qhpc.session import fastpath as _moved
 
 
-class FastPathError(QhpcError):
-    """The broker answered a fast-path request with an error."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        self.status = status
-        self.detail = detail
-        super().__init__(f"{status}: {detail}")
-
-
-class FastPathClient:
-    """A session's quantum side: ``run(payload)`` → result, over one ZeroMQ connection."""
-
-    def __init__(self, endpoint: str, session_token: str, timeout: float = 600.0) -> None:
-        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        # A receive timeout instead of a poll before each receive: one call fewer.
-        self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(timeout * 1000)))
-        self._socket.connect(endpoint)
-        self.timeout = timeout
-        self._counter = 0
-        try:
-            _, body = self._call(HELLO, session_token.encode())
-        except FastPathError:
-            self._socket.close()
-            raise
-        info: dict[str, Any] = msgspec.msgpack.decode(body)
-        self.session_id: str = info["session_id"]
-        self.resource: str = info["resource"]
-
-    def run(self, payload: Payload) -> TaskResult:
-        return decode_result(self.run_encoded(encode_payload(payload)))
-
-    def run_encoded(self, payload: bytes) -> bytes:
-        """Send an already encoded payload; returns the encoded result (no decode cost)."""
-        self._counter += 1
-        request_id = self._counter.to_bytes(REQUEST_ID_BYTES, "big")
-        _, body = self._call(RUN, request_id + payload)
-        if body[:REQUEST_ID_BYTES] != request_id:
-            raise FastPathError(400, "reply for another request")
-        return body[REQUEST_ID_BYTES:]
-
-    def run_many_encoded(self, payloads: list[bytes], window: int = 64) -> list[bytes]:
-        """Pipeline encoded payloads (up to ``window`` in flight); results in order.
-
-        Tasks of one session still run one after another, but the broker overlaps
-        their transport and commits them together, so throughput is far higher than
-        with ``run_encoded`` in a loop.
-        """
-        results: dict[bytes, bytes] = {}
-        order: list[bytes] = []
-        sent = 0
-        while len(results) < len(payloads):
-            while sent < len(payloads) and sent - len(results) < window:
-                self._counter += 1
-                request_id = self._counter.to_bytes(REQUEST_ID_BYTES, "big")
-                order.append(request_id)
-                self._socket.send_multipart([PROTOCOL, RUN, request_id + payloads[sent]])
-                sent += 1
-            _, body = self._receive()
-            results[body[:REQUEST_ID_BYTES]] = body[REQUEST_ID_BYTES:]
-        return [results[r] for r in order]
-
-    def close(self) -> None:
-        self._socket.close()
-
-    def __enter__(self) -> FastPathClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, command: bytes, body: bytes) -> tuple[bytes, bytes]:
-        self._socket.send_multipart([PROTOCOL, command, body])
-        return self._receive()
-
-    def _receive(self) -> tuple[bytes, bytes]:
-        try:
-            frames = self._socket.recv_multipart()
-        except zmq.Again:
-            raise FastPathError(
-                504, f"no answer from the broker within {self.timeout:g} s"
-            ) from None
-        if len(frames) != 3 or frames[0] != PROTOCOL:
-            raise FastPathError(400, "malformed reply from the broker")
-        if frames[1] == ERROR:
-            error: dict[str, Any] = msgspec.msgpack.decode(frames[2])
-            raise FastPathError(int(error["status"]), str(error["detail"]))
-        return frames[1], frames[2]
+def __getattr__(name: str) -> Any:
+    # Called only for names this module does not define, i.e. on every old import.
+    if name.startswith("__") or not hasattr(_moved, name):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"qhpc.runtime.fastpath.{name} moved to qhpc.session.fastpath (FastPathClient and "
+        "FastPathError: import them from qhpc.session)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(_moved, name)

@@ -1,6 +1,6 @@
 """The QPU hook: how a program process turns its context into a QPU handle.
 
-The real handle (``runtime/program.py``) is written elsewhere; the pool only needs
+The real handle (``qhpc.session.QPU``) is written elsewhere; the pool only needs
 a factory ``make_qpu(context) -> object``, named by a string so that the template
 process can import it before forking (a closure of the broker could not cross the
 ``spawn``). Without one, programs get :class:`UnconfiguredQpu`, which is harmless

@@ -1,144 +1,40 @@
-"""What a hybrid program holds: a QPU handle with ``run`` and ``estimate``.
+"""Deprecated home of the hybrid program's QPU handle: it moved to :mod:`qhpc.session`.
 
-A hybrid program is an ordinary function of a QPU handle, called as often as the
-program likes (e.g. inside ``scipy.optimize.minimize``)::
-
-    def main(qpu):
-        counts = qpu.run(circuit, shots=1000)                  # dict of counts
-        energy = qpu.estimate(ansatz, hamiltonian, theta)      # float
-
-The handle sends each call as a task of its session, so session priority
-applies. The same program file runs client-driven (anywhere: a laptop, a Slurm
-job — ``QHPC_FASTPATH`` and ``QHPC_SESSION`` come from the environment, e.g.
-qhpc's TaskProlog; calls go over the broker's ZeroMQ fast path) or co-located in
-the broker's runtime pool (:func:`make_qpu` is the pool's factory; calls go over
-the direct Unix-socket channel of :mod:`qhpc.runtime.direct`). Quantum Inspire
-programs (``execute(qi)`` + ``finalize(results)``) get the same handle as
-``qi``: ``qi.execute_circuit(cqasm, number_of_shots)`` runs unchanged.
+``from qhpc.runtime.program import QPU`` still works and warns; write
+``from qhpc.session import QPU``. :func:`make_qpu` stays importable here without a
+warning: runtime pools name their QPU factory by the string
+``"qhpc.runtime.program:make_qpu"`` (the broker's among them), and a stored string
+outlives a release; new pools name ``"qhpc.session:make_qpu"``.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import warnings
 from typing import Any
 
-from qiskit.circuit import QuantumCircuit
+from qhpc.envvars import FASTPATH_ENV as _FASTPATH_ENV
+from qhpc.envvars import SESSION_ENV as _SESSION_ENV
+from qhpc.session import QPU as _QPU
+from qhpc.session import QpuTimings as _QpuTimings
+from qhpc.session import make_qpu
+from qhpc.session import open_channel as _open_channel
 
-from qhpc.envvars import FASTPATH_ENV as FASTPATH_ENV  # re-exported: bench/study_job.py
-from qhpc.envvars import SESSION_ENV as SESSION_ENV
-from qhpc.resources import (
-    EstimatorResult,
-    EstimatorTask,
-    SamplerResult,
-    SamplerTask,
-    load_circuit,
-)
-from qhpc.resources.payload import ObservableLike
-from qhpc.runtime.direct import SCHEME as DIRECT_SCHEME
-from qhpc.runtime.direct import DirectClient
-from qhpc.runtime.errors import QpuNotConfiguredError
-from qhpc.runtime.fastpath import FastPathClient
-from qhpc.runtime.outcome import ProgramContext
+#: old name here → (what it is, where it is now)
+_MOVED: dict[str, tuple[Any, str]] = {
+    "QPU": (_QPU, "qhpc.session.QPU"),
+    "QpuTimings": (_QpuTimings, "qhpc.session.QpuTimings"),
+    "connect": (_open_channel, "qhpc.session.open_channel"),
+    "FASTPATH_ENV": (_FASTPATH_ENV, "qhpc.envvars.FASTPATH_ENV"),
+    "SESSION_ENV": (_SESSION_ENV, "qhpc.envvars.SESSION_ENV"),
+}
 
-
-@dataclass
-class QpuTimings:
-    """Where a program's quantum calls spent their time (seconds)."""
-
-    calls: int = 0
-    round_trip_s: float = 0.0
-    qpu_s: float = 0.0
-    per_call_s: list[float] = field(default_factory=list)
-
-    @property
-    def dispatch_overhead_s(self) -> float:
-        """Round trips minus the device's own time: what the dispatch path costs."""
-        return max(self.round_trip_s - self.qpu_s, 0.0)
+__all__ = ["make_qpu"]
 
 
-class QPU:
-    """A session's QPU as a hybrid program sees it."""
-
-    def __init__(self, client: FastPathClient | DirectClient, default_shots: int = 1024) -> None:
-        self._client = client
-        self.resource = client.resource
-        self.session_id = client.session_id
-        self.default_shots = default_shots
-        self.timings = QpuTimings()
-        self.results: list[dict[str, Any]] = []
-
-    @classmethod
-    def from_env(cls, timeout: float = 600.0) -> QPU:
-        """The session a Slurm job (or a shell) was given through the environment."""
-        endpoint = os.environ.get(FASTPATH_ENV)
-        token = os.environ.get(SESSION_ENV)
-        if not endpoint or not token:
-            raise QpuNotConfiguredError(
-                f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "
-                f"{SESSION_ENV} (a session token), e.g. from qhpc's Slurm TaskProlog"
-            )
-        return cls(connect(endpoint, token, timeout=timeout))
-
-    def run(
-        self, circuits: QuantumCircuit | Sequence[QuantumCircuit], shots: int | None = None
-    ) -> dict[str, int] | list[dict[str, int]]:
-        """Counts of one circuit (a dict) or of several (a list of dicts, one task)."""
-        single = isinstance(circuits, QuantumCircuit)
-        batch = (circuits,) if single else tuple(circuits)
-        result = self._call(SamplerTask(batch, shots=shots or self.default_shots))
-        assert isinstance(result, SamplerResult)
-        counts = [c.counts for c in result.circuits]
-        return counts[0] if single else counts
-
-    def estimate(
-        self,
-        circuit: QuantumCircuit,
-        observables: ObservableLike | Sequence[ObservableLike],
-        parameters: Sequence[float] | None = None,
-        shots: int | None = None,
-    ) -> Any:
-        """Expectation value(s): a float for one observable, else a list."""
-        task = EstimatorTask.create(circuit, observables, parameters, shots=shots)
-        result = self._call(task)
-        assert isinstance(result, EstimatorResult)
-        values = list(result.values[0])
-        return values[0] if len(values) == 1 else values
-
-    def execute_circuit(self, circuit: str | QuantumCircuit, number_of_shots: int) -> Any:
-        """Quantum Inspire's call, for ``execute(qi)`` programs run unchanged: counts of a
-        cQASM (or any accepted) circuit, also kept in :attr:`results` for ``finalize``."""
-        parsed = circuit if isinstance(circuit, QuantumCircuit) else load_circuit(circuit)
-        counts = self.run(parsed, shots=number_of_shots)
-        self.results.append({"counts": counts, "shots": number_of_shots})
-        return counts
-
-    def close(self) -> None:
-        self._client.close()
-
-    def _call(self, payload: SamplerTask | EstimatorTask) -> SamplerResult | EstimatorResult:
-        started = time.perf_counter()
-        result = self._client.run(payload)
-        took = time.perf_counter() - started
-        self.timings.calls += 1
-        self.timings.round_trip_s += took
-        self.timings.per_call_s.append(took)
-        self.timings.qpu_s += float(result.metadata.get("qpu_seconds", 0.0) or 0.0)
-        return result
-
-
-def connect(endpoint: str, token: str, timeout: float = 600.0) -> FastPathClient | DirectClient:
-    """A session client for ``endpoint``: ``unix://PATH`` is the broker's direct dispatch
-    socket (co-located programs), ``tcp://`` or ``ipc://`` its ZeroMQ fast path."""
-    if endpoint.startswith(DIRECT_SCHEME):
-        return DirectClient(endpoint, token, timeout=timeout)
-    return FastPathClient(endpoint, token, timeout=timeout)
-
-
-def make_qpu(context: ProgramContext) -> QPU:
-    """The runtime pool's factory: a co-located program's QPU from its context."""
-    if not context.endpoint or not context.session_token:
-        raise QpuNotConfiguredError("this program was started without a QPU session")
-    return QPU(connect(context.endpoint, context.session_token))
+def __getattr__(name: str) -> Any:
+    # Called only for names this module does not define, i.e. on every old import.
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    found, new = _MOVED[name]
+    warnings.warn(f"qhpc.runtime.program.{name} moved: use {new}", DeprecationWarning, stacklevel=2)
+    return found

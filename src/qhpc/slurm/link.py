@@ -1,18 +1,24 @@
-"""The hooks' line to the broker: the few REST calls they make, and nothing heavy.
+"""The hooks' line to the broker: the few REST calls they make, through :mod:`qhpc.client`.
 
 The hooks run once per job on the controller, so their start-up time is part of
-every job's start: this talks to the broker with ``httpx`` directly instead of
-:mod:`qhpc.client`, which imports Qiskit (~0.7 s) for circuits the hooks never send.
+every job's start: the REST client loads Qiskit only where a circuit is handled,
+which the hooks never do, and the link skips the client's health probe (its first
+call reports an unreachable broker just as well). The broker's answers become the
+hooks' own errors: :class:`BrokerUnreachable` (no answer) and :class:`BrokerRefused`
+(an error answer, with its status and detail), which decide whether a job is held,
+requeued or refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
-
+from qhpc.client import ClientError, connect
 from qhpc.slurm.errors import SlurmError
+
+T = TypeVar("T")
 
 
 class BrokerUnreachable(SlurmError):
@@ -32,29 +38,22 @@ class BrokerLink:
     """REST calls of the hooks, with the admin (or centre) token."""
 
     def __init__(self, url: str, token: str, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/").removesuffix("/v1")
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            timeout=timeout,
-        )
+        # No retries: a hook that waits on a broker delays the job's start; Slurm
+        # retries the hook (requeue, a later epilog) on its own schedule.
+        self._client = connect(url, token, timeout, retries=0, check=False)
+        self.url = self._client.url
 
-    def _call(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
-    ) -> Any:
+    def _call(self, call: Callable[[], T]) -> T:
         try:
-            response = self._http.request(method, "/v1" + path, json=json, params=params)
-        except httpx.TransportError as exc:
-            raise BrokerUnreachable(
-                f"cannot reach the qhpc broker at {self.url}: {exc or type(exc).__name__}"
-            ) from None
-        if response.status_code >= 400:
-            try:
-                detail = str(response.json().get("detail"))
-            except (ValueError, AttributeError):
-                detail = response.text[:300] or response.reason_phrase
-            raise BrokerRefused(response.status_code, detail)
-        return response.json() if response.content else None
+            return call()
+        except ClientError as exc:
+            if exc.status is None:  # the client's transport error is the cause
+                cause = exc.__cause__
+                reason = (str(cause) or type(cause).__name__) if cause else exc.detail
+                raise BrokerUnreachable(
+                    f"cannot reach the qhpc broker at {self.url}: {reason}"
+                ) from None
+            raise BrokerRefused(exc.status, exc.detail) from None
 
     def open_session(
         self,
@@ -73,24 +72,20 @@ class BrokerLink:
         another site (:mod:`qhpc.slurm.federation`) gives a duration and the user,
         before the job exists. Unset fields are left to the broker's defaults.
         """
-        body: dict[str, Any] = {"resource": resource, "mode": mode}
-        given = {
-            "deadline": deadline, "duration_seconds": duration_seconds, "user": user,
-            "account": account or None, "slurm_job_id": slurm_job_id,
-        }  # fmt: skip
-        body.update({name: value for name, value in given.items() if value is not None})
-        return dict(self._call("POST", "/sessions", json=body))
+        return self._call(
+            lambda: self._client.open_session(
+                resource, deadline=deadline, duration_seconds=duration_seconds, user=user,
+                account=account or None, mode=mode, slurm_job_id=slurm_job_id,
+            )
+        )  # fmt: skip
 
     def sessions(
         self, include_closed: bool = False, slurm_job_id: str | None = None
     ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"include_closed": include_closed}
-        if slurm_job_id is not None:
-            params["slurm_job_id"] = slurm_job_id
-        return list(self._call("GET", "/sessions", params=params))
+        return self._call(lambda: self._client.sessions(include_closed, slurm_job_id))
 
     def session(self, session_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/sessions/{session_id}"))
+        return self._call(lambda: self._client.session(session_id))
 
     def sessions_of_job(
         self, slurm_job_id: str, include_closed: bool = False
@@ -102,7 +97,7 @@ class BrokerLink:
     def close_session(self, session_id: str) -> bool:
         """Close it; False if it was closed already (the reaper, or an earlier epilog)."""
         try:
-            self._call("DELETE", f"/sessions/{session_id}")
+            self._call(lambda: self._client.close_session(session_id))
         except BrokerRefused as exc:
             if exc.status == 409:
                 return False
@@ -111,14 +106,11 @@ class BrokerLink:
 
     def usage_by_job(self, since: float | None = None) -> dict[str, dict[str, Any]]:
         """Usage totals per broker job id (a session's job id is its session id)."""
-        params: dict[str, Any] = {"group_by": "job"}
-        if since is not None:
-            params["since"] = since
-        rows = self._call("GET", "/accounting", params=params)["rows"]
+        rows = self._call(lambda: self._client.accounting(group_by="job", since=since))
         return {str(r["group"]): dict(r) for r in rows}
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
     def __enter__(self) -> BrokerLink:
         return self

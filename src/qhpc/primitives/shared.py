@@ -17,8 +17,10 @@ SeedLike: TypeAlias = int | np.random.Generator | None
 
 
 @runtime_checkable
-class QPU(Protocol):
-    """Anything the primitives can run on: two methods, both synchronous.
+class TaskRunner(Protocol):
+    """Anything the primitives can run on (a QPU, in the broad sense): two methods, both
+    synchronous. Not named ``QPU``: that is the hybrid program's handle
+    (:class:`qhpc.session.QPU`), which runs circuits, not tasks.
 
     ``run`` executes one :class:`~qhpc.resources.SamplerTask` or
     :class:`~qhpc.resources.EstimatorTask` to completion and returns its

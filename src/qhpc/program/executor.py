@@ -17,7 +17,7 @@ from typing import Any, overload
 
 from qiskit.quantum_info import SparsePauliOp
 
-from qhpc.primitives.qpu import QPU as ResourceLike  # noqa: N811
+from qhpc.primitives import TaskRunner as ResourceLike
 from qhpc.program.errors import JobError, ProgramError, StackError
 from qhpc.program.future import Future, check_cancelled
 from qhpc.program.generator import JobGenerator, as_result
