@@ -34,7 +34,7 @@ from qhpc.study.simulator import SimulationResult, TaskRun
 from qhpc.study.tables import BEGIN, END
 from qhpc.study.workload import Arrivals, BatchClass, HybridClass, QpuModel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small() -> Scenario:

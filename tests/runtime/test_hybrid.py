@@ -15,7 +15,7 @@ from qhpc.runtime import ProgramContext, QpuNotConfiguredError, RuntimePool
 from qhpc.session import QPU
 from qhpc.store import Store
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hybrid_vqe.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hybrid_vqe.py"
 QI_PROGRAM = '''
 def execute(qi):
     bell = """version 3.0

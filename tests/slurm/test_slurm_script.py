@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-SLURM_SH = Path(__file__).resolve().parents[1] / "scripts" / "slurm.sh"
+SLURM_SH = Path(__file__).resolve().parents[2] / "scripts" / "slurm.sh"
 
 
 def slurm_sh(command: str, state_dir: Path) -> subprocess.CompletedProcess[str]:

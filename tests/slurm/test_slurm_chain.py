@@ -37,7 +37,7 @@ from qhpc.slurm.checkpoint import (
 from qhpc.slurm.errors import SlurmCommandError
 from qhpc.slurm.templates import chain_step_script, hetjob_script
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "chain_vqe.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "slurm" / "chain_vqe.py"
 
 COUNTER = """
 def chain_step(state, step, steps):

@@ -23,7 +23,7 @@ import pytest
 
 from qhpc.runtime.privileges import POOL_CAPABILITIES
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 NAMES = {0: "chown", 1: "dac_override", 3: "fowner", 5: "kill", 6: "setgid", 7: "setuid"}
 
 POOL_SCRIPT = """

@@ -15,7 +15,7 @@ import qhpc.session
 from qhpc.client import Client
 from qhpc.program import Connection
 
-SOURCE = Path(__file__).resolve().parent.parent / "src"
+SOURCE = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import pytest
 from helpers import free_port, run_cli, start_serve, wait_healthy
 from qhpc.client import Client, ClientError, connect
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 RAISES = """
 def main(qpu):

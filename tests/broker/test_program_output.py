@@ -2,7 +2,7 @@
 
 Units first (ProgramOutput's cap and marker, the writer's batching, against a real
 SQLite store), then an in-process broker running real programs in its runtime pool.
-The kill -9 case is in tests/test_crash.py.
+The kill -9 case is in tests/broker/test_crash.py.
 """
 
 from __future__ import annotations
