@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qiskit.circuit import QuantumCircuit
+from test_api import postgres_schema_url
 
 from helpers import free_port, wait_healthy
 from qhpc.api.fastpath import FastPathServer
@@ -41,7 +42,6 @@ from qhpc.resources import (
 )
 from qhpc.session import FastPathClient, FastPathError
 from qhpc.store import Store
-from test_api import postgres_schema_url
 
 SECRET = "qhpc_secretvaluethatmustneverleak"
 QASM2 = 'OPENQASM 2.0;\ninclude "qelib1.inc";\n'

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from test_api import BELL, World, assert_problem, bearer, postgres_schema_url, registry
 
 from qhpc.api import create_app
 from qhpc.broker import Broker, BrokerConfig, Idempotency
@@ -29,7 +30,6 @@ from qhpc.client import Client, ClientError
 from qhpc.store import ConflictError, IdempotencyRecord, Store, StoreError
 from qhpc.store.database import Database
 from qhpc.store.migrations import MIGRATIONS, Migration, migrate
-from test_api import BELL, World, assert_problem, bearer, postgres_schema_url, registry
 
 PROGRAM = "def main(qpu):\n    return 1\n"
 

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from test_api import BELL, World, assert_problem, bearer, registry
 
 from qhpc.api import create_app, openapi_json
 from qhpc.broker import Broker, BrokerConfig
 from qhpc.store import Store
-from test_api import BELL, World, assert_problem, bearer, registry
 
 
 @pytest.fixture
