@@ -104,3 +104,24 @@ def test_submit_status_result_accounting_and_tokens(
     assert code == 2 and f"cannot read {missing}" in "".join(err.split("\n"))
     code, _, err = run_cli(["submit", str(circuit), "-r", "nope", *auth], capsys)
     assert code == 1 and "unknown resource 'nope'" in err
+
+
+def test_serve_decode_limits_are_checked_by_name_and_value() -> None:
+    import typer
+
+    from qhpc.cli.serve import _decode_limits
+    from qhpc.resources import DEFAULT_LIMITS
+
+    assert _decode_limits(None) == DEFAULT_LIMITS
+    chosen = _decode_limits(["max_operations=2000000", "max_seconds=2.5"])
+    assert (chosen.max_operations, chosen.max_seconds) == (2_000_000, 2.5)
+    for bad, why in [
+        (["max_opertions=5"], "unknown decode limit 'max_opertions'"),
+        (["max_operations=lots"], "needs a number"),
+        (["max_operations=1.5"], "needs a number"),
+        (["max_seconds=0"], "positive finite"),
+        (["max_seconds=inf"], "positive finite"),
+        (["max_seconds=nan"], "positive finite"),
+    ]:
+        with pytest.raises(typer.BadParameter, match=why):
+            _decode_limits(bad)

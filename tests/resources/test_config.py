@@ -176,3 +176,23 @@ def test_null_resource_is_instant_and_configurable(tmp_path: Path) -> None:
         result = void.run(SamplerTask((circuit,), shots=7))
         assert isinstance(result, SamplerResult)
         assert result.circuits[0].counts == {"000": 7}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"10"', "inf", "1e9", "true"])
+def test_max_task_seconds_must_be_a_sane_number(tmp_path: Path, value: str) -> None:
+    config = write(
+        tmp_path, "r.toml", f'[resources.sim]\ntype = "aer"\nmax_task_seconds = {value}\n'
+    )
+    with pytest.raises(ResourceConfigError, match="max_task_seconds"):
+        load_registry(config)
+
+
+def test_max_task_seconds_is_an_option_of_every_type(tmp_path: Path) -> None:
+    config = write(
+        tmp_path, "r.toml",
+        '[resources.sim]\ntype = "aer"\nmax_task_seconds = 30\n'
+        '[resources.chip]\ntype = "emulator"\nmax_task_seconds = 2.5\n',
+    )  # fmt: skip
+    with load_registry(config) as registry:
+        assert registry.spec("sim").max_task_seconds == 30.0
+        assert registry.spec("chip").max_task_seconds == 2.5
