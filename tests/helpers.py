@@ -114,3 +114,14 @@ def postgres_schema_url(prefix: str = "qhpc_helper") -> Iterator[str]:
     finally:
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Stop a process this test started: SIGTERM, then SIGKILL if it has not ended in
+    ``timeout`` seconds; always reaped."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

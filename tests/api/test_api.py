@@ -24,23 +24,20 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from qiskit import qpy
 from qiskit.circuit import QuantumCircuit
-from sqlalchemy.engine import make_url
 
 import qhpc
-from helpers import free_port
+from helpers import free_port, postgres_schema_url
 from qhpc.api import bootstrap_admin_token, create_app, openapi_json
 from qhpc.broker.access import Access
 from qhpc.broker.service import Broker, BrokerConfig
@@ -114,38 +111,13 @@ class World:
         self.south = issue(Role.CENTRE, "south-gw", account="south-acc", centre="south")[1]
 
 
-PG_URL = os.environ.get("QHPC_TEST_POSTGRES_URL", "")
-IN_CI = os.environ.get("CI") == "true"
-
-
-def postgres_schema_url() -> Iterator[str]:
-    """A URL whose connections see only a fresh, uniquely named schema; dropped after."""
-    if not PG_URL:
-        message = (
-            "QHPC_TEST_POSTGRES_URL is unset: run `make unit` or "
-            "`QHPC_TEST_POSTGRES_URL=$(scripts/postgres.sh start) pytest`"
-        )
-        if IN_CI:
-            pytest.fail(f"CI=true but {message}")
-        pytest.skip(message)
-    name = f"qhpc_api_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {name}")
-    url = make_url(PG_URL).update_query_dict({"options": f"-c search_path={name}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {name} CASCADE")
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Where the broker keeps its state: an SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
         yield str(tmp_path / "api.db")
     else:
-        yield from postgres_schema_url()
+        yield from postgres_schema_url("qhpc_api")
 
 
 def make_world(store_url: str, start: bool) -> Iterator[tuple[World, TestClient]]:

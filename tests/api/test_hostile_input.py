@@ -23,9 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qiskit.circuit import QuantumCircuit
-from test_api import postgres_schema_url
 
-from helpers import free_port, wait_healthy
+from helpers import free_port, postgres_schema_url, stop_process, wait_healthy
 from qhpc.api.fastpath import FastPathServer
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import (
@@ -384,12 +383,7 @@ def test_the_corpus_against_a_real_broker(tmp_path: Path, db: str) -> None:
         assert peak_rss - start_rss < 150, (start_rss, peak_rss)
         print(f"broker RSS {start_rss:.0f} MB → peak {peak_rss:.0f} MB over the corpus")
     finally:
-        broker.terminate()
-        try:
-            broker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
+        stop_process(broker, timeout=30)
 
 
 # -- the fast path and the run-time limit -----------------------------------------------

@@ -22,8 +22,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from test_api import BELL, World, assert_problem, bearer, postgres_schema_url, registry
+from test_api import BELL, World, assert_problem, bearer, registry
 
+from helpers import postgres_schema_url
 from qhpc.api import create_app
 from qhpc.broker import Broker, BrokerConfig, Idempotency
 from qhpc.client import Client, ClientError

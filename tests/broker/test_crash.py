@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from qiskit.circuit import QuantumCircuit
 
-from helpers import free_port, postgres_schema_url, start_serve, wait_healthy
+from helpers import free_port, postgres_schema_url, start_serve, stop_process, wait_healthy
 from qhpc import connect
 from qhpc.store import Store
 
@@ -84,12 +84,7 @@ def test_kill_9_mid_run_then_restart_completes_everything_exactly_once(tmp_path:
                     assert task.state == "completed"
                     assert store.task_result(task.task_id) is not None
     finally:
-        second.send_signal(signal.SIGTERM)
-        try:
-            second.wait(timeout=30)
-        finally:
-            if second.poll() is None:
-                second.kill()
+        stop_process(second, timeout=30)
 
 
 SESSION_TASKS = 200
@@ -146,12 +141,7 @@ def test_kill_9_after_session_results_were_released_loses_no_task_and_no_usage(
             assert sorted(booked) == sorted(t.task_id for t in tasks)
             assert sum(u.shots for u in store.usage()) == 3 * SESSION_TASKS
     finally:
-        second.send_signal(signal.SIGTERM)
-        try:
-            second.wait(timeout=30)
-        finally:
-            if second.poll() is None:
-                second.kill()
+        stop_process(second, timeout=30)
 
 
 PRINTS_THEN_SLEEPS = """
@@ -173,13 +163,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    stop_process(process, timeout=60)
 
 
 @pytest.mark.slow

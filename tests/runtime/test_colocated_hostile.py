@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, start_serve, wait_healthy
+from helpers import free_port, start_serve, stop_process, wait_healthy
 from qhpc.client import connect
 from qhpc.runtime.isolation import resolve_run_as
 
@@ -215,14 +214,8 @@ def test_a_hostile_program_reads_nothing_of_the_broker_or_other_tenants(
             client.cancel(victim)
             client.wait(victim, timeout=60)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            log.close()
+        stop_process(process, timeout=60)
+        log.close()
     notes = report["notes"]
     # The walk looked where it should: the broker, its store and Alice's process.
     assert notes["brokers"].get(str(process.pid)) == str(data / "b.db"), notes

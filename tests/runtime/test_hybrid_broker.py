@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from helpers import free_port, run_cli, start_serve, wait_healthy
+from helpers import free_port, run_cli, start_serve, stop_process, wait_healthy
 from qhpc.client import Client, ClientError, connect
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -346,10 +346,4 @@ def test_a_restart_fails_the_running_program(tmp_path: Path) -> None:
             after = finished(client, submit(client, NO_QPU, account="ops"))
             assert after["status"] == "completed"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=60)

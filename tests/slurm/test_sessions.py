@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import free_port, start_serve, wait_healthy
+from helpers import free_port, start_serve, stop_process, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -208,13 +207,7 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
                 run("scancel", job.split()[0], check=False)
         if applied:
             run("bash", str(SLURM_SH), "apply", str(saved), check=False, timeout=400)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=30)
         if process.returncode == 0 and not os.environ.get("QHPC_KEEP_SLURM_TEST_DIR"):
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(private, ignore_errors=True)

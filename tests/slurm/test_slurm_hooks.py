@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import stat
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -21,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import free_port, start_serve, wait_healthy
+from helpers import free_port, start_serve, stop_process, wait_healthy
 from qhpc.slurm import (
     HookSettings,
     hooks,
@@ -65,13 +64,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         wait_healthy(url, process)
         yield Broker(url, fastpath, (home / "admin.token").read_text().strip())
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=30)
 
 
 def _settings(tmp_path: Path, broker: Broker, **overrides: object) -> HookSettings:

@@ -8,7 +8,6 @@ they are skipped, except under CI=true, where they fail: CI must exercise Postgr
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -19,14 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
+from helpers import postgres_schema_url
 from qhpc.store import (
     LATEST_VERSION,
     AccountRecord,
@@ -48,33 +46,9 @@ from qhpc.store import schema as store_schema
 from qhpc.store.database import Database
 from qhpc.store.migrations import MIGRATIONS, Migration, migrate
 
-PG_URL = os.environ.get("QHPC_TEST_POSTGRES_URL", "")
-IN_CI = os.environ.get("CI") == "true"
-
 T = TypeVar("T")
 
 # -- fixtures -------------------------------------------------------------------------
-
-
-def _postgres_schema_url() -> Iterator[str]:
-    """A URL whose connections see only a fresh, uniquely named schema; dropped after."""
-    if not PG_URL:
-        message = (
-            "QHPC_TEST_POSTGRES_URL is unset: run `make unit` or "
-            "`QHPC_TEST_POSTGRES_URL=$(scripts/postgres.sh start) pytest`"
-        )
-        if IN_CI:
-            pytest.fail(f"CI=true but {message}")
-        pytest.skip(message)
-    name = f"qhpc_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {name}")
-    url = make_url(PG_URL).update_query_dict({"options": f"-c search_path={name}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {name} CASCADE")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -82,7 +56,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "store.db")
     else:
-        yield from _postgres_schema_url()
+        yield from postgres_schema_url("qhpc_test")
 
 
 @pytest.fixture
@@ -500,8 +474,8 @@ def test_record_finished_tasks_writes_behind_in_one_batch(store: Store) -> None:
 def test_relaxed_commits_survive_a_killed_writer(tmp_path: Path) -> None:
     path = tmp_path / "relaxed.db"
     script = f"""
-import sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+import sys  # the path: test_store itself, and helpers beside it
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
 from test_store import job_with_tasks, make_task, done
 from qhpc.store import Store
 store = Store.open({str(path)!r})

@@ -244,7 +244,7 @@ class DecodePool:
         return out
 
     def check_payloads(self, blobs: list[bytes]) -> None:
-        """Raise if any encoded payload (or QPY blob, ``qpy=True``) is outside the budget."""
+        """Raise if any encoded payload is outside the budget (or unreadable)."""
         self._ask({"op": "payloads", "blobs": blobs})
 
     def check_qpy(self, blob: bytes) -> None:
@@ -339,7 +339,21 @@ def _error_answer(exc: Exception, limits: DecodeLimits) -> dict[str, Any]:
 
 
 def _serve(read: Any, write: Any) -> None:
-    from qiskit import qpy
+    # Every parser is imported before the memory limit is set: imports are the worker's
+    # own footprint, not a request's, and the first request should not pay for them.
+    import importlib
+
+    for parser in (
+        "qiskit.qpy",
+        "qiskit.qasm2",
+        "qiskit.qasm3",
+        "qiskit_qasm3_import",
+        "cqasm.v3x",
+    ):
+        try:
+            importlib.import_module(parser)
+        except ImportError:  # an optional parser: its requests fail as unreadable
+            pass
 
     from qhpc.resources.circuits import load_circuits
     from qhpc.resources.codec import PayloadDecoder, dump_qpy, load_qpy
@@ -353,7 +367,6 @@ def _serve(read: Any, write: Any) -> None:
 
     limits = DecodeLimits(**frame()["limits"])
     _limit_memory(limits.max_memory_bytes)
-    del qpy
     while True:
         try:
             request = frame()
