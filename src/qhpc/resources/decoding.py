@@ -2,10 +2,11 @@
 
 The budgets of :mod:`qhpc.resources.limits` bound what a *decoded* circuit may cost,
 but decoding itself can be the expensive part: Qiskit's OpenQASM 3 importer (ANTLR)
-takes ~25 µs and ~3 kB per byte of source, libqasm's cQASM analyser grows ~1.2 kB per
-byte, and a crafted QPY header can ask for billions of qubits. None of that can be
-interrupted inside the broker's own process. So the broker hands each request's
-circuit text and every QPY blob it has not seen before to a :class:`DecodePool`:
+takes ~28 µs and ~0.7 kB per byte of source, libqasm's cQASM analyser ~17 µs and
+~1.2 kB per byte (bench/bench_decoding.py), and a crafted QPY header can ask for
+billions of qubits. None of that can be interrupted inside the broker's own process.
+So the broker hands each request's circuit text and every QPY blob it has not seen
+before to a :class:`DecodePool`:
 
 * each worker is a separate Python process (``python -m qhpc.resources.decoding``)
   with an address-space limit (its footprint after imports + ``max_memory_bytes``),
@@ -21,8 +22,9 @@ circuit text and every QPY blob it has not seen before to a :class:`DecodePool`:
 Circuit text comes back as QPY (the broker never parses the text itself); for a QPY
 blob or an encoded payload the worker's answer is only "within budget", after which
 the broker decodes the same bytes itself — deterministic, so the same bounded cost.
-A worker answers ~0.2 ms for a small circuit; sessions' hot paths only pay it for a
-circuit they have not sent before (``PayloadDecoder`` remembers the rest).
+A worker answers in ~0.3 ms for a small circuit (~0.1 ms to screen QPY); sessions'
+hot paths only pay it for a circuit they have not sent before (``PayloadDecoder``
+remembers the rest).
 """
 
 from __future__ import annotations
