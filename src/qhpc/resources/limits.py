@@ -78,7 +78,6 @@ class _Walk:
         self.limits = limits
         self.deadline = deadline
         self.steps = 0
-        self.operations = 0
         self.memo: dict[object, int] = {}
 
     def circuit(self, circuit: QuantumCircuit, depth: int) -> int:
