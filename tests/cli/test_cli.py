@@ -46,7 +46,7 @@ def test_resources_list_and_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     rows = json.loads(out)
     assert [r["name"] for r in rows] == ["aer", "emulator", "qx"]
-    assert all(r["state"] == "online" for r in rows)
+    assert all(r["state"] == "idle" for r in rows)
     code, out, _ = run_cli(["resources"], capsys)
     assert code == 0 and "emulator" in out and "line-5" in out
     code, out, _ = run_cli(["resources", "target", "emulator", "--json"], capsys)

@@ -145,7 +145,7 @@ def test_task_lifecycle_and_unknown_ids(aer: AerResource, bell: QuantumCircuit) 
     with pytest.raises(UnknownTaskError):
         aer.task_status("nope")
     status = aer.status()
-    assert status.state is ResourceState.ONLINE
+    assert status.state is ResourceState.IDLE
     assert status.pending == 0
     token = aer.acquire()
     aer.release(token)

@@ -78,10 +78,10 @@ def test_task_takes_exactly_its_modelled_time(
 def test_calibration_window_holds_tasks_back(
     emulator: EmulatorResource, clock: ManualClock, bell: QuantumCircuit
 ) -> None:
-    assert emulator.status().state is ResourceState.ONLINE
+    assert emulator.status().state is ResourceState.IDLE
     clock.advance(100.0)
     status = emulator.status()
-    assert status.state is ResourceState.CALIBRATING
+    assert status.state is ResourceState.CALIBRATION
     assert "until t=110" in status.reason
     task = emulator.task_start(SamplerTask((bell,), shots=10))
     time.sleep(0.05)
@@ -94,7 +94,7 @@ def test_calibration_window_holds_tasks_back(
     assert emulator.task_result(task).metadata["emulated_start"] == pytest.approx(110.0)
     assert "waiting: calibrating" in emulator.task_logs(task)
     clock.advance(90.0)  # t=205: second window
-    assert emulator.status().state is ResourceState.CALIBRATING
+    assert emulator.status().state is ResourceState.CALIBRATION
 
 
 def test_offline_window_and_pause(
@@ -104,9 +104,9 @@ def test_offline_window_and_pause(
     assert emulator.status().state is ResourceState.OFFLINE
     assert not emulator.is_accessible()
     clock.advance(40.0)  # t=360
-    assert emulator.status().state is ResourceState.ONLINE
+    assert emulator.status().state is ResourceState.IDLE
     emulator.pause()
-    assert emulator.status().state is ResourceState.PAUSED
+    assert emulator.status().state is ResourceState.MAINTENANCE
     task = emulator.task_start(SamplerTask((bell,), shots=10))
     time.sleep(0.05)
     assert emulator.task_status(task) is TaskStatus.QUEUED

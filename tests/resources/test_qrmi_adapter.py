@@ -372,7 +372,7 @@ def test_status_target_and_sampler_round_trip(ibm: QrmiResource, bell: QuantumCi
     expected = StatevectorSampler(seed=5).run([bell], shots=200).result()
     ibm._qrmi = fake = FakeQrmi(expected)
     status = ibm.status()
-    assert (status.state, status.busy, status.pending) == (ResourceState.PAUSED, True, 3)
+    assert (status.state, status.busy, status.pending) == (ResourceState.MAINTENANCE, True, 3)
     target = ibm.target()
     assert (target.num_qubits, target.max_shots, target.max_circuits) == (3, 1000, 4)
     assert target.basis_gates == ("cz", "rz", "sx", "x") and (1, 2) in (target.coupling_map or ())

@@ -27,7 +27,6 @@ from qhpc.resources import (
     LocalResource,
     Payload,
     QuantumResource,
-    ResourceState,
     SamplerResult,
     SamplerTask,
     TaskResult,
@@ -225,7 +224,7 @@ def _run_task(
 def resource_can_start(resource: QuantumResource) -> bool:
     """False while the device cannot start work (tasks then wait in the broker's queue)."""
     try:
-        return resource.status().state is ResourceState.ONLINE
+        return resource.status().state.takes_work
     except Exception:
         log.exception("status() of %s failed", resource.name)
         return False

@@ -12,6 +12,14 @@ from qhpc.cli.options import ConfigOption, JsonOption
 from qhpc.cli.output import out
 from qhpc.resources import load_registry
 
+#: QDMI's states: ready (green), out of service for a known reason (yellow), the rest red
+_STATE_COLOURS = {
+    "idle": "green",
+    "busy": "green",
+    "maintenance": "yellow",
+    "calibration": "yellow",
+}
+
 resources_app = typer.Typer(
     help="List configured resources with their status, or show one's target.",
     invoke_without_command=True,
@@ -47,7 +55,7 @@ def resources_list(
     table = Table("name", "type", "state", "busy", "pending", "qubits", "device", "reason")
     for row in rows:
         state = row["state"]
-        colour = {"online": "green", "calibrating": "yellow", "paused": "yellow"}.get(state, "red")
+        colour = _STATE_COLOURS.get(state, "red")
         table.add_row(
             row["name"],
             row["type"],

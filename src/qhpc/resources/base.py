@@ -24,10 +24,24 @@ from qhpc.states import TaskStatus as TaskStatus  # the resource interface's nam
 
 
 class ResourceState(enum.StrEnum):
-    ONLINE = "online"
+    """A device's state, in QDMI's vocabulary (``QDMI_DEVICE_STATUS_*``).
+
+    An adapter reports ``IDLE`` or ``BUSY`` while the device takes work; the broker
+    adds its own view on top (a drained resource shows ``MAINTENANCE`` whatever the
+    device says, one running a task shows ``BUSY``).
+    """
+
     OFFLINE = "offline"
-    PAUSED = "paused"
-    CALIBRATING = "calibrating"
+    IDLE = "idle"
+    BUSY = "busy"
+    ERROR = "error"
+    MAINTENANCE = "maintenance"
+    CALIBRATION = "calibration"
+
+    @property
+    def takes_work(self) -> bool:
+        """Whether a task may start now (idle, or busy with work of its own)."""
+        return self in (ResourceState.IDLE, ResourceState.BUSY)
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ class QuantumResource(abc.ABC):
             self._tokens.discard(token)
 
     def is_accessible(self) -> bool:
-        return self.status().state is not ResourceState.OFFLINE
+        return self.status().state not in (ResourceState.OFFLINE, ResourceState.ERROR)
 
     @abc.abstractmethod
     def status(self) -> ResourceStatus: ...

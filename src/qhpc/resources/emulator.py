@@ -2,7 +2,7 @@
 
 The emulator answers like a real device: it has a fixed target (a line or
 heavy-hex chip with basis gates, error rates and durations), spends modelled
-time on every task (per task, per circuit, per shot), goes ``calibrating`` on a
+time on every task (per task, per circuit, per shot), goes to ``calibration`` on a
 schedule and ``offline`` in configured windows (tasks wait, a running task is
 never interrupted by either), and can be paused by an operator. Counts come
 from Aer, noisy by default, on circuits transpiled to the device.
@@ -220,15 +220,15 @@ class EmulatorResource(SamplingResource):
             calibrating = self.calibration.window_at(t)
             if calibrating is not None:
                 reason = f"calibrating until t={calibrating.end:g}s"
-                return ResourceState.CALIBRATING, reason, calibrating.end
+                return ResourceState.CALIBRATION, reason, calibrating.end
         if self._paused.is_set():
-            return ResourceState.PAUSED, "paused by operator", None
-        return ResourceState.ONLINE, "", None
+            return ResourceState.MAINTENANCE, "paused by operator", None
+        return ResourceState.IDLE, "", None
 
     def _wait_until_available(self, record: LocalTask) -> None:
         while True:
             state, reason, until = self._state_at(self.clock.now())
-            if state is ResourceState.ONLINE:
+            if state.takes_work:
                 return
             record.log(f"waiting: {reason}")
             if until is None:  # paused: wait for resume or stop

@@ -223,6 +223,8 @@ class LocalResource(QuantumResource):
             busy = self._running is not None
             pending = len(self._queue)
         state, reason = self._state()
+        if busy and state is ResourceState.IDLE:
+            state = ResourceState.BUSY
         return ResourceStatus(state=state, busy=busy, pending=pending, reason=reason)
 
     def close(self) -> None:
@@ -247,7 +249,7 @@ class LocalResource(QuantumResource):
         """Extra admission checks beyond the target's limits (override to add)."""
 
     def _state(self) -> tuple[ResourceState, str]:
-        return ResourceState.ONLINE, ""
+        return ResourceState.IDLE, ""
 
     def _wait_until_available(self, record: LocalTask) -> None:
         """Block before a task starts while the device cannot run it (override)."""

@@ -115,8 +115,9 @@ _NATIVE = {
 _TASK_STATES = {"Queued": TaskStatus.QUEUED, "Running": TaskStatus.RUNNING,
                 "Completed": TaskStatus.COMPLETED, "Failed": TaskStatus.FAILED,
                 "Cancelled": TaskStatus.CANCELLED}  # fmt: skip
-_RESOURCE_STATES = {"Online": ResourceState.ONLINE, "Offline": ResourceState.OFFLINE,
-                    "Paused": ResourceState.PAUSED}  # fmt: skip
+#: QRMI's ResourceStatus onto QDMI's words: a paused device is out of service (maintenance)
+_RESOURCE_STATES = {"Online": ResourceState.IDLE, "Offline": ResourceState.OFFLINE,
+                    "Paused": ResourceState.MAINTENANCE}  # fmt: skip
 _KEY_IN_MESSAGE = re.compile(r"\b(QRMI_[A-Z0-9_]+|PASQAL_[A-Z0-9_]+)")
 
 
@@ -327,7 +328,10 @@ class QrmiResource(QuantumResource):
         reason = str(raw.status_reason or "")
         if getattr(raw, "healthy", None) is False:
             reason = f"unhealthy; {reason}" if reason else "unhealthy"
-        return ResourceStatus(state, bool(raw.busy), int(raw.pending_job_count or 0), reason)
+        busy = bool(raw.busy)
+        if busy and state is ResourceState.IDLE:
+            state = ResourceState.BUSY
+        return ResourceStatus(state, busy, int(raw.pending_job_count or 0), reason)
 
     def target(self) -> DeviceTarget:
         """The vendor's target (cached); a provisional, uncached one while unreachable."""
