@@ -204,6 +204,22 @@ class Client:
     def queue(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/resources/{name}/queue"))
 
+    def drain(
+        self, name: str, reason: str, *, until: float | None = None,
+        for_seconds: float | None = None, now: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Take a resource out of service (admin); neither end given: until resumed."""
+        body: dict[str, Any] = {"reason": reason, "now": now}
+        if until is not None:
+            body["until"] = until
+        if for_seconds is not None:
+            body["for_seconds"] = for_seconds
+        return dict(self._request("POST", f"/resources/{name}/drain", json=body))
+
+    def resume(self, name: str) -> dict[str, Any]:
+        """End a resource's drain (admin)."""
+        return dict(self._request("POST", f"/resources/{name}/resume"))
+
     # -- jobs --------------------------------------------------------------------------
     def submit(
         self,

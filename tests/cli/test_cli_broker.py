@@ -125,3 +125,55 @@ def test_serve_decode_limits_are_checked_by_name_and_value() -> None:
     ]:
         with pytest.raises(typer.BadParameter, match=why):
             _decode_limits(bad)
+
+
+def test_an_operator_drains_and_resumes_a_resource(
+    served: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, admin = served
+    (tmp_path / "ops.token").write_text(admin + "\n")
+    auth = ["--url", url, "--token-file", str(tmp_path / "ops.token")]
+    code, out, err = run_cli(
+        ["resources", "drain", "aer", "--reason", "cryostat warm-up", "--for", "600", *auth],
+        capsys,
+    )
+    assert code == 0, err
+    assert "aer: drained until" in out and "cryostat warm-up" in out
+    circuit = tmp_path / "bell.qasm"
+    circuit.write_text(BELL)
+    code, out, err = run_cli(
+        ["submit", str(circuit), "-s", "10", "--account", "ops", "--json", *auth], capsys
+    )
+    assert code == 0, err
+    job_id = json.loads(out)["job_id"]
+    code, out, _ = run_cli(["queue", "aer", "--json", *auth], capsys)
+    assert json.loads(out)["entries"][0]["eta_seconds"] > 590
+    # a second drain replaces the first: until resumed, so the ETA is not known
+    code, out, err = run_cli(
+        ["resources", "drain", "aer", "--reason", "until further notice", "--json", *auth], capsys
+    )
+    assert code == 0 and json.loads(out)["until"] is None, err
+    code, out, _ = run_cli(["queue", "aer", *auth], capsys)
+    assert "unknown" in out
+    code, out, err = run_cli(["resources", "resume", "aer", *auth], capsys)
+    assert code == 0 and "aer: resumed" in out, err
+    code, out, err = run_cli(["result", job_id, "--wait", "60", "--json", *auth], capsys)
+    assert code == 0, err
+    # bad input: one clear line, exit 1 (refused) or 2 (usage); nothing changed
+    refused = [
+        (["resources", "resume", "aer"], "aer is not drained"),
+        (["resources", "drain", "nope", "--reason", "x"], "unknown resource 'nope'"),
+        (["resources", "drain", "aer", "--reason", "x", "--until", "1000"], "in the past"),
+    ]
+    for args, message in refused:
+        code, _, err = run_cli([*args, *auth], capsys)
+        assert code == 1 and message in err, (args, err)
+    code, _, err = run_cli(
+        ["resources", "drain", "aer", "--reason", "x", "--until", "soon", *auth], capsys
+    )
+    assert code == 2 and "ISO 8601" in " ".join(err.split())
+    code, _, err = run_cli(
+        ["resources", "drain", "aer", "--reason", "x", "--for", "5", "--until", "4e9", *auth],
+        capsys,
+    )
+    assert code == 2 and "not both" in " ".join(err.split())

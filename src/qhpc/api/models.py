@@ -232,6 +232,28 @@ class ReservationRequest(_Body):
         return self
 
 
+class DrainBody(_Body):
+    model_config = ConfigDict(
+        **_STRICT,
+        json_schema_extra={"examples": [{"reason": "cryostat warm-up", "for_seconds": 7200}]},
+    )
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)] = Field(
+        description="shown to every user in status, queue and ETA"
+    )
+    until: Timestamp | None = Field(None, description="UNIX seconds the drain ends")
+    for_seconds: Seconds | None = Field(None, description="or: how long from now")
+    now: bool = Field(
+        False, description="stop running work (it is queued again) instead of letting it finish"
+    )
+
+    @model_validator(mode="after")
+    def _one_end(self) -> DrainBody:
+        if self.until is not None and self.for_seconds is not None:
+            raise ValueError("give until or for_seconds, not both (neither: until resumed)")
+        return self
+
+
 class AccountUpdate(_Body):
     shares: float = Field(gt=0, le=1e9, allow_inf_nan=False)
     centre: Name | None = None

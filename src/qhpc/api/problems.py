@@ -22,7 +22,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qhpc.broker import BrokerError, IdempotencyKeyReused, PolicyError, ProgramError
+from qhpc.broker import (
+    BrokerError,
+    IdempotencyKeyReused,
+    InvalidDrain,
+    PolicyError,
+    ProgramError,
+)
 from qhpc.errors import QhpcError
 from qhpc.resources import (
     CircuitParseError,
@@ -59,6 +65,7 @@ STATUS_OF: dict[type[QhpcError], int] = {
     BrokerError: 409,
     IdempotencyKeyReused: 409,
     InvalidRequest: 422,
+    InvalidDrain: 422,
     LimitExceeded: 413,
     PayloadError: 422,
     CircuitParseError: 422,

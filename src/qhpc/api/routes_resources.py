@@ -6,17 +6,20 @@ from fastapi import APIRouter
 
 import qhpc
 from qhpc.api.deps import BrokerDep, CurrentPrincipal
-from qhpc.api.models import PathId
+from qhpc.api.models import DrainBody, PathId
 from qhpc.api.views import (
+    DrainView,
     Health,
     QueueEntry,
     QueueView,
     ResourceDetail,
     ResourceSummary,
     VersionInfo,
+    drain_view,
     json_safe,
+    known,
 )
-from qhpc.broker import Broker
+from qhpc.broker import Broker, DrainRequest
 from qhpc.security import Principal, Role
 
 system = APIRouter(tags=["system"])
@@ -35,7 +38,7 @@ async def version() -> VersionInfo:
 
 def _summary(broker: Broker, name: str) -> ResourceSummary:
     spec = broker.resources.spec(name)  # unknown name → 404
-    status = broker.resources.get(name).status()
+    status = broker.resource_status(name)
     return ResourceSummary(
         name=name,
         type=spec.type,
@@ -43,6 +46,7 @@ def _summary(broker: Broker, name: str) -> ResourceSummary:
         busy=status.busy,
         pending=status.pending,
         reason=status.reason,
+        until=status.until,
         queue_length=broker.queue_length(name),
         running=broker.is_busy(name),
     )
@@ -90,11 +94,39 @@ def get_queue(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -> Q
         if _sees_details(principal, task.user, task.session_id):
             entries.append(
                 QueueEntry(
-                    position=position, eta_seconds=eta, mine=mine, task_id=task.task_id,
+                    position=position, eta_seconds=known(eta), mine=mine, task_id=task.task_id,
                     job_id=task.job_id, user=task.user, account=task.account,
                     session_id=task.session_id,
                 )
             )  # fmt: skip
         else:
-            entries.append(QueueEntry(position=position, eta_seconds=eta, mine=False))
+            entries.append(QueueEntry(position=position, eta_seconds=known(eta), mine=False))
     return QueueView(resource=name, length=len(entries), entries=entries)
+
+
+@resources.post(
+    "/{name}/drain",
+    summary="take a resource out of service (admin)",
+    description="The resource shows state `maintenance` with the reason until the drain ends "
+    "(`until`, `for_seconds`, or a resume). Queued work waits and its ETA counts the window; "
+    "running work finishes, or with `now` is stopped and queued again. Draining a drained "
+    "resource replaces its drain.",
+)
+def drain_resource(
+    broker: BrokerDep, principal: CurrentPrincipal, name: PathId, body: DrainBody
+) -> DrainView:
+    principal.require(Role.ADMIN)
+    now = broker.clock()
+    until = body.until if body.for_seconds is None else now + body.for_seconds
+    request = DrainRequest(reason=body.reason, until=until, now=body.now)
+    return drain_view(broker.drain(name, request, by=principal.subject))
+
+
+@resources.post(
+    "/{name}/resume",
+    summary="end a resource's drain (admin)",
+    description="409 if the resource is not drained.",
+)
+def resume_resource(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -> DrainView:
+    principal.require(Role.ADMIN)
+    return drain_view(broker.resume(name, by=principal.subject))

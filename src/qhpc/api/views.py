@@ -16,6 +16,7 @@ from qhpc.broker import ProgramInfo
 from qhpc.resources import TaskResult
 from qhpc.store import (
     AccountRecord,
+    DrainRecord,
     JobRecord,
     ReservationRecord,
     SessionRecord,
@@ -49,6 +50,9 @@ class ResourceSummary(BaseModel):
     busy: bool
     pending: int = Field(description="tasks pending inside the device (vendor queue)")
     reason: str
+    until: float | None = Field(
+        None, description="UNIX seconds when the state is expected to end (a drain's end), if known"
+    )
     queue_length: int = Field(description="tasks waiting in the broker for this resource")
     running: bool = Field(description="the broker is running a task on it now")
 
@@ -60,7 +64,10 @@ class ResourceDetail(ResourceSummary):
 
 class QueueEntry(BaseModel):
     position: int
-    eta_seconds: float
+    eta_seconds: float | None = Field(
+        description="seconds from now until it is expected to start; null while that is not "
+        "known (the resource is drained until an operator resumes it)"
+    )
     mine: bool
     task_id: str | None = None
     job_id: str | None = None
@@ -266,6 +273,26 @@ def program_view(info: ProgramInfo) -> ProgramView:
     )  # fmt: skip
 
 
+def known(seconds: float) -> float | None:
+    """An ETA as the API shows it: None for one that is not known (inf)."""
+    return seconds if math.isfinite(seconds) else None
+
+
+class DrainView(BaseModel):
+    resource: str
+    reason: str
+    since: float
+    until: float | None = Field(description="UNIX seconds the drain ends; null: until resumed")
+    drained_by: str
+
+
+def drain_view(drain: DrainRecord) -> DrainView:
+    return DrainView(
+        resource=drain.resource, reason=drain.reason, since=drain.since, until=drain.until,
+        drained_by=drain.drained_by,
+    )  # fmt: skip
+
+
 def task_view(task: TaskRecord, place: tuple[int, float] | None = None) -> TaskView:
     return TaskView(
         task_id=task.task_id, job_id=task.job_id, index=task.index, resource=task.resource,
@@ -273,7 +300,7 @@ def task_view(task: TaskRecord, place: tuple[int, float] | None = None) -> TaskV
         finished_at=task.finished_at, error=task.error, attempts=task.attempts,
         session_id=task.session_id,
         queue_position=None if place is None else place[0],
-        eta_seconds=None if place is None else place[1],
+        eta_seconds=None if place is None else known(place[1]),
     )  # fmt: skip
 
 

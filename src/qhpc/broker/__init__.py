@@ -5,6 +5,7 @@ Public surface; other rooms import only these names.
 
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.config import BrokerConfig
+from qhpc.broker.drains import DrainRequest, InvalidDrain, NotDrained
 from qhpc.broker.errors import BrokerError
 from qhpc.broker.idempotency import (
     IDEMPOTENCY_TTL,
@@ -50,10 +51,13 @@ __all__ = [
     "Broker",
     "BrokerConfig",
     "BrokerError",
+    "DrainRequest",
     "FairSharePolicy",
     "FifoPolicy",
     "Idempotency",
     "IdempotencyKeyReused",
+    "InvalidDrain",
+    "NotDrained",
     "Policy",
     "PolicyError",
     "PriorityPolicy",

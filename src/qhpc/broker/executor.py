@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from qhpc.broker.chunking import can_chunk, plan_chunks, run_chunked
+from qhpc.broker.drains import Drains
 from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.runner import Outcome, resource_can_start, run_task
 from qhpc.broker.scheduler import Policy, QueuedTask, SchedulingView, SessionMode, revisit_at
@@ -50,6 +51,10 @@ class Running:
     task: QueuedTask
     stop: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False  # stopped because a user cancelled (not because we shut down)
+    #: stopped by an operator's drain: queued again, not ended
+    requeue: bool = False
+    #: a session task run on its submitter's thread (short by construction: a drain lets it end)
+    inline: bool = False
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Context:
     usage: UsageTracker
     clock: Callable[[], float]
     chunk_seconds: float | None
+    drains: Drains
 
     @property
     def policy(self) -> Policy:
@@ -146,9 +152,9 @@ class ResourceExecutor:
         """Would this executor start ``task`` at once if it were queued?"""
         if self.context.shared.stopping or self.running is not None or self.queue:
             return False
-        if not resource_can_start(self.resource):
-            return False
         now = self.context.clock()
+        if self.drained(now) or not resource_can_start(self.resource):
+            return False
         sessions, reservations, _ = self.context.inputs.read(now)
         constrained = any(r.resource == self.name for r in reservations) or any(
             s.resource == self.name
@@ -162,8 +168,25 @@ class ResourceExecutor:
 
     def claim(self, task: QueuedTask) -> Running:
         """Mark ``task`` running on the caller's thread (after :meth:`may_run_now`)."""
-        self.running = Running(task)
+        self.running = Running(task, inline=True)
         return self.running
+
+    def drained(self, now: float) -> bool:
+        return self.context.drains.active(self.name, now) is not None
+
+    def stop_for_drain(self) -> list[str]:
+        """Stop the runs a drain may stop (caller holds the lock); their task ids.
+
+        Inline session runs are left to end: they are short, and their submitter is
+        waiting on its own thread for exactly that run.
+        """
+        stopped = []
+        for running in self.runs():
+            if not running.inline:
+                running.requeue = True
+                running.stop.set()
+                stopped.append(running.task.task_id)
+        return stopped
 
     def release(self) -> None:
         """The caller's inline run is over: wake the executor only if it has reason."""
@@ -183,6 +206,9 @@ class ResourceExecutor:
             base = self.view(now, list(pending.values()))
             busy = self.running is not None
         ahead = self.estimate() / 2 if busy else 0.0
+        drain = self.context.drains.active(self.name, now)
+        if drain is not None:  # nothing starts before it ends (inf: not known when)
+            ahead = math.inf if drain.until is None else max(ahead, drain.until - now)
         ordered: list[tuple[QueuedTask, float]] = []
         remaining = dict(pending)
         while remaining and len(ordered) < cap:
@@ -229,8 +255,14 @@ class ResourceExecutor:
     def _next(self) -> tuple[QueuedTask | None, float]:
         """The task to run now, or None and when to ask again (caller holds the lock)."""
         now = self.context.clock()
-        if not self.queue or self.running is not None or not resource_can_start(self.resource):
+        if not self.queue or self.running is not None:
             return None, now + IDLE_RECHECK  # (running: a co-located task runs inline)
+        drain = self.context.drains.active(self.name, now)
+        if drain is not None:
+            ends = now + IDLE_RECHECK if drain.until is None else drain.until
+            return None, min(ends, now + IDLE_RECHECK)
+        if not resource_can_start(self.resource):
+            return None, now + IDLE_RECHECK
         view = self.view(now, list(self.queue.values()))
         if not view.reservations:
             view = replace(view, queue=[self._fit_estimate(t) for t in view.queue])
@@ -297,6 +329,9 @@ class ResourceExecutor:
             if outcome.state is TaskStatus.COMPLETED:
                 took, before = outcome.qpu_seconds, self._duration
                 self._duration = took if before is None else 0.8 * before + 0.2 * took
+        if outcome.state is TaskStatus.CANCELLED and running.requeue and not running.cancelled:
+            self._requeue(task, payload, in_memory)
+            return None
         interrupted = (
             outcome.state is TaskStatus.CANCELLED
             and not running.cancelled
@@ -319,6 +354,21 @@ class ResourceExecutor:
         with context.shared.cond:
             sessions.signal(task.task_id)
         return finished
+
+    def _requeue(self, task: QueuedTask, payload: Payload, in_memory: TaskRecord | None) -> None:
+        """Queue a task a drain stopped again, as it was before it started."""
+        context = self.context
+        if in_memory is None:
+            context.store.requeue_running_tasks(task_id=task.task_id)
+        with context.shared.cond:
+            if in_memory is not None:
+                if task.task_id not in context.sessions.in_flight:
+                    return  # its session closed meanwhile
+                context.sessions.in_flight[task.task_id] = in_memory
+            self.queue[task.task_id] = task
+            self.payloads[task.task_id] = payload
+            context.shared.cond.notify_all()
+        log.info("task %s on %s stopped by a drain; queued again", task.task_id, self.name)
 
     def _run(self, task: QueuedTask, running: Running, payload: Payload, whole: bool) -> Outcome:
         limit = self.max_task_seconds

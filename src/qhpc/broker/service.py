@@ -24,10 +24,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from qhpc.broker import admission
 from qhpc.broker.access import Access
 from qhpc.broker.config import BrokerConfig, journal_dir
+from qhpc.broker.drains import DrainRequest, Drains
 from qhpc.broker.executor import Context, ResourceExecutor, Shared
 from qhpc.broker.idempotency import Idempotency, Keys
 from qhpc.broker.inputs import PolicyInputs
@@ -44,11 +46,13 @@ from qhpc.resources import (
     Payload,
     PayloadDecoder,
     ResourceRegistry,
+    ResourceState,
+    ResourceStatus,
     TaskResult,
     shared_pool,
 )
 from qhpc.states import TaskStatus
-from qhpc.store import JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
+from qhpc.store import DrainRecord, JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +94,11 @@ class Broker:
         self.tasks = TaskQueries(store, self.sessions, self.shared.cond)
         #: what the API reads and changes besides jobs and sessions (records.py)
         self.records = Records(store, self.invalidate)
+        #: operators' drains (drains.py)
+        self.drains = Drains(store)
         context = Context(
             self.shared, store, self.sessions, self.inputs, lambda: self.policy, self.usage,
-            clock, config.chunk_seconds,
+            clock, config.chunk_seconds, self.drains,
         )  # fmt: skip
         self.executors = {
             name: ResourceExecutor(resources.get(name), context, self._max_task_seconds(name))
@@ -135,6 +141,7 @@ class Broker:
                 "requeued %d task(s) that were running when the broker stopped", len(requeued)
             )
             self._stop_orphans(requeued)
+        self.drains.load()
         now = self.clock()
         for record in self.store.usage(since=now - 10 * self.config.fairshare_half_life):
             self.usage.record(record.account, record.qpu_seconds, record.finished_at)
@@ -367,6 +374,41 @@ class Broker:
         with self.shared.cond:
             return self.executors[resource].running is not None
 
+    # -- operators (drains.py) -----------------------------------------------------------------
+    def drain(self, resource: str, request: DrainRequest, by: str) -> DrainRecord:
+        """Take ``resource`` out of service; with ``request.now`` its running work is
+        stopped and queued again, otherwise it finishes."""
+        self.resources.spec(resource)  # unknown name → UnknownResourceError
+        drain = self.drains.begin(resource, request, by, self.clock())
+        with self.shared.cond:
+            if request.now:
+                self.executors[resource].stop_for_drain()
+            self.shared.cond.notify_all()
+        return drain
+
+    def resume(self, resource: str, by: str) -> DrainRecord:
+        """End the drain of ``resource`` (NotDrained if it has none); the drain ended."""
+        self.resources.spec(resource)
+        ended = self.drains.end(resource, by)
+        with self.shared.cond:
+            self.shared.cond.notify_all()
+        return ended
+
+    def resource_status(self, name: str) -> ResourceStatus:
+        """The broker's view of a resource: a drain wins over what the device says, and
+        a task of ours running on an idle device makes it busy."""
+        self.resources.spec(name)
+        status = self.resources.get(name).status()
+        drain = self.drains.active(name, self.clock())
+        if drain is not None:
+            return replace(
+                status, state=ResourceState.MAINTENANCE, reason=f"drained: {drain.reason}",
+                until=drain.until,
+            )  # fmt: skip
+        if status.state is ResourceState.IDLE and self.is_busy(name):
+            return replace(status, state=ResourceState.BUSY)
+        return status
+
     def invalidate(self) -> None:
         """Re-read sessions, reservations and shares at the next scheduling decision."""
         with self.shared.cond:
@@ -377,8 +419,11 @@ class Broker:
         while not self._stopped.wait(REAP_SECONDS):
             try:
                 self.leases.close_expired()
+                if self.drains.lapse(self.clock()):
+                    with self.shared.cond:
+                        self.shared.cond.notify_all()
             except Exception:
-                log.exception("closing expired sessions failed")
+                log.exception("closing expired sessions or drains failed")
 
     # -- internals -------------------------------------------------------------------------
     def _enqueue(self, record: TaskRecord) -> None:

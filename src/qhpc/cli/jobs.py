@@ -118,7 +118,7 @@ def queue(
         table.add_row(
             str(entry.get("position")), str(entry.get("task_id") or "…"),
             str(entry.get("job_id") or ""), str(entry.get("user") or "other"),
-            f"{float(entry.get('eta_seconds') or 0):.1f}",
+            "unknown" if entry.get("eta_seconds") is None else f"{entry['eta_seconds']:.1f}",
         )  # fmt: skip
     out.print(table)
 

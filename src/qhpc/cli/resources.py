@@ -1,15 +1,19 @@
 """``qhpc resources`` and ``qhpc resources target``: the configured resources, read
-directly from the resource config (no broker involved)."""
+directly from the resource config (no broker involved); ``qhpc resources drain`` and
+``resume``: an operator's switch, at the broker (admin token)."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from qhpc.cli.options import ConfigOption, JsonOption
-from qhpc.cli.output import out
+from qhpc.cli.options import DEFAULT_URL, ConfigOption, JsonOption, TokenOption, UrlOption
+from qhpc.cli.output import out, print_json
+from qhpc.client import connect
 from qhpc.resources import load_registry
 
 #: QDMI's states: ready (green), out of service for a known reason (yellow), the rest red
@@ -94,3 +98,72 @@ def resources_target(
         if key not in ("name", "type"):
             table.add_row(f"metadata.{key}", str(value))
     out.print(table)
+
+
+def _time(text: str) -> float:
+    """``--until``: UNIX seconds, or an ISO 8601 time (local time unless it has a zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise typer.BadParameter(
+            "give UNIX seconds or an ISO 8601 time such as 2026-12-08T06:00"
+        ) from None
+
+
+def _ends(drain: dict[str, object]) -> str:
+    until = drain.get("until")
+    if not isinstance(until, int | float):
+        return "until resumed"
+    left = until - time.time()
+    return f"until {datetime.fromtimestamp(until).isoformat(timespec='seconds')} ({left:.0f} s)"
+
+
+@resources_app.command("drain")
+def resources_drain(
+    name: Annotated[str, typer.Argument(help="The resource to take out of service.")],
+    reason: Annotated[str, typer.Option(help="Why; every user sees it.")],
+    for_seconds: Annotated[
+        float | None, typer.Option("--for", min=1, help="How long, in seconds.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Or: when it ends (UNIX seconds or ISO 8601).")
+    ] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="Stop running work (it is queued again).")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Take a resource out of service (state maintenance): queued work waits, running
+    work finishes (or stops with --now). Without --for or --until: until resumed."""
+    if for_seconds is not None and until is not None:
+        raise typer.BadParameter("give --for or --until, not both")
+    end = None if until is None else _time(until)
+    with connect(url, token) as client:
+        drain = client.drain(name, reason, until=end, for_seconds=for_seconds, now=now)
+    if as_json:
+        print_json(drain)
+        return
+    out.print(f"{name}: drained {_ends(drain)}: {drain['reason']}")
+
+
+@resources_app.command("resume")
+def resources_resume(
+    name: Annotated[str, typer.Argument(help="The drained resource.")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """End a resource's drain: its queued work starts again."""
+    with connect(url, token) as client:
+        ended = client.resume(name)
+    if as_json:
+        print_json(ended)
+        return
+    since = datetime.fromtimestamp(float(ended["since"])).isoformat(timespec="seconds")
+    out.print(f"{name}: resumed (drained since {since})")

@@ -50,6 +50,8 @@ class ResourceStatus:
     busy: bool
     pending: int
     reason: str = ""
+    #: when the state is expected to change (UNIX s; a drain's or maintenance's end), if known
+    until: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class ResourceStatus:
             "busy": self.busy,
             "pending": self.pending,
             "reason": self.reason,
+            "until": self.until,
         }
 
 

@@ -133,11 +133,17 @@ def _v4_idempotency_keys(conn: Connection) -> None:
     schema.idempotency_keys.create(conn)
 
 
+def _v6_drains(conn: Connection) -> None:
+    schema.drains.create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tasks, sessions, reservations, accounts, tokens, usage", _v1_initial),
     Migration(2, "programs of hybrid jobs", _v2_programs),
     Migration(3, "program output written while programs run", _v3_program_output),
     Migration(4, "idempotency keys of submissions", _v4_idempotency_keys),
+    # 5 is left for the data lifecycle's migration, written on a parallel branch
+    Migration(6, "operator drains of resources", _v6_drains),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

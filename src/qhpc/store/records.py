@@ -110,6 +110,18 @@ class ReservationRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DrainRecord:
+    """``resource`` taken out of service by an operator since ``since``, until ``until``
+    (None: until someone resumes it)."""
+
+    resource: str
+    reason: str
+    since: float
+    until: float | None
+    drained_by: str
+
+
+@dataclass(frozen=True, slots=True)
 class AccountRecord:
     name: str
     shares: float

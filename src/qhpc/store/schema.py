@@ -218,6 +218,18 @@ idempotency_keys = Table(
     Index("ix_idempotency_keys_expires_at", "expires_at"),
 )
 
+drains = Table(
+    "drains",
+    metadata,
+    # One row per drained resource; resuming deletes it. Kept in the store so a
+    # drain outlives a broker restart (an operator's decision is not in-memory state).
+    Column("resource", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("since", Double, nullable=False),
+    Column("until", Double, nullable=True),
+    Column("drained_by", Text, nullable=False),
+)
+
 #: tables migration 1 created; later tables come with their own migration
 V1_TABLES: tuple[str, ...] = (
     "jobs", "tasks", "sessions", "reservations", "accounts", "tokens", "usage",

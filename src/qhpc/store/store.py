@@ -36,6 +36,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from qhpc.states import TaskStatus
 from qhpc.store import schema
 from qhpc.store._admin import AdminMixin
+from qhpc.store._drains import DrainsMixin
 from qhpc.store._idempotency import IdempotencyMixin, claim_key
 from qhpc.store._output import OutputMixin
 from qhpc.store._programs import ProgramsMixin
@@ -62,7 +63,7 @@ _t = schema.tasks
 _TASK_COLUMNS = [c for c in _t.c if c.name != "result"]
 
 
-class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
+class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin, DrainsMixin):
     """Jobs, tasks, sessions, reservations, accounts, tokens and usage of one broker."""
 
     def __init__(self, db: Database, schema_version: int) -> None:
@@ -423,8 +424,11 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
             _settle_job(conn, job_id, at)
         return [task_id for task_id, _ in sorted(rows, key=lambda r: r[1])]
 
-    def requeue_running_tasks(self, resource: str | None = None) -> list[str]:
-        """Crash recovery: running -> queued, keeping ``attempts``; returns the ids.
+    def requeue_running_tasks(
+        self, resource: str | None = None, task_id: str | None = None
+    ) -> list[str]:
+        """Crash recovery (and a drain that stops running work): running -> queued,
+        keeping ``attempts``; returns the ids.
 
         ``started_at`` is cleared; ``resource_task_id`` is kept so that recovery can
         still find (and cancel) the orphaned run on the resource.
@@ -432,6 +436,8 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin):
         query = update(_t).where(_t.c.state == TaskStatus.RUNNING)
         if resource is not None:
             query = query.where(_t.c.resource == resource)
+        if task_id is not None:
+            query = query.where(_t.c.task_id == task_id)
         with self._db.tx(write=True) as conn:
             ids = conn.execute(
                 query.values(state=TaskStatus.QUEUED, started_at=None).returning(_t.c.task_id)
