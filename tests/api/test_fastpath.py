@@ -249,3 +249,25 @@ def test_a_broker_that_does_not_answer_is_a_504_within_the_timeout() -> None:
         assert time.monotonic() - started < 30
     finally:
         silent.close()
+
+
+def test_a_waiting_client_is_told_once_that_its_qpu_is_drained(
+    broker: Broker, server: FastPathServer, bell: QuantumCircuit, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from qhpc.broker import DrainRequest
+    from qhpc.resources import encode_payload
+
+    broker.drain("aer", DrainRequest("cryostat warm-up"), by="ops")
+    payloads = [encode_payload(SamplerTask((bell,), shots=8))] * 3
+    results: list[bytes] = []
+    with FastPathClient(server.endpoint, open_session(broker), timeout=30) as client:
+        worker = threading.Thread(target=lambda: results.extend(client.run_many_encoded(payloads)))
+        worker.start()
+        assert wait_until(lambda: broker.queue_length("aer") == 3)
+        time.sleep(0.3)  # the three are held: none ran
+        assert results == []
+        broker.resume("aer", by="ops")
+        worker.join(30)
+    assert len(results) == 3
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("qhpc:")]
+    assert lines == ["qhpc: QPU aer is drained until resumed (cryostat warm-up); your tasks wait"]

@@ -19,6 +19,10 @@ at once. Commands:
   The token is checked once, not per task.
 - ``RUN`` — body: 8-byte request id + a codec-encoded payload. Reply ``RESULT``
   with the same request id + a codec-encoded result, or ``ERROR``.
+- ``NOTICE`` (broker → client only, before a ``RESULT``) — body: the request id +
+  one line of UTF-8 text for the user, sent once per drain to a connection whose
+  task waits because its QPU is drained; the client prints it to stderr (the job's
+  output) and goes on waiting for the answer.
 
 ``ERROR`` bodies are msgpack ``{"request_id", "status", "detail"}`` with HTTP-like
 statuses (400 bad frame, 401 token, 409 session closed, 422 payload, 500
@@ -61,7 +65,16 @@ from qhpc.resources import (
 )
 from qhpc.security import AuthError
 from qhpc.session import FastPathError as _FastPathError
-from qhpc.session.fastpath import ERROR, HELLO, PROTOCOL, READY, REQUEST_ID_BYTES, RESULT, RUN
+from qhpc.session.fastpath import (
+    ERROR,
+    HELLO,
+    NOTICE,
+    PROTOCOL,
+    READY,
+    REQUEST_ID_BYTES,
+    RESULT,
+    RUN,
+)
 from qhpc.session.fastpath import FastPathClient as _FastPathClient
 from qhpc.store import NotFoundError
 
@@ -107,6 +120,9 @@ class _Connection:
     session_id: str
     #: its session's circuits repeat: decode them once
     decoder: PayloadDecoder
+    resource: str
+    #: the notice this connection was last sent (one per drain, not one per task)
+    told: str = ""
 
 
 class FastPathServer:
@@ -209,7 +225,7 @@ class FastPathServer:
         if principal.session_id is None:
             raise _Reject(401, b"", "the fast path needs a session token")
         self._connections[identity] = _Connection(
-            principal.session_id, self.broker.payload_decoder()
+            principal.session_id, self.broker.payload_decoder(), principal.resource or ""
         )
         self._connections.move_to_end(identity)
         while len(self._connections) > self.max_connections:
@@ -255,6 +271,15 @@ class FastPathServer:
             self._reply(identity, request_id, task_id, outcome.state, outcome.result, outcome.error)
         else:
             self._pending[task_id] = _Pending(identity, request_id)
+            self._notify(identity, request_id, connection)
+
+    def _notify(self, identity: bytes, request_id: bytes, connection: _Connection) -> None:
+        """Tell a waiting client, once per drain, that its QPU is drained (it prints it
+        into the job's output: a user should not have to guess why a step stalls)."""
+        notice = self.broker.drain_notice(connection.resource)
+        if notice is not None and notice != connection.told:
+            connection.told = notice
+            self._socket.send_multipart([identity, PROTOCOL, NOTICE, request_id + notice.encode()])
 
     def _sweep(self) -> None:
         """Forget the connections whose session has closed (their peers may be gone)."""

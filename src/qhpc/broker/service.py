@@ -394,6 +394,18 @@ class Broker:
             self.shared.cond.notify_all()
         return ended
 
+    def drain_notice(self, resource: str) -> str | None:
+        """A line for a session's user while ``resource`` is drained (None: it is not)."""
+        drain = self.drains.active(resource, self.clock())
+        if drain is None:
+            return None
+        end = (
+            "until resumed"
+            if drain.until is None
+            else time.strftime("until %Y-%m-%d %H:%M:%S %Z", time.localtime(drain.until))
+        )
+        return f"qhpc: QPU {resource} is drained {end} ({drain.reason}); your tasks wait"
+
     def resource_status(self, name: str) -> ResourceStatus:
         """The broker's view of a resource: a drain wins over what the device says, and
         a task of ours running on an idle device makes it busy."""

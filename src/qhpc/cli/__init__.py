@@ -26,7 +26,7 @@ from typing import Any
 import typer
 
 from qhpc import __version__
-from qhpc.cli import chain, hybrid, jobs, remote, run, serve
+from qhpc.cli import chain, hybrid, jobs, remote, run, serve, slurm_feedback
 from qhpc.cli.bench import bench_app
 from qhpc.cli.output import fail, out
 from qhpc.cli.resources import resources_app
@@ -58,6 +58,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(bench_app, name="bench")
 slurm_app.command("submit")(remote.submit)
 slurm_app.command("job")(remote.job)
+slurm_app.command("feedback")(slurm_feedback.feedback)
+slurm_app.command("eta")(slurm_feedback.eta)
 slurm_app.add_typer(chain.chain_app, name="chain")
 slurm_app.add_typer(template_app, name="template")
 app.add_typer(slurm_app, name="slurm")

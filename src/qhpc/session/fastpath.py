@@ -10,6 +10,7 @@ the broker or FastAPI. The protocol (version 1) is described in
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import msgspec
@@ -24,6 +25,8 @@ READY = b"READY"
 RUN = b"RUN"
 RESULT = b"RESULT"
 ERROR = b"ERROR"
+#: a line for the user while a task waits (its QPU is drained); the answer still follows
+NOTICE = b"NOTICE"
 REQUEST_ID_BYTES = 8
 
 
@@ -95,14 +98,20 @@ class FastPathClient:
         return self._receive()
 
     def _receive(self) -> tuple[bytes, bytes]:
-        try:
-            frames = self._socket.recv_multipart()
-        except zmq.Again:
-            raise FastPathError(
-                504, f"no answer from the broker within {self.timeout:g} s"
-            ) from None
-        if len(frames) != 3 or frames[0] != PROTOCOL:
-            raise FastPathError(400, "malformed reply from the broker")
+        while True:
+            try:
+                frames = self._socket.recv_multipart()
+            except zmq.Again:
+                raise FastPathError(
+                    504, f"no answer from the broker within {self.timeout:g} s"
+                ) from None
+            if len(frames) != 3 or frames[0] != PROTOCOL:
+                raise FastPathError(400, "malformed reply from the broker")
+            if frames[1] != NOTICE:
+                break
+            # Into the job's output (stderr), as text the broker composed: printable only.
+            text = frames[2][REQUEST_ID_BYTES:].decode("utf-8", "replace")
+            print("".join(c for c in text if c.isprintable())[:500], file=sys.stderr, flush=True)
         if frames[1] == ERROR:
             error: dict[str, Any] = msgspec.msgpack.decode(frames[2])
             raise FastPathError(int(error["status"]), str(error["detail"]))

@@ -11,6 +11,8 @@ QPU session, for how long — and the broker multiplexes the sessions' tasks.
 - :func:`slurm_accounting` joins broker usage with ``sacct`` records
   (``qhpc accounting --slurm``);
 - :class:`Chain` splits a hybrid loop into ``afterok`` steps with checkpoints;
+- :class:`Feedback` (``qhpc slurm feedback``) holds the jobs of a QPU that is out of
+  service in a licence reservation, with a comment saying why and until when;
 - :func:`submit_remote` submits to another site's Slurm through slurmrestd,
   with a QPU session at its broker (federation).
 
@@ -38,6 +40,7 @@ from qhpc.slurm.errors import (
     SlurmCommandError,
     SlurmError,
 )
+from qhpc.slurm.feedback import Feedback, HoldPolicy, QpuState, SlurmHolds, hold_comment
 from qhpc.slurm.handover import Handover
 from qhpc.slurm.jobinfo import (
     JobView,
@@ -117,12 +120,15 @@ __all__ = [
     "ChainError",
     "ChainStatus",
     "FederationEvent",
+    "Feedback",
     "Handover",
+    "HoldPolicy",
     "HookSettings",
     "HookSettingsError",
     "JobChanged",
     "JobSubmitted",
     "JobView",
+    "QpuState",
     "RemoteJob",
     "RemoteSlurmError",
     "RemoteSubmission",
@@ -136,9 +142,11 @@ __all__ = [
     "SlurmConfigError",
     "SlurmConfigRequest",
     "SlurmError",
+    "SlurmHolds",
     "SlurmRestClient",
     "WrittenConfig",
     "hetjob_script",
+    "hold_comment",
     "job_dict",
     "job_environment",
     "job_from_env",

@@ -1,0 +1,136 @@
+"""A QPU out of service holds its Slurm jobs PENDING, with why and until when (real cluster).
+
+The issue this answers: ``sbatch --qpu=emu`` while the broker reports the QPU drained
+used to start at once and hold its licence for nothing. Here the feedback agent
+(``qhpc slurm feedback``) runs beside slurmctld as a real process, the operator
+drains the QPU over REST, and the job must stay PENDING with a comment naming the
+QPU's state, reason and end, then start within seconds of the resume.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from test_sessions import LOAD, Cluster, cluster, finished, run, squeue, wait_for
+
+__all__ = ["cluster"]  # the module-scoped broker + applied configuration of test_sessions
+
+pytestmark = pytest.mark.slow
+
+
+def comment(job_id: str) -> str:
+    out = run("squeue", "-h", "-j", job_id, "-o", "%k", check=False).stdout.strip()
+    return "" if out == "(null)" else out
+
+
+def admin_post(cluster: Cluster, path: str, body: dict[str, object] | None = None) -> None:
+    answer = httpx.post(
+        cluster.url + "/v1" + path, json=body,
+        headers={"Authorization": f"Bearer {cluster.admin}"}, timeout=10,
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+
+
+def qhpc(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    token = cluster.token_file(cluster.admin)
+    return run(sys.executable, "-m", "qhpc.cli", *args, "--url", cluster.url, "--token-file", token)
+
+
+def test_a_drained_qpu_holds_its_jobs_pending_and_releases_them_on_resume(
+    cluster: Cluster,
+) -> None:
+    (cluster.work / "load.py").write_text(LOAD)
+    token = cluster.token_file(cluster.admin)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "qhpc.cli", "slurm", "feedback", "--threshold", "30",
+         "--interval", "0.5", "--url", cluster.url, "--token-file", token],
+        stdout=(cluster.work / "feedback.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    job = ""
+    try:
+        admin_post(cluster, "/resources/emu/drain",
+                   {"reason": "cryostat warm-up", "for_seconds": 3600})  # fmt: skip
+        wait_for("the hold reservation", lambda: "qhpc_hold_emu" in run(
+            "scontrol", "show", "reservation", "-o").stdout, timeout=30)  # fmt: skip
+        job = cluster.sbatch(
+            "--qpu=emu", "-L", "qpu_emu:1", "-J", "qhpc-held",
+            f"--output={cluster.work}/job-%j.out",
+            script=cluster.job_script(f"{cluster.python} {cluster.work}/load.py 1"),
+        )  # fmt: skip
+        text = wait_for(f"job {job}'s comment", lambda: comment(job), timeout=30)
+        assert text.startswith("qhpc: QPU emu maintenance until ")
+        assert "(drained: cryostat warm-up)" in text
+        wait_for("Reason=Licenses", lambda: squeue(job) == ("PENDING", "Licenses"), timeout=30)
+        time.sleep(3)  # a scheduling pass or three: it must not start
+        assert squeue(job)[0] == "PENDING"
+        eta = json.loads(qhpc(cluster, "slurm", "eta", job, "--json").stdout)
+        (qpu,) = eta["qpus"]
+        assert (eta["job_state"], qpu["qpu"], qpu["state"]) == ("PENDING", "emu", "maintenance")
+        assert qpu["until"] == pytest.approx(time.time() + 3600, abs=60)
+        assert qpu["qpu_work_starts"].startswith(time.strftime("%Y-"))
+        resumed = time.monotonic()
+        admin_post(cluster, "/resources/emu/resume")
+        wait_for(f"job {job} to start", lambda: squeue(job)[0] in ("RUNNING", ""), timeout=30)
+        assert time.monotonic() - resumed < 15
+        state, _, exit_code = finished(job, timeout=120)
+        assert (state, exit_code) == ("COMPLETED", "0:0"), cluster.output(job)
+        assert "tasks=" in cluster.output(job)
+        assert "qhpc_hold_emu" not in run("scontrol", "show", "reservation", "-o").stdout
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, (cluster.work / "feedback.log").read_text()
+        if job:
+            run("scancel", job, check=False)
+        run("scontrol", "delete", "ReservationName=qhpc_hold_emu", check=False)
+        httpx.post(cluster.url + "/v1/resources/emu/resume", timeout=10,
+                   headers={"Authorization": f"Bearer {cluster.admin}"})  # fmt: skip
+    log = (cluster.work / "feedback.log").read_text()
+    assert "held emu" in log and "released emu" in log
+
+
+def test_a_short_drain_does_not_bounce_jobs_and_an_open_ended_one_is_renewed(
+    cluster: Cluster,
+) -> None:
+    try:
+        admin_post(cluster, "/resources/emu/drain", {"reason": "quick fix", "for_seconds": 20})
+        done = qhpc(cluster, "slurm", "feedback", "--once", "--threshold", "60")
+        assert "held" not in done.stdout  # ends within the threshold: Slurm is left alone
+        admin_post(cluster, "/resources/emu/drain", {"reason": "until further notice"})
+        done = qhpc(cluster, "slurm", "feedback", "--once", "--threshold", "0")
+        assert "held emu" in done.stdout, done.stdout + done.stderr
+        line = run("scontrol", "show", "reservation", "qhpc_hold_emu", "-o").stdout
+        assert "Licenses=qpu_emu:2" in line and "Flags=ANY_NODES" in line
+        # no known end: a hold of ten minutes (rounded up to the second), renewed
+        assert re.search(r"Duration=00:10:0[01] ", line), line
+        again = qhpc(cluster, "slurm", "feedback", "--once", "--threshold", "0")
+        assert "held" not in again.stdout  # fresh enough: not rewritten every step
+        admin_post(cluster, "/resources/emu/resume")
+        done = qhpc(cluster, "slurm", "feedback", "--once", "--threshold", "0")
+        assert "released emu" in done.stdout
+    finally:
+        run("scontrol", "delete", "ReservationName=qhpc_hold_emu", check=False)
+        httpx.post(cluster.url + "/v1/resources/emu/resume", timeout=10,
+                   headers={"Authorization": f"Bearer {cluster.admin}"})  # fmt: skip
+
+
+def test_eta_refuses_what_is_not_a_job_id(cluster: Cluster) -> None:
+    token = cluster.token_file(cluster.admin)
+    done = run(
+        sys.executable, "-m", "qhpc.cli", "slurm", "eta", "1;reboot", "--url", cluster.url,
+        "--token-file", token, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "not a Slurm job id" in done.stderr
+    missing = run(
+        sys.executable, "-m", "qhpc.cli", "slurm", "eta", "999999", "--url", cluster.url,
+        "--token-file", token, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "999999" in missing.stderr
+    assert Path(token).exists()
