@@ -40,7 +40,8 @@
   function pollPanels() {
     fetchJson(poll).then(function (data) {
       swapPanels(data.panels || {});
-      stamp("live: updated " + new Date().toLocaleTimeString(), false);
+      stamp("live: updated " + new Date().toISOString().slice(0, 19).replace("T", " ") + " UTC",
+        false);
     }).catch(function (error) {
       stamp("not live: " + error.message + " (retrying)", true);
     }).then(function () { window.setTimeout(pollPanels, PERIOD_MS); });
