@@ -27,6 +27,11 @@ from qhpc.security import Role
 from qhpc.store import AccountRecord, JobRecord, Store
 
 ORIGIN = "http://testserver"
+#: an emulator calibrating for its first hour of device time, offline later
+CALIBRATING = {
+    "device": "line-5", "noise": False, "offline": [[9000, 9100]],
+    "calibration": {"every": 7200, "duration": 3600, "first": 0},
+}  # fmt: skip
 
 
 class Clock:
@@ -73,6 +78,7 @@ def world(tmp_path: Path) -> Iterator[tuple[World, TestClient]]:
             ResourceSpec(
                 "emu", "emulator", {"device": "line-5", "noise": False, "time_scale": 1000.0}
             ),
+            ResourceSpec("cal", "emulator", CALIBRATING),
         ]
     )
     clock = Clock()
@@ -144,6 +150,18 @@ def test_sign_in_sets_a_strict_cookie_and_shows_the_overview(
     assert page.headers["x-frame-options"] == "DENY"
     # the token itself never travels back to the browser
     assert w.alice not in page.text and w.alice not in browser.get("/dashboard/api/overview").text
+
+
+def test_signing_in_again_ends_the_previous_login(world: tuple[World, TestClient]) -> None:
+    w, http = world
+    browser = signed_in(http, w.alice)
+    first = browser.cookies["qhpc_console"]
+    assert sign_in(browser, w.bob).status_code == 303
+    assert browser.cookies["qhpc_console"] != first
+    assert browser.get("/dashboard/api/overview").json()["viewer"]["subject"] == "bob"
+    replay = client(http)
+    replay.cookies.set("qhpc_console", first, domain="testserver", path="/dashboard")
+    assert replay.get("/dashboard/api/overview").status_code == 401
 
 
 def test_over_https_the_cookie_is_secure(world: tuple[World, TestClient]) -> None:
@@ -488,3 +506,22 @@ def test_session_jobs_show_in_the_jobs_list(world: tuple[World, TestClient]) -> 
     kinds = {j["job_id"]: j["kind"] for j in data["jobs"]}
     assert kinds == {session.session_id: "session"}
     assert isinstance(w.broker.get_job(session.session_id), JobRecord)
+
+
+def test_a_calibrating_qpu_shows_its_state_reason_and_windows(
+    world: tuple[World, TestClient],
+) -> None:
+    w, http = world
+    alice = signed_in(http, w.alice)
+    cards = {c["name"]: c for c in alice.get("/dashboard/api/overview").json()["cards"]}
+    cal = cards["cal"]
+    assert (cal["state"], cal["reason"]) == ("calibration", "calibrating until t=3600s")
+    assert cal["windows"] == [
+        "calibrates for 3600 s every 7200 s (device time)",
+        "offline from t=9000 s to t=9100 s (device time)",
+    ]
+    assert cards["emu"]["state"] == "idle" and cards["emu"]["reason"] == ""
+    page = alice.get("/dashboard").text
+    card = page[page.index('data-resource="cal"') :].split("</article>")[0]
+    assert '<strong class="state">calibration</strong>' in card
+    assert "reason: calibrating until t=3600s" in card

@@ -254,6 +254,9 @@ async def sign_in(request: Request) -> Response:
     except AuthError as refused:
         status = 403 if "session tokens" in str(refused) else 401
         return _html("login.html", status, message=None, error=f"Sign-in refused: {refused}.")
+    previous = request.cookies.get(COOKIE)
+    if previous is not None:  # signing in again ends the login this browser had
+        _state(request).logins.end(previous)
     response = RedirectResponse(CONSOLE_PATH, status_code=303)
     max_age = int(max(min(login.expires_at - login.created_at, LOGIN_SECONDS), 1))
     response.headers.append("set-cookie", cookie_header(request, cookie, max_age))
