@@ -31,9 +31,14 @@ typecheck: $(STAMP)
 
 # The store's tests run against SQLite and a private PostgreSQL cluster (scripts/postgres.sh),
 # the Slurm integration tests (tests/slurm) against a one-host Slurm cluster (scripts/slurm.sh,
-# needs root). Each is stopped afterwards only if this target started it. Where one cannot be
-# started its tests are skipped, except under CI, where that is an error.
+# needs root), the console's browser tests (tests/web) in Debian's Chromium (scripts/browser.sh,
+# installed once, needs root). Each service is stopped afterwards only if this target started
+# it. Where one cannot be had its tests are skipped, except under CI, where that is an error.
 unit: $(STAMP)
+	if ! browser=$$(bash scripts/browser.sh); then \
+		if [ "$${CI:-}" = true ]; then exit 1; fi; \
+		echo "make unit: no Chromium (scripts/browser.sh); skipping the browser tests" >&2; browser=; \
+	fi; \
 	was=$$(bash scripts/postgres.sh status 2>/dev/null || true); \
 	if ! url=$$(bash scripts/postgres.sh start); then \
 		if [ "$${CI:-}" = true ]; then exit 1; fi; \
@@ -43,7 +48,8 @@ unit: $(STAMP)
 	if bash scripts/slurm.sh start >/dev/null; then slurm=1; \
 	elif [ "$${CI:-}" = true ]; then exit 1; \
 	else echo "make unit: Slurm did not start (needs root); skipping its tests" >&2; fi; \
-	rc=0; QHPC_TEST_POSTGRES_URL=$$url QHPC_TEST_SLURM=$$slurm $(PY) -m pytest || rc=$$?; \
+	rc=0; QHPC_TEST_POSTGRES_URL=$$url QHPC_TEST_SLURM=$$slurm QHPC_TEST_BROWSER=$$browser \
+		$(PY) -m pytest || rc=$$?; \
 	if [ -n "$$url" ] && [ "$$was" != running ]; then bash scripts/postgres.sh stop; fi; \
 	if [ -n "$$slurm" ] && [ "$$slurm_was" != running ]; then bash scripts/slurm.sh stop; fi; \
 	exit $$rc

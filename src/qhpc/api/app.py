@@ -12,6 +12,7 @@ from qhpc.api.limits import DEFAULT_BODY_TIMEOUT, BodyLimit
 from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
 from qhpc.api.views import Problem
 from qhpc.broker import Broker
+from qhpc.web import mount_console
 
 API_PREFIX = "/v1"
 
@@ -73,6 +74,7 @@ def create_app(
     ):
         v1.include_router(router)
     app.include_router(v1)
+    mount_console(app)  # the console at /dashboard (qhpc.web)
     limit = broker.config.max_payload_bytes if max_body_bytes is None else max_body_bytes
     app.add_middleware(BodyLimit, max_bytes=limit, timeout=body_timeout)
     return app
