@@ -12,6 +12,7 @@ The broker here is never started: submitted tasks stay queued, so queues and
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -525,3 +526,24 @@ def test_a_calibrating_qpu_shows_its_state_reason_and_windows(
     card = page[page.index('data-resource="cal"') :].split("</article>")[0]
     assert '<strong class="state">calibration</strong>' in card
     assert "reason: calibrating until t=3600s" in card
+
+
+def test_a_drained_qpu_shows_maintenance_with_its_reason_and_end(
+    world: tuple[World, TestClient],
+) -> None:
+    from qhpc.broker import DrainRequest
+
+    w, http = world
+    w.broker.drain("emu", DrainRequest("cryostat <warm-up>", until=time.time() + 600), by="ops")
+    alice = signed_in(http, w.alice)
+    cards = {c["name"]: c for c in alice.get("/dashboard/api/overview").json()["cards"]}
+    assert (cards["emu"]["state"], cards["emu"]["reason"]) == (
+        "maintenance", "drained: cryostat <warm-up>",
+    )  # fmt: skip
+    page = alice.get("/dashboard").text
+    card = page[page.index('data-resource="emu"') :].split("</article>")[0]
+    assert '<strong class="state">maintenance</strong>' in card
+    assert "drained: cryostat &lt;warm-up&gt;" in card and "<warm-up>" not in card
+    w.broker.resume("emu", by="ops")
+    cards = {c["name"]: c for c in alice.get("/dashboard/api/overview").json()["cards"]}
+    assert cards["emu"]["state"] == "idle"

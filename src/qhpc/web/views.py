@@ -43,12 +43,9 @@ TASK_ROWS = 200
 
 
 def resource_status(broker: Broker, name: str) -> ResourceStatus:
-    """A resource's state as the console shows it: the one place it is read.
-
-    The device's own report for now; the broker's view (a drain wins over the
-    device) replaces this line once ``Broker.resource_status`` exists.
-    """
-    return broker.resources.get(name).status()
+    """A resource's state as the console shows it: the broker's view (a drain wins
+    over what the device says), read in this one place."""
+    return broker.resource_status(name)
 
 
 def cut(text: str | None, limit: int) -> str | None:
