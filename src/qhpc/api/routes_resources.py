@@ -19,8 +19,9 @@ from qhpc.api.views import (
     json_safe,
     known,
 )
-from qhpc.broker import Broker, DrainRequest
+from qhpc.broker import Broker, DrainRequest, QueuedTask
 from qhpc.security import Principal, Role
+from qhpc.store import NotFoundError
 
 system = APIRouter(tags=["system"])
 resources = APIRouter(prefix="/resources", tags=["resources"])
@@ -69,34 +70,56 @@ def get_resource(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -
     )
 
 
-def _sees_details(principal: Principal, user: str, session_id: str | None) -> bool:
-    if principal.role in (Role.ADMIN, Role.CENTRE):
-        return True
+class _Owners:
+    """Who owns each queued task's job, read once per job for one view (a queued task
+    does not carry its centre; a user name is unique only within its centre)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._centres: dict[str, str | None] = {}
+
+    def centre(self, job_id: str) -> str | None:
+        if job_id not in self._centres:
+            try:
+                self._centres[job_id] = self._broker.get_job(job_id).centre
+            except NotFoundError:  # gone between the queue's read and this one
+                self._centres[job_id] = None
+        return self._centres[job_id]
+
+
+def _mine(principal: Principal, task: QueuedTask, owners: _Owners) -> bool:
     if principal.role is Role.SESSION:
-        return session_id is not None and session_id == principal.session_id
-    return user == principal.subject
+        return task.session_id is not None and task.session_id == principal.session_id
+    if principal.role is not Role.USER:
+        return task.user == principal.subject and owners.centre(task.job_id) == principal.centre
+    return principal.may_act_for(task.user, owners.centre(task.job_id))
+
+
+def _sees_details(principal: Principal, task: QueuedTask, owners: _Owners) -> bool:
+    if principal.role is Role.ADMIN:
+        return True
+    if principal.role is Role.CENTRE:
+        return principal.may_act_for(task.user, owners.centre(task.job_id))
+    return _mine(principal, task, owners)
 
 
 @resources.get(
     "/{name}/queue",
     summary="pending tasks in the order they would run, with ETAs",
-    description="Admin and centre tokens see every entry; users (and session tokens) see "
-    "their own entries in full and others only as anonymous positions.",
+    description="Admin tokens see every entry, centre tokens their centre's; users (and "
+    "session tokens) see their own entries in full and others only as anonymous positions.",
 )
 def get_queue(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -> QueueView:
     broker.resources.spec(name)
+    owners = _Owners(broker)
     entries = []
     for position, (task, eta) in enumerate(broker.queue(name), start=1):
-        if principal.role is Role.SESSION:
-            mine = task.session_id is not None and task.session_id == principal.session_id
-        else:
-            mine = task.user == principal.subject
-        if _sees_details(principal, task.user, task.session_id):
+        if _sees_details(principal, task, owners):
             entries.append(
                 QueueEntry(
-                    position=position, eta_seconds=known(eta), mine=mine, task_id=task.task_id,
-                    job_id=task.job_id, user=task.user, account=task.account,
-                    session_id=task.session_id,
+                    position=position, eta_seconds=known(eta), mine=_mine(principal, task, owners),
+                    task_id=task.task_id, job_id=task.job_id, user=task.user,
+                    account=task.account, session_id=task.session_id,
                 )
             )  # fmt: skip
         else:

@@ -146,10 +146,14 @@ def list_visible_jobs(
             return []
         centre = principal.centre
     elif principal.role is Role.USER:
-        user = principal.subject
+        # A user name is unique within its centre only: the local "alice" must not list
+        # the jobs a federated centre submitted for its own "alice".
+        user, centre = principal.subject, principal.centre
+    local = principal.role is Role.USER and principal.centre is None
     return broker.records.jobs(
-        user=user, centre=centre, state=state, resource=resource, limit=limit, offset=offset
-    )
+        user=user, centre=centre, state=state, resource=resource, limit=limit, offset=offset,
+        local=local,
+    )  # fmt: skip
 
 
 def queue_places(broker: Broker, resource: str) -> dict[str, tuple[int, float]]:

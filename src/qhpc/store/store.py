@@ -184,9 +184,13 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin, DrainsMixi
         resource: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        local: bool = False,
     ) -> list[JobRecord]:
-        """Jobs matching every filter given, newest first."""
+        """Jobs matching every filter given, newest first; ``local``: only jobs of no
+        centre (a local user's, not a federated namesake's)."""
         query = select(_j)
+        if local:
+            query = query.where(_j.c.centre.is_(None))
         for column, value in (
             (_j.c.username, user),
             (_j.c.account, account),
