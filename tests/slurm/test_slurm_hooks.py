@@ -555,3 +555,19 @@ def test_licence_alone_gets_a_session_on_the_node(tmp_path: Path, broker: Broker
     code, exports, _ = _task_prolog(_env("112"), settings.run_dir)  # no SLURM_JOB_QPU either
     assert code == 0 and exports["QHPC_RESOURCE"] == "sim"
     assert hooks.epilog_slurmctld(controller_env, settings, write_comment=lambda j, t: None) == 0
+
+
+def test_a_hetjob_task_finds_its_components_handover() -> None:
+    from qhpc.slurm.hooks import component_job_ids
+
+    leader = {"SLURM_JOB_ID": "361", "SLURM_HET_SIZE": "2", "SLURM_JOB_ID_HET_GROUP_0": "361",
+              "SLURM_JOB_ID_HET_GROUP_1": "362", "SLURM_JOB_NODELIST_HET_GROUP_0": "vm",
+              "SLURM_JOB_NODELIST_HET_GROUP_1": "qpu0"}  # fmt: skip
+    # as measured on Slurm 22.05: a task sees the leader's id and its own node list
+    assert component_job_ids({**leader, "SLURM_JOB_NODELIST": "qpu0"}) == ["362", "361"]
+    assert component_job_ids({**leader, "SLURM_JOB_NODELIST": "vm"}) == ["361", "362"]
+    assert component_job_ids({"SLURM_JOB_ID": "7"}) == ["7"]
+    # junk in variables a user can set: only digits count, and at most 64 components
+    hostile = {"SLURM_JOB_ID": "7", "SLURM_HET_SIZE": "99999999", "SLURM_JOB_ID_HET_GROUP_0":
+               "../../etc", "SLURM_JOB_NODELIST": "x"}  # fmt: skip
+    assert component_job_ids(hostile) == ["7"]

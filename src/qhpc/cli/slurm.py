@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -150,7 +149,11 @@ def template_hetjob(
     ] = None,
     classical: Annotated[
         str | None,
-        typer.Option("--classical", help="Command for the classical component (shell words)."),
+        typer.Option(
+            "--classical",
+            help="Command line of the classical component, run by bash -c (so pipes, ';' "
+            "and quotes work as in a shell); the QPU command is the arguments, as argv.",
+        ),
     ] = None,
     classical_tasks: Annotated[int, typer.Option(help="Tasks of the classical component.")] = 1,
     classical_partition: Annotated[str, typer.Option()] = "debug",
@@ -160,7 +163,7 @@ def template_hetjob(
 ) -> None:
     """Print a heterogeneous job: classical component 0, component 1 on the qpu partition."""
     script = hetjob_script(
-        command=command, classical_command=shlex.split(classical) if classical else None,
+        command=command, classical_command=["bash", "-c", classical] if classical else None,
         job_name=job_name, classical_partition=classical_partition,
         qpu_partition=qpu_partition, classical_tasks=classical_tasks, qpu=qpu,
         license=licenses, time_limit=time_limit,

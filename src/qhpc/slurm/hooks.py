@@ -351,13 +351,55 @@ def epilog(env: Mapping[str, str], settings: HookSettings) -> int:
     return 0
 
 
+def component_job_ids(env: Mapping[str, str]) -> list[str]:
+    """The job ids whose handover a task should look for, most likely first.
+
+    A plain job: its own. A task of a heterogeneous job sees the *leader's*
+    ``SLURM_JOB_ID`` (measured on Slurm 22.05), while each component is a job of its
+    own whose PrologSlurmctld opened the session: the component is the one whose
+    node list is the task's (``SLURM_JOB_NODELIST_HET_GROUP_k``, as Slurm formats
+    both), then any other component, then the leader.
+    """
+    job_id = env.get("SLURM_JOB_ID", "")
+    size = env.get("SLURM_HET_SIZE", "")
+    if not size.isdigit():
+        return [job_id]
+    groups = [
+        (env.get(f"SLURM_JOB_ID_HET_GROUP_{k}", ""), env.get(f"SLURM_JOB_NODELIST_HET_GROUP_{k}"))
+        for k in range(min(int(size), 64))
+    ]
+    nodes = env.get("SLURM_JOB_NODELIST")
+    mine = [g for g, listed in groups if g.isdigit() and listed is not None and listed == nodes]
+    others = [g for g, _ in groups if g.isdigit() and g not in mine]
+    ordered = [*mine, *others, job_id]
+    return list(dict.fromkeys(ordered))
+
+
+def _find_handover(run_dir: Path, job_ids: list[str]) -> Handover | None:
+    """The first of the jobs' handovers this user can read; a read error counts only
+    if no handover is found (a component's file is the job user's alone, and the
+    variables naming components come from an environment the user can set)."""
+    first_error: Exception | None = None
+    for component in job_ids:
+        try:
+            handover = read_handover(handover_path(run_dir, component))
+        except (OSError, ValueError) as exc:
+            first_error = first_error or exc
+            continue
+        if handover is not None:
+            return handover
+    if first_error is not None:
+        raise first_error
+    return None
+
+
 def task_prolog(env: Mapping[str, str], run_dir: Path, out: TextIO) -> int:
     """(the job's user) ``export`` lines for the session, or ``print`` lines and exit 1."""
     job_id = env.get("SLURM_JOB_ID", "")
     if not job_id.isdigit():
         return 0
     unsafe = unsafe_directory(run_dir)
-    handover: Handover | None
+    handover: Handover | None = None
     try:
         if unsafe:  # whoever controls it could hand this job their own session
             handover = Handover(
@@ -366,7 +408,7 @@ def task_prolog(env: Mapping[str, str], run_dir: Path, out: TextIO) -> int:
                 f"({unsafe}); ask your admin",
             )  # fmt: skip
         else:
-            handover = read_handover(handover_path(run_dir, job_id))
+            handover = _find_handover(run_dir, component_job_ids(env))
     except (OSError, ValueError) as exc:
         handover = Handover(job_id=job_id, resource=None, error=f"unreadable handover: {exc}")
     if handover is None:

@@ -1,10 +1,13 @@
-"""A QPU out of service holds its Slurm jobs PENDING, with why and until when (real cluster).
+"""The loop back to Slurm on the real cluster: QPU state held in Slurm, hetjobs.
 
-The issue this answers: ``sbatch --qpu=emu`` while the broker reports the QPU drained
-used to start at once and hold its licence for nothing. Here the feedback agent
-(``qhpc slurm feedback``) runs beside slurmctld as a real process, the operator
-drains the QPU over REST, and the job must stay PENDING with a comment naming the
-QPU's state, reason and end, then start within seconds of the resume.
+- A QPU out of service holds its jobs PENDING, with why and until when:
+  ``sbatch --qpu=emu`` while the broker reports the QPU drained used to start at
+  once and hold its licence for nothing. Here the feedback agent (``qhpc slurm
+  feedback``) runs beside slurmctld as a real process, the operator drains the QPU
+  over REST, and the job must stay PENDING with a comment naming the QPU's state,
+  reason and end, then start within seconds of the resume.
+- A heterogeneous job's QPU component reaches its session: its tasks see the
+  leader's ``SLURM_JOB_ID`` while the session belongs to the component's job.
 """
 
 from __future__ import annotations
@@ -134,3 +137,29 @@ def test_eta_refuses_what_is_not_a_job_id(cluster: Cluster) -> None:
     )  # fmt: skip
     assert missing.returncode == 1 and "999999" in missing.stderr
     assert Path(token).exists()
+
+
+QPU_SIDE = """
+from qiskit import QuantumCircuit
+from qhpc.session import QPU
+qpu = QPU.from_env(timeout=60)
+bell = QuantumCircuit(2, 2); bell.h(0); bell.cx(0, 1); bell.measure([0, 1], [0, 1])
+counts = qpu.run(bell, shots=100)
+print(f"qpu-side shots={sum(counts.values())} resource={qpu.resource}", flush=True)
+"""
+
+
+def test_the_qpu_component_of_a_hetjob_reaches_its_session(cluster: Cluster) -> None:
+    (cluster.work / "qpu_side.py").write_text(QPU_SIDE)
+    script = run(
+        sys.executable, "-m", "qhpc.cli", "slurm", "template", "hetjob", "--qpu", "sim",
+        "--licenses", "qpu_sim:1", "--classical", "hostname >/dev/null; echo classical-done",
+        "--time", "5", "--", cluster.python, str(cluster.work / "qpu_side.py"),
+    ).stdout  # fmt: skip
+    assert "bash -c 'hostname >/dev/null; echo classical-done'" in script
+    job = cluster.sbatch(f"--output={cluster.work}/job-%j.out", script=script)
+    state, _, exit_code = finished(job, timeout=180)
+    output = cluster.output(job)
+    assert (state, exit_code) == ("COMPLETED", "0:0"), output
+    assert "classical-done" in output
+    assert "qpu-side shots=100 resource=sim" in output
