@@ -22,7 +22,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_sessions import LOAD, Cluster, cluster, finished, run, squeue, wait_for
+from test_sessions import LOAD, Cluster, booked, cluster, finished, run, squeue, wait_for
+
+from qhpc.slurm import parse_usage_comment
 
 __all__ = ["cluster"]  # the module-scoped broker + applied configuration of test_sessions
 
@@ -163,3 +165,33 @@ def test_the_qpu_component_of_a_hetjob_reaches_its_session(cluster: Cluster) -> 
     assert (state, exit_code) == ("COMPLETED", "0:0"), output
     assert "classical-done" in output
     assert "qpu-side shots=100 resource=sim" in output
+
+
+ESTIMATE = """
+from qiskit import QuantumCircuit
+from qhpc.session import QPU
+qpu = QPU.from_env(timeout=60)
+bell = QuantumCircuit(2); bell.h(0); bell.cx(0, 1)
+print("zz", qpu.estimate(bell, ["ZZ", "ZI"], shots=100), flush=True)
+qpu.run(QuantumCircuit.from_qasm_str(
+    'OPENQASM 2.0; include "qelib1.inc"; qreg q[1]; creg c[1]; measure q -> c;'), shots=50)
+"""
+
+
+def test_slurm_accounts_the_licence_and_qhpc_books_estimator_shots(cluster: Cluster) -> None:
+    (cluster.work / "estimate.py").write_text(ESTIMATE)
+    job = cluster.sbatch(
+        "--qpu=emu", "-L", "qpu_emu:1", f"--output={cluster.work}/job-%j.out",
+        script=cluster.job_script(f"{cluster.python} {cluster.work}/estimate.py"),
+    )  # fmt: skip
+    state, _, exit_code = finished(job, timeout=120)
+    assert (state, exit_code) == ("COMPLETED", "0:0"), cluster.output(job)
+    # Slurm's own accounting: the licence held is a TRES of the job (AccountingStorageTRES)
+    tres = run("sacct", "-n", "-P", "-X", "-j", job, "-o", "AllocTRES").stdout
+    assert "license/qpu_emu=1" in tres, tres
+    # qhpc's: QPU seconds and shots in AdminComment, the estimator's shots included (two
+    # commuting observables: one measurement group of 100 shots, plus the 50 sampled)
+    comment = booked(job)
+    usage = parse_usage_comment(comment)
+    assert usage is not None and usage["resource"] == "emu", comment
+    assert usage["shots"] == 150 and usage["tasks"] == 2 and usage["qpu_seconds"] > 0

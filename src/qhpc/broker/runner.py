@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qhpc.resources import (
+    EstimatorResult,
     LocalResource,
     Payload,
     QuantumResource,
@@ -116,6 +117,11 @@ def usage_of(
         shots = (payload.shots or 0) * circuits
     if isinstance(result, SamplerResult):
         shots = sum(c.shots for c in result.circuits)
+    elif isinstance(result, EstimatorResult):
+        # What the device ran: shots per measurement group and parameter set (a sampled
+        # estimator measures each commuting group separately); exact values ran none.
+        groups = int(result.metadata.get("measurement_groups", 1) or 1)
+        shots = 0 if result.metadata.get("exact") else (result.shots or 0) * groups * circuits
     return qpu, shots, circuits
 
 

@@ -120,6 +120,9 @@ def render_qhpc_conf(request: SlurmConfigRequest, hooks_dir: Path) -> str:
         f"Licenses={licences}",
         "# Prolog runs at allocation, so the session is handed over before any task starts.",
         "PrologFlags=Alloc",
+        "# QPU holding in Slurm's own accounting (slurmdbd): sacct's AllocTRES shows",
+        "# license/qpu_NAME=K per job; qhpc writes QPU seconds and shots into AdminComment.",
+        "AccountingStorageTRES=" + ",".join(f"license/{licence_name(n)}" for n in counts),
     ]
     lines += [f"{key}={hooks_dir / hook}" for key, hook in HOOK_KEYS.items()]
     if request.cli_filter:
