@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import os
 import socket
 import subprocess
@@ -12,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import psycopg
@@ -125,3 +127,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class LogCapture:
+    """qhpc's records as the JSON format writes them (a handler on the ``qhpc`` logger)."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in self.stream.getvalue().splitlines()]
+        return [r for r in parsed if event is None or r.get("event") == event]

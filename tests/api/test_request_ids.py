@@ -3,20 +3,16 @@ always, and carried by the log records the request causes (api/requestids.py).""
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from helpers import LogCapture
 from qhpc.api import create_app
 from qhpc.api.requestids import request_id
 from qhpc.broker import Broker
-from qhpc.logcontext import CaptureIds, JsonFormatter
 from qhpc.resources import ResourceRegistry, ResourceSpec
 from qhpc.security import Role
 from qhpc.store import Store
@@ -25,24 +21,6 @@ BELL = (
     'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
     "h q[0];\ncx q[0],q[1];\nmeasure q -> c;\n"
 )
-
-
-@pytest.fixture
-def records() -> Iterator[io.StringIO]:
-    """Every qhpc record at INFO and above, as JSON lines."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(CaptureIds())
-    logger = logging.getLogger("qhpc")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @pytest.fixture
@@ -59,10 +37,6 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, Broker, str]]:
         broker.stop()
         registry.close()
         store.close()
-
-
-def lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @pytest.mark.parametrize("good", ["abc-123", "A.b_c-9", "x" * 64, "0"])
@@ -109,7 +83,7 @@ def test_the_id_is_echoed_or_replaced(api: tuple[TestClient, Broker, str]) -> No
 
 def test_an_unexpected_error_logs_and_answers_with_the_id(
     api: tuple[TestClient, Broker, str],
-    records: io.StringIO,
+    qhpc_log: LogCapture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client, broker, alice = api
@@ -122,6 +96,6 @@ def test_an_unexpected_error_logs_and_answers_with_the_id(
         "/v1/resources", headers={"Authorization": f"Bearer {alice}", "X-Request-ID": "boom-1"}
     )
     assert answer.status_code == 500 and answer.headers["x-request-id"] == "boom-1"
-    (error,) = [r for r in lines(records) if r["level"] == "ERROR"]
+    (error,) = [r for r in qhpc_log.records() if r["level"] == "ERROR"]
     assert error["request_id"] == "boom-1" and "RuntimeError: internal detail" in error["exc"]
-    assert alice not in records.getvalue()
+    assert alice not in qhpc_log.stream.getvalue()
