@@ -64,8 +64,10 @@ def start_serve(
     *extra: str,
     db: Path | str,
     stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+    stderr: int | IO[bytes] | None = subprocess.STDOUT,
 ) -> subprocess.Popen[bytes]:
-    """``qhpc serve`` as a real process on 127.0.0.1 (fifo policy, admin token in a file)."""
+    """``qhpc serve`` as a real process on 127.0.0.1 (fifo policy, admin token in a file);
+    its log (stderr) goes with ``stdout`` unless ``stderr`` says otherwise."""
     env = {k: v for k, v in os.environ.items() if k != "QHPC_CONFIG"}
     env["XDG_CONFIG_HOME"] = str(tmp_path)
     return subprocess.Popen(
@@ -74,7 +76,7 @@ def start_serve(
             "--port", str(port), "--fastpath", f"tcp://127.0.0.1:{free_port()}",
             "--admin-token-file", str(tmp_path / "admin.token"), "--policy", "fifo", *extra,
         ],
-        stdout=stdout, stderr=subprocess.STDOUT, env=env,
+        stdout=stdout, stderr=stderr, env=env,
     )  # fmt: skip
 
 

@@ -124,12 +124,13 @@ def utc_timestamp(created: float) -> str:
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The record's context ids (FIELDS order), then its event fields."""
+    """The record's ``event`` if it has one, its context ids (FIELDS order), then the
+    rest of its event fields."""
     ids = getattr(record, _IDS, None)
     if ids is None:  # formatted outside a configured handler: the context is still ours
         ids = current_ids()
     event: dict[str, Any] = getattr(record, _EVENT, None) or {}
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = {"event": event["event"]} if "event" in event else {}
     for name in FIELDS:
         value = event.get(name, ids.get(name))
         if value is not None:
