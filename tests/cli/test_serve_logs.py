@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import free_port, start_serve, stop_process, wait_healthy
+from helpers import free_port, run_cli, start_serve, stop_process, wait_healthy
 
 BELL = (
     'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
@@ -259,3 +259,17 @@ def test_a_text_log_cannot_be_forged_by_a_job_name(text_broker: Served) -> None:
     (submitted,) = [line for line in lines if f"job_id={job_id}" in line and "submitted" in line]
     assert "\\u2028FORGED\\x85too2030-01-01T00:00:00.000Z WARNING" in submitted
     assert b.admin not in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--log-format", "xml"), ("--log-format", ""), ("--log-level", "loud"),
+     ("--log-level", "10"), ("--log-level", "info\nERROR forged")],
+)  # fmt: skip
+def test_bad_log_options_are_refused_before_anything_starts(
+    option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "never.db"
+    code, _, err = run_cli(["serve", "--db", str(db), option, value], capsys)
+    assert code == 2 and f"Invalid value for '{option}'" in err
+    assert not db.exists()

@@ -129,12 +129,16 @@ def serve(
     log_format: Annotated[
         LogFormat,
         typer.Option(
+            case_sensitive=False,
             help="The log on stderr: text (one line per record) or json (one JSON object "
-            "per line); see docs/logging.md."
+            "per line); see docs/logging.md.",
         ),
     ] = LogFormat.TEXT,
     log_level: Annotated[
-        LogLevel, typer.Option(help="Least severe record logged; debug adds one per task.")
+        LogLevel,
+        typer.Option(
+            case_sensitive=False, help="Least severe record logged; debug adds one per task."
+        ),
     ] = LogLevel.INFO,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
@@ -203,6 +207,7 @@ def serve(
         broker.stop()
         registry.close()
         store.close()
+        log.info("qhpc broker stopped")
 
 
 def local_rest_url(host: str, port: int) -> str:
