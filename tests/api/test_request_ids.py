@@ -99,3 +99,23 @@ def test_an_unexpected_error_logs_and_answers_with_the_id(
     (error,) = [r for r in qhpc_log.records() if r["level"] == "ERROR"]
     assert error["request_id"] == "boom-1" and "RuntimeError: internal detail" in error["exc"]
     assert alice not in qhpc_log.stream.getvalue()
+
+
+def test_a_submission_is_logged_with_the_request_id_and_who_sent_it(
+    api: tuple[TestClient, Broker, str], qhpc_log: LogCapture
+) -> None:
+    client, broker, alice = api
+    sent = client.post(
+        "/v1/jobs",
+        json={"resource": "aer", "circuits": [BELL], "shots": 10},
+        headers={"Authorization": f"Bearer {alice}", "X-Request-ID": "sub-1"},
+    )
+    assert sent.status_code == 201, sent.text
+    assert broker.wait_task(broker.tasks_of_job(sent.json()["job_id"])[0].task_id, 60)
+    (submitted,) = qhpc_log.records("job_submitted")
+    assert (submitted["request_id"], submitted["user"], submitted["job_id"]) == (
+        "sub-1",
+        "alice",
+        sent.json()["job_id"],
+    )
+    assert alice not in qhpc_log.stream.getvalue()

@@ -220,7 +220,8 @@ def test_a_json_log_holds_each_change_once_with_its_ids_and_no_token(
     assert "idle" in seen[seen.index("calibration") :]
     assert all(a != b for a, b in itertools.pairwise(seen))  # once per change
     accesses = [r for r in records if r["logger"] == "uvicorn.access"]
-    assert any(r.get("request_id") == "client-req-1" for r in accesses)
+    (access,) = [r for r in accesses if r.get("request_id") == "client-req-1"]
+    assert access["user"] == "alice" and '"POST /v1/jobs HTTP/1.1" 201' in access["msg"]
     assert not any(r.get("request_id") in (long_id, "abc") for r in records)
 
     whole = b.log.read_text() + b.out.read_text()
