@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import os
 import socket
 import subprocess
@@ -12,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import psycopg
@@ -62,8 +64,10 @@ def start_serve(
     *extra: str,
     db: Path | str,
     stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+    stderr: int | IO[bytes] | None = subprocess.STDOUT,
 ) -> subprocess.Popen[bytes]:
-    """``qhpc serve`` as a real process on 127.0.0.1 (fifo policy, admin token in a file)."""
+    """``qhpc serve`` as a real process on 127.0.0.1 (fifo policy, admin token in a file);
+    its log (stderr) goes with ``stdout`` unless ``stderr`` says otherwise."""
     env = {k: v for k, v in os.environ.items() if k != "QHPC_CONFIG"}
     env["XDG_CONFIG_HOME"] = str(tmp_path)
     return subprocess.Popen(
@@ -72,7 +76,7 @@ def start_serve(
             "--port", str(port), "--fastpath", f"tcp://127.0.0.1:{free_port()}",
             "--admin-token-file", str(tmp_path / "admin.token"), "--policy", "fifo", *extra,
         ],
-        stdout=stdout, stderr=subprocess.STDOUT, env=env,
+        stdout=stdout, stderr=stderr, env=env,
     )  # fmt: skip
 
 
@@ -125,3 +129,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class LogCapture:
+    """qhpc's records as the JSON format writes them (a handler on the ``qhpc`` logger)."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in self.stream.getvalue().splitlines()]
+        return [r for r in parsed if event is None or r.get("event") == event]

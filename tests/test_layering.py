@@ -3,7 +3,8 @@
 - ``broker`` never imports ``api``; nothing below ``api`` imports it (only ``api``
   itself and the command line do);
 - ``resources`` import nothing of qhpc but ``qhpc.resources`` (and the shared
-  bottom modules, ``qhpc.errors``, ``qhpc.envvars``, ``qhpc.files`` and ``qhpc.states``);
+  bottom modules, ``qhpc.errors``, ``qhpc.envvars``, ``qhpc.files``, ``qhpc.logcontext``
+  and ``qhpc.states``);
 - the bottom modules import nothing of qhpc;
 - ``session`` (the user's end of a session) imports only ``resources`` and the bottom;
   the rooms above it (``program``, ``runtime``, ``api``, ``broker``, the command line)
@@ -33,7 +34,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "qhpc"
 #: modules at the bottom of the graph, importable from anywhere
-BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars", "qhpc.files", "qhpc.states"}
+BOTTOM = {"qhpc", "qhpc.errors", "qhpc.envvars", "qhpc.files", "qhpc.logcontext", "qhpc.states"}
 
 #: the one stated exception to "through the public surface": the two wire protocols
 #: (ZeroMQ fast path, direct channel) are modules of the session room that both ends

@@ -1,4 +1,5 @@
-"""The FastAPI application: routers under ``/v1``, problem bodies, the body-size guard."""
+"""The FastAPI application: routers under ``/v1``, problem bodies, the body-size guard,
+request ids (``X-Request-ID``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import qhpc
 from qhpc.api import routes_admin, routes_jobs, routes_resources, routes_sessions
 from qhpc.api.limits import DEFAULT_BODY_TIMEOUT, BodyLimit
 from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
+from qhpc.api.requestids import RequestIds
 from qhpc.api.views import Problem
 from qhpc.broker import Broker
 from qhpc.web import mount_console
@@ -77,6 +79,7 @@ def create_app(
     mount_console(app)  # the console at /dashboard (qhpc.web)
     limit = broker.config.max_payload_bytes if max_body_bytes is None else max_body_bytes
     app.add_middleware(BodyLimit, max_bytes=limit, timeout=body_timeout)
+    app.add_middleware(RequestIds)  # added last: outermost, so every answer carries the id
     return app
 
 

@@ -8,6 +8,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from qhpc.broker import Broker
+from qhpc.logcontext import bind
 from qhpc.security import AuthError, Principal
 
 # auto_error=False: the scheme is declared for OpenAPI, but the header is parsed
@@ -36,7 +37,10 @@ def get_principal(
     scheme, _, secret = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
-    return broker.access.authenticate(secret.strip())
+    principal = broker.access.authenticate(secret.strip())
+    # The request's later records (its handler runs on another thread) name who asked.
+    bind(user=principal.subject, session_id=principal.session_id)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qhpc.api.requestids import HEADER, SCOPE_KEY
 from qhpc.broker import (
     BrokerError,
     IdempotencyKeyReused,
@@ -30,6 +31,7 @@ from qhpc.broker import (
     ProgramError,
 )
 from qhpc.errors import QhpcError
+from qhpc.logcontext import fields
 from qhpc.resources import (
     CircuitParseError,
     LimitExceeded,
@@ -178,13 +180,17 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     incident = uuid.uuid4().hex
+    # Written outside the middleware (and its log scope): the request id is in the scope.
+    rid = request.scope.get(SCOPE_KEY)
     log.error(
-        "unexpected error %s on %s %s", incident, request.method, request.url.path, exc_info=exc
-    )
+        "unexpected error %s on %s %s", incident, request.method, request.url.path,
+        exc_info=exc, extra=fields(request_id=rid),
+    )  # fmt: skip
     return problem(
         500,
         f"internal error; the operators can find it in the broker log as incident {incident}",
         kind="internal",
+        headers={HEADER: rid} if rid else None,
         instance=f"urn:uuid:{uuid.UUID(incident)}",
     )
 

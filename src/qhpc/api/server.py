@@ -19,6 +19,7 @@ from qhpc.api.app import create_app
 from qhpc.api.transport import ServerLimits, server_config
 from qhpc.broker import Broker, BrokerConfig
 from qhpc.files import NotPrivateError, private_dir, write_private
+from qhpc.logcontext import configure
 from qhpc.resources import load_registry
 from qhpc.security import Role
 from qhpc.store import Store
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write a newly bootstrapped admin token here (mode 0600) instead of stderr",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure("text", "info")
     try:
         private_state(args.db)
     except NotPrivateError as error:
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             write_secret(args.admin_token_file, secret)
             print(f"qhpc: admin token written to {args.admin_token_file}", file=sys.stderr)
         else:
-            print(f"qhpc: admin token (shown once): {secret}", file=sys.stderr)
+            print(f"qhpc: admin token (shown once): {secret}")  # stdout: never in the log
     broker.start()
     try:
         run_server(broker, args.host, args.port)

@@ -125,7 +125,10 @@ def server_config(app: ASGIApp, host: str, port: int, limits: ServerLimits) -> u
         app,
         host=host,
         port=port,
-        log_level="info",
+        # uvicorn's records go to the process's handlers (qhpc.logcontext.configure),
+        # in its format and with the request's id, instead of uvicorn's own set-up.
+        log_config=None,
+        log_level=None,
         http=guarded_h11(limits.header_timeout),
         timeout_keep_alive=limits.keep_alive_timeout,
         limit_concurrency=limits.max_connections,

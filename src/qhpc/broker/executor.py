@@ -29,6 +29,7 @@ from qhpc.broker.runner import Outcome, resource_can_start, run_task
 from qhpc.broker.scheduler import Policy, QueuedTask, SchedulingView, SessionMode, revisit_at
 from qhpc.broker.sessions import Sessions
 from qhpc.broker.usage import UsageTracker
+from qhpc.logcontext import bind, fields
 from qhpc.resources import (
     Payload,
     QuantumResource,
@@ -81,6 +82,8 @@ class Context:
     clock: Callable[[], float]
     chunk_seconds: float | None
     drains: Drains
+    #: told each batch task's job after the task is stored (the job may have ended)
+    settled: Callable[[str], None] = lambda job_id: None
 
     @property
     def policy(self) -> Policy:
@@ -224,6 +227,7 @@ class ResourceExecutor:
 
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> None:
+        bind(resource=self.name)  # this thread's records name its resource
         cond = self.context.shared.cond
         while True:
             with cond:
@@ -324,6 +328,13 @@ class ResourceExecutor:
             error=outcome.error, qpu_seconds=outcome.qpu_seconds, shots=outcome.shots,
             circuits=outcome.circuits, finished_at=outcome.finished_at,
         )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):  # per task: nothing unless asked for
+            log.debug(
+                "task %s", outcome.state,
+                extra=fields(event="task_finished", task_id=task.task_id, job_id=task.job_id,
+                             session_id=task.session_id, resource=self.name,
+                             qpu_seconds=outcome.qpu_seconds, inline=inline),
+            )  # fmt: skip
         with context.shared.cond:  # the policy reads both under the lock
             context.usage.record(task.account, outcome.qpu_seconds, outcome.finished_at)
             if outcome.state is TaskStatus.COMPLETED:
@@ -353,6 +364,7 @@ class ResourceExecutor:
         context.store.finish_task(task.task_id, finished)
         with context.shared.cond:
             sessions.signal(task.task_id)
+        context.settled(task.job_id)
         return finished
 
     def _requeue(self, task: QueuedTask, payload: Payload, in_memory: TaskRecord | None) -> None:

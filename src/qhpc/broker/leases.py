@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from qhpc.broker.access import Access
 from qhpc.broker.errors import BrokerError
 from qhpc.broker.executor import ResourceExecutor, Shared
+from qhpc.broker.lifecycle import session_ended, session_opened
 from qhpc.broker.scheduler import QueuedTask, SessionMode
 from qhpc.broker.sessions import Sessions
 from qhpc.resources import ResourceRegistry
@@ -91,9 +92,10 @@ class Leases:
             session_id=session.session_id, resource=resource, expires_at=deadline,
         )  # fmt: skip
         self.invalidate()
+        session_opened(session)
         return session, secret
 
-    def close(self, session_id: str) -> None:
+    def close(self, session_id: str, *, expired: bool = False) -> None:
         self.on_close(session_id)
         now = self.clock()
         self.store.close_session(session_id, now)
@@ -115,6 +117,7 @@ class Leases:
         with self.shared.cond:
             self.sessions.forget(session_id)
         self.invalidate()
+        session_ended(self.store, session_id, expired)
 
     def close_expired(self) -> list[str]:
         """Close every open session past its deadline; returns their ids."""
@@ -124,7 +127,7 @@ class Leases:
         ]
         for session_id in expired:
             try:
-                self.close(session_id)
+                self.close(session_id, expired=True)
             except ConflictError:
                 pass  # closed meanwhile
         return expired

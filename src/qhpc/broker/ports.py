@@ -15,6 +15,7 @@ from typing import Protocol
 from qhpc.broker.access import Access
 from qhpc.broker.config import BrokerConfig
 from qhpc.broker.idempotency import Keys
+from qhpc.broker.lifecycle import JobLog
 from qhpc.broker.scheduler import SessionMode
 from qhpc.broker.sessions import SessionTaskOutcome
 from qhpc.resources import DecodePool, Payload, PayloadDecoder, ResourceRegistry
@@ -54,6 +55,9 @@ class ProgramHost(SessionRunner, Protocol):
 
     @property
     def decoder(self) -> DecodePool: ...
+
+    @property
+    def job_log(self) -> JobLog: ...
 
     def get_job(self, job_id: str) -> JobRecord: ...
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from qhpc.broker.dispatch import DirectDispatcher
+from qhpc.broker.lifecycle import program_started
 from qhpc.broker.output import (
     FLUSH_BYTES,
     MIN_OUTPUT_LIMIT,
@@ -46,6 +47,7 @@ from qhpc.broker.output import (
 )
 from qhpc.envvars import URL_ENV
 from qhpc.errors import QhpcError
+from qhpc.logcontext import bind
 from qhpc.runtime import (
     ProgramContext,
     ProgramHandle,
@@ -220,6 +222,7 @@ class ProgramManager:
         )
         if winner is not None:
             return winner
+        self.broker.job_log.submitted(job)
         live = _Live(job_id, ProgramOutput(job_id, self.config.program_output_limit))
         thread = threading.Thread(
             target=self._run, args=(job, record, live), name=f"qhpc-program-{job_id[:8]}",
@@ -275,6 +278,7 @@ class ProgramManager:
                 self.broker.store.fail_program(record.job_id, message, self.broker.clock())
             except ConflictError:
                 continue
+            self.broker.job_log.settled(record.job_id, program="failed")
             failed.append(record.job_id)
             if record.session_id is not None:
                 try:
@@ -384,6 +388,7 @@ class ProgramManager:
             return 0
 
     def _run(self, job: JobRecord, record: ProgramRecord, live: _Live) -> None:
+        bind(job_id=job.job_id, user=job.user, resource=job.resource)  # this thread's records
         began = time.monotonic()
         try:
             self._run_program(job, record, live, began)
@@ -403,6 +408,7 @@ class ProgramManager:
                 finished_at=self.broker.clock(),
             )  # fmt: skip
             self.broker.store.finish_program(record, JOB_STATE_OF[status])
+            self.broker.job_log.settled(job_id, program=status)
         except ConflictError:
             pass
         if live.session_id is not None:
@@ -462,6 +468,7 @@ class ProgramManager:
             self._finish_unstarted(job.job_id, live, "failed", f"cannot start the program: {exc}")
             return
         live.handle = handle
+        program_started(job, session.session_id)
         if live.cancel_message is not None:  # cancelled while it was being started
             handle.stop(ProgramStatus.CANCELLED, live.cancel_message)
         outcome = handle.wait()
@@ -513,6 +520,8 @@ class ProgramManager:
             self.broker.store.finish_program(final, JOB_STATE_OF[status])
         except ConflictError:
             log.warning("program of job %s had already been finished", record.job_id)
+            return
+        self.broker.job_log.settled(record.job_id, program=status)
 
 
 def _check_entry_point_args(

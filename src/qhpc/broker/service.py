@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 
 from qhpc.broker import admission
 from qhpc.broker.access import Access
@@ -34,6 +35,7 @@ from qhpc.broker.executor import Context, ResourceExecutor, Shared
 from qhpc.broker.idempotency import Idempotency, Keys
 from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.leases import Leases
+from qhpc.broker.lifecycle import JobLog, ResourceWatch
 from qhpc.broker.programs import ProgramManager
 from qhpc.broker.queries import TaskQueries
 from qhpc.broker.records import Records
@@ -96,9 +98,12 @@ class Broker:
         self.records = Records(store, self.invalidate)
         #: operators' drains (drains.py)
         self.drains = Drains(store)
+        #: each job's submission and end, once, in the operator's log (lifecycle.py)
+        self.job_log = JobLog(store)
+        self.watch = ResourceWatch()
         context = Context(
             self.shared, store, self.sessions, self.inputs, lambda: self.policy, self.usage,
-            clock, config.chunk_seconds, self.drains,
+            clock, config.chunk_seconds, self.drains, self.job_log.settled,
         )  # fmt: skip
         self.executors = {
             name: ResourceExecutor(resources.get(name), context, self._max_task_seconds(name))
@@ -157,6 +162,8 @@ class Broker:
         self._thread(self._reap_sessions, "qhpc-reaper")
         for name, executor in self.executors.items():
             self._thread(executor.loop, f"qhpc-executor-{name}")
+        read = partial(resource_state, self)
+        self._thread(lambda: self.watch.run(self.executors, read, self._stopped), "qhpc-watch")
         self.programs.recover()
         # What exists now (qiskit, the broker, its caches) lives as long as the process:
         # keep it out of the collector's full passes (~50 ms each with qiskit loaded,
@@ -244,6 +251,7 @@ class Broker:
             for task, payload in zip(tasks, payloads, strict=True):
                 self.executors[resource].enqueue(task, payload)
             self.shared.cond.notify_all()
+        self.job_log.submitted(job)
         return job
 
     def cancel(self, job_id: str) -> list[str]:
@@ -280,6 +288,8 @@ class Broker:
             for task_id in cancelled:
                 if task_id not in self.sessions.in_flight:
                     self.sessions.signal(task_id)
+        if cancelled:
+            self.job_log.settled(job_id)  # ended now unless a task still runs
         return cancelled + stopped
 
     def _take_queued(self, which: Callable[[QueuedTask], bool]) -> list[TaskRecord]:
@@ -449,3 +459,9 @@ class Broker:
 
     def _estimate(self, resource: str) -> float:
         return self.executors[resource].estimate()
+
+
+def resource_state(broker: Broker, name: str) -> ResourceStatus:
+    """A resource's state as the operator's log reports it: the broker's view (a drain
+    shows as maintenance)."""
+    return broker.resource_status(name)

@@ -2,19 +2,37 @@
 
 The command assembles what :mod:`qhpc.api` serves — store, resource registry,
 broker settings — from its options, writes the first admin token where asked,
-and stops everything in order when the server returns.
+and stops everything in order when the server returns. Its log goes to stderr, as
+text or JSON lines (``--log-format``, docs/logging.md); a first admin token, which
+must never be in a log, is written to a file or shown once on stdout.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from qhpc.cli.output import err
+from qhpc.cli.output import out
 from qhpc.resources import DecodeLimits
+
+log = logging.getLogger(__name__)
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 def _decode_limits(items: list[str] | None) -> DecodeLimits:
@@ -108,9 +126,27 @@ def serve(
     max_header_bytes: Annotated[
         int, typer.Option(min=1024, help="Largest request head (request line + headers).")
     ] = 16384,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            case_sensitive=False,
+            help="The log on stderr: text (one line per record) or json (one JSON object "
+            "per line); see docs/logging.md.",
+        ),
+    ] = LogFormat.TEXT,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            case_sensitive=False, help="Least severe record logged; debug adds one per task."
+        ),
+    ] = LogLevel.INFO,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
+
+    from qhpc.logcontext import configure
+
+    configure(str(log_format), str(log_level))
 
     from qhpc.api import (
         FastPathServer,
@@ -135,7 +171,7 @@ def serve(
     try:
         private_state(db)  # the data dir 0700 (or refused), umask 077, before the store opens
     except NotPrivateError as error:
-        err.print(f"qhpc serve: {error}", style="red", markup=False)
+        log.error("qhpc serve: %s", error)
         raise typer.Exit(2) from None
     store = Store.open(db)
     registry = load_registry(config)
@@ -153,14 +189,17 @@ def serve(
     if secret is not None:
         if admin_token_file is not None:
             write_secret(admin_token_file, secret)
-            err.print(f"admin token written to {admin_token_file}")
+            log.info("admin token written to %s", admin_token_file)
         else:
-            err.print(f"admin token (shown once): [bold]{secret}[/]")
+            # stdout, not the log on stderr: a log is kept and shipped, a token must not be
+            out.print(f"admin token (shown once): {secret}", markup=False, highlight=False)
+            log.info("admin token issued and shown once on stdout")
     broker.start()
     fast = FastPathServer(broker, fastpath).start()
-    err.print(
-        f"qhpc broker: REST http://{host}:{port}/v1, fast path {fast.endpoint}, store {store.url}"
-    )
+    log.info(
+        "qhpc broker: REST http://%s:%s/v1, fast path %s, store %s",
+        host, port, fast.endpoint, store.url,
+    )  # fmt: skip
     try:
         run_server(broker, host, port, limits)
     finally:
@@ -168,6 +207,7 @@ def serve(
         broker.stop()
         registry.close()
         store.close()
+        log.info("qhpc broker stopped")
 
 
 def local_rest_url(host: str, port: int) -> str:
