@@ -7,7 +7,8 @@ durability guarantees of each backend and ``migrations.py`` for schema versions.
 
 from __future__ import annotations
 
-from qhpc.store.errors import ConflictError, NotFoundError, StoreError
+from qhpc.store._maintenance import PurgeReport
+from qhpc.store.errors import ConflictError, NotFoundError, PurgedError, StoreError
 from qhpc.store.migrations import LATEST_VERSION
 from qhpc.store.records import (
     FINAL_STATES,
@@ -51,6 +52,8 @@ __all__ = [
     "NotFoundError",
     "OutputPiece",
     "ProgramRecord",
+    "PurgeReport",
+    "PurgedError",
     "ReservationRecord",
     "SessionRecord",
     "Store",

@@ -58,9 +58,18 @@ _SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
 class Database:
     """An engine plus the rules for starting transactions on it."""
 
-    def __init__(self, engine: Engine, *, display_url: str, memory: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        display_url: str,
+        memory: bool = False,
+        path: Path | None = None,
+    ) -> None:
         self.engine = engine
         self.display_url = display_url
+        #: the SQLite database file; None in memory and on PostgreSQL
+        self.path = path
         self.backend = engine.dialect.name
         self.is_sqlite = self.backend == "sqlite"
         self._memory = memory
@@ -213,7 +222,7 @@ def _sqlite_database(path: Path | None) -> Database:
         write = conn.get_execution_options().get(_WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    return Database(engine, display_url=display, memory=memory)
+    return Database(engine, display_url=display, memory=memory, path=path)
 
 
 def _private_sqlite_files(path: Path) -> None:
