@@ -11,6 +11,7 @@ below is the order ``qhpc --help`` lists them) and runs it from :func:`main`.
 - :mod:`~qhpc.cli.run` — ``run``, ``demo``: local resources, no broker;
   :mod:`~qhpc.cli.resources` — ``resources``;
 - :mod:`~qhpc.cli.tokens` — ``token``; :mod:`~qhpc.cli.bench` — ``bench``;
+- :mod:`~qhpc.cli.store` — ``store purge|backup|restore``: the store itself;
 - :mod:`~qhpc.cli.slurm` — ``slurm config|template``, with ``slurm submit|job``
   (:mod:`~qhpc.cli.remote`) and ``slurm chain`` (:mod:`~qhpc.cli.chain`).
 
@@ -31,6 +32,7 @@ from qhpc.cli.bench import bench_app
 from qhpc.cli.output import fail, out
 from qhpc.cli.resources import resources_app
 from qhpc.cli.slurm import slurm_app, template_app
+from qhpc.cli.store import store_app
 from qhpc.cli.tokens import token_app
 from qhpc.errors import QhpcError
 
@@ -56,6 +58,7 @@ for command in (
 app.add_typer(resources_app, name="resources")
 app.add_typer(token_app, name="token")
 app.add_typer(bench_app, name="bench")
+app.add_typer(store_app, name="store")
 slurm_app.command("submit")(remote.submit)
 slurm_app.command("job")(remote.job)
 slurm_app.add_typer(chain.chain_app, name="chain")

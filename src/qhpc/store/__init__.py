@@ -8,6 +8,7 @@ durability guarantees of each backend and ``migrations.py`` for schema versions.
 from __future__ import annotations
 
 from qhpc.store._maintenance import PurgeReport
+from qhpc.store.database import is_postgres, sqlite_path
 from qhpc.store.errors import ConflictError, NotFoundError, PurgedError, StoreError
 from qhpc.store.migrations import LATEST_VERSION
 from qhpc.store.records import (
@@ -62,4 +63,6 @@ __all__ = [
     "TaskRecord",
     "TokenRecord",
     "UsageRecord",
+    "is_postgres",
+    "sqlite_path",
 ]

@@ -79,22 +79,9 @@ class Database:
     @classmethod
     def connect(cls, url: str | Path) -> Database:
         """Builds the engine for ``url`` (no connection is made yet)."""
-        if isinstance(url, Path):
-            return _sqlite_database(url)
-        if url in (":memory:", "sqlite://", "sqlite:///:memory:"):
-            return _sqlite_database(None)
-        if "://" not in url:
-            return _sqlite_database(Path(url))
-        scheme = url.split("://", 1)[0].lower()
-        if scheme in _SQLITE_SCHEMES:
-            database = make_url(url).database
-            return _sqlite_database(Path(database) if database else None)
-        if scheme in _PG_SCHEMES:
-            return _postgres_database(make_url(url))
-        raise StoreError(
-            f"unknown store URL scheme {scheme!r}: use postgresql://..., sqlite:///path "
-            "or a plain file path"
-        )
+        if is_postgres(url):
+            return _postgres_database(make_url(str(url)))
+        return _sqlite_database(sqlite_path(url))
 
     def close(self) -> None:
         self._closed = True
@@ -159,6 +146,35 @@ class Database:
                         # write later: drop it from the pool.
                         conn.invalidate()
                 conn.close()
+
+
+def _scheme(url: str | Path) -> str | None:
+    """The scheme of a store URL; None for a plain path (SQLite). StoreError if unknown."""
+    if isinstance(url, Path) or "://" not in url:
+        return None
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in _SQLITE_SCHEMES + _PG_SCHEMES:
+        raise StoreError(
+            f"unknown store URL scheme {scheme!r}: use postgresql://..., sqlite:///path "
+            "or a plain file path"
+        )
+    return scheme
+
+
+def is_postgres(url: str | Path) -> bool:
+    """Whether ``url`` names a PostgreSQL store (StoreError for an unknown scheme)."""
+    return _scheme(url) in _PG_SCHEMES
+
+
+def sqlite_path(url: str | Path) -> Path | None:
+    """The file of an SQLite store URL or path; None in memory and on PostgreSQL."""
+    scheme = _scheme(url)
+    if scheme in _PG_SCHEMES:
+        return None
+    if scheme is None:
+        return None if url == ":memory:" else Path(url).expanduser()
+    database = make_url(str(url)).database
+    return None if database in (None, "", ":memory:") else Path(str(database)).expanduser()
 
 
 def _raw_sqlite(conn: Connection) -> sqlite3.Connection:
