@@ -9,6 +9,7 @@ does), not the broker's API: they run on the broker's host, as the broker's user
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -74,4 +75,55 @@ def purge(
         f"{verb} {report.jobs} job(s), {report.tasks} task(s), "
         f"{report.bytes / 1e6:.1f} MB of results, output and sources "
         f"(jobs that ended before {before}); accounting kept"
+    )
+
+
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace what is there.")]
+
+
+def _not_sqlite(error: Exception) -> typer.Exit:
+    """A PostgreSQL store: say which tool to use instead, exit 2 (a usage error)."""
+    err.print(f"qhpc store: {error}", markup=False)
+    return typer.Exit(2)
+
+
+@store_app.command("backup")
+def backup(
+    path: Annotated[Path, typer.Argument(help="The backup file to write (mode 0600).")],
+    db: DbOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Copy the SQLite store to PATH, consistent while the broker runs and writes
+    (SQLite's online backup). For PostgreSQL, names the pg_dump command to use."""
+    from qhpc.store import NotSqliteError
+    from qhpc.store import backup as backup_store
+
+    try:
+        report = backup_store(store_url(db), path, force=force)
+    except NotSqliteError as error:
+        raise _not_sqlite(error) from None
+    out.print(
+        f"backed up {report.bytes / 1e6:.1f} MB (schema version {report.schema_version}) "
+        f"to {report.path}"
+    )
+
+
+@store_app.command("restore")
+def restore(
+    path: Annotated[Path, typer.Argument(help="A backup written by qhpc store backup.")],
+    db: DbOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Replace the SQLite store with the backup at PATH. Refuses while a broker (or
+    another qhpc command) has the store open: stop the broker first."""
+    from qhpc.store import NotSqliteError
+    from qhpc.store import restore as restore_store
+
+    try:
+        report = restore_store(path, store_url(db), force=force)
+    except NotSqliteError as error:
+        raise _not_sqlite(error) from None
+    out.print(
+        f"restored {report.path} from {path} (schema version {report.schema_version}); "
+        "start the broker on it"
     )

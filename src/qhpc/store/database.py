@@ -18,6 +18,9 @@ SQLite specifics, and why:
   stays in place (``busy_timeout``) for other processes.
 * ``:memory:`` databases live in one shared connection (``StaticPool``), so there every
   transaction, read or write, holds the lock.
+* An open store holds a shared ``flock`` on ``<file>.lock`` (:func:`in_use_lock`), which
+  ``qhpc store restore`` takes exclusively: a restore never swaps the file under a
+  broker, and no broker opens the file halfway through a restore.
 
 PostgreSQL specifics: the ``psycopg`` (v3) driver, ``connect_timeout`` so that an
 unreachable server fails fast, ``pool_pre_ping`` so a restarted server costs no
@@ -27,6 +30,8 @@ not race (migrations, reservation overlap).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -39,7 +44,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-from qhpc.files import private_file, tighten_file
+from qhpc.files import open_private, private_file, tighten_file
 from qhpc.store.errors import ConflictError, StoreError
 
 #: Seconds a PostgreSQL connection attempt may take before the store gives up.
@@ -49,6 +54,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 #: what SQLite keeps beside an SQLite database file (the file itself: "")
 SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+#: the file whose flock says a store is open (see in_use_lock)
+LOCK_SUFFIX = ".lock"
 
 _WRITE_OPTION = "qhpc_write"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -65,11 +72,13 @@ class Database:
         display_url: str,
         memory: bool = False,
         path: Path | None = None,
+        lock_fd: int | None = None,
     ) -> None:
         self.engine = engine
         self.display_url = display_url
         #: the SQLite database file; None in memory and on PostgreSQL
         self.path = path
+        self._lock_fd = lock_fd
         self.backend = engine.dialect.name
         self.is_sqlite = self.backend == "sqlite"
         self._memory = memory
@@ -86,6 +95,9 @@ class Database:
     def close(self) -> None:
         self._closed = True
         self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the shared lock (see in_use_lock)
+            self._lock_fd = None
 
     @contextmanager
     def tx(
@@ -183,6 +195,7 @@ def _raw_sqlite(conn: Connection) -> sqlite3.Connection:
 
 
 def _sqlite_database(path: Path | None) -> Database:
+    lock_fd = None
     if path is None:
         engine = create_engine(
             "sqlite+pysqlite://",
@@ -193,6 +206,7 @@ def _sqlite_database(path: Path | None) -> Database:
     else:
         path = path.expanduser()
         _private_sqlite_files(path)
+        lock_fd = in_use_lock(path, exclusive=False)
         engine = create_engine(
             URL.create("sqlite+pysqlite", database=str(path)),
             connect_args={
@@ -238,7 +252,7 @@ def _sqlite_database(path: Path | None) -> Database:
         write = conn.get_execution_options().get(_WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    return Database(engine, display_url=display, memory=memory, path=path)
+    return Database(engine, display_url=display, memory=memory, path=path, lock_fd=lock_fd)
 
 
 def _private_sqlite_files(path: Path) -> None:
@@ -255,6 +269,36 @@ def _private_sqlite_files(path: Path) -> None:
             private_file(path)  # the embedded default's directory may not exist yet
     except OSError as error:
         raise StoreError(f"sqlite:///{path}: {error}") from error
+
+
+def in_use_lock(path: Path, *, exclusive: bool) -> int:
+    """A lock on the SQLite store ``path`` (an ``flock`` of ``<path>.lock``); its fd.
+
+    Every open store holds it shared for as long as it is open; ``qhpc store
+    restore`` takes it exclusively, so it never replaces a file a broker (or another
+    qhpc command) has open, and no store opens while a restore runs. A separate file,
+    not the database: closing any descriptor of the database would drop the POSIX
+    locks SQLite holds on it in this process. StoreError when it is taken.
+    """
+    lock = path.with_name(path.name + LOCK_SUFFIX)
+    try:
+        fd = open_private(lock, os.O_RDWR | os.O_CREAT)
+    except OSError as error:
+        raise StoreError(f"sqlite:///{path}: {error}") from error
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if exclusive:
+            raise StoreError(
+                f"the store at {path} is in use (a broker or another qhpc command has it "
+                "open): stop the broker first"
+            ) from None
+        raise StoreError(
+            f"the store at {path} is being restored (qhpc store restore holds {lock}); "
+            "open it once the restore has finished"
+        ) from None
+    return fd
 
 
 def _postgres_database(url: URL) -> Database:
