@@ -12,6 +12,7 @@ below is the order ``qhpc --help`` lists them) and runs it from :func:`main`.
   :mod:`~qhpc.cli.resources` — ``resources``;
 - :mod:`~qhpc.cli.tokens` — ``token``; :mod:`~qhpc.cli.bench` — ``bench``;
 - :mod:`~qhpc.cli.store` — ``store purge|backup|restore``: the store itself;
+- :mod:`~qhpc.cli.top` — ``top``: a live view of a broker's QPUs, queue and sessions;
 - :mod:`~qhpc.cli.slurm` — ``slurm config|template``, with ``slurm submit|job``
   (:mod:`~qhpc.cli.remote`) and ``slurm chain`` (:mod:`~qhpc.cli.chain`).
 
@@ -27,7 +28,7 @@ from typing import Any
 import typer
 
 from qhpc import __version__
-from qhpc.cli import chain, hybrid, jobs, remote, run, serve
+from qhpc.cli import chain, hybrid, jobs, remote, run, serve, top
 from qhpc.cli.bench import bench_app
 from qhpc.cli.output import fail, out
 from qhpc.cli.resources import resources_app
@@ -52,7 +53,7 @@ def version() -> None:
 
 for command in (
     serve.serve, jobs.submit, jobs.status, jobs.queue, jobs.cancel, jobs.result,
-    jobs.accounting, hybrid.logs, version, run.run, run.demo,
+    jobs.accounting, hybrid.logs, top.top, version, run.run, run.demo,
 ):  # fmt: skip
     app.command()(command)
 app.add_typer(resources_app, name="resources")
