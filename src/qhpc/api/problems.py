@@ -44,7 +44,7 @@ from qhpc.resources import (
     UnsupportedPayloadError,
 )
 from qhpc.security import AuthError, PermissionDenied
-from qhpc.store import ConflictError, NotFoundError, StoreError
+from qhpc.store import ConflictError, NotFoundError, PurgedError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ STATUS_OF: dict[type[QhpcError], int] = {
     UnknownResourceError: 404,
     UnknownTaskError: 404,
     ConflictError: 409,
+    # Kept for a limited time and purged since (retention): gone for good, unlike 404.
+    PurgedError: 410,
     BrokerError: 409,
     IdempotencyKeyReused: 409,
     InvalidRequest: 422,

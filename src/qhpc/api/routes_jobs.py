@@ -191,9 +191,14 @@ def cancel_job(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -
     return CancelView(**job_summary(job).model_dump(), affected_tasks=affected)
 
 
-@jobs.get("/{job_id}/results", summary="per task: state, error and result")
+@jobs.get(
+    "/{job_id}/results",
+    summary="per task: state, error and result",
+    description="410 Gone once the job's results were purged (the broker keeps results for "
+    "a limited time; the job and its accounting stay).",
+)
 def job_results(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) -> JobResults:
-    job = rules.visible_job(broker, principal, job_id)
+    job = rules.kept(rules.visible_job(broker, principal, job_id))
     views = []
     for task in broker.tasks_of_job(job_id):
         result = broker.task_result(task.task_id) if task.state == TaskStatus.COMPLETED else None
@@ -214,7 +219,8 @@ def job_results(broker: BrokerDep, principal: CurrentPrincipal, job_id: PathId) 
     "of the previous answer to follow the output; final is true once the program has ended. "
     "Output is stored while the program runs, so it survives a broker crash; each stream keeps "
     "its first BrokerConfig.program_output_limit bytes (default 4 MiB), ending in a "
-    "truncation marker when the program printed more.",
+    "truncation marker when the program printed more. 410 Gone once the output was purged "
+    "(retention).",
 )
 def job_logs(
     broker: BrokerDep,
@@ -226,6 +232,7 @@ def job_logs(
     job = rules.visible_job(broker, principal, job_id)
     if job.kind != "hybrid":
         raise InvalidRequest(f"job {job_id} is a {job.kind} job; only hybrid jobs have logs")
+    rules.kept(job)
     logs = broker.programs.logs(job_id, stdout_offset, stderr_offset)
     return LogsView(
         job_id=job_id, stdout=logs.stdout, stderr=logs.stderr,
@@ -236,6 +243,7 @@ def job_logs(
 @tasks.get(
     "/{task_id}",
     summary="one task; with wait=SECONDS, blocks until it is final or the time is up",
+    description="410 Gone for a completed task whose result was purged (retention).",
 )
 def get_task(
     broker: BrokerDep,

@@ -23,7 +23,14 @@ from typing import Any
 from qhpc.api.problems import InvalidRequest
 from qhpc.broker import Broker
 from qhpc.security import PermissionDenied, Principal, Role
-from qhpc.store import JobRecord, NotFoundError, SessionRecord, TaskRecord, UsageRecord
+from qhpc.store import (
+    JobRecord,
+    NotFoundError,
+    PurgedError,
+    SessionRecord,
+    TaskRecord,
+    UsageRecord,
+)
 
 SESSION_ONLY = "session tokens may only submit and read tasks of their session"
 
@@ -102,6 +109,14 @@ def visible_job(broker: Broker, principal: Principal, job_id: str) -> JobRecord:
     job = broker.get_job(job_id)
     if not principal.may_act_for(job.user, job.centre):
         raise NotFoundError(f"no job {job_id!r}")
+    return job
+
+
+def kept(job: JobRecord) -> JobRecord:
+    """The job, if what it carried (results, output, sources) is still kept; a read of
+    what was purged is told so (410 Gone) rather than 404."""
+    if job.purged_at is not None:
+        raise PurgedError(job.job_id, job.purged_at)
     return job
 
 

@@ -116,6 +116,11 @@ class JobSummary(BaseModel):
     finished_at: float | None
     session_id: str | None
     task_count: int
+    purged_at: float | None = Field(
+        default=None,
+        description="when the job's results, output and sources were purged (retention); "
+        "its accounting is kept",
+    )
 
 
 class ProgramView(BaseModel):
@@ -257,7 +262,7 @@ def job_summary(job: JobRecord) -> JobSummary:
         job_id=job.job_id, name=job.name, user=job.user, account=job.account,
         centre=job.centre, resource=job.resource, kind=job.kind, priority=job.priority,
         state=job.state, created_at=job.created_at, finished_at=job.finished_at,
-        session_id=job.session_id, task_count=job.task_count,
+        session_id=job.session_id, task_count=job.task_count, purged_at=job.purged_at,
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from qhpc.broker.programs import (
     entry_points,
     register_entry_point,
 )
+from qhpc.broker.retention import Purger, Retention, purge_expired
 from qhpc.broker.scheduler import (
     POLICIES,
     FairSharePolicy,
@@ -64,9 +65,11 @@ __all__ = [
     "ProgramError",
     "ProgramInfo",
     "ProgramLogs",
+    "Purger",
     "QueuedTask",
     "Reservation",
     "ReservationPolicy",
+    "Retention",
     "SchedulingView",
     "SessionLease",
     "SessionMode",
@@ -77,6 +80,7 @@ __all__ = [
     "UsageTracker",
     "build_policy",
     "entry_points",
+    "purge_expired",
     "register_entry_point",
     "scope_of",
     "shot_chunks",

@@ -14,6 +14,7 @@ from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS
 from qhpc.broker.idempotency import IDEMPOTENCY_TTL
 from qhpc.broker.journal import COMMIT_INTERVAL
 from qhpc.broker.output import DEFAULT_OUTPUT_LIMIT
+from qhpc.broker.retention import Retention
 from qhpc.resources import DEFAULT_LIMITS, MAX_PAYLOAD_BYTES, DecodeLimits
 from qhpc.runtime import Limits
 from qhpc.store import Store
@@ -57,6 +58,9 @@ class BrokerConfig:
     journal_commit_interval: float = COMMIT_INTERVAL
     #: how long an Idempotency-Key names its submission (see idempotency.py)
     idempotency_ttl: float = IDEMPOTENCY_TTL
+    #: how long jobs' results, output and sources are kept (see retention.py); the
+    #: default keeps them for ever, ``qhpc serve`` 30 days
+    retention: Retention = field(default_factory=Retention)
 
 
 def journal_dir(store: Store, configured: str | None) -> Path | None:

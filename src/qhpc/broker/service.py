@@ -39,6 +39,7 @@ from qhpc.broker.lifecycle import JobLog, ResourceWatch
 from qhpc.broker.programs import ProgramManager
 from qhpc.broker.queries import TaskQueries
 from qhpc.broker.records import Records
+from qhpc.broker.retention import Purger
 from qhpc.broker.scheduler import Policy, QueuedTask, SessionMode, SessionRhythms, build_policy
 from qhpc.broker.session_tasks import SessionTasks
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
@@ -120,6 +121,8 @@ class Broker:
         )  # fmt: skip
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: the retention schedule (retention.py); it runs only if results expire
+        self.purger = Purger(store, config.retention, clock, self._stopped)
         self.programs = ProgramManager(self)
         self.leases.on_close = self.programs.session_closed
 
@@ -160,6 +163,8 @@ class Broker:
         # should not wait for their interpreters (~0.5 s each).
         self._thread(self._start_decoder, "qhpc-decoder", keep=False)
         self._thread(self._reap_sessions, "qhpc-reaper")
+        if self.config.retention.keep_days is not None:
+            self._thread(self.purger.run, "qhpc-purge")
         for name, executor in self.executors.items():
             self._thread(executor.loop, f"qhpc-executor-{name}")
         read = partial(resource_state, self)

@@ -11,6 +11,8 @@ below is the order ``qhpc --help`` lists them) and runs it from :func:`main`.
 - :mod:`~qhpc.cli.run` — ``run``, ``demo``: local resources, no broker;
   :mod:`~qhpc.cli.resources` — ``resources``;
 - :mod:`~qhpc.cli.tokens` — ``token``; :mod:`~qhpc.cli.bench` — ``bench``;
+- :mod:`~qhpc.cli.store` — ``store purge|backup|restore``: the store itself;
+- :mod:`~qhpc.cli.top` — ``top``: a live view of a broker's QPUs, queue and sessions;
 - :mod:`~qhpc.cli.slurm` — ``slurm config|template``, with ``slurm submit|job``
   (:mod:`~qhpc.cli.remote`) and ``slurm chain`` (:mod:`~qhpc.cli.chain`).
 
@@ -26,11 +28,12 @@ from typing import Any
 import typer
 
 from qhpc import __version__
-from qhpc.cli import chain, hybrid, jobs, remote, run, serve, slurm_feedback
+from qhpc.cli import chain, hybrid, jobs, remote, run, serve, slurm_feedback, top
 from qhpc.cli.bench import bench_app
 from qhpc.cli.output import fail, out
 from qhpc.cli.resources import resources_app
 from qhpc.cli.slurm import slurm_app, template_app
+from qhpc.cli.store import store_app
 from qhpc.cli.tokens import token_app
 from qhpc.errors import QhpcError
 
@@ -50,12 +53,13 @@ def version() -> None:
 
 for command in (
     serve.serve, jobs.submit, jobs.status, jobs.queue, jobs.cancel, jobs.result,
-    jobs.accounting, hybrid.logs, version, run.run, run.demo,
+    jobs.accounting, hybrid.logs, top.top, version, run.run, run.demo,
 ):  # fmt: skip
     app.command()(command)
 app.add_typer(resources_app, name="resources")
 app.add_typer(token_app, name="token")
 app.add_typer(bench_app, name="bench")
+app.add_typer(store_app, name="store")
 slurm_app.command("submit")(remote.submit)
 slurm_app.command("job")(remote.job)
 slurm_app.command("feedback")(slurm_feedback.feedback)

@@ -1,4 +1,5 @@
-"""Options several verb groups share: the broker's address, its token, ``--json``.
+"""Options several verb groups share: the broker's address, its token, ``--json``, the
+store's URL.
 
 Secrets come from a file or the environment, never as an argument: a token
 given as ``--token VALUE`` would sit in ``/proc/PID/cmdline``, which every user
@@ -62,3 +63,44 @@ ConfigOption = Annotated[
         envvar="QHPC_CONFIG",
     ),
 ]
+
+#: the store: ``--db`` or $QHPC_DB (``qhpc serve`` and ``qhpc store``)
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="QHPC_DB",
+        help="SQLite path or postgresql:// URL (default: qhpc.db in the user data dir); a "
+        "URL with a password belongs in $QHPC_DB or PGPASSFILE, not on the command line.",
+    ),
+]
+
+
+def store_url(db: str | None) -> str:
+    """The store ``--db`` names, or the default one (``qhpc.db`` in the user data dir)."""
+    if db:
+        return db
+    from platformdirs import user_data_path
+
+    return str(user_data_path("qhpc") / "qhpc.db")
+
+
+def keep_days(value: float) -> float:
+    """``--keep-results-days``: days, 0 for ever; nan and inf are refused by name."""
+    if not 0 <= value < float("inf"):
+        raise typer.BadParameter("give a number of days, or 0 to keep results for ever")
+    return value
+
+
+#: how long results, output and sources are kept after a job ended (retention)
+KeepDaysOption = Annotated[
+    float,
+    typer.Option(
+        "--keep-results-days",
+        callback=keep_days,
+        help="Days after a job ended that its results, program output and sources are "
+        "kept; then they are purged (its accounting is kept). 0 keeps them for ever.",
+    ),
+]
+#: qhpc serve's default retention, in days
+DEFAULT_KEEP_DAYS = 30.0

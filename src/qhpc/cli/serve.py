@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from qhpc.cli.options import DEFAULT_KEEP_DAYS, DbOption, KeepDaysOption, store_url
 from qhpc.cli.output import out
 from qhpc.resources import DecodeLimits
 
@@ -58,15 +59,14 @@ def _decode_limits(items: list[str] | None) -> DecodeLimits:
     return replace(DEFAULT_LIMITS, **changes)
 
 
+def _finite(value: float) -> float:
+    if value != value:  # nan passes every range check
+        raise typer.BadParameter("needs a number")
+    return value
+
+
 def serve(
-    db: Annotated[
-        str | None,
-        typer.Option(
-            envvar="QHPC_DB",
-            help="SQLite path or postgresql:// URL (default: user data dir); a URL with a "
-            "password belongs in $QHPC_DB or PGPASSFILE, not on the command line.",
-        ),
-    ] = None,
+    db: DbOption = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", envvar="QHPC_CONFIG")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="REST port.")] = 8080,
@@ -140,9 +140,18 @@ def serve(
             case_sensitive=False, help="Least severe record logged; debug adds one per task."
         ),
     ] = LogLevel.INFO,
+    keep_results_days: KeepDaysOption = DEFAULT_KEEP_DAYS,
+    purge_interval: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            max=7 * 86400.0,
+            callback=_finite,
+            help="Seconds between two purges of results past --keep-results-days.",
+        ),
+    ] = 3600.0,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
-    from platformdirs import user_data_path
 
     from qhpc.logcontext import configure
 
@@ -156,7 +165,7 @@ def serve(
         run_server,
         write_secret,
     )
-    from qhpc.broker import Broker, BrokerConfig
+    from qhpc.broker import Broker, BrokerConfig, Retention
     from qhpc.files import NotPrivateError
     from qhpc.resources import load_registry
     from qhpc.store import Store
@@ -166,8 +175,7 @@ def serve(
         keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
         max_header_bytes=max_header_bytes,
     )  # fmt: skip
-    if db is None:
-        db = str(user_data_path("qhpc") / "qhpc.db")
+    db = store_url(db)
     try:
         private_state(db)  # the data dir 0700 (or refused), umask 077, before the store opens
     except NotPrivateError as error:
@@ -179,6 +187,7 @@ def serve(
     settings = BrokerConfig(
         policy=policy, runtime_pool_size=runtime_pool_size, chunk_seconds=chunks,
         max_task_seconds=max_task_seconds or None, decode_limits=_decode_limits(decode_limit),
+        retention=Retention(keep_days=keep_results_days or None, interval=purge_interval),
     )  # fmt: skip
     if program_output_limit is not None:
         settings = replace(settings, program_output_limit=program_output_limit)

@@ -2,12 +2,24 @@
 
 ``Store.open("state.db")`` (embedded SQLite) or
 ``Store.open("postgresql://user:pw@host/db")`` (production). See ``store.py`` for the
-durability guarantees of each backend and ``migrations.py`` for schema versions.
+durability guarantees of each backend, ``migrations.py`` for schema versions,
+``_maintenance.py`` for retention (what is purged, what accounting keeps) and
+``backup.py`` for backups of an SQLite store.
 """
 
 from __future__ import annotations
 
-from qhpc.store.errors import ConflictError, NotFoundError, StoreError
+from qhpc.store._maintenance import PurgeReport
+from qhpc.store.backup import (
+    BackupReport,
+    NotSqliteError,
+    backup,
+    pg_dump_command,
+    pg_restore_command,
+    restore,
+)
+from qhpc.store.database import is_postgres, sqlite_path
+from qhpc.store.errors import ConflictError, NotFoundError, PurgedError, StoreError
 from qhpc.store.migrations import LATEST_VERSION
 from qhpc.store.records import (
     FINAL_STATES,
@@ -46,13 +58,17 @@ __all__ = [
     "TASK_STATES",
     "TOKEN_ROLES",
     "AccountRecord",
+    "BackupReport",
     "ConflictError",
     "DrainRecord",
     "IdempotencyRecord",
     "JobRecord",
     "NotFoundError",
+    "NotSqliteError",
     "OutputPiece",
     "ProgramRecord",
+    "PurgeReport",
+    "PurgedError",
     "ReservationRecord",
     "SessionRecord",
     "Store",
@@ -61,4 +77,10 @@ __all__ = [
     "TaskRecord",
     "TokenRecord",
     "UsageRecord",
+    "backup",
+    "is_postgres",
+    "pg_dump_command",
+    "pg_restore_command",
+    "restore",
+    "sqlite_path",
 ]

@@ -18,6 +18,9 @@ SQLite specifics, and why:
   stays in place (``busy_timeout``) for other processes.
 * ``:memory:`` databases live in one shared connection (``StaticPool``), so there every
   transaction, read or write, holds the lock.
+* An open store holds a shared ``flock`` on ``<file>.lock`` (:func:`in_use_lock`), which
+  ``qhpc store restore`` takes exclusively: a restore never swaps the file under a
+  broker, and no broker opens the file halfway through a restore.
 
 PostgreSQL specifics: the ``psycopg`` (v3) driver, ``connect_timeout`` so that an
 unreachable server fails fast, ``pool_pre_ping`` so a restarted server costs no
@@ -27,6 +30,8 @@ not race (migrations, reservation overlap).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -39,7 +44,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-from qhpc.files import private_file, tighten_file
+from qhpc.files import open_private, private_file, tighten_file
 from qhpc.store.errors import ConflictError, StoreError
 
 #: Seconds a PostgreSQL connection attempt may take before the store gives up.
@@ -49,6 +54,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 #: what SQLite keeps beside an SQLite database file (the file itself: "")
 SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+#: the file whose flock says a store is open (see in_use_lock)
+LOCK_SUFFIX = ".lock"
 
 _WRITE_OPTION = "qhpc_write"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -58,9 +65,20 @@ _SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
 class Database:
     """An engine plus the rules for starting transactions on it."""
 
-    def __init__(self, engine: Engine, *, display_url: str, memory: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        display_url: str,
+        memory: bool = False,
+        path: Path | None = None,
+        lock_fd: int | None = None,
+    ) -> None:
         self.engine = engine
         self.display_url = display_url
+        #: the SQLite database file; None in memory and on PostgreSQL
+        self.path = path
+        self._lock_fd = lock_fd
         self.backend = engine.dialect.name
         self.is_sqlite = self.backend == "sqlite"
         self._memory = memory
@@ -70,26 +88,16 @@ class Database:
     @classmethod
     def connect(cls, url: str | Path) -> Database:
         """Builds the engine for ``url`` (no connection is made yet)."""
-        if isinstance(url, Path):
-            return _sqlite_database(url)
-        if url in (":memory:", "sqlite://", "sqlite:///:memory:"):
-            return _sqlite_database(None)
-        if "://" not in url:
-            return _sqlite_database(Path(url))
-        scheme = url.split("://", 1)[0].lower()
-        if scheme in _SQLITE_SCHEMES:
-            database = make_url(url).database
-            return _sqlite_database(Path(database) if database else None)
-        if scheme in _PG_SCHEMES:
-            return _postgres_database(make_url(url))
-        raise StoreError(
-            f"unknown store URL scheme {scheme!r}: use postgresql://..., sqlite:///path "
-            "or a plain file path"
-        )
+        if is_postgres(url):
+            return _postgres_database(make_url(str(url)))
+        return _sqlite_database(sqlite_path(url))
 
     def close(self) -> None:
         self._closed = True
         self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the shared lock (see in_use_lock)
+            self._lock_fd = None
 
     @contextmanager
     def tx(
@@ -152,12 +160,42 @@ class Database:
                 conn.close()
 
 
+def _scheme(url: str | Path) -> str | None:
+    """The scheme of a store URL; None for a plain path (SQLite). StoreError if unknown."""
+    if isinstance(url, Path) or "://" not in url:
+        return None
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in _SQLITE_SCHEMES + _PG_SCHEMES:
+        raise StoreError(
+            f"unknown store URL scheme {scheme!r}: use postgresql://..., sqlite:///path "
+            "or a plain file path"
+        )
+    return scheme
+
+
+def is_postgres(url: str | Path) -> bool:
+    """Whether ``url`` names a PostgreSQL store (StoreError for an unknown scheme)."""
+    return _scheme(url) in _PG_SCHEMES
+
+
+def sqlite_path(url: str | Path) -> Path | None:
+    """The file of an SQLite store URL or path; None in memory and on PostgreSQL."""
+    scheme = _scheme(url)
+    if scheme in _PG_SCHEMES:
+        return None
+    if scheme is None:
+        return None if url == ":memory:" else Path(url).expanduser()
+    database = make_url(str(url)).database
+    return None if database in (None, "", ":memory:") else Path(str(database)).expanduser()
+
+
 def _raw_sqlite(conn: Connection) -> sqlite3.Connection:
     # Only called on SQLite engines, whose DBAPI connections are sqlite3's.
     return cast(sqlite3.Connection, conn.connection.dbapi_connection)
 
 
 def _sqlite_database(path: Path | None) -> Database:
+    lock_fd = None
     if path is None:
         engine = create_engine(
             "sqlite+pysqlite://",
@@ -168,6 +206,7 @@ def _sqlite_database(path: Path | None) -> Database:
     else:
         path = path.expanduser()
         _private_sqlite_files(path)
+        lock_fd = in_use_lock(path, exclusive=False)
         engine = create_engine(
             URL.create("sqlite+pysqlite", database=str(path)),
             connect_args={
@@ -213,7 +252,7 @@ def _sqlite_database(path: Path | None) -> Database:
         write = conn.get_execution_options().get(_WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    return Database(engine, display_url=display, memory=memory)
+    return Database(engine, display_url=display, memory=memory, path=path, lock_fd=lock_fd)
 
 
 def _private_sqlite_files(path: Path) -> None:
@@ -230,6 +269,36 @@ def _private_sqlite_files(path: Path) -> None:
             private_file(path)  # the embedded default's directory may not exist yet
     except OSError as error:
         raise StoreError(f"sqlite:///{path}: {error}") from error
+
+
+def in_use_lock(path: Path, *, exclusive: bool) -> int:
+    """A lock on the SQLite store ``path`` (an ``flock`` of ``<path>.lock``); its fd.
+
+    Every open store holds it shared for as long as it is open; ``qhpc store
+    restore`` takes it exclusively, so it never replaces a file a broker (or another
+    qhpc command) has open, and no store opens while a restore runs. A separate file,
+    not the database: closing any descriptor of the database would drop the POSIX
+    locks SQLite holds on it in this process. StoreError when it is taken.
+    """
+    lock = path.with_name(path.name + LOCK_SUFFIX)
+    try:
+        fd = open_private(lock, os.O_RDWR | os.O_CREAT)
+    except OSError as error:
+        raise StoreError(f"sqlite:///{path}: {error}") from error
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if exclusive:
+            raise StoreError(
+                f"the store at {path} is in use (a broker or another qhpc command has it "
+                "open): stop the broker first"
+            ) from None
+        raise StoreError(
+            f"the store at {path} is being restored (qhpc store restore holds {lock}); "
+            "open it once the restore has finished"
+        ) from None
+    return fd
 
 
 def _postgres_database(url: URL) -> Database:

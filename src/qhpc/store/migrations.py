@@ -25,7 +25,9 @@ so the first migration that alters a table must also freeze migration 1 (replace
 ``create_all`` with a copy of the version-1 table definitions): a fresh database passes
 through every step, and the test that migrates an empty database fails until then.
 The same holds for every later table: migration 3 took the output columns out of
-``programs``, so migration 2 creates the frozen version-2 ``programs`` below.
+``programs``, so migration 2 creates the frozen version-2 ``programs`` below, and
+migration 5 added ``jobs.purged_at``, so migration 1 creates the frozen version-1
+``jobs``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from sqlalchemy import (
     Double,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -62,10 +65,37 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+# ``jobs`` as migration 1 created it (migration 5 added ``purged_at`` and its index).
+_v1 = MetaData()
+_V1_JOBS = Table(
+    "jobs",
+    _v1,
+    Column("job_id", Text, primary_key=True),
+    Column("username", Text, nullable=False),
+    Column("account", Text, nullable=False),
+    Column("centre", Text),
+    Column("resource", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("finished_at", Double),
+    Column("session_id", Text),
+    Column("name", Text),
+    Column("task_count", Integer, nullable=False),
+    Index("ix_jobs_username", "username"),
+    Index("ix_jobs_account", "account"),
+    Index("ix_jobs_created_at", "created_at"),
+)
+
+
 def _v1_initial(conn: Connection) -> None:
-    # None of these tables has changed since version 1, so their current definitions
+    # The other version-1 tables have not changed since, so their current definitions
     # are still the version-1 ones; tables added later are left to their migration.
-    tables = [t for t in schema.metadata.sorted_tables if t.name in schema.V1_TABLES]
+    _V1_JOBS.create(conn)  # first: the others refer to it
+    tables = [
+        t for t in schema.metadata.sorted_tables if t.name in schema.V1_TABLES and t.name != "jobs"
+    ]
     schema.metadata.create_all(conn, tables=tables)
 
 
@@ -133,6 +163,14 @@ def _v4_idempotency_keys(conn: Connection) -> None:
     schema.idempotency_keys.create(conn)
 
 
+def _v5_purged_jobs(conn: Connection) -> None:
+    # A nullable column without a default: no table rewrite on either backend.
+    column = schema.jobs.c.purged_at
+    kind = column.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column.name} {kind}"))
+    next(i for i in schema.jobs.indexes if i.name == "ix_jobs_purge").create(conn)
+
+
 def _v6_drains(conn: Connection) -> None:
     schema.drains.create(conn)
 
@@ -142,7 +180,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "programs of hybrid jobs", _v2_programs),
     Migration(3, "program output written while programs run", _v3_program_output),
     Migration(4, "idempotency keys of submissions", _v4_idempotency_keys),
-    # 5 is left for the data lifecycle's migration, written on a parallel branch
+    Migration(5, "when a job's results, output and sources were purged", _v5_purged_jobs),
     Migration(6, "operator drains of resources", _v6_drains),
 )
 

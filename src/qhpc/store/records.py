@@ -45,6 +45,8 @@ class JobRecord:
     session_id: str | None
     name: str | None
     task_count: int
+    #: when its results, output and sources were purged (retention); None while kept
+    purged_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ times, ``LargeBinary`` payloads (BLOB / BYTEA).
 
 Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs``,
 migration 3 ``program_output`` (and takes the output columns out of ``programs``),
-migration 4 ``idempotency_keys`` (see ``migrations.py`` for the rule once a later
-migration changes a table).
+migration 4 ``idempotency_keys``, migration 5 adds ``jobs.purged_at`` (see
+``migrations.py`` for the rule once a later migration changes a table).
 """
 
 from __future__ import annotations
@@ -58,9 +58,13 @@ jobs = Table(
     Column("session_id", Text),
     Column("name", Text),
     Column("task_count", Integer, nullable=False),
+    # When its results, output and sources were purged (retention); None while kept.
+    Column("purged_at", Double),
     Index("ix_jobs_username", "username"),
     Index("ix_jobs_account", "account"),
     Index("ix_jobs_created_at", "created_at"),
+    # The purge's query: jobs not purged yet that ended before a cutoff, oldest first.
+    Index("ix_jobs_purge", "purged_at", "finished_at"),
 )
 
 tasks = Table(

@@ -38,10 +38,11 @@ from qhpc.store import schema
 from qhpc.store._admin import AdminMixin
 from qhpc.store._drains import DrainsMixin
 from qhpc.store._idempotency import IdempotencyMixin, claim_key
+from qhpc.store._maintenance import MaintenanceMixin
 from qhpc.store._output import OutputMixin
 from qhpc.store._programs import ProgramsMixin
 from qhpc.store.database import Database
-from qhpc.store.errors import ConflictError, NotFoundError
+from qhpc.store.errors import ConflictError, NotFoundError, PurgedError
 from qhpc.store.migrations import migrate
 from qhpc.store.records import (
     FINAL_STATES,
@@ -63,7 +64,9 @@ _t = schema.tasks
 _TASK_COLUMNS = [c for c in _t.c if c.name != "result"]
 
 
-class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin, DrainsMixin):
+class Store(
+    AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin, MaintenanceMixin, DrainsMixin
+):
     """Jobs, tasks, sessions, reservations, accounts, tokens and usage of one broker."""
 
     def __init__(self, db: Database, schema_version: int) -> None:
@@ -405,13 +408,19 @@ class Store(AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin, DrainsMixi
         return booked
 
     def task_result(self, task_id: str) -> bytes | None:
-        """The result bytes a finished task stored (``None`` if none)."""
+        """The result bytes a finished task stored (``None`` if none); PurgedError once
+        its job's results were purged (see ``_maintenance.py``)."""
         with self._db.tx() as conn:
-            row = conn.execute(select(_t.c.result).where(_t.c.task_id == task_id)).first()
+            row = conn.execute(
+                select(_t.c.result, _t.c.job_id, _j.c.purged_at)
+                .join_from(_t, _j, _t.c.job_id == _j.c.job_id)
+                .where(_t.c.task_id == task_id)
+            ).first()
         if row is None:
             raise NotFoundError(f"no task {task_id!r}")
-        result = row[0]
-        return None if result is None else bytes(result)
+        if row.purged_at is not None:
+            raise PurgedError(row.job_id, row.purged_at)
+        return None if row.result is None else bytes(row.result)
 
     def cancel_queued_tasks(self, job_id: str, at: float) -> list[str]:
         """Cancels a job's queued tasks (running ones are left to finish) and settles the
