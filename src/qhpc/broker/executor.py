@@ -27,6 +27,7 @@ from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.runner import Outcome, resource_can_start, run_task
 from qhpc.broker.scheduler import Policy, QueuedTask, SchedulingView, SessionMode, revisit_at
 from qhpc.broker.sessions import Sessions
+from qhpc.broker.telemetry import BATCH, SESSION, BusyClock, Telemetry
 from qhpc.broker.usage import UsageTracker
 from qhpc.resources import (
     Payload,
@@ -75,6 +76,7 @@ class Context:
     usage: UsageTracker
     clock: Callable[[], float]
     chunk_seconds: float | None
+    telemetry: Telemetry
 
     @property
     def policy(self) -> Policy:
@@ -97,7 +99,8 @@ class ResourceExecutor:
     Owns: ``queue`` (task id → queued task), ``running`` and ``suspended`` (a chunked
     batch task waiting at a boundary while a session task runs), the payloads of
     queued tasks, the first-chunk estimates of chunked tasks, the learnt duration,
-    and when the last batch task started.
+    and when the last batch task started; and its instruments (how long tasks waited
+    and ran, how they ended, how long the resource has been busy).
     """
 
     def __init__(
@@ -115,6 +118,9 @@ class ResourceExecutor:
         self._chunk_fit: dict[str, float] = {}
         self._duration: float | None = None
         self._last_batch_start: float | None = None
+        #: runs while ``running`` is set (started and stopped where it changes)
+        self.busy = BusyClock()
+        self.instruments = context.telemetry.resource(self.name)
 
     # -- queue (caller holds the lock) ----------------------------------------------------
     def enqueue(self, record: TaskRecord, payload: Payload | None = None) -> None:
@@ -124,8 +130,10 @@ class ResourceExecutor:
             self._note_chunk_fit(record, payload)
 
     def drop(self, task_id: str) -> None:
-        """Take a task out of the queue (cancelled)."""
-        self.queue.pop(task_id, None)
+        """Take a task out of the queue: it ends cancelled without running."""
+        task = self.queue.pop(task_id, None)
+        if task is not None:
+            self.instruments.never_ran(task)
         self.payloads.pop(task_id, None)
         self._chunk_fit.pop(task_id, None)
 
@@ -163,11 +171,13 @@ class ResourceExecutor:
     def claim(self, task: QueuedTask) -> Running:
         """Mark ``task`` running on the caller's thread (after :meth:`may_run_now`)."""
         self.running = Running(task)
+        self.busy.start()
         return self.running
 
     def release(self) -> None:
         """The caller's inline run is over: wake the executor only if it has reason."""
         self.running = None
+        self.busy.stop()
         shared = self.context.shared
         if self.queue or shared.idle_waiters or shared.stopping:
             shared.cond.notify_all()
@@ -224,6 +234,7 @@ class ResourceExecutor:
             finally:
                 with cond:
                     self.running = None
+                    self.busy.stop()
                     cond.notify_all()
 
     def _next(self) -> tuple[QueuedTask | None, float]:
@@ -239,6 +250,7 @@ class ResourceExecutor:
             return None, min(now + IDLE_RECHECK, revisit_at(self.context.policy, view))
         del self.queue[task.task_id]
         self.running = Running(task)
+        self.busy.start()
         if task.session_id is None:
             self._last_batch_start = self.context.clock()
         return task, now
@@ -306,6 +318,10 @@ class ResourceExecutor:
             # Interrupted by our own shutdown, not by its owner: leave it "running" in
             # the store, and the next start queues it again (as after a crash).
             return None
+        self.instruments.ran(
+            BATCH if in_memory is None else SESSION, started - task.submitted_at,
+            outcome.finished_at - started, outcome.state,
+        )  # fmt: skip
         if interrupted:
             # A session task exists only in memory: nothing would run it again, so it
             # ends cancelled, with the device time it used booked.
@@ -315,7 +331,9 @@ class ResourceExecutor:
             sessions.finished(replace(in_memory, started_at=started, attempts=1), finished)
             return finished
         # Settles the job in the same transaction, so a waiter woken below sees it final.
-        context.store.finish_task(task.task_id, finished)
+        booked = context.store.finish_task(task.task_id, finished)
+        if booked is not None:
+            context.telemetry.booked((booked,))
         with context.shared.cond:
             sessions.signal(task.task_id)
         return finished

@@ -47,6 +47,7 @@ from qhpc.broker.output import (
 from qhpc.envvars import URL_ENV
 from qhpc.errors import QhpcError
 from qhpc.runtime import (
+    PoolStats,
     ProgramContext,
     ProgramHandle,
     ProgramOutcome,
@@ -365,6 +366,12 @@ class ProgramManager:
                     default_timeout=self.config.program_default_timeout,
                 )  # fmt: skip
             return self._pool
+
+    def pool_stats(self) -> PoolStats | None:
+        """The runtime pool's figures, None before the first program (never creates it)."""
+        with self._lock:
+            pool = self._pool
+        return None if pool is None else pool.stats()
 
     @property
     def endpoint(self) -> str:
