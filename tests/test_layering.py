@@ -13,9 +13,11 @@
   programming model builds on it, not the reverse;
 - no two modules import each other, directly or round a loop (``KNOWN_CIRCLES`` lists
   the ones still being untangled);
-- ``api`` and ``broker`` reach another room only through its public surface
+- ``api``, ``broker`` and ``web`` reach another room only through its public surface
   (``from qhpc.ROOM import NAME``), never a module inside it; nor does the
-  command line reach ``api`` or ``broker`` any other way.
+  command line reach ``api`` or ``broker`` any other way;
+- ``web`` (the console, mounted by ``api``) sits below ``api``: it never imports it,
+  and, like ``api``, never holds the broker's store.
 
 Imports are read with ``ast`` (also those inside functions and ``TYPE_CHECKING``
 blocks), so a violation fails here before anyone runs the code.
@@ -100,12 +102,19 @@ def all_imports() -> list[Import]:
 
 def test_the_source_tree_is_where_the_test_looks() -> None:
     rooms = {i.room for i in all_imports()}
-    assert {"api", "broker", "resources", "runtime", "program", "cli"} <= rooms
+    assert {"api", "broker", "resources", "runtime", "program", "cli", "web"} <= rooms
 
 
 def test_nothing_below_api_imports_api() -> None:
     wrong = [i for i in all_imports() if i.target == "api" and i.room not in ("api", "cli")]
     assert not wrong, "only qhpc.api itself and the command line may import qhpc.api: " + (
+        ", ".join(f"{i.file} imports {i.module}" for i in wrong)
+    )
+
+
+def test_only_the_api_mounts_the_web_room() -> None:
+    wrong = [i for i in all_imports() if i.target == "web" and i.room not in ("web", "api")]
+    assert not wrong, "qhpc.web is mounted by qhpc.api and imported by nothing else: " + (
         ", ".join(f"{i.file} imports {i.module}" for i in wrong)
     )
 
@@ -123,7 +132,7 @@ def test_resources_import_only_resources() -> None:
 
 @pytest.mark.parametrize(
     ("room", "rooms_reached"),
-    [("api", None), ("broker", None), ("cli", {"api", "broker"})],
+    [("api", None), ("broker", None), ("web", None), ("cli", {"api", "broker"})],
 )
 def test_other_rooms_are_reached_through_their_public_surface(
     room: str, rooms_reached: set[str] | None
@@ -285,12 +294,14 @@ def _store_reaches(relative: str, text: str) -> list[str]:
     return found
 
 
-def test_the_api_never_holds_the_store() -> None:
-    """Every mutation the API makes goes through a broker method (which tells the
-    scheduler at once); reads too go through ``broker.records`` and the queries."""
+@pytest.mark.parametrize("room", ["api", "web"])
+def test_the_api_never_holds_the_store(room: str) -> None:
+    """Every mutation the API (and the console it mounts) makes goes through a broker
+    method (which tells the scheduler at once); reads too go through
+    ``broker.records`` and the queries."""
     wrong = [
         hit
-        for path in sorted((SOURCE / "api").rglob("*.py"))
+        for path in sorted((SOURCE / room).rglob("*.py"))
         for hit in _store_reaches(path.relative_to(SOURCE).as_posix(), path.read_text("utf-8"))
     ]
     assert not wrong, "the API reaches past the broker into its store: " + ", ".join(wrong)

@@ -1,4 +1,5 @@
-"""The FastAPI application: routers under ``/v1``, problem bodies, the body-size guard."""
+"""The FastAPI application: routers under ``/v1``, problem bodies, the body-size guard,
+``/metrics`` (mounted from qhpc.web)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from qhpc.api.limits import DEFAULT_BODY_TIMEOUT, BodyLimit
 from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
 from qhpc.api.views import Problem
 from qhpc.broker import Broker
+from qhpc.web import install_metrics
 
 API_PREFIX = "/v1"
 
@@ -43,12 +45,14 @@ def create_app(
     *,
     max_body_bytes: int | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """The API over ``broker``; the caller starts and stops the broker.
 
     ``max_body_bytes`` defaults to the broker's payload limit
     (``BrokerConfig.max_payload_bytes``, i.e. ``MAX_PAYLOAD_BYTES``); a body must
-    arrive within ``body_timeout`` seconds (408 otherwise).
+    arrive within ``body_timeout`` seconds (408 otherwise). ``GET /metrics`` answers
+    admin tokens and ``metrics_token`` (qhpc.web).
     """
     app = FastAPI(
         title="qhpc broker",
@@ -75,6 +79,7 @@ def create_app(
     app.include_router(v1)
     limit = broker.config.max_payload_bytes if max_body_bytes is None else max_body_bytes
     app.add_middleware(BodyLimit, max_bytes=limit, timeout=body_timeout)
+    install_metrics(app, broker, token=metrics_token)  # outermost: it times the refused too
     return app
 
 

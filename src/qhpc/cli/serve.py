@@ -2,7 +2,9 @@
 
 The command assembles what :mod:`qhpc.api` serves — store, resource registry,
 broker settings — from its options, writes the first admin token where asked,
-and stops everything in order when the server returns.
+and stops everything in order when the server returns. ``/metrics`` is served on
+the REST port for admin tokens and the metrics token (``--metrics-token-file``), and,
+with ``--metrics-bind``, also on an address of its own without a token.
 """
 
 from __future__ import annotations
@@ -38,6 +40,21 @@ def _decode_limits(items: list[str] | None) -> DecodeLimits:
             raise typer.BadParameter(f"{name} must be a positive finite number")
         changes[name] = value
     return replace(DEFAULT_LIMITS, **changes)
+
+
+def metrics_address(text: str | None) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) of the metrics listener; None: off."""
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter(
+            "expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9464",
+            param_hint="--metrics-bind",
+        )
+    return host, int(port)
 
 
 def serve(
@@ -108,15 +125,33 @@ def serve(
     max_header_bytes: Annotated[
         int, typer.Option(min=1024, help="Largest request head (request line + headers).")
     ] = 16384,
+    metrics_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="File holding the secret that may read /metrics on the REST port (besides "
+            "admin tokens); not readable by every user. Never pass the secret itself.",
+        ),
+    ] = None,
+    metrics_bind: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Also serve /metrics alone, WITHOUT a token, on this address: for a "
+            "private scrape network only (docs/monitoring.md). Default: off.",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
     from platformdirs import user_data_path
 
     from qhpc.api import (
         FastPathServer,
+        MetricsListener,
         ServerLimits,
         bootstrap_admin_token,
         private_state,
+        read_metrics_token,
         run_server,
         write_secret,
     )
@@ -130,6 +165,13 @@ def serve(
         keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
         max_header_bytes=max_header_bytes,
     )  # fmt: skip
+    metrics_at = metrics_address(metrics_bind)
+    metrics_token = None
+    if metrics_token_file is not None:
+        try:
+            metrics_token = read_metrics_token(metrics_token_file)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--metrics-token-file") from None
     if db is None:
         db = str(user_data_path("qhpc") / "qhpc.db")
     try:
@@ -147,6 +189,16 @@ def serve(
     if program_output_limit is not None:
         settings = replace(settings, program_output_limit=program_output_limit)
     broker = Broker(store, registry, settings)
+    metrics = None
+    if metrics_at is not None:
+        try:  # bound now: an address in use ends the start here, before anything runs
+            metrics = MetricsListener(broker, *metrics_at, limits)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            err.print(f"qhpc serve: --metrics-bind {metrics_bind}: {reason}", markup=False)
+            registry.close()
+            store.close()
+            raise typer.Exit(2) from None
     broker.decoder.start()  # the decoding workers, before the first request waits for them
     broker.programs.rest_url = local_rest_url(host, port)  # co-located programs' QHPC_URL
     secret = bootstrap_admin_token(broker)
@@ -161,9 +213,14 @@ def serve(
     err.print(
         f"qhpc broker: REST http://{host}:{port}/v1, fast path {fast.endpoint}, store {store.url}"
     )
+    if metrics is not None:
+        metrics.start()
+        err.print(f"metrics without a token: http://{metrics_bind}/metrics", markup=False)
     try:
-        run_server(broker, host, port, limits)
+        run_server(broker, host, port, limits, metrics_token=metrics_token)
     finally:
+        if metrics is not None:
+            metrics.stop()
         fast.stop()
         broker.stop()
         registry.close()

@@ -1,0 +1,14 @@
+"""The operator and user console (server-rendered) and, beside it, /metrics; mounted by api/.
+
+Public surface; ``qhpc.api`` imports only these names.
+"""
+
+from qhpc.web.metrics import (
+    CONTENT_TYPE,
+    METRICS_PATH,
+    install_metrics,
+    metrics_app,
+    read_metrics_token,
+)
+
+__all__ = ["CONTENT_TYPE", "METRICS_PATH", "install_metrics", "metrics_app", "read_metrics_token"]
