@@ -21,11 +21,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from qiskit import QuantumCircuit
 
 from helpers import free_port, run_cli, start_serve, stop_process, wait_healthy
 from qhpc.api import MetricsListener, create_app
 from qhpc.broker import Broker, BrokerConfig
-from qhpc.resources import ResourceRegistry, ResourceSpec
+from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerTask
 from qhpc.security import Role
 from qhpc.store import AccountRecord, Store
 from qhpc.web import CONTENT_TYPE
@@ -513,3 +514,39 @@ def test_qhpc_serve_refuses_a_missing_metrics_token_file(
     assert code == 2
     assert "cannot read" in flat(err)
     assert not (tmp_path / "x.db").exists()
+
+
+def test_session_steps_are_timed_by_the_channel_they_came_on(world: World) -> None:
+    """The broker's three ways in: start_session_task (the fast path's), run_session_task
+    (the direct channel's), submit_session_task (REST's); inline and queued alike."""
+    w = world
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    payload = SamplerTask((circuit,), 5)
+    session = w.open_session()["session_id"]
+    before = w.scrape()
+    w.broker.run_session_task(session, payload)
+    task_id, outcome = w.broker.start_session_task(session, payload, on_done=None)
+    assert outcome is not None or w.broker.wait_task(task_id, WAIT).state == "completed"
+    # Queued behind a paused device, then run: timed when it ends, on its own channel.
+    emulator = w.broker.resources.get("emu")
+    emu_session = w.open_session("emu")["session_id"]
+    emulator.pause()
+    try:
+        queued = w.broker.submit_session_task(emu_session, payload)
+    finally:
+        emulator.resume()
+    assert w.broker.wait_task(queued, WAIT).state == "completed"
+    after = w.scrape()
+    grown = {
+        (resource, channel): value(
+            after, "qhpc_session_step_seconds_count", resource=resource, channel=channel
+        )
+        - value(before, "qhpc_session_step_seconds_count", resource=resource, channel=channel)
+        for resource in ("aer", "emu")
+        for channel in ("fastpath", "direct", "rest")
+    }
+    assert grown == {
+        ("aer", "fastpath"): 1, ("aer", "direct"): 1, ("aer", "rest"): 0,
+        ("emu", "fastpath"): 0, ("emu", "direct"): 0, ("emu", "rest"): 1,
+    }  # fmt: skip
