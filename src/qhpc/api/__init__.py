@@ -4,7 +4,9 @@ REST: ``create_app(broker)`` builds the app, ``run_server(broker, limits=ServerL
 serves it with uvicorn under timeouts and a connection cap, ``openapi_json(app)``
 gives the spec to publish, ``bootstrap_admin_token(broker)`` makes the first admin
 token of a fresh store, and ``private_state(db)`` makes a server's files private
-before it opens its store.
+before it opens its store; ``MetricsListener(broker, host, port)`` serves ``/metrics``
+alone, tokenless, on an address of its own, and ``read_metrics_token(path)`` reads
+the secret that may scrape the REST port's ``/metrics``.
 ZeroMQ: ``FastPathServer(broker)`` (:mod:`qhpc.api.fastpath`) serves session tasks.
 
 The REST names load on first use, so that a hybrid program importing only the
@@ -18,17 +20,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qhpc.api.app import API_PREFIX, create_app, openapi_json
     from qhpc.api.fastpath import FastPathServer
-    from qhpc.api.server import bootstrap_admin_token, private_state, run_server, write_secret
+    from qhpc.api.server import (
+        MetricsListener,
+        bootstrap_admin_token,
+        private_state,
+        read_metrics_token,
+        run_server,
+        write_secret,
+    )
     from qhpc.api.transport import ServerLimits
 
 __all__ = [
     "API_PREFIX",
     "FastPathServer",
+    "MetricsListener",
     "ServerLimits",
     "bootstrap_admin_token",
     "create_app",
     "openapi_json",
     "private_state",
+    "read_metrics_token",
     "run_server",
     "write_secret",
 ]
@@ -41,6 +52,8 @@ _LAZY = {
     "private_state": "qhpc.api.server",
     "run_server": "qhpc.api.server",
     "write_secret": "qhpc.api.server",
+    "MetricsListener": "qhpc.api.server",
+    "read_metrics_token": "qhpc.api.server",
     "FastPathServer": "qhpc.api.fastpath",
     "ServerLimits": "qhpc.api.transport",
 }

@@ -1,5 +1,5 @@
 """The FastAPI application: routers under ``/v1``, problem bodies, the body-size guard,
-request ids (``X-Request-ID``)."""
+request ids (``X-Request-ID``), ``/metrics`` (mounted from qhpc.web)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
 from qhpc.api.requestids import RequestIds
 from qhpc.api.views import Problem
 from qhpc.broker import Broker
-from qhpc.web import mount_console
+from qhpc.web import install_metrics, mount_console
 
 API_PREFIX = "/v1"
 
@@ -46,12 +46,14 @@ def create_app(
     *,
     max_body_bytes: int | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """The API over ``broker``; the caller starts and stops the broker.
 
     ``max_body_bytes`` defaults to the broker's payload limit
     (``BrokerConfig.max_payload_bytes``, i.e. ``MAX_PAYLOAD_BYTES``); a body must
-    arrive within ``body_timeout`` seconds (408 otherwise).
+    arrive within ``body_timeout`` seconds (408 otherwise). ``GET /metrics`` answers
+    admin tokens and ``metrics_token`` (qhpc.web).
     """
     app = FastAPI(
         title="qhpc broker",
@@ -79,6 +81,7 @@ def create_app(
     mount_console(app)  # the console at /dashboard (qhpc.web)
     limit = broker.config.max_payload_bytes if max_body_bytes is None else max_body_bytes
     app.add_middleware(BodyLimit, max_bytes=limit, timeout=body_timeout)
+    install_metrics(app, broker, token=metrics_token)  # times the refused too
     app.add_middleware(RequestIds)  # added last: outermost, so every answer carries the id
     return app
 

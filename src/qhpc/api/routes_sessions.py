@@ -3,11 +3,14 @@
 Slurm's prolog opens one (admin or centre token), the job's program submits
 tasks with the session token it got, the epilog closes it. Over REST a task is
 one request; the ZeroMQ fast path (``qhpc.api.fastpath``) serves the same
-sessions without HTTP.
+sessions without HTTP. The hooks' calls (an open naming a Slurm job, the close of
+such a session) are counted by outcome for ``/metrics``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -15,12 +18,39 @@ from fastapi import APIRouter, Query, Response
 from qhpc.api import rules
 from qhpc.api.deps import BrokerDep, CurrentPrincipal
 from qhpc.api.models import PathId, QueryName, SessionRequest, SessionTaskSubmission
+from qhpc.api.problems import status_of
 from qhpc.api.views import SessionCreated, SessionTaskCreated, SessionView, session_view
 from qhpc.api.wire import payloads_of
-from qhpc.broker import SessionMode
-from qhpc.security import PermissionDenied, Role
+from qhpc.broker import (
+    EPILOG_SLURMCTLD,
+    HOOK_ERROR,
+    HOOK_OK,
+    HOOK_REFUSED,
+    PROLOG_SLURMCTLD,
+    Broker,
+    SessionMode,
+)
+from qhpc.errors import QhpcError
+from qhpc.security import PermissionDenied, Principal, Role
 
 sessions = APIRouter(prefix="/sessions", tags=["sessions"])
+
+
+@contextmanager
+def _slurm_hook(broker: Broker, hook: str | None) -> Iterator[None]:
+    """Count a Slurm hook's call (``hook``; None: not a hook's) by how it ended."""
+    if hook is None:
+        yield
+        return
+    try:
+        yield
+    except QhpcError as exc:
+        broker.telemetry.slurm_hook(hook, HOOK_ERROR if status_of(exc) >= 500 else HOOK_REFUSED)
+        raise
+    except Exception:
+        broker.telemetry.slurm_hook(hook, HOOK_ERROR)
+        raise
+    broker.telemetry.slurm_hook(hook, HOOK_OK)
 
 
 @sessions.post(
@@ -33,6 +63,11 @@ sessions = APIRouter(prefix="/sessions", tags=["sessions"])
 def open_session(
     broker: BrokerDep, principal: CurrentPrincipal, body: SessionRequest
 ) -> SessionCreated:
+    with _slurm_hook(broker, PROLOG_SLURMCTLD if body.slurm_job_id is not None else None):
+        return _open_session(broker, principal, body)
+
+
+def _open_session(broker: Broker, principal: Principal, body: SessionRequest) -> SessionCreated:
     rules.check_slurm_job_id(principal, body.slurm_job_id)
     owner = rules.resolve_owner(
         broker, principal, resource=body.resource, user=body.user, account=body.account,
@@ -79,8 +114,9 @@ def get_session(broker: BrokerDep, principal: CurrentPrincipal, session_id: Path
 def close_session(
     broker: BrokerDep, principal: CurrentPrincipal, session_id: PathId
 ) -> SessionView:
-    rules.visible_session(broker, principal, session_id)
-    broker.close_session(session_id)  # already closed → 409
+    session = rules.visible_session(broker, principal, session_id)
+    with _slurm_hook(broker, EPILOG_SLURMCTLD if session.slurm_job_id is not None else None):
+        broker.close_session(session_id)  # already closed → 409
     return session_view(broker.records.session(session_id))
 
 

@@ -1,4 +1,5 @@
-"""Serving the API: uvicorn in-process, first admin token, the ``python -m qhpc.api`` entry."""
+"""Serving the API: uvicorn in-process, the metrics listener, first admin token, the
+``python -m qhpc.api`` entry."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ from qhpc.logcontext import configure
 from qhpc.resources import load_registry
 from qhpc.security import Role
 from qhpc.store import Store
+from qhpc.web import metrics_app
+from qhpc.web import read_metrics_token as read_metrics_token  # re-exported: qhpc.api's name
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +36,16 @@ def run_server(
     host: str = "127.0.0.1",
     port: int = 8080,
     limits: ServerLimits | None = None,
+    metrics_token: str | None = None,
 ) -> None:
     """Serve the API for ``broker`` until SIGINT/SIGTERM, then return normally.
 
     The broker is expected to be started by the caller, who also stops it after.
-    ``limits`` bound slow and numerous clients (see ``transport.py``).
+    ``limits`` bound slow and numerous clients (see ``transport.py``); ``/metrics``
+    answers admin tokens and ``metrics_token``.
     """
     limits = limits or ServerLimits()
-    app = create_app(broker, body_timeout=limits.body_timeout)
+    app = create_app(broker, body_timeout=limits.body_timeout, metrics_token=metrics_token)
     server = uvicorn.Server(server_config(app, host, port, limits))
     with _signals_stop(server):
         server.run()
@@ -68,6 +74,47 @@ def _signals_stop(server: uvicorn.Server) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class MetricsListener:
+    """``GET /metrics`` alone, without a token, on its own address (a thread of its own).
+
+    For a private scrape network (``qhpc serve --metrics-bind``). The socket is bound
+    here, on the caller's thread, so an address in use fails the start at once with
+    an OSError, instead of a log line from a thread nobody watches.
+    """
+
+    def __init__(
+        self, broker: Broker, host: str, port: int, limits: ServerLimits | None = None
+    ) -> None:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]  # fmt: skip
+        self.socket = socket.socket(family, kind, proto)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(64)
+        except OSError:
+            self.socket.close()
+            raise
+        self.host, self.port = self.socket.getsockname()[:2]
+        config = server_config(metrics_app(broker), host, self.port, limits or ServerLimits())
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True,
+            name="qhpc-metrics",
+        )  # fmt: skip
+
+    def start(self) -> MetricsListener:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.socket.close()
 
 
 def bootstrap_admin_token(broker: Broker) -> str | None:

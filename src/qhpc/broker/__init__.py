@@ -41,14 +41,27 @@ from qhpc.broker.scheduler import (
 )
 from qhpc.broker.service import Broker
 from qhpc.broker.sessions import SessionTaskOutcome
+from qhpc.broker.telemetry import (
+    EPILOG_SLURMCTLD,
+    HOOK_ERROR,
+    HOOK_OK,
+    HOOK_REFUSED,
+    PROLOG_SLURMCTLD,
+    Telemetry,
+)
 from qhpc.broker.usage import UsageTracker
 
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
     "DEFAULT_OUTPUT_LIMIT",
+    "EPILOG_SLURMCTLD",
+    "HOOK_ERROR",
+    "HOOK_OK",
+    "HOOK_REFUSED",
     "IDEMPOTENCY_TTL",
     "MIN_OUTPUT_LIMIT",
     "POLICIES",
+    "PROLOG_SLURMCTLD",
     "Broker",
     "BrokerConfig",
     "BrokerError",
@@ -77,6 +90,7 @@ __all__ = [
     "SessionRhythm",
     "SessionRhythms",
     "SessionTaskOutcome",
+    "Telemetry",
     "UsageTracker",
     "build_policy",
     "entry_points",

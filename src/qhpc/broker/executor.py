@@ -28,6 +28,7 @@ from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.runner import Outcome, resource_can_start, run_task
 from qhpc.broker.scheduler import Policy, QueuedTask, SchedulingView, SessionMode, revisit_at
 from qhpc.broker.sessions import Sessions
+from qhpc.broker.telemetry import BATCH, SESSION, BusyClock, Telemetry
 from qhpc.broker.usage import UsageTracker
 from qhpc.logcontext import bind, fields
 from qhpc.resources import (
@@ -82,6 +83,7 @@ class Context:
     clock: Callable[[], float]
     chunk_seconds: float | None
     drains: Drains
+    telemetry: Telemetry
     #: told each batch task's job after the task is stored (the job may have ended)
     settled: Callable[[str], None] = lambda job_id: None
 
@@ -106,7 +108,8 @@ class ResourceExecutor:
     Owns: ``queue`` (task id → queued task), ``running`` and ``suspended`` (a chunked
     batch task waiting at a boundary while a session task runs), the payloads of
     queued tasks, the first-chunk estimates of chunked tasks, the learnt duration,
-    and when the last batch task started.
+    and when the last batch task started; and its instruments (how long tasks waited
+    and ran, how they ended, how long the resource has been busy).
     """
 
     def __init__(
@@ -124,6 +127,9 @@ class ResourceExecutor:
         self._chunk_fit: dict[str, float] = {}
         self._duration: float | None = None
         self._last_batch_start: float | None = None
+        #: runs while ``running`` is set (started and stopped where it changes)
+        self.busy = BusyClock()
+        self.instruments = context.telemetry.resource(self.name)
 
     # -- queue (caller holds the lock) ----------------------------------------------------
     def enqueue(self, record: TaskRecord, payload: Payload | None = None) -> None:
@@ -133,8 +139,10 @@ class ResourceExecutor:
             self._note_chunk_fit(record, payload)
 
     def drop(self, task_id: str) -> None:
-        """Take a task out of the queue (cancelled)."""
-        self.queue.pop(task_id, None)
+        """Take a task out of the queue: it ends cancelled without running."""
+        task = self.queue.pop(task_id, None)
+        if task is not None:
+            self.instruments.never_ran(task)
         self.payloads.pop(task_id, None)
         self._chunk_fit.pop(task_id, None)
 
@@ -172,6 +180,7 @@ class ResourceExecutor:
     def claim(self, task: QueuedTask) -> Running:
         """Mark ``task`` running on the caller's thread (after :meth:`may_run_now`)."""
         self.running = Running(task, inline=True)
+        self.busy.start()
         return self.running
 
     def drained(self, now: float) -> bool:
@@ -194,6 +203,7 @@ class ResourceExecutor:
     def release(self) -> None:
         """The caller's inline run is over: wake the executor only if it has reason."""
         self.running = None
+        self.busy.stop()
         shared = self.context.shared
         if self.queue or shared.idle_waiters or shared.stopping:
             shared.cond.notify_all()
@@ -254,6 +264,7 @@ class ResourceExecutor:
             finally:
                 with cond:
                     self.running = None
+                    self.busy.stop()
                     cond.notify_all()
 
     def _next(self) -> tuple[QueuedTask | None, float]:
@@ -275,6 +286,7 @@ class ResourceExecutor:
             return None, min(now + IDLE_RECHECK, revisit_at(self.context.policy, view))
         del self.queue[task.task_id]
         self.running = Running(task)
+        self.busy.start()
         if task.session_id is None:
             self._last_batch_start = self.context.clock()
         return task, now
@@ -352,6 +364,10 @@ class ResourceExecutor:
             # Interrupted by our own shutdown, not by its owner: leave it "running" in
             # the store, and the next start queues it again (as after a crash).
             return None
+        self.instruments.ran(
+            BATCH if in_memory is None else SESSION, started - task.submitted_at,
+            outcome.finished_at - started, outcome.state,
+        )  # fmt: skip
         if interrupted:
             # A session task exists only in memory: nothing would run it again, so it
             # ends cancelled, with the device time it used booked.
@@ -361,7 +377,9 @@ class ResourceExecutor:
             sessions.finished(replace(in_memory, started_at=started, attempts=1), finished)
             return finished
         # Settles the job in the same transaction, so a waiter woken below sees it final.
-        context.store.finish_task(task.task_id, finished)
+        booked = context.store.finish_task(task.task_id, finished)
+        if booked is not None:
+            context.telemetry.booked((booked,))
         with context.shared.cond:
             sessions.signal(task.task_id)
         context.settled(task.job_id)

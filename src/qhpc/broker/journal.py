@@ -50,7 +50,15 @@ from typing import Final
 import msgspec
 
 from qhpc.files import open_private, private_dir, secure_dir, tighten_file
-from qhpc.store import ConflictError, NotFoundError, Store, StoreError, TaskOutcome, TaskRecord
+from qhpc.store import (
+    ConflictError,
+    NotFoundError,
+    Store,
+    StoreError,
+    TaskOutcome,
+    TaskRecord,
+    UsageRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +97,20 @@ class Journal:
         *,
         log_dir: Path | None = None,
         commit_interval: float = COMMIT_INTERVAL,
+        on_booked: Callable[[Sequence[UsageRecord]], None] | None = None,
     ) -> None:
         self.store = store
         self.on_committed = on_committed
+        #: told the usage each commit booked (the broker counts it for /metrics)
+        self.on_booked = on_booked
         self.log_dir = log_dir
         self.commit_interval = commit_interval
         self._pending: list[Finished] = []
         self._cond = threading.Condition()
         self._appended = 0
         self._committed = 0
+        #: when the oldest task of the batch being committed finished (None: no commit)
+        self._committing_since: float | None = None
         self._flush_waiters = 0
         self._stopping = False
         self._log_failed = False
@@ -225,6 +238,16 @@ class Journal:
         with self._cond:
             return self._appended - self._committed
 
+    def lag(self, now: float) -> tuple[int, float]:
+        """Finished tasks not committed yet, and how long ago (``now`` on the clock of
+        the outcomes' ``finished_at``) the oldest of them finished; 0 s when none."""
+        with self._cond:
+            count = self._appended - self._committed
+            oldest = self._committing_since
+            if oldest is None and self._pending:
+                oldest = self._pending[0][1].finished_at
+        return count, 0.0 if oldest is None or count == 0 else max(0.0, now - oldest)
+
     # -- internals -------------------------------------------------------------------
 
     def _log(self, record: bytes) -> bool:
@@ -298,6 +321,7 @@ class Journal:
                 )
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
+                self._committing_since = batch[0][1].finished_at if batch else None
                 if not self._pending:
                     self._rotate()
             if not self._commit(batch):
@@ -307,6 +331,7 @@ class Journal:
                 return
             with self._cond:
                 self._committed += len(batch)
+                self._committing_since = None
                 self._drop_committed_segments()
             try:
                 self.on_committed(batch)
@@ -350,12 +375,20 @@ class Journal:
                     self._cond.wait_for(lambda: self._stopping, delay)
                 delay = min(2 * delay, RETRY_MAX_SECONDS)
 
+    def _booked(self, records: list[UsageRecord]) -> None:
+        """Tell ``on_booked`` what a transaction that has just committed booked."""
+        if records and self.on_booked is not None:
+            try:
+                self.on_booked(records)
+            except Exception:  # counting is never a reason to lose a commit
+                log.exception("journal: reporting booked usage failed")
+
     def _store(self, batch: list[Finished], *, relaxed: bool) -> None:
         """Store ``batch``: every task ends stored, or dead-lettered when the store
         refuses it for good. Raises on a transient failure (nothing is lost then: the
         caller retries, and tasks stored meanwhile are recognised and skipped)."""
         try:
-            self.store.record_finished_tasks(batch, relaxed=relaxed)
+            self._booked(self.store.record_finished_tasks(batch, relaxed=relaxed))
             return
         except StoreError as error:
             if not _permanent(error):
@@ -366,7 +399,7 @@ class Journal:
         # answer was lost) must not take the batch down with it: one by one.
         for item in batch:
             try:
-                self.store.record_finished_tasks([item], relaxed=relaxed)
+                self._booked(self.store.record_finished_tasks([item], relaxed=relaxed))
             except StoreError as error:
                 if not _permanent(error):
                     raise

@@ -49,6 +49,7 @@ from qhpc.envvars import URL_ENV
 from qhpc.errors import QhpcError
 from qhpc.logcontext import bind
 from qhpc.runtime import (
+    PoolStats,
     ProgramContext,
     ProgramHandle,
     ProgramOutcome,
@@ -369,6 +370,12 @@ class ProgramManager:
                     default_timeout=self.config.program_default_timeout,
                 )  # fmt: skip
             return self._pool
+
+    def pool_stats(self) -> PoolStats | None:
+        """The runtime pool's figures, None before the first program (never creates it)."""
+        with self._lock:
+            pool = self._pool
+        return None if pool is None else pool.stats()
 
     @property
     def endpoint(self) -> str:

@@ -10,7 +10,10 @@ that were running are queued again). The rooms:
   (queue, running task, chunks, learnt durations);
 * :mod:`~qhpc.broker.sessions` holds open sessions, their tasks in flight, their
   outcomes and the waiters (and the journal that commits them);
-* :mod:`~qhpc.broker.inputs` caches what the policies read besides the queue.
+* :mod:`~qhpc.broker.inputs` caches what the policies read besides the queue;
+* :mod:`~qhpc.broker.telemetry` counts what happens for ``/metrics`` (every room gets
+  the broker's one :class:`Telemetry`), :mod:`~qhpc.broker.gauges` reads the rest
+  when Prometheus scrapes.
 
 One condition (``self.shared.cond``) guards them all, as one decision reads them
 together; this class takes it, the rooms document where they expect it held.
@@ -32,6 +35,7 @@ from qhpc.broker.access import Access
 from qhpc.broker.config import BrokerConfig, journal_dir
 from qhpc.broker.drains import DrainRequest, Drains
 from qhpc.broker.executor import Context, ResourceExecutor, Shared
+from qhpc.broker.gauges import BrokerCollector
 from qhpc.broker.idempotency import Idempotency, Keys
 from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.leases import Leases
@@ -43,6 +47,7 @@ from qhpc.broker.retention import Purger
 from qhpc.broker.scheduler import Policy, QueuedTask, SessionMode, SessionRhythms, build_policy
 from qhpc.broker.session_tasks import SessionTasks
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
+from qhpc.broker.telemetry import Telemetry
 from qhpc.broker.usage import UsageTracker
 from qhpc.resources import (
     DecodePool,
@@ -87,11 +92,14 @@ class Broker:
         self.access = Access(store, clock)
         self.keys = Keys(store, clock, config.idempotency_ttl)
         self.shared = Shared()
+        #: what /metrics shows (its registry is this broker's own)
+        self.telemetry = Telemetry(resources.names())
         self.inputs = PolicyInputs(store, self.usage, self.rhythms)
         self.inputs.on_change = self.shared.cond.notify_all
         self.sessions = Sessions(
             self.shared.cond, store, self.rhythms, clock,
             journal_dir(store, config.journal_dir), config.journal_commit_interval,
+            self.telemetry,
         )  # fmt: skip
         self.journal = self.sessions.journal
         self.tasks = TaskQueries(store, self.sessions, self.shared.cond)
@@ -104,7 +112,7 @@ class Broker:
         self.watch = ResourceWatch()
         context = Context(
             self.shared, store, self.sessions, self.inputs, lambda: self.policy, self.usage,
-            clock, config.chunk_seconds, self.drains, self.job_log.settled,
+            clock, config.chunk_seconds, self.drains, self.telemetry, self.job_log.settled,
         )  # fmt: skip
         self.executors = {
             name: ResourceExecutor(resources.get(name), context, self._max_task_seconds(name))
@@ -125,6 +133,13 @@ class Broker:
         self.purger = Purger(store, config.retention, clock, self._stopped)
         self.programs = ProgramManager(self)
         self.leases.on_close = self.programs.session_closed
+        self.telemetry.watch(
+            BrokerCollector(
+                shared=self.shared, executors=self.executors, sessions=self.sessions,
+                journal=self.journal, status=self.resource_status,
+                pool_stats=self.programs.pool_stats, clock=clock,
+            )
+        )  # fmt: skip
 
     def _max_task_seconds(self, resource: str) -> float | None:
         own = self.resources.spec(resource).max_task_seconds

@@ -7,6 +7,10 @@ submitter's thread — the resource idle, nothing queued for it, the policy woul
 it anyway, and it is expected to be short — or queues it with session priority and
 calls back when it has finished. :meth:`run` (the direct channel of co-located
 programs) and :meth:`submit` (REST) are that one path with a waiting or no callback.
+
+Each task's step — admission to end, on the broker's clock — is timed by channel for
+``/metrics``: here for a task run inline (the submitter knows its channel and its
+end), by :class:`~qhpc.broker.sessions.Sessions` for a queued one.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from qhpc.broker import admission
 from qhpc.broker.errors import BrokerError
 from qhpc.broker.executor import ResourceExecutor, Shared, queued
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
+from qhpc.broker.telemetry import DIRECT, FASTPATH, REST
 from qhpc.resources import Payload
 from qhpc.states import TaskStatus
 from qhpc.store import Store
@@ -46,7 +51,9 @@ class SessionTasks:
 
     def submit(self, session_id: str, payload: Payload, encoded: bytes | None = None) -> str:
         """Queue one task (never inline); returns its id."""
-        task_id, _ = self.start(session_id, payload, encoded, on_done=None, inline_budget=-1.0)
+        task_id, _ = self.start(
+            session_id, payload, encoded, on_done=None, inline_budget=-1.0, channel=REST
+        )
         return task_id
 
     def run(
@@ -58,7 +65,7 @@ class SessionTasks:
         done = threading.Lock()  # released when a queued task has finished (cheaper than an Event)
         done.acquire()
         task_id, outcome = self.start(
-            session_id, payload, encoded, on_done=lambda _: done.release()
+            session_id, payload, encoded, on_done=lambda _: done.release(), channel=DIRECT
         )
         if outcome is not None:
             return outcome
@@ -68,8 +75,10 @@ class SessionTasks:
     def start(
         self, session_id: str, payload: Payload, encoded: bytes | None = None, *,
         on_done: Callable[[str], None] | None, inline_budget: float = math.inf,
+        channel: str = FASTPATH,
     ) -> tuple[str, SessionTaskOutcome | None]:  # fmt: skip
-        """Admit one task; run it on the caller's thread if it may run now.
+        """Admit one task that came on ``channel``; run it on the caller's thread if it
+        may run now.
 
         It runs right here when the resource is idle, nothing is queued for it, the
         policy would pick it anyway and it is expected to take at most
@@ -112,6 +121,7 @@ class SessionTasks:
             if running is None:
                 if on_done is not None:
                     self.sessions.call_when_done(task.task_id, on_done)
+                self.sessions.queued_on(task.task_id, channel)
                 executor.enqueue(task)
                 self.shared.cond.notify_all()
         if running is None:
@@ -125,4 +135,5 @@ class SessionTasks:
             return task.task_id, SessionTaskOutcome(
                 task.task_id, TaskStatus.CANCELLED, None, "the broker is stopping"
             )
+        executor.instruments.step(channel, finished.finished_at - now)
         return task.task_id, SessionTaskOutcome.of(task.task_id, finished)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from qhpc.broker.journal import Journal
 from qhpc.broker.scheduler import SessionRhythms
+from qhpc.broker.telemetry import Telemetry
 from qhpc.states import OPEN_STATES, TaskStatus
 from qhpc.store import SessionRecord, Store, TaskOutcome, TaskRecord
 
@@ -55,14 +56,17 @@ class Sessions:
         clock: Callable[[], float],
         journal_dir: Path | None,
         commit_interval: float,
+        telemetry: Telemetry,
     ) -> None:
         self.cond = cond
         self.store = store
         self.rhythms = rhythms
         self.clock = clock
+        self.telemetry = telemetry
         self.journal = Journal(
-            store, self.committed, log_dir=journal_dir, commit_interval=commit_interval
-        )
+            store, self.committed, log_dir=journal_dir, commit_interval=commit_interval,
+            on_booked=telemetry.booked,
+        )  # fmt: skip
         self.open: dict[str, SessionRecord] = {}
         #: tasks per session so far (a session task's index), filled lazily
         self._counts: dict[str, int] = {}
@@ -74,6 +78,9 @@ class Sessions:
         self._outcomes: dict[str, SessionTaskOutcome] = {}
         self._done_events: dict[str, threading.Event] = {}
         self._callbacks: dict[str, Callable[[str], None]] = {}
+        #: the channel each queued task came on, to time its step when it ends (a task
+        #: run inline is timed by its submitter, which knows the channel)
+        self._channels: dict[str, str] = {}
         # Session task ids: 80 random bits per broker run + a counter (uuid4 per task
         # costs a getrandom call on the hot path); unique across runs like uuid4.
         self._id_prefix = uuid.uuid4().hex[:20]
@@ -123,6 +130,19 @@ class Sessions:
         """(Caller holds the lock.)"""
         self._callbacks[task_id] = callback
 
+    def queued_on(self, task_id: str, channel: str) -> None:
+        """A task that came on ``channel`` was queued: time its step when it ends
+        (caller holds the lock)."""
+        self._channels[task_id] = channel
+
+    def _step_ended(self, task: TaskRecord, outcome: TaskOutcome) -> None:
+        # Caller holds the lock.
+        channel = self._channels.pop(task.task_id, None)
+        if channel is not None:
+            self.telemetry.resource(task.resource).step(
+                channel, outcome.finished_at - task.submitted_at
+            )
+
     def when_done(self, task_id: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(task_id)`` once the task is final (at once if it already is)."""
         with self.cond:
@@ -168,10 +188,14 @@ class Sessions:
         commit, as :meth:`committed` does.
         """
         if not self.journal.append(task, outcome):
+            with self.cond:
+                self._step_ended(task, outcome)
             self.journal.flush()
             return
         task_id = task.task_id
         with self.cond:
+            if self._channels:  # (an inline run, the hot path, has none to look up)
+                self._step_ended(task, outcome)
             if task.session_id is not None:
                 self.rhythms.released(task.session_id, self.clock())
             if task_id not in self.in_flight:

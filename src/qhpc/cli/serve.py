@@ -4,7 +4,9 @@ The command assembles what :mod:`qhpc.api` serves — store, resource registry,
 broker settings — from its options, writes the first admin token where asked,
 and stops everything in order when the server returns. Its log goes to stderr, as
 text or JSON lines (``--log-format``, docs/logging.md); a first admin token, which
-must never be in a log, is written to a file or shown once on stdout.
+must never be in a log, is written to a file or shown once on stdout. ``/metrics`` is
+served on the REST port for admin tokens and the metrics token (``--metrics-token-file``),
+and, with ``--metrics-bind``, also on an address of its own without a token.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from qhpc.cli.options import DEFAULT_KEEP_DAYS, DbOption, KeepDaysOption, store_url
-from qhpc.cli.output import out
+from qhpc.cli.output import err, out
 from qhpc.resources import DecodeLimits
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,21 @@ def _finite(value: float) -> float:
     if value != value:  # nan passes every range check
         raise typer.BadParameter("needs a number")
     return value
+
+
+def metrics_address(text: str | None) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) of the metrics listener; None: off."""
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter(
+            "expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9464",
+            param_hint="--metrics-bind",
+        )
+    return host, int(port)
 
 
 def serve(
@@ -150,6 +167,22 @@ def serve(
             help="Seconds between two purges of results past --keep-results-days.",
         ),
     ] = 3600.0,
+    metrics_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="File holding the secret that may read /metrics on the REST port (besides "
+            "admin tokens); not readable by every user. Never pass the secret itself.",
+        ),
+    ] = None,
+    metrics_bind: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Also serve /metrics alone, WITHOUT a token, on this address: for a "
+            "private scrape network only (docs/monitoring.md). Default: off.",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
 
@@ -159,9 +192,11 @@ def serve(
 
     from qhpc.api import (
         FastPathServer,
+        MetricsListener,
         ServerLimits,
         bootstrap_admin_token,
         private_state,
+        read_metrics_token,
         run_server,
         write_secret,
     )
@@ -176,6 +211,13 @@ def serve(
         max_header_bytes=max_header_bytes,
     )  # fmt: skip
     db = store_url(db)
+    metrics_at = metrics_address(metrics_bind)
+    metrics_token = None
+    if metrics_token_file is not None:
+        try:
+            metrics_token = read_metrics_token(metrics_token_file)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--metrics-token-file") from None
     try:
         private_state(db)  # the data dir 0700 (or refused), umask 077, before the store opens
     except NotPrivateError as error:
@@ -192,6 +234,16 @@ def serve(
     if program_output_limit is not None:
         settings = replace(settings, program_output_limit=program_output_limit)
     broker = Broker(store, registry, settings)
+    metrics = None
+    if metrics_at is not None:
+        try:  # bound now: an address in use ends the start here, before anything runs
+            metrics = MetricsListener(broker, *metrics_at, limits)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            err.print(f"qhpc serve: --metrics-bind {metrics_bind}: {reason}", markup=False)
+            registry.close()
+            store.close()
+            raise typer.Exit(2) from None
     broker.decoder.start()  # the decoding workers, before the first request waits for them
     broker.programs.rest_url = local_rest_url(host, port)  # co-located programs' QHPC_URL
     secret = bootstrap_admin_token(broker)
@@ -209,9 +261,14 @@ def serve(
         "qhpc broker: REST http://%s:%s/v1, fast path %s, store %s",
         host, port, fast.endpoint, store.url,
     )  # fmt: skip
+    if metrics is not None:
+        metrics.start()
+        log.info("metrics without a token: http://%s/metrics", metrics_bind)
     try:
-        run_server(broker, host, port, limits)
+        run_server(broker, host, port, limits, metrics_token=metrics_token)
     finally:
+        if metrics is not None:
+            metrics.stop()
         fast.stop()
         broker.stop()
         registry.close()
