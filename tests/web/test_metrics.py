@@ -550,3 +550,21 @@ def test_session_steps_are_timed_by_the_channel_they_came_on(world: World) -> No
         ("aer", "fastpath"): 1, ("aer", "direct"): 1, ("aer", "rest"): 0,
         ("emu", "fastpath"): 0, ("emu", "direct"): 0, ("emu", "rest"): 1,
     }  # fmt: skip
+
+
+def test_a_drain_shows_as_maintenance_and_the_store_size_grows(world: World) -> None:
+    from qhpc.broker import DrainRequest
+
+    w = world
+    before = w.scrape()
+    assert value(before, "qhpc_store_size_bytes") > 0
+    w.broker.drain("aer", DrainRequest("cryostat warm-up"), by="ops")
+    drained = w.scrape()
+    assert value(drained, "qhpc_resource_state", resource="aer", state="maintenance") == 1
+    assert value(drained, "qhpc_resource_state", resource="aer", state="idle") == 0
+    for _ in range(20):
+        submit(w, w.alice, "aer", 5)
+    assert value(w.scrape(), "qhpc_queued_tasks", resource="aer", kind="batch") == 100
+    assert value(w.scrape(), "qhpc_store_size_bytes") > value(before, "qhpc_store_size_bytes")
+    w.broker.resume("aer", by="ops")
+    assert value(w.scrape(), "qhpc_resource_state", resource="aer", state="maintenance") == 0

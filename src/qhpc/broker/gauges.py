@@ -51,6 +51,8 @@ class BrokerFigures:
     journal_seconds: float
     pool_spares: int
     programs_running: int
+    #: None: the store could not say (it is unreachable)
+    store_bytes: int | None = None
 
 
 class BrokerCollector(Collector):
@@ -66,7 +68,9 @@ class BrokerCollector(Collector):
         status: Callable[[str], ResourceStatus],
         pool_stats: Callable[[], PoolStats | None],
         clock: Callable[[], float],
+        store_size: Callable[[], int] | None = None,
     ) -> None:
+        self.store_size = store_size
         self.shared = shared
         self.executors = executors
         self.sessions = sessions
@@ -97,7 +101,17 @@ class BrokerCollector(Collector):
         return BrokerFigures(
             resources=tuple(rows), journal_tasks=tasks, journal_seconds=seconds,
             pool_spares=pool.spares if pool else 0, programs_running=pool.running if pool else 0,
+            store_bytes=self._store_bytes(),
         )  # fmt: skip
+
+    def _store_bytes(self) -> int | None:
+        if self.store_size is None:
+            return None
+        try:
+            return self.store_size()
+        except Exception as error:  # the database away must not fail the scrape
+            log.warning("metrics: the store's size is unknown: %s", error)
+            return None
 
     def _state(self, name: str) -> ResourceState | None:
         try:
@@ -126,6 +140,14 @@ class BrokerCollector(Collector):
         spares.add_metric([], figures.pool_spares)
         running.add_metric([], figures.programs_running)
         yield from families
+        if figures.store_bytes is not None:
+            size = GaugeMetricFamily(
+                "qhpc_store_size_bytes",
+                "Bytes the store takes (SQLite file and WAL; PostgreSQL: the store's tables "
+                "and indexes); grows until old results are purged (docs/store.md).",
+            )
+            size.add_metric([], figures.store_bytes)
+            yield size
 
 
 def _families() -> tuple[

@@ -137,7 +137,7 @@ class Broker:
             BrokerCollector(
                 shared=self.shared, executors=self.executors, sessions=self.sessions,
                 journal=self.journal, status=self.resource_status,
-                pool_stats=self.programs.pool_stats, clock=clock,
+                pool_stats=self.programs.pool_stats, clock=clock, store_size=store.size_bytes,
             )
         )  # fmt: skip
 
