@@ -106,3 +106,26 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+FEEDBACK = DEPLOY / "qhpc-slurm-feedback.service"
+
+
+def test_the_feedback_agent_holds_its_token_as_a_credential() -> None:
+    service = read_unit(FEEDBACK.read_text(encoding="utf-8"))["Service"]
+    start = one(service, "ExecStart")
+    assert "slurm feedback" in start and "--token-file %d/feedback.token" in start
+    assert not re.search(r"qhpc_[A-Za-z0-9]", start)  # no secret on the command line
+    assert one(service, "LoadCredential") == "feedback.token:/etc/qhpc/feedback.token"
+    assert one(service, "Restart") == "on-failure"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_systemd_analyze_verify_accepts_the_feedback_unit(tmp_path: Path) -> None:
+    text = FEEDBACK.read_text().replace("/opt/qhpc/venv/bin/qhpc", sys.executable)
+    (tmp_path / "qhpc-slurm-feedback.service").write_text(text)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "qhpc-slurm-feedback.service")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
