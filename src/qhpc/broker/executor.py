@@ -102,36 +102,24 @@ def queued(record: TaskRecord) -> QueuedTask:
     )  # fmt: skip
 
 
-class ResourceExecutor:
-    """The queue and the running task of one resource, and the thread that runs them.
+class ExecutorQueue:
+    """The queue half of an executor: queued tasks, their payloads, what the policy and
+    the ETAs read (the learnt duration, first-chunk estimates). Caller holds the lock
+    unless a method says otherwise; :class:`ResourceExecutor` adds the running half."""
 
-    Owns: ``queue`` (task id → queued task), ``running`` and ``suspended`` (a chunked
-    batch task waiting at a boundary while a session task runs), the payloads of
-    queued tasks, the first-chunk estimates of chunked tasks, the learnt duration,
-    and when the last batch task started; and its instruments (how long tasks waited
-    and ran, how they ended, how long the resource has been busy).
-    """
+    running: Running | None
 
-    def __init__(
-        self, resource: QuantumResource, context: Context, max_task_seconds: float | None
-    ) -> None:
+    def __init__(self, resource: QuantumResource, context: Context) -> None:
         self.resource = resource
         self.name = resource.name
         self.context = context
-        #: past this a task is stopped and fails (runner.py); None: no limit
-        self.max_task_seconds = max_task_seconds
         self.queue: dict[str, QueuedTask] = {}
-        self.running: Running | None = None
-        self.suspended: Running | None = None
         self.payloads: dict[str, Payload] = {}
         self._chunk_fit: dict[str, float] = {}
         self._duration: float | None = None
         self._last_batch_start: float | None = None
-        #: runs while ``running`` is set (started and stopped where it changes)
-        self.busy = BusyClock()
         self.instruments = context.telemetry.resource(self.name)
 
-    # -- queue (caller holds the lock) ----------------------------------------------------
     def enqueue(self, record: TaskRecord, payload: Payload | None = None) -> None:
         self.queue[record.task_id] = queued(record)
         if payload is not None:
@@ -146,9 +134,6 @@ class ResourceExecutor:
         self.payloads.pop(task_id, None)
         self._chunk_fit.pop(task_id, None)
 
-    def runs(self) -> list[Running]:
-        return [r for r in (self.running, self.suspended) if r is not None]
-
     def estimate(self) -> float:
         """The learnt duration of a task here (0 until one has completed)."""
         return self._duration or 0.0
@@ -158,6 +143,93 @@ class ResourceExecutor:
 
     def view(self, now: float, tasks: list[QueuedTask]) -> SchedulingView:
         return self.context.inputs.view(self.name, now, tasks, self._last_batch_start)
+
+    def order(self, now: float, cap: int = 100) -> list[tuple[QueuedTask, float]]:
+        """Queued tasks in the order the policy would run them now, with ETAs (s from now).
+
+        The policy's order is the order of repeated ``next_task`` calls; capped so a
+        huge queue costs O(cap · n), the rest is shown in submission order.
+        """
+        with self.context.shared.cond:
+            pending = dict(self.queue)
+            base = self.view(now, list(pending.values()))
+            busy = self.running is not None
+        ahead = self.estimate() / 2 if busy else 0.0
+        drain = self.context.drains.active(self.name, now)
+        if drain is not None:  # nothing starts before it ends (inf: not known when)
+            ahead = math.inf if drain.until is None else max(ahead, drain.until - now)
+        ordered: list[tuple[QueuedTask, float]] = []
+        remaining = dict(pending)
+        while remaining and len(ordered) < cap:
+            task = self.context.policy.next_task(replace(base, queue=list(remaining.values())))
+            task = task or min(remaining.values(), key=lambda t: t.submitted_at)
+            ordered.append((task, ahead))
+            ahead += task.estimated_seconds or self.estimate()
+            del remaining[task.task_id]
+        for task in sorted(remaining.values(), key=lambda t: t.submitted_at):
+            ordered.append((task, ahead))
+            ahead += task.estimated_seconds or self.estimate()
+        return ordered
+
+    def _fit_estimate(self, task: QueuedTask) -> QueuedTask:
+        """``task`` with the duration backfill judges it by (caller holds the lock).
+
+        A chunked task can yield after its first chunk: its first chunk's estimate.
+        A batch task with no estimate of its own: the learnt duration, or inf while
+        there is none — an unknown length must not pass for a short one. (Not beside
+        reservations: there a window must not be overrun by the rest, and an unknown
+        length keeps the old reading.)
+        """
+        fit = self._chunk_fit.get(task.task_id)
+        if fit is not None:
+            return replace(task, estimated_seconds=fit)
+        if task.session_id is None and task.estimated_seconds <= 0:
+            known = self._duration
+            return replace(task, estimated_seconds=math.inf if known is None else known)
+        return task
+
+    def _note_chunk_fit(self, task: TaskRecord, payload: Payload) -> None:
+        """Remember the first chunk's estimate of a batch task that will run chunked."""
+        if task.session_id is not None or self.context.chunk_seconds is None:
+            return
+        chunks = self._chunks(queued(task), payload)
+        if len(chunks) > 1:
+            self._chunk_fit[task.task_id] = self.resource.estimate_seconds(chunks[0]) or 0.0
+
+    def _chunks(self, task: QueuedTask, payload: Payload) -> list[Payload]:
+        """``payload`` as the chunks a batch task runs as ([payload]: whole)."""
+        if task.session_id is not None or not can_chunk(self.resource):
+            return [payload]
+        try:
+            return plan_chunks(payload, self.resource.estimate_seconds, self.context.chunk_seconds)
+        except Exception:  # a plan is an optimisation: never fail the task over it
+            log.exception("planning shot chunks of task %s failed; running it whole", task.task_id)
+            return [payload]
+
+
+class ResourceExecutor(ExecutorQueue):
+    """The running half of an executor: the task on the resource and the thread that
+    picks the next one (the queue half is :class:`ExecutorQueue`).
+
+    Owns, besides the queue: ``running`` and ``suspended`` (a chunked batch task
+    waiting at a boundary while a session task runs), and its instruments (how long
+    tasks waited and ran, how they ended, how long the resource has been busy).
+    """
+
+    def __init__(
+        self, resource: QuantumResource, context: Context, max_task_seconds: float | None
+    ) -> None:
+        super().__init__(resource, context)
+        #: past this a task is stopped and fails (runner.py); None: no limit
+        self.max_task_seconds = max_task_seconds
+        self.running: Running | None = None
+        self.suspended: Running | None = None
+        #: runs while ``running`` is set (started and stopped where it changes)
+        self.busy = BusyClock()
+
+    # -- queue (caller holds the lock) ----------------------------------------------------
+    def runs(self) -> list[Running]:
+        return [r for r in (self.running, self.suspended) if r is not None]
 
     def may_run_now(self, task: QueuedTask) -> bool:
         """Would this executor start ``task`` at once if it were queued?"""
@@ -207,33 +279,6 @@ class ResourceExecutor:
         shared = self.context.shared
         if self.queue or shared.idle_waiters or shared.stopping:
             shared.cond.notify_all()
-
-    def order(self, now: float, cap: int = 100) -> list[tuple[QueuedTask, float]]:
-        """Queued tasks in the order the policy would run them now, with ETAs (s from now).
-
-        The policy's order is the order of repeated ``next_task`` calls; capped so a
-        huge queue costs O(cap · n), the rest is shown in submission order.
-        """
-        with self.context.shared.cond:
-            pending = dict(self.queue)
-            base = self.view(now, list(pending.values()))
-            busy = self.running is not None
-        ahead = self.estimate() / 2 if busy else 0.0
-        drain = self.context.drains.active(self.name, now)
-        if drain is not None:  # nothing starts before it ends (inf: not known when)
-            ahead = math.inf if drain.until is None else max(ahead, drain.until - now)
-        ordered: list[tuple[QueuedTask, float]] = []
-        remaining = dict(pending)
-        while remaining and len(ordered) < cap:
-            task = self.context.policy.next_task(replace(base, queue=list(remaining.values())))
-            task = task or min(remaining.values(), key=lambda t: t.submitted_at)
-            ordered.append((task, ahead))
-            ahead += task.estimated_seconds or self.estimate()
-            del remaining[task.task_id]
-        for task in sorted(remaining.values(), key=lambda t: t.submitted_at):
-            ordered.append((task, ahead))
-            ahead += task.estimated_seconds or self.estimate()
-        return ordered
 
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> None:
@@ -290,23 +335,6 @@ class ResourceExecutor:
         if task.session_id is None:
             self._last_batch_start = self.context.clock()
         return task, now
-
-    def _fit_estimate(self, task: QueuedTask) -> QueuedTask:
-        """``task`` with the duration backfill judges it by (caller holds the lock).
-
-        A chunked task can yield after its first chunk: its first chunk's estimate.
-        A batch task with no estimate of its own: the learnt duration, or inf while
-        there is none — an unknown length must not pass for a short one. (Not beside
-        reservations: there a window must not be overrun by the rest, and an unknown
-        length keeps the old reading.)
-        """
-        fit = self._chunk_fit.get(task.task_id)
-        if fit is not None:
-            return replace(task, estimated_seconds=fit)
-        if task.session_id is None and task.estimated_seconds <= 0:
-            known = self._duration
-            return replace(task, estimated_seconds=math.inf if known is None else known)
-        return task
 
     # -- running one task ----------------------------------------------------------------------
     def run_one(
@@ -419,24 +447,6 @@ class ResourceExecutor:
         return run_task(self.resource, payload, running.stop, self.context.clock, remember, limit)
 
     # -- shot chunks (chunking.py) ---------------------------------------------------------------
-    def _note_chunk_fit(self, task: TaskRecord, payload: Payload) -> None:
-        """Remember the first chunk's estimate of a batch task that will run chunked."""
-        if task.session_id is not None or self.context.chunk_seconds is None:
-            return
-        chunks = self._chunks(queued(task), payload)
-        if len(chunks) > 1:
-            self._chunk_fit[task.task_id] = self.resource.estimate_seconds(chunks[0]) or 0.0
-
-    def _chunks(self, task: QueuedTask, payload: Payload) -> list[Payload]:
-        """``payload`` as the chunks a batch task runs as ([payload]: whole)."""
-        if task.session_id is not None or not can_chunk(self.resource):
-            return [payload]
-        try:
-            return plan_chunks(payload, self.resource.estimate_seconds, self.context.chunk_seconds)
-        except Exception:  # a plan is an optimisation: never fail the task over it
-            log.exception("planning shot chunks of task %s failed; running it whole", task.task_id)
-            return [payload]
-
     def _between_chunks(self, task: QueuedTask, running: Running, seconds: float) -> None:
         """At a boundary of a chunked batch task: run the waiting session tasks that the
         policy puts before the task's next chunk (``seconds`` long), then return."""

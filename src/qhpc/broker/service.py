@@ -27,11 +27,11 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from functools import partial
 
 from qhpc.broker import admission
 from qhpc.broker.access import Access
+from qhpc.broker.cancels import Cancels
 from qhpc.broker.config import BrokerConfig, journal_dir
 from qhpc.broker.drains import DrainRequest, Drains
 from qhpc.broker.executor import Context, ResourceExecutor, Shared
@@ -40,9 +40,11 @@ from qhpc.broker.idempotency import Idempotency, Keys
 from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.leases import Leases
 from qhpc.broker.lifecycle import JobLog, ResourceWatch
+from qhpc.broker.operators import Operators
 from qhpc.broker.programs import ProgramManager
 from qhpc.broker.queries import TaskQueries
 from qhpc.broker.records import Records
+from qhpc.broker.recovery import Recovery
 from qhpc.broker.retention import Purger
 from qhpc.broker.scheduler import Policy, QueuedTask, SessionMode, SessionRhythms, build_policy
 from qhpc.broker.session_tasks import SessionTasks
@@ -54,13 +56,11 @@ from qhpc.resources import (
     Payload,
     PayloadDecoder,
     ResourceRegistry,
-    ResourceState,
     ResourceStatus,
     TaskResult,
     shared_pool,
 )
-from qhpc.states import TaskStatus
-from qhpc.store import DrainRecord, JobRecord, SessionRecord, Store, TaskOutcome, TaskRecord
+from qhpc.store import DrainRecord, JobRecord, SessionRecord, Store, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,10 @@ class Broker:
             shared=self.shared, executors=self.executors, clock=clock, cancel=self.cancel,
             invalidate=self.invalidate,
         )  # fmt: skip
+        self.operators = Operators(resources, self.drains, self.executors, self.shared, clock)
+        self.cancels = Cancels(
+            store, self.shared, self.executors, self.sessions, clock, self.job_log.settled
+        )
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         #: the retention schedule (retention.py); it runs only if results expire
@@ -157,22 +161,11 @@ class Broker:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        self.journal.recover()  # session tasks released before a crash, before usage is read
-        requeued = self.store.requeue_running_tasks()
-        if requeued:
-            log.warning(
-                "requeued %d task(s) that were running when the broker stopped", len(requeued)
-            )
-            self._stop_orphans(requeued)
         self.drains.load()
-        now = self.clock()
-        for record in self.store.usage(since=now - 10 * self.config.fairshare_half_life):
-            self.usage.record(record.account, record.qpu_seconds, record.finished_at)
-        with self.shared.cond:
-            for task in self.store.queued_tasks():
-                self._enqueue(task)
-            for open_session in self.store.list_sessions(open_only=True):
-                self.sessions.open[open_session.session_id] = open_session
+        Recovery(
+            self.store, self.resources, self.executors, self.sessions, self.journal,
+            self.usage, self.shared,
+        ).run(self.clock(), self.config.fairshare_half_life)  # fmt: skip
         self.journal.start()
         # The decoding workers start in the background: the first tenant circuit
         # should not wait for their interpreters (~0.5 s each).
@@ -202,39 +195,9 @@ class Broker:
         except Exception:  # the first request will try again, and report it
             log.exception("the decoding workers did not start")
 
-    def _stop_orphans(self, task_ids: list[str]) -> None:
-        """Stop runs a remote device may still be doing for tasks we will run again."""
-        for task_id in task_ids:
-            task = self.store.get_task(task_id)
-            if task.resource_task_id is None or task.resource not in self.executors:
-                continue
-            try:
-                self.resources.get(task.resource).task_stop(task.resource_task_id)
-            except Exception as error:  # gone already, or the device is unreachable
-                log.info("orphaned run %s of task %s: %s", task.resource_task_id, task_id, error)
-
     def stop(self) -> None:
         self.programs.close()
-        with self.shared.cond:
-            self.shared.stopping = True
-            for executor in self.executors.values():
-                for running in executor.runs():
-                    running.stop.set()
-            # Queued session tasks live only in memory: end them (their clients are
-            # waiting), as cancel() does; batch tasks stay queued in the store.
-            unstarted = self._take_queued(lambda t: t.task_id in self.sessions.in_flight)
-            self.shared.cond.notify_all()
-        never_ran = TaskOutcome(
-            TaskStatus.CANCELLED,
-            None,
-            "the broker stopped before it started",
-            0.0,
-            0,
-            0,
-            self.clock(),
-        )
-        for task in unstarted:
-            self.sessions.finished(task, never_ran)
+        self.cancels.stopping()
         self._stopped.set()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -280,46 +243,7 @@ class Broker:
         A hybrid job's program is stopped (status ``cancelled``); its session closes
         when it has ended, which cancels the session's leftover tasks.
         """
-        if self.programs.cancel(job_id):
-            return []
-        now = self.clock()
-        cancelled = self.store.cancel_queued_tasks(job_id, now)
-        with self.shared.cond:
-            for executor in self.executors.values():
-                for task_id in cancelled:
-                    executor.drop(task_id)
-            unstarted = self._take_queued(
-                lambda t: t.job_id == job_id and t.task_id in self.sessions.in_flight
-            )
-            cancelled += [t.task_id for t in unstarted]
-            runs = [r for e in self.executors.values() for r in e.runs()]
-            stopped = [r.task.task_id for r in runs if r.task.job_id == job_id]
-            for running in runs:
-                if running.task.job_id == job_id:
-                    running.cancelled = True
-                    running.stop.set()
-            self.shared.cond.notify_all()
-        never_ran = TaskOutcome(
-            TaskStatus.CANCELLED, None, "cancelled before it started", 0.0, 0, 0, now
-        )
-        for task in unstarted:  # session tasks: not stored yet, the journal stores them
-            self.sessions.finished(task, never_ran)
-        with self.shared.cond:
-            for task_id in cancelled:
-                if task_id not in self.sessions.in_flight:
-                    self.sessions.signal(task_id)
-        if cancelled:
-            self.job_log.settled(job_id)  # ended now unless a task still runs
-        return cancelled + stopped
-
-    def _take_queued(self, which: Callable[[QueuedTask], bool]) -> list[TaskRecord]:
-        """Take the queued session tasks ``which`` picks out of every queue (lock held)."""
-        taken = []
-        for executor in self.executors.values():
-            for task in [t for t in executor.queue.values() if which(t)]:
-                executor.drop(task.task_id)
-                taken.append(self.sessions.in_flight[task.task_id])
-        return taken
+        return [] if self.programs.cancel(job_id) else self.cancels.job(job_id)
 
     # -- sessions --------------------------------------------------------------------------
     def open_session(
@@ -404,52 +328,21 @@ class Broker:
         with self.shared.cond:
             return self.executors[resource].running is not None
 
-    # -- operators (drains.py) -----------------------------------------------------------------
+    # -- operators (operators.py) ----------------------------------------------------------
     def drain(self, resource: str, request: DrainRequest, by: str) -> DrainRecord:
-        """Take ``resource`` out of service; with ``request.now`` its running work is
-        stopped and queued again, otherwise it finishes."""
-        self.resources.spec(resource)  # unknown name → UnknownResourceError
-        drain = self.drains.begin(resource, request, by, self.clock())
-        with self.shared.cond:
-            if request.now:
-                self.executors[resource].stop_for_drain()
-            self.shared.cond.notify_all()
-        return drain
+        """Take ``resource`` out of service (see :meth:`Operators.drain`)."""
+        return self.operators.drain(resource, request, by)
 
     def resume(self, resource: str, by: str) -> DrainRecord:
         """End the drain of ``resource`` (NotDrained if it has none); the drain ended."""
-        self.resources.spec(resource)
-        ended = self.drains.end(resource, by)
-        with self.shared.cond:
-            self.shared.cond.notify_all()
-        return ended
+        return self.operators.resume(resource, by)
 
     def drain_notice(self, resource: str) -> str | None:
-        """A line for a session's user while ``resource`` is drained (None: it is not)."""
-        drain = self.drains.active(resource, self.clock())
-        if drain is None:
-            return None
-        end = (
-            "until resumed"
-            if drain.until is None
-            else time.strftime("until %Y-%m-%d %H:%M:%S %Z", time.localtime(drain.until))
-        )
-        return f"qhpc: QPU {resource} is drained {end} ({drain.reason}); your tasks wait"
+        return self.operators.notice(resource)
 
     def resource_status(self, name: str) -> ResourceStatus:
-        """The broker's view of a resource: a drain wins over what the device says, and
-        a task of ours running on an idle device makes it busy."""
-        self.resources.spec(name)
-        status = self.resources.get(name).status()
-        drain = self.drains.active(name, self.clock())
-        if drain is not None:
-            return replace(
-                status, state=ResourceState.MAINTENANCE, reason=f"drained: {drain.reason}",
-                until=drain.until,
-            )  # fmt: skip
-        if status.state is ResourceState.IDLE and self.is_busy(name):
-            return replace(status, state=ResourceState.BUSY)
-        return status
+        """The broker's view of a resource: a drain wins over what the device says."""
+        return self.operators.status(name)
 
     def invalidate(self) -> None:
         """Re-read sessions, reservations and shares at the next scheduling decision."""
@@ -468,15 +361,6 @@ class Broker:
                 log.exception("closing expired sessions or drains failed")
 
     # -- internals -------------------------------------------------------------------------
-    def _enqueue(self, record: TaskRecord) -> None:
-        executor = self.executors.get(record.resource)
-        if executor is None:
-            log.error(
-                "task %s targets unknown resource %s; left queued", record.task_id, record.resource
-            )
-            return
-        executor.enqueue(record)
-
     def _estimate(self, resource: str) -> float:
         return self.executors[resource].estimate()
 
