@@ -351,6 +351,11 @@ class Client:
     def close_session(self, session_id: str) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/sessions/{session_id}"))
 
+    def tag_session(self, session_id: str, slurm_job_id: str) -> dict[str, Any]:
+        """Tie an open session to the Slurm job that will use it (admin, centre)."""
+        body = {"slurm_job_id": slurm_job_id}
+        return dict(self._request("PATCH", f"/sessions/{session_id}", json=body))
+
     def submit_session_task(
         self,
         session_id: str,

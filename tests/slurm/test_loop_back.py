@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -22,7 +23,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_sessions import LOAD, Cluster, booked, cluster, finished, run, squeue, wait_for
+from test_sessions import (
+    GATEWAY,
+    LOAD,
+    Cluster,
+    booked,
+    cluster,
+    finished,
+    run,
+    squeue,
+    wait_for,
+)
 
 from qhpc.slurm import parse_usage_comment
 
@@ -195,3 +206,59 @@ def test_slurm_accounts_the_licence_and_qhpc_books_estimator_shots(cluster: Clus
     usage = parse_usage_comment(comment)
     assert usage is not None and usage["resource"] == "emu", comment
     assert usage["shots"] == 150 and usage["tasks"] == 2 and usage["qpu_seconds"] > 0
+
+
+RESTD = os.environ.get("QHPC_TEST_SLURMRESTD", "http://127.0.0.1:6820")
+REMOTE_BELL = """#!/bin/bash
+{python} - <<'PYTHON'
+from qiskit import QuantumCircuit
+from qhpc.session import QPU
+bell = QuantumCircuit(2); bell.h(0); bell.cx(0, 1); bell.measure_all()
+qpu = QPU.from_env()
+print("counts", sorted(qpu.run(bell, shots=200)), flush=True)
+qpu.close()
+PYTHON
+"""
+
+
+@pytest.mark.parametrize("licence", [None, "qpu_sim:1"])
+def test_a_centres_job_honours_the_licence_and_is_booked_to_the_centres_user(
+    cluster: Cluster, licence: str | None
+) -> None:
+    headers = {"Authorization": f"Bearer {cluster.admin}"}
+    httpx.put(cluster.url + "/v1/accounts/north-chem", json={"shares": 1.0, "centre": "north"},
+              headers=headers, timeout=10).raise_for_status()  # fmt: skip
+    created = httpx.post(
+        cluster.url + "/v1/tokens",
+        headers=headers,
+        timeout=10,
+        json={"role": "centre", "subject": "north-gw", "centre": "north", "account": "north-chem"},
+    )
+    created.raise_for_status()  # fmt: skip
+    centre = cluster.token_file(created.json()["token"])
+    script = cluster.work / f"remote-{licence is None}.sh"
+    script.write_text(REMOTE_BELL.format(python=cluster.python))
+    done = run(
+        sys.executable, "-m", "qhpc.cli", "slurm", "submit", str(script), "--remote", RESTD,
+        "--user", GATEWAY, "--chdir", str(cluster.work), "-p", "debug",
+        *(["-L", licence] if licence else []),
+        "--broker", cluster.url, "--broker-token-file", centre, "--qpu", "sim",
+        "--for-user", "alice", "--broker-account", "north-chem",
+        "--fastpath", cluster.fastpath, "--wait", "--poll", "0.5", "--timeout", "240",
+        timeout=300,
+    )  # fmt: skip
+    job = done.stdout.split("submitted batch job ")[1].split()[0]
+    assert "counts ['00', '11']" in (cluster.work / f"slurm-{job}.out").read_text()
+    # the site's licence limit held: the job asked for the QPU's licence, with or without -L
+    tres = run("sacct", "-n", "-P", "-X", "-j", job, "-o", "AllocTRES").stdout
+    assert "license/qpu_sim=1" in tres, tres
+    # one session, the centre's, adopted by the site's hooks (none of their own)
+    (session,) = cluster.sessions_of(job)
+    assert (session["centre"], session["user"], session["account"]) == (
+        "north", "alice", "north-chem",
+    )  # fmt: skip
+    usage = parse_usage_comment(booked(job))
+    assert usage is not None and usage["tasks"] == 1 and usage["shots"] == 200
+    rows = cluster.broker("/accounting?group_by=job&since=0").json()
+    mine = [r for r in rows if r["group"] == session["session_id"]]
+    assert mine and mine[0]["shots"] == 200

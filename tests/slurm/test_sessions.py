@@ -61,6 +61,8 @@ qpu.close()
 print(f"tasks={tasks}", flush=True)
 time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
 """
+#: the Slurm user a federated centre's gateway submits as (slurmrestd, JWT): the tests' own
+GATEWAY = os.environ.get("USER") or "root"
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
@@ -81,6 +83,7 @@ class Cluster:
     python: str
     env: dict[str, str]  # what sbatch passes on: no qhpc token of the tests' own
     settings: Path
+    fastpath: str = ""
 
     def sbatch(self, *args: str, script: str | None = None) -> str:
         command = ["sbatch", "--parsable", f"--chdir={self.work}", *args]
@@ -191,6 +194,8 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
             "--spool-dir", str(private / "spool"), "--run-dir", str(private / "run"),
             "--broker", url, "--fastpath", fastpath, "--sessions-per-qpu", "2",
             "--spank-plugin", _spank_plugin(), "--cli-filter",
+            # federation (test_loop_back.py): centre north's gateway submits as this user
+            "--federated-centre", f"north={GATEWAY}",
         )  # fmt: skip
         run("bash", str(SLURM_SH), "save", str(saved))
         run("bash", str(SLURM_SH), "apply", str(work / "slurm"), timeout=400)
@@ -200,7 +205,9 @@ def cluster(slurm_cluster: Path) -> Iterator[Cluster]:
             "LANG": "C.UTF-8", "QHPC_PYTHON": sys.executable,
             "QHPC_EXAMPLES": str(ROOT / "examples"),
         }  # fmt: skip
-        yield Cluster(work, url, admin, sys.executable, env, private / "hooks" / "hooks.toml")
+        yield Cluster(
+            work, url, admin, sys.executable, env, private / "hooks" / "hooks.toml", fastpath
+        )
     finally:
         for job in run("squeue", "-h", "-o", "%i %o", check=False).stdout.splitlines():
             if str(work) in job:

@@ -216,6 +216,12 @@ class SessionRequest(_Body):
         return self
 
 
+class SessionUpdate(_Body):
+    slurm_job_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")] = Field(
+        description="the Slurm job that will use this session (admin and centre tokens; once)"
+    )
+
+
 class ReservationRequest(_Body):
     resource: Name
     account: Name

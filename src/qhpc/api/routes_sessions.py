@@ -17,7 +17,13 @@ from fastapi import APIRouter, Query, Response
 
 from qhpc.api import rules
 from qhpc.api.deps import BrokerDep, CurrentPrincipal
-from qhpc.api.models import PathId, QueryName, SessionRequest, SessionTaskSubmission
+from qhpc.api.models import (
+    PathId,
+    QueryName,
+    SessionRequest,
+    SessionTaskSubmission,
+    SessionUpdate,
+)
 from qhpc.api.problems import status_of
 from qhpc.api.views import SessionCreated, SessionTaskCreated, SessionView, session_view
 from qhpc.api.wire import payloads_of
@@ -105,6 +111,22 @@ def list_sessions(
 @sessions.get("/{session_id}", summary="one session")
 def get_session(broker: BrokerDep, principal: CurrentPrincipal, session_id: PathId) -> SessionView:
     return session_view(rules.visible_session(broker, principal, session_id))
+
+
+@sessions.patch(
+    "/{session_id}",
+    summary="tie an open session to the Slurm job that will use it (admin, centre)",
+    description="A federated centre opens its session before it submits the job (the job "
+    "carries the session's token), holds the job, ties the session to the job id here, then "
+    "releases it: the site's Slurm hooks then adopt this session instead of opening their "
+    "own, and book its usage into the job's AdminComment. Once per session (409 after).",
+)
+def tag_session(
+    broker: BrokerDep, principal: CurrentPrincipal, session_id: PathId, body: SessionUpdate
+) -> SessionView:
+    session = rules.visible_session(broker, principal, session_id)
+    rules.check_slurm_job_id(principal, body.slurm_job_id)
+    return session_view(broker.records.tag_session(session.session_id, body.slurm_job_id))
 
 
 @sessions.delete(

@@ -61,6 +61,13 @@ class Records:
     def session(self, session_id: str) -> SessionRecord:
         return self._store.get_session(session_id)
 
+    def tag_session(self, session_id: str, slurm_job_id: str) -> SessionRecord:
+        """Tie an open session to the Slurm job that will use it (a federated centre's
+        session, opened before its job was submitted); the session as it is now."""
+        self._store.tag_session(session_id, slurm_job_id)
+        self._invalidate()
+        return self._store.get_session(session_id)
+
     def sessions(self, open_only: bool = False, resource: str | None = None) -> list[SessionRecord]:
         return self._store.list_sessions(open_only=open_only, resource=resource)
 

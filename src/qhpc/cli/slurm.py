@@ -36,6 +36,16 @@ def _parse_sessions(items: list[str]) -> dict[str, int]:
     return counts
 
 
+def _parse_pairs(items: list[str], flag: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SlurmConfigError(f"{flag}: expected NAME=VALUE, got {item!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
 @slurm_app.command("config")
 def config(
     out_dir: Annotated[
@@ -95,6 +105,14 @@ def config(
     mode: Annotated[str, typer.Option(help="Session mode: multiplex or exclusive.")] = (
         "multiplex"
     ),
+    federated: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--federated-centre",
+            help="CENTRE=SLURMUSER (repeatable): the Slurm user a federated centre's gateway "
+            "submits as; the hooks adopt the session that centre tied to such a job.",
+        ),
+    ] = None,
     python: Annotated[
         str | None,
         typer.Option(
@@ -131,7 +149,7 @@ def config(
             python=python or sys.executable, python_given=python is not None,
             slurm_user=slurm_user, spank_plugin=spank_plugin, gres_node=gres_node,
             cli_filter=cli_filter,
-            session_mode=mode,
+            session_mode=mode, federated_users=_parse_pairs(federated or [], "--federated-centre"),
         )
     )  # fmt: skip
     for path in written.files:

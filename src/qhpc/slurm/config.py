@@ -78,6 +78,8 @@ class SlurmConfigRequest:
     gres_node: str | None = None  # write gres.conf for this node name
     cli_filter: bool = False  # activate deploy/slurm/cli_filter.lua: --qpu=NAME adds -L qpu_NAME
     session_mode: str = "multiplex"
+    #: centre → the Slurm user its gateway submits as (federation; hooks.toml)
+    federated_users: Mapping[str, str] = field(default_factory=dict)
 
     def licence_counts(self) -> dict[str, int]:
         unknown = sorted(set(self.sessions) - set(self.resources))
@@ -282,6 +284,7 @@ def write_config(request: SlurmConfigRequest) -> WrittenConfig:
     settings = HookSettings(
         broker_url=request.broker_url, fastpath=request.fastpath_endpoint(), token=request.token,
         spool_dir=request.spool_dir, run_dir=request.run_dir, session_mode=request.session_mode,
+        federated_users=dict(request.federated_users),
     )  # fmt: skip
     owner = _slurm_ids(request.slurm_user, notes)
     _write_private(settings_path, settings.to_toml(), owner)

@@ -20,6 +20,7 @@ reach it: plain HTTP, none of the client library's Qiskit start-up.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 
 from qhpc.envvars import FASTPATH_ENV, RESOURCE_ENV, SESSION_ENV, SESSION_ID_ENV, URL_ENV
 from qhpc.slurm.errors import SlurmError
+from qhpc.slurm.jobinfo import licence_name
 from qhpc.slurm.link import BrokerLink
 from qhpc.slurm.rest import (
     DEFAULT_PATH,
@@ -246,14 +248,23 @@ def submit_remote(
             raise
         environment.update(session_exports(session, opened))
         emit(SessionOpened(session.broker, opened))
+    # With a session the job asks for the QPU's licence (the site's limit holds for
+    # centres too) and is held until the session is tied to it, so the site's hooks
+    # adopt the centre's session (booked to the centre's user) instead of opening theirs.
+    licenses = submission.licenses
+    if session is not None and licenses is None:
+        licenses = f"{licence_name(session.resource)}:1"
     try:
         job_id = rest.submit(
             submission.script, name=submission.name,
             working_directory=submission.working_directory, environment=environment,
-            partition=submission.partition, licenses=submission.licenses,
+            partition=submission.partition, licenses=licenses,
             time_limit_minutes=submission.time_limit_minutes, account=submission.account,
+            hold=link is not None,
         )  # fmt: skip
         emit(JobSubmitted(job_id, rest.url, rest.user))
+        if link is not None and opened is not None:
+            _tie(rest, link, str(opened["session_id"]), job_id)
         if not wait:
             if link is not None:
                 link.close()  # the session stays open: the job is yet to use it
@@ -268,6 +279,19 @@ def submit_remote(
     if link is not None and opened is not None:
         _close(link, opened, emit, report_success=True)
     return RemoteSubmitResult(job_id, opened, final)
+
+
+def _tie(rest: SlurmRestClient, link: BrokerLink, session_id: str, job_id: int) -> None:
+    """Tie the session to the held job, then let the job start; a job that cannot be tied
+    is cancelled (it would otherwise run on a session of the site's hooks, booked to the
+    gateway user), and the error goes on."""
+    try:
+        link.tag_session(session_id, str(job_id))
+    except BaseException:
+        with contextlib.suppress(Exception):  # the tie's error is the one to report
+            rest.cancel(job_id)
+        raise
+    rest.release(job_id)
 
 
 def _close(

@@ -33,14 +33,17 @@ class Handover:
     fastpath: str | None = None
     deadline: float | None = None
     error: str | None = None
+    #: a federated centre's session, tied to this job before it was released: the job
+    #: carries that session's token in its own environment, the hooks hand over nothing
+    adopted: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.token is not None
+        return self.error is None and (self.token is not None or self.adopted)
 
     def exports(self) -> dict[str, str]:
         """The job's environment: the broker's addresses and the session token, nothing else."""
-        if not self.ok:
+        if not self.ok or self.adopted:
             return {}
         assert self.token and self.url and self.fastpath and self.resource and self.session_id
         return {

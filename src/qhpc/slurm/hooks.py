@@ -119,6 +119,9 @@ def prolog_slurmctld(
     deadline = now() + (job.time_limit_s or UNLIMITED_SECONDS)
     try:
         with BrokerLink(settings.broker_url, settings.token, settings.broker_timeout_s) as link:
+            adopted = _federated_session(link, job, resource, settings)
+            if adopted is not None:
+                return _adopt(settings, spool, job, resource, adopted)
             created = link.open_session(
                 resource, deadline=deadline, user=job.user, account=job.account or job.user,
                 slurm_job_id=job.job_id, mode=settings.session_mode,
@@ -141,6 +144,42 @@ def prolog_slurmctld(
         settings,
         f"job {job.job_id}: session {handover.session_id} on {resource} for {job.user} "
         f"until {handover.deadline:.0f}",
+    )
+    return 0
+
+
+def _federated_session(
+    link: BrokerLink, job: JobView, resource: str, settings: HookSettings
+) -> dict[str, Any] | None:
+    """An open session a federated centre tied to this job, if the job is that centre's
+    (submitted by the Slurm user the site maps the centre to); else None."""
+    if not settings.federated_users:
+        return None
+    for session in link.sessions_of_job(job.job_id):
+        centre = session.get("centre")
+        if (
+            isinstance(centre, str)
+            and settings.federated_users.get(centre) == job.user
+            and session.get("resource") == resource
+            and session.get("closed_at") is None
+        ):
+            return session
+    return None
+
+
+def _adopt(
+    settings: HookSettings, spool: Path, job: JobView, resource: str, session: dict[str, Any]
+) -> int:
+    handover = Handover(
+        job_id=job.job_id, resource=resource, session_id=str(session["session_id"]),
+        url=settings.broker_url, fastpath=settings.fastpath,
+        deadline=float(session["deadline"]), adopted=True,
+    )  # fmt: skip
+    write_handover(spool, handover)
+    _log(
+        settings,
+        f"job {job.job_id}: adopted session {handover.session_id} of centre "
+        f"{session.get('centre')} on {resource} (user {session.get('user')})",
     )
     return 0
 

@@ -94,6 +94,9 @@ class BrokerLink:
         found = self.sessions(include_closed, slurm_job_id=slurm_job_id)
         return [s for s in found if s.get("slurm_job_id") == slurm_job_id]
 
+    def tag_session(self, session_id: str, slurm_job_id: str) -> dict[str, Any]:
+        return self._call(lambda: self._client.tag_session(session_id, slurm_job_id))
+
     def close_session(self, session_id: str) -> bool:
         """Close it; False if it was closed already (the reaper, or an earlier epilog)."""
         try:

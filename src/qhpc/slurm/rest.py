@@ -37,6 +37,8 @@ TOKEN_HEADER = "X-SLURM-USER-TOKEN"
 #: how slurmrestd 22.05 reports a token slurmctld refused: "Zero Bytes were transmitted
 #: or received" on submission, "Unspecified error" (-1) when reading a job
 TOKEN_REFUSED_ERRORS = frozenset({5005, -1})
+#: ESLURM_JOB_HELD: how slurmrestd 22.05 reports, beside its id, a job submitted held
+JOB_HELD = 2042
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -81,6 +83,12 @@ class SubmitReply(_Lenient):
     job_id: int | None = None
     step_id: str | None = None
     job_submit_user_msg: str | None = None
+
+
+class UpdateReply(_Lenient):
+    """The reply to ``POST job/N`` (an update): errors, if any."""
+
+    errors: list[RestError] = Field(default_factory=list)
 
 
 class RestJob(_Lenient):
@@ -325,12 +333,14 @@ class SlurmRestClient:
         time_limit_minutes: int | None = None,
         account: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        hold: bool = False,
     ) -> int:
         """Submit ``script`` as a batch job; the remote job id.
 
         ``environment`` is the job's whole environment (slurmrestd does not pass
         the caller's); it defaults to a plain ``PATH``. ``extra`` adds further
-        ``v0.0.38_job_properties`` fields as they are.
+        ``v0.0.38_job_properties`` fields as they are. ``hold``: the job waits
+        (``JobHeldUser``) until :meth:`release`.
         """
         if not script.startswith("#!"):
             raise RemoteSlurmError("a batch script must start with an interpreter line (#!…)")
@@ -344,16 +354,30 @@ class SlurmRestClient:
             "time_limit": time_limit_minutes, "account": account,
         }  # fmt: skip
         job.update({key: value for key, value in optional.items() if value is not None})
+        if hold:
+            job["hold"] = True
         job.update(extra or {})
         status, reply = self._request(
             "POST", "job/submit", SubmitReply, {"job": job, "script": script}
         )
-        self._raise_errors(f"submit job {name!r}", status, reply.errors)
+        # A held job is reported as an "error" (ESLURM_JOB_HELD) beside its id: it is news.
+        errors = [e for e in reply.errors if not (hold and e.number == JOB_HELD)]
+        self._raise_errors(f"submit job {name!r}", status, errors)
         if reply.job_id is None:
             raise RemoteSlurmError(
                 f"slurmrestd at {self.url} accepted job {name!r} but its reply has no job_id"
             )
         return reply.job_id
+
+    def release(self, job_id: int) -> None:
+        """Let a held job start (``POST job/N`` with ``{"hold": false}``, as 22.05 takes it)."""
+        status, reply = self._request("POST", f"job/{job_id}", UpdateReply, {"hold": False})
+        self._raise_errors(f"release job {job_id}", status, reply.errors)
+
+    def cancel(self, job_id: int) -> None:
+        """Cancel a job (``DELETE job/N``)."""
+        status, reply = self._request("DELETE", f"job/{job_id}", UpdateReply)
+        self._raise_errors(f"cancel job {job_id}", status, reply.errors)
 
     def job(self, job_id: int) -> RemoteJob:
         """The job's current state."""

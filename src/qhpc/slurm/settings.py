@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qhpc.slurm.errors import HookSettingsError
@@ -32,6 +33,9 @@ class HookSettings:
     session_mode: str = "multiplex"
     handover_wait_s: float = 30.0  # how long the node Prolog waits for the controller's file
     broker_timeout_s: float = 10.0
+    #: centre → the Slurm user its gateway submits as: a job of that user whose session
+    #: the centre tied to it is adopted (federation); no entry, no adoption
+    federated_users: Mapping[str, str] = field(default_factory=dict)
 
     def to_toml(self) -> str:
         """The settings as a TOML document (strings quoted JSON-style, valid TOML)."""
@@ -46,6 +50,12 @@ class HookSettings:
             f"handover_wait_s = {float(self.handover_wait_s)!r}",
             f"broker_timeout_s = {float(self.broker_timeout_s)!r}",
         ]
+        if self.federated_users:
+            pairs = ", ".join(
+                f"{json.dumps(c)} = {json.dumps(u)}"
+                for c, u in sorted(self.federated_users.items())
+            )
+            lines.append(f"federated_users = {{ {pairs} }}")
         return "\n".join(lines) + "\n"
 
 
@@ -73,6 +83,13 @@ def load_settings(path: Path, *, need_token: bool = True) -> HookSettings:
     for key in ("broker_url", "fastpath", "token"):
         if not isinstance(data.get(key, ""), str):
             raise HookSettingsError(f"hook settings {path}: {key!r} must be a string")
+    federated = data.get("federated_users", {})
+    if not isinstance(federated, dict) or not all(
+        isinstance(c, str) and isinstance(u, str) and c and u for c, u in federated.items()
+    ):
+        raise HookSettingsError(
+            f"hook settings {path}: federated_users must map centre names to Slurm user names"
+        )
     mode = data.get("session_mode", "multiplex")
     if mode not in SESSION_MODES:
         raise HookSettingsError(
@@ -88,6 +105,7 @@ def load_settings(path: Path, *, need_token: bool = True) -> HookSettings:
             session_mode=mode,
             handover_wait_s=float(data.get("handover_wait_s", 30.0)),
             broker_timeout_s=float(data.get("broker_timeout_s", 10.0)),
+            federated_users=dict(federated),
         )
     except (TypeError, ValueError) as exc:
         raise HookSettingsError(f"hook settings {path}: {exc}") from None

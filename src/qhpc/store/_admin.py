@@ -71,6 +71,28 @@ class AdminMixin:
                     raise NotFoundError(f"no session {session_id!r}")
                 raise ConflictError(f"session {session_id!r} was closed at {exists[0]}")
 
+    def tag_session(self, session_id: str, slurm_job_id: str) -> None:
+        """Ties an open session with no Slurm job yet to ``slurm_job_id``; ConflictError if
+        it is closed or already tied (a session belongs to one job, for good)."""
+        s = schema.sessions
+        with self._db.tx(write=True) as conn:
+            done = conn.execute(
+                update(s)
+                .where(
+                    s.c.session_id == session_id, s.c.closed_at.is_(None),
+                    s.c.slurm_job_id.is_(None),
+                )
+                .values(slurm_job_id=slurm_job_id)
+            ).rowcount  # fmt: skip
+            if done == 0:
+                found = conn.execute(
+                    select(s.c.closed_at, s.c.slurm_job_id).where(s.c.session_id == session_id)
+                ).one_or_none()
+                if found is None:
+                    raise NotFoundError(f"no session {session_id!r}")
+                why = "is closed" if found[0] is not None else f"belongs to Slurm job {found[1]}"
+                raise ConflictError(f"session {session_id!r} {why}")
+
     def list_sessions(
         self, *, open_only: bool = True, resource: str | None = None
     ) -> list[SessionRecord]:
