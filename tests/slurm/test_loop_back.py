@@ -259,6 +259,11 @@ def test_a_centres_job_honours_the_licence_and_is_booked_to_the_centres_user(
     )  # fmt: skip
     usage = parse_usage_comment(booked(job))
     assert usage is not None and usage["tasks"] == 1 and usage["shots"] == 200
-    rows = cluster.broker("/accounting?group_by=job&since=0").json()
-    mine = [r for r in rows if r["group"] == session["session_id"]]
-    assert mine and mine[0]["shots"] == 200
+    # booked at the broker to the centre's user and account, under the centre
+    rows = cluster.broker("/accounting?group_by=job").json()["rows"]
+    (mine,) = [r for r in rows if r["group"] == session["session_id"]]
+    assert mine["shots"] == 200 and mine["tasks"] == 1
+    by_centre = {
+        r["group"]: r for r in cluster.broker("/accounting?group_by=centre").json()["rows"]
+    }
+    assert by_centre["north"]["shots"] >= 200

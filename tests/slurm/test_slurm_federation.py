@@ -57,6 +57,15 @@ class FakeRest:
         self.submitted.append({"script": script, **options})
         return 41
 
+    released: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+    def release(self, job_id: int) -> None:
+        self.released.append(job_id)
+
+    def cancel(self, job_id: int) -> None:
+        self.cancelled.append(job_id)
+
     def wait(
         self, job_id: int, *, poll: float, timeout: float | None,
         on_change: Callable[[RemoteJob], None] | None = None,
@@ -74,6 +83,8 @@ class FakeLink:
     url: str
     token: str
     close_fails: bool = False
+    tie_fails: bool = False
+    tied: list[tuple[str, str]] = field(default_factory=list)
     opened: list[dict[str, Any]] = field(default_factory=list)
     closed_sessions: list[str] = field(default_factory=list)
     closed: bool = False
@@ -81,6 +92,12 @@ class FakeLink:
     def open_session(self, resource: str, **fields: Any) -> dict[str, Any]:
         self.opened.append({"resource": resource, **fields})
         return dict(SESSION)
+
+    def tag_session(self, session_id: str, slurm_job_id: str) -> dict[str, Any]:
+        if self.tie_fails:
+            raise SlurmError("the broker refused it: session s-1 is closed")
+        self.tied.append((session_id, slurm_job_id))
+        return {**SESSION, "slurm_job_id": slurm_job_id}
 
     def close_session(self, session_id: str) -> bool:
         if self.close_fails:
@@ -94,18 +111,19 @@ class FakeLink:
 
 def run(
     rest: FakeRest, *, session: CentreSession | None = CENTRE, wait: bool = True,
-    close_fails: bool = False, time_limit: int | None = 30,
+    close_fails: bool = False, time_limit: int | None = 30, tie_fails: bool = False,
+    licenses: str | None = None,
 ) -> tuple[Any, list[FederationEvent], list[FakeLink]]:  # fmt: skip
     events: list[FederationEvent] = []
     links: list[FakeLink] = []
 
     def link(url: str, token: str) -> BrokerLink:
-        links.append(FakeLink(url, token, close_fails))
+        links.append(FakeLink(url, token, close_fails, tie_fails))
         return links[-1]  # type: ignore[return-value]
 
     submission = RemoteSubmission(
         "#!/bin/sh\ntrue\n", "job.sh", environment={"PATH": "/bin", "A": "b"},
-        partition="qpu", time_limit_minutes=time_limit,
+        partition="qpu", time_limit_minutes=time_limit, licenses=licenses,
     )  # fmt: skip
     result = submit_remote(
         rest, submission, session=session, wait=wait, on_event=events.append,  # type: ignore[arg-type]
@@ -212,3 +230,28 @@ def test_a_submission_without_an_environment_gets_a_plain_path() -> None:
     rest = FakeRest([done()])
     submit_remote(rest, RemoteSubmission("#!/bin/sh\n", "j"), session=None)  # type: ignore[arg-type]
     assert rest.submitted[0]["environment"] == {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+def test_a_centres_job_is_held_until_its_session_is_tied_to_it() -> None:
+    rest = FakeRest([done()])
+    _, _, (link,) = run(rest)
+    (submitted,) = rest.submitted
+    # the site's licence limit holds for a centre's job, without -L too
+    assert submitted["hold"] is True and submitted["licenses"] == "qpu_aer:1"
+    assert link.tied == [("s-1", "41")] and rest.released == [41] and rest.cancelled == []
+    rest = FakeRest([done()])
+    run(rest, licenses="qpu_aer:2,matlab:1")
+    assert rest.submitted[0]["licenses"] == "qpu_aer:2,matlab:1"  # a -L given is kept
+
+
+def test_a_job_its_session_cannot_be_tied_to_is_cancelled_and_the_session_closed() -> None:
+    rest = FakeRest([done()])
+    with pytest.raises(SlurmError, match="session s-1 is closed"):
+        run(rest, tie_fails=True)
+    assert rest.cancelled == [41] and rest.released == []
+
+
+def test_without_a_session_the_job_is_neither_held_nor_given_a_licence() -> None:
+    rest = FakeRest([done()])
+    run(rest, session=None)
+    assert rest.submitted[0]["hold"] is False and rest.submitted[0]["licenses"] is None

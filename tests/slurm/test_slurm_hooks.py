@@ -571,3 +571,48 @@ def test_a_hetjob_task_finds_its_components_handover() -> None:
     hostile = {"SLURM_JOB_ID": "7", "SLURM_HET_SIZE": "99999999", "SLURM_JOB_ID_HET_GROUP_0":
                "../../etc", "SLURM_JOB_NODELIST": "x"}  # fmt: skip
     assert component_job_ids(hostile) == ["7"]
+
+
+def _centre_session(broker: Broker, job_id: str, centre: str = "north") -> dict[str, object]:
+    """A federated centre's session, opened and then tied to its (held) Slurm job."""
+    headers = {"Authorization": f"Bearer {broker.admin}"}
+    httpx.put(f"{broker.url}/v1/accounts/{centre}-acc", headers=headers, timeout=10,
+              json={"shares": 1.0, "centre": centre}).raise_for_status()  # fmt: skip
+    token = httpx.post(f"{broker.url}/v1/tokens", headers=headers, timeout=10, json={
+        "role": "centre", "subject": f"{centre}-gw", "centre": centre,
+        "account": f"{centre}-acc"}).json()["token"]  # fmt: skip
+    mine = {"Authorization": f"Bearer {token}"}
+    opened = httpx.post(f"{broker.url}/v1/sessions", headers=mine, timeout=10, json={
+        "resource": "sim", "user": "carol", "duration_seconds": 600}).json()  # fmt: skip
+    httpx.patch(f"{broker.url}/v1/sessions/{opened['session_id']}", headers=mine, timeout=10,
+                json={"slurm_job_id": job_id}).raise_for_status()  # fmt: skip
+    return dict(opened)
+
+
+def test_a_federated_centres_session_is_adopted_not_doubled(tmp_path: Path, broker: Broker) -> None:
+    centre = _centre_session(broker, "301")
+    # the site maps centre north to the Slurm user its gateway submits as ("alice" here)
+    settings = _settings(tmp_path, broker, federated_users={"north": "alice"})
+    env = _env("301", SLURM_JOB_LICENSES="qpu_sim:1")
+    assert hooks.prolog_slurmctld(env, settings, show=_show()) == 0
+    handover = read_handover(handover_path(settings.spool_dir, "301"))
+    assert handover is not None and handover.adopted and handover.ok
+    assert handover.session_id == centre["session_id"] and handover.token is None
+    sessions = broker.get("/sessions?slurm_job_id=301").json()
+    assert [s["session_id"] for s in sessions] == [centre["session_id"]]  # no second one
+    assert hooks.prolog(_env("301"), settings, show=_show(licences="qpu_sim:1")) == 0
+    # the job carries the centre's session in its own environment: nothing exported
+    code, exports, printed = _task_prolog(_env("301"), settings.run_dir)
+    assert (code, exports, printed) == (0, {}, "")
+
+
+def test_a_session_tied_by_a_centre_the_site_does_not_map_is_not_adopted(
+    tmp_path: Path, broker: Broker
+) -> None:
+    intruder = _centre_session(broker, "302", centre="south")
+    settings = _settings(tmp_path, broker, federated_users={"north": "alice"})
+    assert hooks.prolog_slurmctld(_env("302", SLURM_JOB_LICENSES="qpu_sim:1"), settings,
+                                  show=_show()) == 0  # fmt: skip
+    handover = read_handover(handover_path(settings.spool_dir, "302"))
+    assert handover is not None and not handover.adopted and handover.token is not None
+    assert handover.session_id != intruder["session_id"]  # the job's own, as without federation

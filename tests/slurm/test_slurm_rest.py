@@ -88,6 +88,12 @@ class Handler(BaseHTTPRequestHandler):
         match = re.fullmatch(r"job/(\d+)", tail)
         if method == "GET" and match:
             return self._job(int(match.group(1)))
+        if method in ("POST", "DELETE") and match and int(match.group(1)) in self.restd.jobs:
+            # an update ({"hold": false}, as 22.05 takes it) or a cancel: an empty error list
+            self.restd.jobs[int(match.group(1))]["held"] = method == "POST" and body != {
+                "hold": False
+            }
+            return self._reply(200, {"meta": META, "errors": []})
         return self._reply(404, "Unable find requested URL", "text/plain")
 
     def _submit(self, body: Any) -> None:
@@ -110,7 +116,11 @@ class Handler(BaseHTTPRequestHandler):
             "name": job.get("name", ""), "code": code,
             "states": [("PENDING", "Priority"), ("RUNNING", "None"), final],
         }  # fmt: skip
-        reply = {"meta": META, "errors": [], "job_id": self.restd.next_id, "step_id": "BATCH",
+        self.restd.jobs[self.restd.next_id]["held"] = bool(job.get("hold"))
+        # 22.05 answers a held submission with its id and an "error" saying it is held
+        held = [{"error_code": 2042, "error": "Job is in held state, pending scheduler release"}]
+        reply = {"meta": META, "errors": held if job.get("hold") else [],
+                 "job_id": self.restd.next_id, "step_id": "BATCH",
                  "job_submit_user_msg": ""}  # fmt: skip
         return self._reply(200, reply)
 
@@ -132,6 +142,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
 
 
 def secret_file(folder: Path, name: str, secret: str) -> Path:
@@ -454,6 +467,14 @@ def test_cli_submit_opens_a_centre_session_and_hands_the_job_only_its_token(
         assert environment["QHPC_FASTPATH"] == "tcp://qpu-site:5555"
         assert environment["QHPC_SESSION_ID"] == session["session_id"]
         assert centre_token not in json.dumps(restd.requests)  # the centre's token stays home
+        # held, tied to its session, then released; the QPU's licence asked for without -L
+        submitted = restd.requests[0][3]["job"]
+        assert submitted["hold"] is True and submitted["licenses"] == "qpu_aer:1"
+        job_id = next(iter(restd.jobs))
+        assert session["slurm_job_id"] == str(job_id) and restd.jobs[job_id]["held"] is False
+        assert ("POST", f"/slurm/{API_VERSION}/job/{job_id}") in [
+            (m, path) for m, path, _, _ in restd.requests
+        ]
     finally:
         broker.terminate()
         broker.wait(timeout=30)
