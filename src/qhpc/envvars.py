@@ -16,6 +16,11 @@ same thing wherever it is set:
                        co-located with the broker)
 ``QHPC_RESOURCE``      the session's resource
 ``QHPC_PROGRAM_ID``    a co-located program's job id
+``QHPC_SESSION_<QPU>``  with several QPUs (``--qpu=a,b``), each one's session token
+                       (and ``QHPC_SESSION_ID_<QPU>``); ``<QPU>`` is the name in
+                       capitals, other characters as ``_``
+``QRMI_JOB_QPU_RESOURCES``  the job's QPUs, comma-separated (IBM QRMI's contract)
+``QRMI_JOB_QPU_TYPES``  their resource types, in the same order (QRMI's contract)
 =====================  ==========================================================
 """
 
@@ -28,13 +33,33 @@ SESSION_ID_ENV = "QHPC_SESSION_ID"
 FASTPATH_ENV = "QHPC_FASTPATH"
 RESOURCE_ENV = "QHPC_RESOURCE"
 PROGRAM_ID_ENV = "QHPC_PROGRAM_ID"
+QRMI_RESOURCES_ENV = "QRMI_JOB_QPU_RESOURCES"
+QRMI_TYPES_ENV = "QRMI_JOB_QPU_TYPES"
+
+
+def _key(resource: str) -> str:
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in resource).upper()
+
+
+def session_env_for(resource: str) -> str:
+    """The variable holding the session token of ``resource`` in a job with several QPUs."""
+    return f"{SESSION_ENV}_{_key(resource)}"
+
+
+def session_id_env_for(resource: str) -> str:
+    return f"{SESSION_ID_ENV}_{_key(resource)}"
+
 
 __all__ = [
     "FASTPATH_ENV",
     "PROGRAM_ID_ENV",
+    "QRMI_RESOURCES_ENV",
+    "QRMI_TYPES_ENV",
     "RESOURCE_ENV",
     "SESSION_ENV",
     "SESSION_ID_ENV",
     "TOKEN_ENV",
     "URL_ENV",
+    "session_env_for",
+    "session_id_env_for",
 ]

@@ -267,3 +267,47 @@ def test_a_centres_job_honours_the_licence_and_is_booked_to_the_centres_user(
         r["group"]: r for r in cluster.broker("/accounting?group_by=centre").json()["rows"]
     }
     assert by_centre["north"]["shots"] >= 200
+
+
+TWO_QPUS = """
+import os
+from qiskit import QuantumCircuit
+from qhpc.session import QPU
+bell = QuantumCircuit(2, 2); bell.h(0); bell.cx(0, 1); bell.measure([0, 1], [0, 1])
+for name in os.environ["QRMI_JOB_QPU_RESOURCES"].split(","):
+    qpu = QPU.from_env(timeout=60, resource=name)
+    print(f"{name}: shots={sum(qpu.run(bell, shots=100).values())} on {qpu.resource}", flush=True)
+print("types", os.environ["QRMI_JOB_QPU_TYPES"], flush=True)
+"""
+
+
+def test_a_job_holds_a_session_on_each_of_several_qpus(cluster: Cluster) -> None:
+    (cluster.work / "two.py").write_text(TWO_QPUS)
+    job = cluster.sbatch(
+        "--qpu=sim,emu", f"--output={cluster.work}/job-%j.out",
+        script=cluster.job_script(f"{cluster.python} {cluster.work}/two.py"),
+    )  # fmt: skip
+    state, _, exit_code = finished(job, timeout=120)
+    output = cluster.output(job)
+    assert (state, exit_code) == ("COMPLETED", "0:0"), output
+    assert "sim: shots=100 on sim" in output and "emu: shots=100 on emu" in output
+    assert "types aer,emulator" in output
+    sessions = cluster.sessions_of(job)
+    assert sorted(s["resource"] for s in sessions) == ["emu", "sim"]
+    assert all(s["closed_at"] is not None for s in sessions)  # both closed with the job
+    usage = parse_usage_comment(booked(job))
+    assert usage is not None and usage["resource"] == "sim+emu" and usage["shots"] == 200
+    # both licences held, each counted against its QPU's limit
+    tres = run("sacct", "-n", "-P", "-X", "-j", job, "-o", "AllocTRES").stdout
+    assert "license/qpu_sim=1" in tres and "license/qpu_emu=1" in tres, tres
+
+
+def test_naming_a_qpu_twice_fails_the_job_with_a_message(cluster: Cluster) -> None:
+    job = cluster.sbatch(
+        "--qpu=sim,sim", f"--output={cluster.work}/job-%j.out",
+        script=cluster.job_script("echo should-not-run"),
+    )  # fmt: skip
+    state, _, _ = finished(job, timeout=120)
+    output = cluster.output(job)
+    assert state == "FAILED" and "should-not-run" not in output
+    assert "sim named twice" in output

@@ -131,7 +131,8 @@ def test_session_handed_over_used_closed_and_booked(
     code, exports, text = _task_prolog(_env("101", SLURM_JOB_QPU="sim"), settings.run_dir)
     assert code == 0
     assert set(exports) == {
-        "QHPC_URL", "QHPC_FASTPATH", "QHPC_RESOURCE", "QHPC_SESSION", "QHPC_SESSION_ID"
+        "QHPC_URL", "QHPC_FASTPATH", "QHPC_RESOURCE", "QHPC_SESSION", "QHPC_SESSION_ID",
+        "QRMI_JOB_QPU_RESOURCES", "QRMI_JOB_QPU_TYPES",
     }  # fmt: skip
     assert exports["QHPC_SESSION"] == controller.token
     assert broker.admin not in text
@@ -211,7 +212,16 @@ def _no_comment(job_id: str, text: str) -> None:
         ),
         ({"SLURM_JOB_LICENSES": "qpu_sim:1,qpu_emu:1"}, "licences of several QPUs"),
         ({"SPANK_SLURM_JOB_QPU": "sim", "SLURM_JOB_LICENSES": ""}, "-L qpu_sim"),
-        ({"SPANK_SLURM_JOB_QPU": "sim,emu", "SLURM_JOB_LICENSES": "qpu_sim:1"}, "one QPU"),
+        (
+            {"SPANK_SLURM_JOB_QPU": "sim,emu", "SLURM_JOB_LICENSES": "qpu_sim:1"},
+            "needs a licence of each QPU: add -L qpu_emu:1",
+        ),
+        ({"SPANK_SLURM_JOB_QPU": "sim,sim", "SLURM_JOB_LICENSES": "qpu_sim:2"}, "sim named twice"),
+        # all or none: sim's session is opened, nope's is refused, sim's is closed again
+        (
+            {"SPANK_SLURM_JOB_QPU": "sim,nope", "SLURM_JOB_LICENSES": "qpu_sim:1,qpu_nope:1"},
+            "unknown resource",
+        ),
     ],
 )
 def test_bad_qpu_requests_fail_the_job_with_a_message(

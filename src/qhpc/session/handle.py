@@ -27,7 +27,13 @@ from typing import Any, Protocol, TypeAlias
 
 from qiskit.circuit import QuantumCircuit
 
-from qhpc.envvars import FASTPATH_ENV, SESSION_ENV
+from qhpc.envvars import (
+    FASTPATH_ENV,
+    QRMI_RESOURCES_ENV,
+    RESOURCE_ENV,
+    SESSION_ENV,
+    session_env_for,
+)
 from qhpc.resources import (
     EstimatorResult,
     EstimatorTask,
@@ -85,10 +91,19 @@ class QPU:
         self.results: list[dict[str, Any]] = []
 
     @classmethod
-    def from_env(cls, timeout: float = 600.0) -> QPU:
-        """The session a Slurm job (or a shell) was given through the environment."""
+    def from_env(cls, timeout: float = 600.0, resource: str | None = None) -> QPU:
+        """The session a Slurm job (or a shell) was given through the environment; with
+        ``resource``, the session on that one of a job's several QPUs (``--qpu=a,b``)."""
         endpoint = os.environ.get(FASTPATH_ENV)
         token = os.environ.get(SESSION_ENV)
+        if resource is not None and resource != os.environ.get(RESOURCE_ENV):
+            token = os.environ.get(session_env_for(resource))
+            if endpoint and not token:
+                held = os.environ.get(QRMI_RESOURCES_ENV) or os.environ.get(RESOURCE_ENV)
+                raise QpuNotConfiguredError(
+                    f"no session on QPU {resource!r} here: this job holds {held or 'none'} "
+                    f"({session_env_for(resource)} is unset)"
+                )
         if not endpoint or not token:
             raise QpuNotConfiguredError(
                 f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "

@@ -14,11 +14,21 @@ import errno
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qhpc.envvars import FASTPATH_ENV, RESOURCE_ENV, SESSION_ENV, SESSION_ID_ENV, URL_ENV
+from qhpc.envvars import (
+    FASTPATH_ENV,
+    QRMI_RESOURCES_ENV,
+    QRMI_TYPES_ENV,
+    RESOURCE_ENV,
+    SESSION_ENV,
+    SESSION_ID_ENV,
+    URL_ENV,
+    session_env_for,
+    session_id_env_for,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,10 @@ class Handover:
     #: a federated centre's session, tied to this job before it was released: the job
     #: carries that session's token in its own environment, the hooks hand over nothing
     adopted: bool = False
+    #: the job's further QPUs (``--qpu=a,b``): ``{"resource", "session_id", "token"}`` each
+    others: list[dict[str, str]] = field(default_factory=list)
+    #: the resource types of all the job's QPUs, comma-separated, in order (QRMI's contract)
+    types: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -46,13 +60,24 @@ class Handover:
         if not self.ok or self.adopted:
             return {}
         assert self.token and self.url and self.fastpath and self.resource and self.session_id
-        return {
+        exports = {
             URL_ENV: self.url,
             FASTPATH_ENV: self.fastpath,
             RESOURCE_ENV: self.resource,
             SESSION_ENV: self.token,
             SESSION_ID_ENV: self.session_id,
         }
+        sessions = [(self.resource, self.session_id, self.token)] + [
+            (o["resource"], o["session_id"], o["token"]) for o in self.others
+        ]
+        exports[QRMI_RESOURCES_ENV] = ",".join(resource for resource, _, _ in sessions)
+        if self.types:
+            exports[QRMI_TYPES_ENV] = self.types
+        if self.others:  # each QPU's own session beside the first's plain names
+            for resource, session_id, token in sessions:
+                exports[session_env_for(resource)] = token
+                exports[session_id_env_for(resource)] = session_id
+        return exports
 
 
 def handover_path(directory: Path, job_id: str) -> Path:

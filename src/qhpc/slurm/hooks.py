@@ -26,6 +26,7 @@ The admin token is read from the settings file and never printed or logged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -113,19 +114,30 @@ def prolog_slurmctld(
         _log(settings, f"job {first.job_id}: {exc}; using the environment alone")
         job = first
     try:
-        resource = job.qpu()
+        resources = job.qpus()
     except ValueError as exc:
         return _refuse(settings, spool, job, None, f"{exc}")
+    resource = resources[0]
     deadline = now() + (job.time_limit_s or UNLIMITED_SECONDS)
+    created: list[dict[str, Any]] = []
     try:
         with BrokerLink(settings.broker_url, settings.token, settings.broker_timeout_s) as link:
             adopted = _federated_session(link, job, resource, settings)
-            if adopted is not None:
+            if adopted is not None and len(resources) == 1:
                 return _adopt(settings, spool, job, resource, adopted)
-            created = link.open_session(
-                resource, deadline=deadline, user=job.user, account=job.account or job.user,
-                slurm_job_id=job.job_id, mode=settings.session_mode,
-            )  # fmt: skip
+            try:
+                for name in resources:  # all or none: a job never runs with half its QPUs
+                    created.append(link.open_session(
+                        name, deadline=deadline, user=job.user,
+                        account=job.account or job.user, slurm_job_id=job.job_id,
+                        mode=settings.session_mode,
+                    ))  # fmt: skip
+                types = ",".join(link.resource_type(name) for name in resources)
+            except BaseException:
+                for opened in created:
+                    with contextlib.suppress(Exception):
+                        link.close_session(str(opened["session_id"]))
+                raise
     except BrokerUnreachable:
         return _refuse(
             settings, spool, job, resource,
@@ -134,16 +146,22 @@ def prolog_slurmctld(
         )  # fmt: skip
     except BrokerRefused as exc:
         return _refuse(settings, spool, job, resource, f"the broker refused it: {exc.detail}")
+    primary, *more = created
     handover = Handover(
-        job_id=job.job_id, resource=resource, session_id=str(created["session_id"]),
-        token=str(created["token"]), url=settings.broker_url, fastpath=settings.fastpath,
-        deadline=float(created["deadline"]),
+        job_id=job.job_id, resource=resource, session_id=str(primary["session_id"]),
+        token=str(primary["token"]), url=settings.broker_url, fastpath=settings.fastpath,
+        deadline=float(primary["deadline"]), types=types,
+        others=[
+            {"resource": name, "session_id": str(o["session_id"]), "token": str(o["token"])}
+            for name, o in zip(resources[1:], more, strict=True)
+        ],
     )  # fmt: skip
     write_handover(spool, handover)
+    pairs = zip(resources, created, strict=True)
+    ids = ", ".join(f"{o['session_id']} on {name}" for name, o in pairs)
     _log(
         settings,
-        f"job {job.job_id}: session {handover.session_id} on {resource} for {job.user} "
-        f"until {handover.deadline:.0f}",
+        f"job {job.job_id}: session(s) {ids} for {job.user} until {handover.deadline:.0f}",
     )
     return 0
 

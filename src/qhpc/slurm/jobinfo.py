@@ -116,13 +116,31 @@ class JobView:
         return self.spank_qpu is not None or bool(self.licensed_qpus)
 
     def qpu(self) -> str:
-        """The QPU this job's session is for; raises ValueError naming the conflict."""
-        if self.spank_qpu is not None:
-            if "," in self.spank_qpu:
+        """The QPU of a job with one (the first of several); ValueError naming a conflict."""
+        return self.qpus()[0]
+
+    def qpus(self) -> list[str]:
+        """The QPUs this job holds sessions on, in the order asked; ValueError naming the
+        conflict (a name twice, a QPU without its licence, several licences unnamed)."""
+        if self.spank_qpu is not None and "," in self.spank_qpu:
+            names = [n.strip() for n in self.spank_qpu.split(",")]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice or "" in names:
                 raise ValueError(
-                    f"--qpu={self.spank_qpu}: a job holds a session on one QPU; "
-                    "split the work into one job per QPU (or a heterogeneous job)"
+                    f"--qpu={self.spank_qpu}: "
+                    + (f"{', '.join(twice)} named twice" if twice else "an empty name")
                 )
+            missing = [n for n in names if n not in self.licensed_qpus]
+            if missing:
+                wanted = ",".join(f"{licence_name(n)}:1" for n in missing)
+                raise ValueError(
+                    f"--qpu={self.spank_qpu} needs a licence of each QPU: add -L {wanted}"
+                )
+            return names
+        return [self._one()]
+
+    def _one(self) -> str:
+        if self.spank_qpu is not None:
             if not self.licensed_qpus:
                 # The licence count is how Slurm limits the sessions on a QPU: without it
                 # the job would hold a session Slurm never counted.

@@ -94,6 +94,10 @@ class BrokerLink:
         found = self.sessions(include_closed, slurm_job_id=slurm_job_id)
         return [s for s in found if s.get("slurm_job_id") == slurm_job_id]
 
+    def resource_type(self, name: str) -> str:
+        """The resource's type (``aer``, ``ibm-quantum-system`` …), as QRMI's contract wants."""
+        return str(self._call(lambda: self._client.resource(name)).get("type", "unknown"))
+
     def tag_session(self, session_id: str, slurm_job_id: str) -> dict[str, Any]:
         return self._call(lambda: self._client.tag_session(session_id, slurm_job_id))
 
