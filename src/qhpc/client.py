@@ -204,6 +204,10 @@ class Client:
     def queue(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/resources/{name}/queue"))
 
+    def admission(self, name: str) -> dict[str, Any]:
+        """How many sessions the broker's admission controller lets hold the resource."""
+        return dict(self._request("GET", f"/resources/{name}/admission"))
+
     def drain(
         self, name: str, reason: str, *, until: float | None = None,
         for_seconds: float | None = None, now: bool = False,

@@ -120,3 +120,32 @@ def test_a_failing_slurm_command_names_itself() -> None:
         run_command(["/nonexistent/scontrol", "show", "licenses"])
     with pytest.raises(SlurmCommandError, match="false show licenses failed"):
         run_command(["false", "show", "licenses"])
+
+
+def test_admission_keeps_back_the_licences_beyond_what_the_broker_admits() -> None:
+    slurm = FakeSlurm({"qpu_emu": 4})
+    clock = [1_000_000.0]
+    states = [QpuState("emu", "busy", admitted=2)]
+    feedback = agent(slurm, states, now=clock)
+    assert feedback.step() == ["admission emu: 2 of 4 licences open"]
+    create = next(c for c in slurm.calls if c[:3] == ["scontrol", "create", "reservation"])
+    assert "Licenses=qpu_emu:2" in create  # 4 - 2 kept back
+    clock[0] += 30
+    assert feedback.step() == []  # unchanged advice, fresh hold: nothing rewritten
+    states[0] = QpuState("emu", "busy", admitted=3)
+    assert feedback.step() == ["admission emu: 3 of 4 licences open"]
+    states[0] = QpuState("emu", "busy", admitted=4)  # everything admitted: the hold goes
+    assert feedback.step() == ["released emu"] and slurm.reservations == {}
+
+
+def test_an_outage_takes_over_an_admission_hold_and_no_advice_means_no_hold() -> None:
+    slurm = FakeSlurm({"qpu_emu": 4})
+    states = [QpuState("emu", "idle", admitted=1)]
+    feedback = agent(slurm, states, threshold=0)
+    feedback.step()
+    states[0] = QpuState("emu", "offline", admitted=1)
+    assert feedback.step()[0].startswith("held emu")
+    update = [c for c in slurm.calls if c[:2] == ["scontrol", "update"]][-1]
+    assert "Licenses=qpu_emu:4" in update  # every licence while it is out
+    states[0] = QpuState("emu", "idle")  # back, and no advice (older broker): released
+    assert "released emu" in feedback.step()

@@ -12,7 +12,7 @@ import typer
 
 from qhpc.cli.options import DEFAULT_URL, JsonOption, TokenOption, UrlOption
 from qhpc.cli.output import out, print_json
-from qhpc.client import connect
+from qhpc.client import ClientError, connect
 from qhpc.slurm import Feedback, HoldPolicy, QpuState, SlurmHolds, qpus_in_licences, show_job
 
 
@@ -23,6 +23,14 @@ def feedback(
     ] = 60.0,
     interval: Annotated[float, typer.Option(min=0.2, help="Seconds between looks.")] = 5.0,
     once: Annotated[bool, typer.Option("--once", help="One step, print it, exit.")] = False,
+    steer: Annotated[
+        bool,
+        typer.Option(
+            "--steer/--no-steer",
+            help="Also keep back the licences beyond what the broker's admission "
+            "controller admits (measured duty cycles).",
+        ),
+    ] = True,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = "",
 ) -> None:
@@ -31,8 +39,20 @@ def feedback(
     slurmctld, as root or a Slurm operator, with an admin token."""
     with connect(url, token) as client:
 
+        def admitted(name: str) -> int | None:
+            try:
+                value = client.admission(name).get("admitted")
+            except ClientError as exc:
+                if exc.status in (404, 405):  # a broker without admission control
+                    return None
+                raise
+            return int(value) if isinstance(value, int) and value >= 1 else None
+
         def states() -> list[QpuState]:
-            return [QpuState.of(row) for row in client.resources()]
+            return [
+                QpuState.of(row, admitted(str(row["name"]))) if steer else QpuState.of(row)
+                for row in client.resources()
+            ]
 
         agent = Feedback(states, SlurmHolds(), HoldPolicy(threshold))
         if once:

@@ -20,6 +20,13 @@ by itself at the QPU's expected end. A hold whose end is unknown is made
 ``RENEW_SECONDS`` long and renewed while the agent runs: if the agent (or the
 broker) dies, the hold lapses and Slurm falls back to starting jobs — it fails open.
 
+The same reservation steers admission while the QPU works: when the broker's
+admission controller (``GET /v1/resources/{name}/admission``) admits fewer sessions
+than the QPU has licences — the open sessions' measured duty cycles would push
+session latency past its target — the agent keeps the rest of the licences back,
+so Slurm starts no more session jobs than that, and lets them go as the duty
+cycles allow.
+
 Slurm's own ``Reason`` can only say ``Licenses``, so each pending job of a held QPU
 also gets a ``Comment`` naming the QPU's state, reason and expected end
 (``squeue -O comment``, ``scontrol show job``); a comment a user wrote is never
@@ -62,17 +69,19 @@ class QpuState:
     state: str
     reason: str = ""
     until: float | None = None
+    #: sessions the broker's admission controller lets hold the QPU now (None: no advice)
+    admitted: int | None = None
 
     @property
     def takes_work(self) -> bool:
         return self.state in TAKES_WORK
 
     @classmethod
-    def of(cls, row: Mapping[str, Any]) -> QpuState:
+    def of(cls, row: Mapping[str, Any], admitted: int | None = None) -> QpuState:
         until = row.get("until")
         return cls(
             str(row["name"]), str(row["state"]), str(row.get("reason") or ""),
-            float(until) if isinstance(until, int | float) else None,
+            float(until) if isinstance(until, int | float) else None, admitted,
         )  # fmt: skip
 
 
@@ -200,6 +209,8 @@ class Feedback:
         self._clock = clock
         #: QPU name → (state, since when the agent has seen it)
         self._seen: dict[str, tuple[str, float]] = {}
+        #: QPU name → licences kept back for admission (not for an outage)
+        self._kept: dict[str, int] = {}
 
     def step(self) -> list[str]:
         """One look at the broker and Slurm; what it did, one line an action."""
@@ -218,7 +229,10 @@ class Feedback:
             self._seen[name] = (qpu.state, since)
             if self.policy.holds(qpu, since, now):
                 actions += self._hold(qpu, count, held.get(name), now)
+            elif qpu.admitted is not None and qpu.admitted < count:
+                actions += self._steer(qpu, count, held.get(name), now)
             elif name in held:
+                self._kept.pop(name, None)
                 self._slurm.release(name)
                 actions.append(f"released {name}")
                 actions += self._clear_comments(name)
@@ -237,6 +251,8 @@ class Feedback:
         else:  # no known end: hold for a while, renew before it lapses
             wanted = now + RENEW_SECONDS
             stale = end is None or end - now < RENEW_SECONDS / 2
+        if self._kept.pop(qpu.name, None) is not None:
+            stale = True  # an admission hold becomes an outage hold of every licence
         if stale:
             self._slurm.hold(qpu.name, count, wanted, exists=end is not None)
             actions.append(f"held {qpu.name} until {slurm_time(wanted)} ({qpu.state})")
@@ -246,6 +262,17 @@ class Feedback:
                 self._slurm.comment(job, text)
                 actions.append(f"commented job {job}")
         return actions
+
+    def _steer(self, qpu: QpuState, count: int, end: float | None, now: float) -> list[str]:
+        """Admission: keep back the licences beyond what the broker admits, so Slurm starts
+        no more session jobs than the sessions' duty cycles allow (renewed like a hold
+        with no end, so it fails open)."""
+        keep = count - max(1, qpu.admitted or 1)
+        if self._kept.get(qpu.name) == keep and end is not None and end - now >= RENEW_SECONDS / 2:
+            return []
+        self._slurm.hold(qpu.name, keep, now + RENEW_SECONDS, exists=end is not None)
+        self._kept[qpu.name] = keep
+        return [f"admission {qpu.name}: {count - keep} of {count} licences open"]
 
     def _clear_comments(self, qpu: str) -> list[str]:
         actions = []
