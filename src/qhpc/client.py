@@ -204,9 +204,11 @@ class Client:
     def queue(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/resources/{name}/queue"))
 
-    def admission(self, name: str) -> dict[str, Any]:
-        """How many sessions the broker's admission controller lets hold the resource."""
-        return dict(self._request("GET", f"/resources/{name}/admission"))
+    def admission(self, name: str, licences: int | None = None) -> dict[str, Any]:
+        """How many sessions the broker's admission controller lets hold the resource
+        (``licences``: how many Slurm has for it, if the caller knows)."""
+        params = None if licences is None else {"licences": licences}
+        return dict(self._request("GET", f"/resources/{name}/admission", params=params))
 
     def drain(
         self, name: str, reason: str, *, until: float | None = None,

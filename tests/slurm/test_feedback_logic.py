@@ -57,7 +57,7 @@ def agent(
     now: list[float] | None = None,
 ) -> Feedback:
     clock = now or [time.time()]
-    return Feedback(lambda: states, SlurmHolds(slurm), HoldPolicy(threshold), lambda: clock[0])
+    return Feedback(lambda _: states, SlurmHolds(slurm), HoldPolicy(threshold), lambda: clock[0])
 
 
 def test_the_policy_holds_long_outages_and_leaves_short_ones_alone() -> None:

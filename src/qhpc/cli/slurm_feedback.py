@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
@@ -39,19 +40,24 @@ def feedback(
     slurmctld, as root or a Slurm operator, with an admin token."""
     with connect(url, token) as client:
 
-        def admitted(name: str) -> int | None:
+        def admitted(name: str, licences: int | None) -> int | None:
+            if licences is None:
+                return None  # no licence in Slurm: nothing to steer
             try:
-                value = client.admission(name).get("admitted")
+                value = client.admission(name, licences=licences).get("admitted")
             except ClientError as exc:
                 if exc.status in (404, 405):  # a broker without admission control
                     return None
                 raise
             return int(value) if isinstance(value, int) and value >= 1 else None
 
-        def states() -> list[QpuState]:
+        def states(totals: Mapping[str, int]) -> list[QpuState]:
+            rows = client.resources()
+            if not steer:
+                return [QpuState.of(row) for row in rows]
             return [
-                QpuState.of(row, admitted(str(row["name"]))) if steer else QpuState.of(row)
-                for row in client.resources()
+                QpuState.of(row, admitted(str(row["name"]), totals.get(str(row["name"]))))
+                for row in rows
             ]
 
         agent = Feedback(states, SlurmHolds(), HoldPolicy(threshold))

@@ -198,7 +198,8 @@ class Feedback:
 
     def __init__(
         self,
-        read_states: Callable[[], Iterable[QpuState]],
+        #: the QPUs' states from the broker, given each QPU's licence total in Slurm
+        read_states: Callable[[Mapping[str, int]], Iterable[QpuState]],
         slurm: SlurmHolds,
         policy: HoldPolicy | None = None,
         clock: Callable[[], float] = time.time,
@@ -215,8 +216,8 @@ class Feedback:
     def step(self) -> list[str]:
         """One look at the broker and Slurm; what it did, one line an action."""
         now = self._clock()
-        states = {q.name: q for q in self._read_states()}
         totals = self._slurm.licence_totals()
+        states = {q.name: q for q in self._read_states(totals)}
         held = self._slurm.holds()
         actions = []
         for name, count in sorted(totals.items()):
