@@ -23,6 +23,7 @@ from qhpc.broker import (
     LowestEtaPolicy,
     MemberView,
     NoMemberFits,
+    ProgramError,
     SessionMode,
 )
 from qhpc.resources import (
@@ -311,3 +312,13 @@ def test_a_pooled_job_runs_to_its_end_on_its_member(store: Store, bell: QuantumC
     finally:
         broker.stop()
         registry.close()
+
+
+def test_a_hybrid_job_may_name_a_pool(idle: Broker) -> None:
+    # The program's own run needs the runtime pool; what admission decides shows without
+    # it: a stopping broker refuses the program only after its name was accepted.
+    idle.programs.close()
+    with pytest.raises(ProgramError, match="stopping"):
+        idle.programs.submit(user="alice", account="chem", resource="p", source="def main(): 0")
+    with pytest.raises(UnknownResourceError, match="pools: p"):
+        idle.programs.submit(user="alice", account="chem", resource="q", source="def main(): 0")

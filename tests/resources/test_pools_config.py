@@ -150,3 +150,11 @@ def test_unknown_name_lists_resources_and_pools() -> None:
 def test_the_one_policy_is_the_default() -> None:
     assert POOL_POLICIES == ("lowest-eta",)
     assert PoolSpec("p", ("a",)).policy == "lowest-eta"
+
+
+def test_check_name_accepts_resources_and_pools_only() -> None:
+    registry = ResourceRegistry([ResourceSpec("a", "null")], [PoolSpec("p", ("a",))])
+    registry.check_name("a")
+    registry.check_name("p")
+    with pytest.raises(UnknownResourceError, match="pools: p"):
+        registry.check_name("q")

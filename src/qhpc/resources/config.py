@@ -96,6 +96,11 @@ class ResourceRegistry:
         except KeyError:
             raise UnknownResourceError(name, self.names(), self.pool_names()) from None
 
+    def check_name(self, name: str) -> None:
+        """UnknownResourceError unless ``name`` is a resource or a pool (what work may name)."""
+        if name not in self._pools:
+            self.spec(name)
+
     def pool_names(self) -> list[str]:
         return list(self._pools)
 
