@@ -201,6 +201,10 @@ class Client:
     def resource(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/resources/{name}"))
 
+    def pools(self) -> list[dict[str, Any]]:
+        """Every pool with its members: state, queue length, open sessions, ETA."""
+        return list(self._request("GET", "/pools"))
+
     def queue(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/resources/{name}/queue"))
 

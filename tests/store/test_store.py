@@ -971,8 +971,10 @@ def test_migration_3_moves_stored_output_into_byte_rows(store_url: str) -> None:
         job, _ = job_with_tasks("old", 0, kind="hybrid")
         text_out = "héllo\n" * (store_schema.OUTPUT_CHUNK // 4)
         with db.tx(write=True) as conn:
-            # The row as version 2 had it: purged_at came with migration 5.
-            row = {k: v for k, v in store_schema.to_row(job).items() if k != "purged_at"}
+            # The row as version 2 had it: purged_at came with migration 5, pool with 7.
+            row = {
+                k: v for k, v in store_schema.to_row(job).items() if k not in ("purged_at", "pool")
+            }
             conn.execute(store_schema.jobs.insert().values(row))
             conn.execute(
                 text(
@@ -989,3 +991,36 @@ def test_migration_3_moves_stored_output_into_byte_rows(store_url: str) -> None:
         assert opened.read_output("old", "stdout") == (text_out.encode(), len(text_out.encode()))
         assert opened.read_output("old", "stderr") == (b"", 0)
         assert opened.get_program("old").status == "completed"
+
+
+def test_the_pool_of_a_job_and_a_session_round_trips(store: Store) -> None:
+    job, tasks = job_with_tasks("pooled", 1)
+    store.create_job(replace(job, pool="sims"), tasks)
+    store.create_job(*job_with_tasks("direct", 1))
+    assert store.get_job("pooled").pool == "sims"
+    assert store.get_job("direct").pool is None
+    assert {j.job_id: j.pool for j in store.list_jobs()} == {"pooled": "sims", "direct": None}
+    store.create_session(replace(session("s1"), pool="sims"))
+    store.create_session(session("s2"))
+    assert store.get_session("s1").pool == "sims"
+    assert {s.session_id: s.pool for s in store.list_sessions()} == {"s1": "sims", "s2": None}
+
+
+def test_migration_7_keeps_jobs_and_sessions_of_version_6(store_url: str) -> None:
+    db = Database.connect(store_url)
+    try:
+        migrate(db, tuple(m for m in MIGRATIONS if m.version <= 6))
+        job, _ = job_with_tasks("old", 0)
+        old_session = session("s-old")
+        with db.tx(write=True) as conn:
+            row = {k: v for k, v in store_schema.to_row(job).items() if k != "pool"}
+            conn.execute(store_schema.jobs.insert().values(row))
+            row = {k: v for k, v in store_schema.to_row(old_session).items() if k != "pool"}
+            conn.execute(store_schema.sessions.insert().values(row))
+        assert migrate(db) == LATEST_VERSION
+    finally:
+        db.close()
+    with Store.open(store_url) as opened:
+        assert opened.get_job("old") == job
+        assert opened.get_session("s-old") == old_session
+        assert opened.get_job("old").pool is None

@@ -67,6 +67,7 @@ def create_app(
     for router in (
         routes_resources.system,
         routes_resources.resources,
+        routes_resources.pools,
         routes_jobs.jobs,
         routes_jobs.tasks,
         routes_jobs.programs,

@@ -27,6 +27,7 @@ from qhpc.broker import (
     BrokerError,
     IdempotencyKeyReused,
     InvalidDrain,
+    NoMemberFits,
     PolicyError,
     ProgramError,
 )
@@ -130,7 +131,9 @@ def qhpc_problem(exc: QhpcError) -> JSONResponse:
     elif isinstance(exc, LimitExceeded):
         extra = {"limit": exc.limit, "value": exc.value}
     elif isinstance(exc, UnknownResourceError):
-        extra = {"known": sorted(exc.known)}
+        extra = {"known": sorted(exc.known), "pools": sorted(exc.pools) or None}
+    elif isinstance(exc, NoMemberFits):
+        extra = {"pool": exc.pool, "members": exc.reasons}
     detail = str(exc)
     if status == 503:
         # Store/adapter messages may name hosts or paths; log them, answer generically.

@@ -154,7 +154,7 @@ def submit_job(
     prior = _prior(broker, idempotency, response)
     if prior is not None:
         return _job_view(broker, prior)
-    broker.resources.spec(body.resource)  # unknown resource → 404 before parsing circuits
+    broker.resources.check_name(body.resource)  # unknown → 404 before parsing circuits
     payloads = payloads_of(body, broker.decoder, split=body.split_circuits)
     job = broker.submit(
         user=owner.user, account=owner.account, centre=owner.centre, resource=body.resource,

@@ -1,4 +1,4 @@
-"""System endpoints (no token) and resource status, target and queue."""
+"""System endpoints (no token), resource status, target and queue, and the pools."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from qhpc.api.models import DrainBody, PathId
 from qhpc.api.views import (
     DrainView,
     Health,
+    PoolMember,
+    PoolView,
     QueueEntry,
     QueueView,
     ResourceDetail,
@@ -25,6 +27,7 @@ from qhpc.store import NotFoundError
 
 system = APIRouter(tags=["system"])
 resources = APIRouter(prefix="/resources", tags=["resources"])
+pools = APIRouter(prefix="/pools", tags=["resources"])
 
 
 @system.get("/health", summary="liveness probe (no token needed)")
@@ -56,6 +59,32 @@ def _summary(broker: Broker, name: str) -> ResourceSummary:
 @resources.get("", summary="every resource with its status and broker queue length")
 def list_resources(broker: BrokerDep, principal: CurrentPrincipal) -> list[ResourceSummary]:
     return [_summary(broker, name) for name in broker.resources.names()]
+
+
+@pools.get(
+    "",
+    summary="every pool with its members: state, queue length, open sessions, ETA",
+    description="A pool is several resources behind one name: work naming it goes to the "
+    "member with the lowest ETA whose target fits (then the shorter queue, then fewer open "
+    "sessions, then the name). The members' figures are the ones that choice reads.",
+)
+def list_pools(broker: BrokerDep, principal: CurrentPrincipal) -> list[PoolView]:
+    views = []
+    for name in broker.resources.pool_names():
+        spec = broker.resources.pool(name)
+        assert spec is not None  # a name the registry listed
+        members = []
+        for member in broker.pools.members(spec):
+            status = broker.resource_status(member.name)
+            members.append(
+                PoolMember(
+                    name=member.name, state=str(status.state), reason=status.reason,
+                    until=status.until, queue_length=member.queue_length,
+                    sessions=member.sessions, eta_seconds=known(member.eta),
+                )
+            )  # fmt: skip
+        views.append(PoolView(name=name, policy=spec.policy, members=members))
+    return views
 
 
 @resources.get("/{name}", summary="one resource: status, target and metadata")

@@ -25,7 +25,7 @@ from qhpc.api.models import (
     SessionUpdate,
 )
 from qhpc.api.problems import status_of
-from qhpc.api.views import SessionCreated, SessionTaskCreated, SessionView, session_view
+from qhpc.api.views import SessionCreated, SessionTaskCreated, SessionView, known, session_view
 from qhpc.api.wire import payloads_of
 from qhpc.broker import (
     EPILOG_SLURMCTLD,
@@ -88,7 +88,8 @@ def _open_session(broker: Broker, principal: Principal, body: SessionRequest) ->
         user=owner.user, account=owner.account, resource=body.resource, deadline=deadline,
         mode=SessionMode(body.mode), centre=owner.centre, slurm_job_id=body.slurm_job_id,
     )  # fmt: skip
-    return SessionCreated(**session_view(session).model_dump(), token=secret)
+    eta = known(broker.pools.eta(session.resource))
+    return SessionCreated(**session_view(session).model_dump(), token=secret, eta_seconds=eta)
 
 
 @sessions.get("", summary="sessions visible to the token, oldest first")

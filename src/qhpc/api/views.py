@@ -62,6 +62,26 @@ class ResourceDetail(ResourceSummary):
     metadata: dict[str, Any]
 
 
+class PoolMember(BaseModel):
+    name: str
+    state: str = Field(description="the broker's view, in QDMI's words (a drain: maintenance)")
+    reason: str
+    until: float | None = Field(description="UNIX seconds the state is expected to end, if known")
+    queue_length: int = Field(description="tasks waiting in the broker for it")
+    sessions: int = Field(description="sessions open on it")
+    eta_seconds: float | None = Field(
+        description="seconds until a task queued on it now would start, behind all its "
+        "queued work; null while not known (drained until resumed, out of service with no "
+        "expected end)"
+    )
+
+
+class PoolView(BaseModel):
+    name: str
+    policy: str = Field(description="how the member is chosen: lowest-eta")
+    members: list[PoolMember] = Field(description="in the order the configuration lists them")
+
+
 class QueueEntry(BaseModel):
     position: int
     eta_seconds: float | None = Field(
@@ -120,6 +140,11 @@ class JobSummary(BaseModel):
         default=None,
         description="when the job's results, output and sources were purged (retention); "
         "its accounting is kept",
+    )
+    pool: str | None = Field(
+        default=None,
+        description="the pool it was submitted to (resource: the member the broker chose); "
+        "null when it named its resource",
     )
 
 
@@ -195,10 +220,20 @@ class SessionView(BaseModel):
     deadline: float
     closed_at: float | None
     slurm_job_id: str | None
+    pool: str | None = Field(
+        default=None,
+        description="the pool it was opened on (resource: the member the broker chose)",
+    )
 
 
 class SessionCreated(SessionView):
     token: str = Field(description="the session token; shown only in this response")
+    eta_seconds: float | None = Field(
+        default=None,
+        description="when it opened: seconds until a task queued on its resource would start "
+        "behind all queued work (session tasks usually go sooner); null while not known "
+        "(drained until resumed, out of service with no expected end)",
+    )
 
 
 class SessionTaskCreated(BaseModel):
@@ -263,6 +298,7 @@ def job_summary(job: JobRecord) -> JobSummary:
         centre=job.centre, resource=job.resource, kind=job.kind, priority=job.priority,
         state=job.state, created_at=job.created_at, finished_at=job.finished_at,
         session_id=job.session_id, task_count=job.task_count, purged_at=job.purged_at,
+        pool=job.pool,
     )  # fmt: skip
 
 
@@ -314,7 +350,7 @@ def session_view(session: SessionRecord) -> SessionView:
         session_id=session.session_id, resource=session.resource, user=session.user,
         account=session.account, centre=session.centre, mode=session.mode,
         opened_at=session.opened_at, deadline=session.deadline, closed_at=session.closed_at,
-        slurm_job_id=session.slurm_job_id,
+        slurm_job_id=session.slurm_job_id, pool=session.pool,
     )  # fmt: skip
 
 

@@ -14,6 +14,14 @@ from qhpc.broker.idempotency import (
     scope_of,
 )
 from qhpc.broker.output import DEFAULT_OUTPUT_LIMIT, MIN_OUTPUT_LIMIT, ProgramLogs
+from qhpc.broker.pools import (
+    POOL_POLICY_CLASSES,
+    LowestEtaPolicy,
+    MemberView,
+    NoMemberFits,
+    PoolPolicy,
+    Routed,
+)
 from qhpc.broker.programs import (
     ProgramError,
     ProgramInfo,
@@ -61,6 +69,7 @@ __all__ = [
     "IDEMPOTENCY_TTL",
     "MIN_OUTPUT_LIMIT",
     "POLICIES",
+    "POOL_POLICY_CLASSES",
     "PROLOG_SLURMCTLD",
     "Broker",
     "BrokerConfig",
@@ -71,9 +80,13 @@ __all__ = [
     "Idempotency",
     "IdempotencyKeyReused",
     "InvalidDrain",
+    "LowestEtaPolicy",
+    "MemberView",
+    "NoMemberFits",
     "NotDrained",
     "Policy",
     "PolicyError",
+    "PoolPolicy",
     "PriorityPolicy",
     "ProgramError",
     "ProgramInfo",
@@ -83,6 +96,7 @@ __all__ = [
     "Reservation",
     "ReservationPolicy",
     "Retention",
+    "Routed",
     "SchedulingView",
     "SessionLease",
     "SessionMode",

@@ -36,6 +36,18 @@ def encoded(
     return data
 
 
+def refusal(resource: QuantumResource, payloads: Sequence[Payload]) -> str | None:
+    """Why ``payloads`` do not fit ``resource``'s target (None: they all do): the check
+    :func:`encoded` makes of each task, without encoding. A pool asks it of each member."""
+    target = resource.target()
+    for index, payload in enumerate(payloads):
+        try:
+            validate_payload(payload, target)
+        except PayloadError as exc:
+            return f"task {index}: {exc}" if len(payloads) > 1 else str(exc)
+    return None
+
+
 def batch_job(
     *,
     resource: QuantumResource,
@@ -50,8 +62,10 @@ def batch_job(
     max_tasks: int,
     max_bytes: int,
     learnt_seconds: float,
+    pool: str | None = None,
 ) -> tuple[JobRecord, list[TaskRecord]]:
-    """The job and its queued tasks for a batch submission."""
+    """The job and its queued tasks for a batch submission (``pool``: the pool it named,
+    ``resource`` being the member chosen)."""
     if not payloads:
         raise PayloadError("a job needs at least one task")
     if len(payloads) > max_tasks:
@@ -76,7 +90,7 @@ def batch_job(
         job_id=job_id, user=user, account=account, centre=centre, resource=resource.name,
         kind="session" if session_id else "batch", priority=priority, state=TaskStatus.QUEUED,
         created_at=now, finished_at=None, session_id=session_id, name=name,
-        task_count=len(tasks),
+        task_count=len(tasks), pool=pool,
     )  # fmt: skip
     return job, tasks
 

@@ -154,10 +154,7 @@ class ExecutorQueue:
             pending = dict(self.queue)
             base = self.view(now, list(pending.values()))
             busy = self.running is not None
-        ahead = self.estimate() / 2 if busy else 0.0
-        drain = self.context.drains.active(self.name, now)
-        if drain is not None:  # nothing starts before it ends (inf: not known when)
-            ahead = math.inf if drain.until is None else max(ahead, drain.until - now)
+        ahead = self._ahead(now, busy)
         ordered: list[tuple[QueuedTask, float]] = []
         remaining = dict(pending)
         while remaining and len(ordered) < cap:
@@ -170,6 +167,28 @@ class ExecutorQueue:
             ordered.append((task, ahead))
             ahead += task.estimated_seconds or self.estimate()
         return ordered
+
+    def eta_of_new(self, now: float, not_before: float = 0.0) -> float:
+        """When a task queued now behind all pending work would start (s from now; inf:
+        not known), the device taking work no sooner than ``not_before`` s from now.
+
+        The end of the queue, whatever the policy's order (a sum does not depend on
+        it); a session task may start sooner. What a pool compares its members by.
+        """
+        with self.context.shared.cond:
+            busy = self.running is not None
+            learnt = self.estimate()
+            pending = math.fsum(t.estimated_seconds or learnt for t in self.queue.values())
+        return max(self._ahead(now, busy), not_before) + pending
+
+    def _ahead(self, now: float, busy: bool) -> float:
+        """Seconds until the first queued task may start: half a task for the one running
+        (``busy``), or until the drain ends (inf: drained until resumed)."""
+        ahead = self.estimate() / 2 if busy else 0.0
+        drain = self.context.drains.active(self.name, now)
+        if drain is not None:  # nothing starts before it ends (inf: not known when)
+            ahead = math.inf if drain.until is None else max(ahead, drain.until - now)
+        return ahead
 
     def _fit_estimate(self, task: QueuedTask) -> QueuedTask:
         """``task`` with the duration backfill judges it by (caller holds the lock).

@@ -59,30 +59,44 @@ class Leases:
         #: told first when a session closes (the broker's hybrid-job manager)
         self.on_close: Callable[[str], None] = lambda _: None
 
+    def open_on(self, resource: str) -> int:
+        """How many sessions are open on ``resource`` now."""
+        with self.shared.cond:
+            return sum(1 for s in self.sessions.open.values() if s.resource == resource)
+
+    def held(self, resource: str) -> str | None:
+        """Why ``resource`` takes no new exclusive session (None: it may)."""
+        if any(
+            s.mode == SessionMode.EXCLUSIVE
+            for s in self.store.list_sessions(open_only=True, resource=resource)
+        ):
+            return "already held by an exclusive session"
+        return None
+
     def open(
         self, *, user: str, account: str, resource: str, deadline: float, mode: SessionMode,
-        centre: str | None, slurm_job_id: str | None,
+        centre: str | None, slurm_job_id: str | None, pool: str | None = None,
     ) -> tuple[SessionRecord, str]:  # fmt: skip
+        """Open a session on ``resource`` (``pool``: the pool it was routed from)."""
         self.resources.spec(resource)  # unknown resource → UnknownResourceError
         now = self.clock()
         if deadline <= now:
             raise BrokerError(f"session deadline {deadline:.0f} is not in the future")
-        if mode is SessionMode.EXCLUSIVE and any(
-            s.mode == SessionMode.EXCLUSIVE
-            for s in self.store.list_sessions(open_only=True, resource=resource)
-        ):
-            raise BrokerError(f"{resource} is already held by an exclusive session")
+        if mode is SessionMode.EXCLUSIVE:
+            held = self.held(resource)
+            if held is not None:
+                raise BrokerError(f"{resource} is {held}")
         session = SessionRecord(
             session_id=uuid.uuid4().hex, resource=resource, user=user, account=account,
             centre=centre, mode=str(mode), opened_at=now, deadline=deadline, closed_at=None,
-            slurm_job_id=slurm_job_id,
+            slurm_job_id=slurm_job_id, pool=pool,
         )  # fmt: skip
         self.store.create_session(session)
         label = f"session of Slurm job {slurm_job_id}" if slurm_job_id else "session"
         job = JobRecord(
             job_id=session.session_id, user=user, account=account, centre=centre,
             resource=resource, kind="session", priority=0, state=TaskStatus.RUNNING, created_at=now,
-            finished_at=None, session_id=session.session_id, name=label, task_count=0,
+            finished_at=None, session_id=session.session_id, name=label, task_count=0, pool=pool,
         )  # fmt: skip
         self.store.create_job(job, [])
         with self.shared.cond:

@@ -16,6 +16,7 @@ from qhpc.broker.access import Access
 from qhpc.broker.config import BrokerConfig
 from qhpc.broker.idempotency import Keys
 from qhpc.broker.lifecycle import JobLog
+from qhpc.broker.pools import PoolRouter
 from qhpc.broker.scheduler import SessionMode
 from qhpc.broker.sessions import SessionTaskOutcome
 from qhpc.resources import DecodePool, Payload, PayloadDecoder, ResourceRegistry
@@ -49,6 +50,9 @@ class ProgramHost(SessionRunner, Protocol):
 
     @property
     def keys(self) -> Keys: ...
+
+    @property
+    def pools(self) -> PoolRouter: ...
 
     @property
     def clock(self) -> Callable[[], float]: ...

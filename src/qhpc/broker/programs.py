@@ -175,7 +175,9 @@ class ProgramManager:
         prior = self.broker.keys.prior(idempotency)
         if prior is not None:
             return prior
-        self.broker.resources.spec(resource)  # unknown resource → UnknownResourceError
+        # A pool's name → its member now (the program's session opens there); unknown
+        # name → UnknownResourceError
+        routed = self.broker.pools.route(resource)
         if self._closing:
             raise ProgramError("the broker is stopping: it takes no new programs")
         if (source is None) == (entry_point is None):
@@ -210,9 +212,10 @@ class ProgramManager:
         now = self.broker.clock()
         job_id = uuid.uuid4().hex
         job = JobRecord(
-            job_id=job_id, user=user, account=account, centre=centre, resource=resource,
+            job_id=job_id, user=user, account=account, centre=centre, resource=routed.resource,
             kind="hybrid", priority=0, state="queued", created_at=now, finished_at=None,
             session_id=None, name=name or entry_point or filename, task_count=0,
+            pool=routed.pool,
         )  # fmt: skip
         record = ProgramRecord(
             job_id=job_id, source=source, entry_point=entry_point, entry=entry,

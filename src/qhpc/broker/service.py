@@ -11,6 +11,7 @@ that were running are queued again). The rooms:
 * :mod:`~qhpc.broker.sessions` holds open sessions, their tasks in flight, their
   outcomes and the waiters (and the journal that commits them);
 * :mod:`~qhpc.broker.inputs` caches what the policies read besides the queue;
+* :mod:`~qhpc.broker.pools` turns a pool's name into the member work goes to;
 * :mod:`~qhpc.broker.telemetry` counts what happens for ``/metrics`` (every room gets
   the broker's one :class:`Telemetry`), :mod:`~qhpc.broker.gauges` reads the rest
   when Prometheus scrapes.
@@ -41,6 +42,7 @@ from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.leases import Leases
 from qhpc.broker.lifecycle import JobLog, ResourceWatch
 from qhpc.broker.operators import Operators
+from qhpc.broker.pools import PoolRouter
 from qhpc.broker.programs import ProgramManager
 from qhpc.broker.queries import TaskQueries
 from qhpc.broker.records import Records
@@ -128,6 +130,9 @@ class Broker:
             invalidate=self.invalidate,
         )  # fmt: skip
         self.operators = Operators(resources, self.drains, self.executors, self.shared, clock)
+        #: pool names to members at admission (pools.py)
+        self.pools = PoolRouter(resources, self.executors, self.resource_status,
+                                self.leases.held, self.leases.open_on, clock)  # fmt: skip
         self.cancels = Cancels(
             store, self.shared, self.executors, self.sessions, clock, self.job_log.settled
         )
@@ -218,12 +223,14 @@ class Broker:
         prior = self.keys.prior(idempotency)
         if prior is not None:
             return prior
-        now = self.clock()
+        routed = self.pools.route(resource, payloads)  # a pool's name → its member
+        resource, now = routed.resource, self.clock()
         job, tasks = admission.batch_job(
             resource=self.resources.get(resource), payloads=payloads, user=user,
             account=account, centre=centre, priority=priority, name=name,
             session_id=session_id, now=now, max_tasks=self.config.max_tasks_per_job,
             max_bytes=self.config.max_payload_bytes, learnt_seconds=self._estimate(resource),
+            pool=routed.pool,
         )  # fmt: skip
         winner = self.keys.store_once(
             idempotency, job.job_id, now, lambda key: self.store.create_job(job, tasks, key)
@@ -251,10 +258,12 @@ class Broker:
         mode: SessionMode = SessionMode.MULTIPLEX, centre: str | None = None,
         slurm_job_id: str | None = None,
     ) -> tuple[SessionRecord, str]:  # fmt: skip
-        """Open a lease on ``resource``; returns it and a session token valid until the deadline."""
+        """Open a lease on ``resource`` (a pool: on its member with the lowest ETA); returns
+        it and a session token valid until the deadline."""
+        routed = self.pools.route(resource, exclusive=mode is SessionMode.EXCLUSIVE)
         return self.leases.open(
-            user=user, account=account, resource=resource, deadline=deadline, mode=mode,
-            centre=centre, slurm_job_id=slurm_job_id,
+            user=user, account=account, resource=routed.resource, deadline=deadline, mode=mode,
+            centre=centre, slurm_job_id=slurm_job_id, pool=routed.pool,
         )  # fmt: skip
 
     def close_session(self, session_id: str) -> None:

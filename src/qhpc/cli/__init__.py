@@ -9,7 +9,7 @@ below is the order ``qhpc --help`` lists them) and runs it from :func:`main`.
   ``accounting``: a broker's jobs over REST; :mod:`~qhpc.cli.hybrid` — ``logs``
   and the hybrid programs' side of those;
 - :mod:`~qhpc.cli.run` — ``run``, ``demo``: local resources, no broker;
-  :mod:`~qhpc.cli.resources` — ``resources``;
+  :mod:`~qhpc.cli.resources` — ``resources`` and ``pools``;
 - :mod:`~qhpc.cli.tokens` — ``token``; :mod:`~qhpc.cli.bench` — ``bench``;
 - :mod:`~qhpc.cli.store` — ``store purge|backup|restore``: the store itself;
 - :mod:`~qhpc.cli.top` — ``top``: a live view of a broker's QPUs, queue and sessions;
@@ -31,7 +31,7 @@ from qhpc import __version__
 from qhpc.cli import chain, hybrid, jobs, remote, run, serve, slurm_feedback, top
 from qhpc.cli.bench import bench_app
 from qhpc.cli.output import fail, out
-from qhpc.cli.resources import resources_app
+from qhpc.cli.resources import pools, resources_app
 from qhpc.cli.slurm import slurm_app, template_app
 from qhpc.cli.store import store_app
 from qhpc.cli.tokens import token_app
@@ -53,7 +53,7 @@ def version() -> None:
 
 for command in (
     serve.serve, jobs.submit, jobs.status, jobs.queue, jobs.cancel, jobs.result,
-    jobs.accounting, hybrid.logs, top.top, version, run.run, run.demo,
+    jobs.accounting, hybrid.logs, top.top, version, run.run, run.demo, pools,
 ):  # fmt: skip
     app.command()(command)
 app.add_typer(resources_app, name="resources")

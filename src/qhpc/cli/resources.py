@@ -1,6 +1,7 @@
 """``qhpc resources`` and ``qhpc resources target``: the configured resources, read
 directly from the resource config (no broker involved); ``qhpc resources drain`` and
-``resume``: an operator's switch, at the broker (admin token)."""
+``resume``: an operator's switch, at the broker (admin token); ``qhpc pools``: the
+broker's pools and how their members stand, as the choice of a member reads them."""
 
 from __future__ import annotations
 
@@ -70,6 +71,36 @@ def resources_list(
             row["device"],
             row["reason"],
         )
+    out.print(table)
+
+
+def pools(
+    url: UrlOption = DEFAULT_URL, token: TokenOption = "", as_json: JsonOption = False
+) -> None:
+    """List the broker's pools: each member's state, queue, open sessions and ETA (work
+    naming a pool goes to the member with the lowest ETA whose target fits)."""
+    with connect(url, token) as client:
+        listed = client.pools()
+    if as_json:
+        print_json(listed)
+        return
+    if not listed:
+        out.print("no pools configured")
+        return
+    table = Table("pool", "member", "state", "queue", "sessions", "eta", "reason")
+    for pool in listed:
+        for index, member in enumerate(pool["members"]):
+            colour = _STATE_COLOURS.get(member["state"], "red")
+            eta = member["eta_seconds"]
+            table.add_row(
+                pool["name"] if index == 0 else "",
+                member["name"],
+                f"[{colour}]{member['state']}[/]",
+                str(member["queue_length"]),
+                str(member["sessions"]),
+                "unknown" if eta is None else f"{eta:.1f} s",
+                member["reason"],
+            )
     out.print(table)
 
 

@@ -87,6 +87,11 @@ from qhpc.resources.payload import (
     result_from_dict,
     validate_payload,
 )
+from qhpc.resources.pools import (
+    DEFAULT_POOL_POLICY,
+    POOL_POLICIES,
+    PoolSpec,
+)
 from qhpc.resources.qrmi import (
     QrmiResource,
 )
@@ -100,7 +105,9 @@ from qhpc.resources.target import (
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_POOL_POLICY",
     "MAX_PAYLOAD_BYTES",
+    "POOL_POLICIES",
     "AcquisitionError",
     "AerResource",
     "CalibrationSchedule",
@@ -120,6 +127,7 @@ __all__ = [
     "Payload",
     "PayloadDecoder",
     "PayloadError",
+    "PoolSpec",
     "QrmiResource",
     "QuantumResource",
     "QxResource",

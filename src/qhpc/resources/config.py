@@ -4,7 +4,8 @@ A TOML file names resources under ``[resources.NAME]`` with a ``type``
 (``aer``, ``emulator``, ``qx``, or any QRMI type such as ``ibm-quantum-system``)
 and that type's options; ``qrmi_config = "path"`` pulls in a QRMI file too. A
 ``.json`` file is read as a QRMI config. Errors name the file, the resource and
-the key. With no file at all, built-in defaults give an ``aer`` simulator, an
+the key. ``[pools.NAME] members = [...]`` puts several resources behind one name
+(``pools.py``). With no file at all, built-in defaults give an ``aer`` simulator, an
 ``emulator`` (5-qubit line device) and ``qx``.
 """
 
@@ -14,13 +15,14 @@ import json
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from qhpc.resources.base import QuantumResource
 from qhpc.resources.errors import ResourceConfigError, UnknownResourceError
+from qhpc.resources.pools import PoolSpec, check_pools, parse_pools
 from qhpc.resources.target import device_target
 
 CONFIG_ENV = "QHPC_CONFIG"
@@ -70,9 +72,10 @@ class ResourceSpec:
 
 
 class ResourceRegistry:
-    """Configured resources by name; each adapter is built on first use."""
+    """Configured resources by name, and the pools over them; each adapter is built on
+    first use."""
 
-    def __init__(self, specs: list[ResourceSpec]) -> None:
+    def __init__(self, specs: list[ResourceSpec], pools: Sequence[PoolSpec] = ()) -> None:
         self._specs: dict[str, ResourceSpec] = {}
         for spec in specs:
             if spec.name in self._specs:
@@ -81,6 +84,7 @@ class ResourceRegistry:
                     spec.name,
                 )
             self._specs[spec.name] = spec
+        self._pools = check_pools(pools, {n: s.source for n, s in self._specs.items()})
         self._built: dict[str, QuantumResource] = {}
 
     def names(self) -> list[str]:
@@ -90,7 +94,19 @@ class ResourceRegistry:
         try:
             return self._specs[name]
         except KeyError:
-            raise UnknownResourceError(name, self.names()) from None
+            raise UnknownResourceError(name, self.names(), self.pool_names()) from None
+
+    def check_name(self, name: str) -> None:
+        """UnknownResourceError unless ``name`` is a resource or a pool (what work may name)."""
+        if name not in self._pools:
+            self.spec(name)
+
+    def pool_names(self) -> list[str]:
+        return list(self._pools)
+
+    def pool(self, name: str) -> PoolSpec | None:
+        """The pool of that name; None if ``name`` is not a pool (it may be a resource)."""
+        return self._pools.get(name)
 
     def get(self, name: str) -> QuantumResource:
         resource = self._built.get(name)
@@ -121,30 +137,33 @@ def load_registry(path: str | Path | None = None) -> ResourceRegistry:
         if user_file.exists():
             chosen = user_file
     if chosen is None:
-        return ResourceRegistry(parse_toml(DEFAULT_CONFIG, "built-in defaults"))
-    return ResourceRegistry(load_specs(Path(chosen)))
+        return ResourceRegistry(*parse_toml(DEFAULT_CONFIG, "built-in defaults"))
+    return ResourceRegistry(*load_specs(Path(chosen)))
 
 
-def load_specs(path: Path) -> list[ResourceSpec]:
+def load_specs(path: Path) -> tuple[list[ResourceSpec], list[PoolSpec]]:
+    """The resources and pools a file defines (a QRMI ``.json`` file has no pools)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ResourceConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     if path.suffix == ".json":
-        return parse_qrmi_json(text, str(path))
+        return parse_qrmi_json(text, str(path)), []
     return parse_toml(text, str(path), base=path.parent)
 
 
-def parse_toml(text: str, source: str, base: Path | None = None) -> list[ResourceSpec]:
+def parse_toml(
+    text: str, source: str, base: Path | None = None
+) -> tuple[list[ResourceSpec], list[PoolSpec]]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ResourceConfigError(f"{source} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"resources", "qrmi_config"}
+    unknown = set(data) - {"resources", "pools", "qrmi_config"}
     if unknown:
         raise ResourceConfigError(
             f"{source}: unknown top-level key(s) {sorted(unknown)}; "
-            "expected [resources.NAME] tables and qrmi_config",
+            "expected [resources.NAME] and [pools.NAME] tables and qrmi_config",
             key=sorted(unknown)[0],
         )
     tables = data.get("resources", {})
@@ -171,7 +190,7 @@ def parse_toml(text: str, source: str, base: Path | None = None) -> list[Resourc
                 f"{source}: cannot read qrmi_config {qrmi_path}: {exc.strerror}", key="qrmi_config"
             ) from None
         specs.extend(parse_qrmi_json(qrmi_text, str(qrmi_path)))
-    return specs
+    return specs, parse_pools(data.get("pools", {}), source)
 
 
 def parse_qrmi_json(text: str, source: str) -> list[ResourceSpec]:

@@ -52,25 +52,37 @@ class PayloadError(ResourceError):
 
 
 class UnknownResourceError(ResourceError):
-    """No resource of that name is configured."""
+    """No resource (nor pool) of that name is configured."""
 
-    def __init__(self, name: str, known: list[str]):
+    def __init__(self, name: str, known: list[str], pools: list[str] | None = None):
         self.name = name
         self.known = known
+        self.pools = pools or []
         listing = ", ".join(sorted(known)) or "none"
-        super().__init__(f"unknown resource {name!r}; configured resources: {listing}")
+        message = f"unknown resource {name!r}; configured resources: {listing}"
+        if self.pools:
+            message += f"; pools: {', '.join(sorted(self.pools))}"
+        super().__init__(message)
 
 
 class ResourceConfigError(ResourceError):
-    """A resource configuration is unreadable or incomplete; names the resource and key."""
+    """A resource configuration is unreadable or incomplete; names the resource (or the
+    pool, with ``what="pool"``) and the key."""
 
-    def __init__(self, detail: str, resource: str | None = None, key: str | None = None):
+    def __init__(
+        self,
+        detail: str,
+        resource: str | None = None,
+        key: str | None = None,
+        *,
+        what: str = "resource",
+    ):
         self.resource = resource
         self.key = key
         self.detail = detail
         prefix = ""
         if resource is not None:
-            prefix = f"resource {resource!r}"
+            prefix = f"{what} {resource!r}"
             if key is not None:
                 prefix += f", key {key!r}"
             prefix += ": "

@@ -27,7 +27,7 @@ through every step, and the test that migrates an empty database fails until the
 The same holds for every later table: migration 3 took the output columns out of
 ``programs``, so migration 2 creates the frozen version-2 ``programs`` below, and
 migration 5 added ``jobs.purged_at``, so migration 1 creates the frozen version-1
-``jobs``.
+``jobs``; migration 7 added ``sessions.pool``, so it creates the frozen ``sessions`` too.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-# ``jobs`` as migration 1 created it (migration 5 added ``purged_at`` and its index).
+# ``jobs`` and ``sessions`` as migration 1 created them (migration 5 added
+# ``jobs.purged_at`` and its index, migration 7 ``jobs.pool`` and ``sessions.pool``).
 _v1 = MetaData()
 _V1_JOBS = Table(
     "jobs",
@@ -87,14 +88,32 @@ _V1_JOBS = Table(
     Index("ix_jobs_account", "account"),
     Index("ix_jobs_created_at", "created_at"),
 )
+_V1_SESSIONS = Table(
+    "sessions",
+    _v1,
+    Column("session_id", Text, primary_key=True),
+    Column("resource", Text, nullable=False),
+    Column("username", Text, nullable=False),
+    Column("account", Text, nullable=False),
+    Column("centre", Text),
+    Column("mode", Text, nullable=False),
+    Column("opened_at", Double, nullable=False),
+    Column("deadline", Double, nullable=False),
+    Column("closed_at", Double),
+    Column("slurm_job_id", Text),
+)
+_FROZEN_V1 = ("jobs", "sessions")
 
 
 def _v1_initial(conn: Connection) -> None:
     # The other version-1 tables have not changed since, so their current definitions
     # are still the version-1 ones; tables added later are left to their migration.
     _V1_JOBS.create(conn)  # first: the others refer to it
+    _V1_SESSIONS.create(conn)
     tables = [
-        t for t in schema.metadata.sorted_tables if t.name in schema.V1_TABLES and t.name != "jobs"
+        t
+        for t in schema.metadata.sorted_tables
+        if t.name in schema.V1_TABLES and t.name not in _FROZEN_V1
     ]
     schema.metadata.create_all(conn, tables=tables)
 
@@ -163,16 +182,26 @@ def _v4_idempotency_keys(conn: Connection) -> None:
     schema.idempotency_keys.create(conn)
 
 
-def _v5_purged_jobs(conn: Connection) -> None:
+def _add_column(conn: Connection, table: Table, name: str) -> None:
     # A nullable column without a default: no table rewrite on either backend.
-    column = schema.jobs.c.purged_at
+    column = table.c[name]
     kind = column.type.compile(dialect=conn.dialect)
-    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column.name} {kind}"))
+    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
+def _v5_purged_jobs(conn: Connection) -> None:
+    _add_column(conn, schema.jobs, "purged_at")
     next(i for i in schema.jobs.indexes if i.name == "ix_jobs_purge").create(conn)
 
 
 def _v6_drains(conn: Connection) -> None:
     schema.drains.create(conn)
+
+
+def _v7_pools(conn: Connection) -> None:
+    # Rows from before have no pool: they named their resource themselves.
+    _add_column(conn, schema.jobs, "pool")
+    _add_column(conn, schema.sessions, "pool")
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -182,6 +211,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "idempotency keys of submissions", _v4_idempotency_keys),
     Migration(5, "when a job's results, output and sources were purged", _v5_purged_jobs),
     Migration(6, "operator drains of resources", _v6_drains),
+    Migration(7, "the pool a job or session was routed from", _v7_pools),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -47,6 +47,9 @@ class JobRecord:
     task_count: int
     #: when its results, output and sources were purged (retention); None while kept
     purged_at: float | None = None
+    #: the pool it was submitted to (``resource`` is the member the broker chose); None:
+    #: it named its resource itself
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,8 @@ class SessionRecord:
     deadline: float
     closed_at: float | None
     slurm_job_id: str | None
+    #: the pool it was opened on (``resource`` is the member the broker chose)
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

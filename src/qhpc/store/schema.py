@@ -7,8 +7,9 @@ times, ``LargeBinary`` payloads (BLOB / BYTEA).
 
 Migration 1 creates the tables named in ``V1_TABLES``, migration 2 ``programs``,
 migration 3 ``program_output`` (and takes the output columns out of ``programs``),
-migration 4 ``idempotency_keys``, migration 5 adds ``jobs.purged_at`` (see
-``migrations.py`` for the rule once a later migration changes a table).
+migration 4 ``idempotency_keys``, migration 5 adds ``jobs.purged_at``, migration 6
+``drains``, migration 7 ``jobs.pool`` and ``sessions.pool`` (see ``migrations.py`` for
+the rule once a later migration changes a table).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ jobs = Table(
     Column("task_count", Integer, nullable=False),
     # When its results, output and sources were purged (retention); None while kept.
     Column("purged_at", Double),
+    # The pool it was submitted to (resource: the member chosen); None: no pool.
+    Column("pool", Text),
     Index("ix_jobs_username", "username"),
     Index("ix_jobs_account", "account"),
     Index("ix_jobs_created_at", "created_at"),
@@ -109,6 +112,8 @@ sessions = Table(
     Column("deadline", Double, nullable=False),
     Column("closed_at", Double),
     Column("slurm_job_id", Text),
+    # The pool it was opened on (resource: the member chosen); None: no pool.
+    Column("pool", Text),
 )
 
 reservations = Table(
