@@ -146,6 +146,9 @@ def prolog_slurmctld(
         )  # fmt: skip
     except BrokerRefused as exc:
         return _refuse(settings, spool, job, resource, f"the broker refused it: {exc.detail}")
+    # The broker's answer names the QPU a session is on (a pool's name resolves to one).
+    resources = [str(o.get("resource") or name) for name, o in zip(resources, created, strict=True)]
+    resource = resources[0]
     primary, *more = created
     handover = Handover(
         job_id=job.job_id, resource=resource, session_id=str(primary["session_id"]),
