@@ -259,7 +259,7 @@ def test_a_centre_submits_through_slurmrestd_and_its_user_is_accounted_at_the_br
                 [sys.executable, "-m", "qhpc.cli", "slurm", "submit", str(script),
                  "--remote", RESTD, "--user", USER, "--chdir", str(tmp_path), "-p", "qpu",
                  "--broker", url, "--broker-token-file", str(centre_file), "--qpu", "aer",
-                 "--for-user", "alice", "--broker-account", "north-chem",
+                 "--for-user", "alice", "--broker-account", "north-chem", "--no-qpu-licence",
                  "--fastpath", fastpath, "--wait", "--poll", "0.5", "--timeout", "240"],
                 capture_output=True, text=True, timeout=300, check=False,
             )  # fmt: skip

@@ -255,3 +255,9 @@ def test_without_a_session_the_job_is_neither_held_nor_given_a_licence() -> None
     rest = FakeRest([done()])
     run(rest, session=None)
     assert rest.submitted[0]["hold"] is False and rest.submitted[0]["licenses"] is None
+
+
+def test_an_empty_licence_list_asks_for_none() -> None:
+    rest = FakeRest([done()])
+    run(rest, licenses="")
+    assert rest.submitted[0]["licenses"] == ""  # the REST client leaves it out

@@ -60,8 +60,21 @@ def submit(
     partition: Annotated[str | None, typer.Option("--partition", "-p")] = None,
     name: Annotated[str | None, typer.Option("--name", "-J", help="Job name.")] = None,
     licenses: Annotated[
-        str | None, typer.Option("--licenses", "-L", help="Licences, e.g. qpu_sim:1.")
+        str | None,
+        typer.Option(
+            "--licenses",
+            "-L",
+            help="Licences, e.g. qpu_sim:1 (with --broker: default the QPU's, qpu_NAME:1).",
+        ),
     ] = None,
+    no_licence: Annotated[
+        bool,
+        typer.Option(
+            "--no-qpu-licence",
+            help="With --broker, ask for no licence (a site that does not count QPU "
+            "sessions with Slurm licences).",
+        ),
+    ] = False,
     chdir: Annotated[
         str, typer.Option("--chdir", help="Working directory on the remote site.")
     ] = "/tmp",
@@ -118,7 +131,8 @@ def submit(
     submission = RemoteSubmission(
         text, name=name or script.name, working_directory=chdir,
         environment=job_environment(env or [], export or []), partition=partition,
-        licenses=licenses, time_limit_minutes=time_limit, account=account,
+        licenses="" if no_licence and licenses is None else licenses,
+        time_limit_minutes=time_limit, account=account,
     )  # fmt: skip
     session = None
     if broker:

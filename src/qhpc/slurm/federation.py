@@ -52,6 +52,7 @@ class RemoteSubmission:
     #: the job's whole environment (slurmrestd passes none of ours); default a plain PATH
     environment: Mapping[str, str] | None = None
     partition: str | None = None
+    #: None: with a session, the session's QPU licence; "": none at all
     licenses: str | None = None
     time_limit_minutes: int | None = None
     account: str | None = None

@@ -353,7 +353,7 @@ class SlurmRestClient:
             "partition": partition, "licenses": licenses,
             "time_limit": time_limit_minutes, "account": account,
         }  # fmt: skip
-        job.update({key: value for key, value in optional.items() if value is not None})
+        job.update({key: value for key, value in optional.items() if value not in (None, "")})
         if hold:
             job["hold"] = True
         job.update(extra or {})
