@@ -262,7 +262,10 @@ def test_vqe_example_runs_client_driven_through_the_broker(
     assert "QHPC_TOKEN" not in environment
     text = dump.read_text()
     assert cluster.admin not in text  # the hooks' credential stays with SlurmUser
-    assert not re.search(r"QRMI_|APIKEY|API_KEY|IAM_", text)  # no vendor credential
+    # no vendor credential (QRMI's job variables name the QPUs and their types, no secret)
+    assert not re.search(r"QRMI_(?!JOB_QPU_(RESOURCES|TYPES)=)|APIKEY|API_KEY|IAM_", text)
+    assert environment["QRMI_JOB_QPU_RESOURCES"] == "sim"
+    assert environment["QRMI_JOB_QPU_TYPES"] == "aer"
 
     # the session ended with the job; its token is dead and says so
     closed = wait_for("the session to close", lambda: cluster.sessions_of(job)[0]["closed_at"], 5)
