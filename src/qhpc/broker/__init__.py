@@ -6,6 +6,7 @@ Public surface; other rooms import only these names.
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.config import BrokerConfig
 from qhpc.broker.drains import DrainRequest, InvalidDrain, NotDrained
+from qhpc.broker.duty import DutyCycles, SessionDuty
 from qhpc.broker.errors import BrokerError
 from qhpc.broker.idempotency import (
     IDEMPOTENCY_TTL,
@@ -66,6 +67,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerError",
     "DrainRequest",
+    "DutyCycles",
     "FairSharePolicy",
     "FifoPolicy",
     "Idempotency",
@@ -84,6 +86,7 @@ __all__ = [
     "ReservationPolicy",
     "Retention",
     "SchedulingView",
+    "SessionDuty",
     "SessionLease",
     "SessionMode",
     "SessionPolicy",
