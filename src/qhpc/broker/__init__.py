@@ -3,6 +3,14 @@
 Public surface; other rooms import only these names.
 """
 
+from qhpc.broker.admission_control import (
+    DEFAULT_PRIOR,
+    DEFAULT_TARGET,
+    Admission,
+    AdmissionController,
+    AdmissionView,
+    LatencyModel,
+)
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.config import BrokerConfig
 from qhpc.broker.drains import DrainRequest, InvalidDrain, NotDrained
@@ -55,6 +63,8 @@ from qhpc.broker.usage import UsageTracker
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
     "DEFAULT_OUTPUT_LIMIT",
+    "DEFAULT_PRIOR",
+    "DEFAULT_TARGET",
     "EPILOG_SLURMCTLD",
     "HOOK_ERROR",
     "HOOK_OK",
@@ -63,6 +73,9 @@ __all__ = [
     "MIN_OUTPUT_LIMIT",
     "POLICIES",
     "PROLOG_SLURMCTLD",
+    "Admission",
+    "AdmissionController",
+    "AdmissionView",
     "Broker",
     "BrokerConfig",
     "BrokerError",
@@ -73,6 +86,7 @@ __all__ = [
     "Idempotency",
     "IdempotencyKeyReused",
     "InvalidDrain",
+    "LatencyModel",
     "NotDrained",
     "Policy",
     "PolicyError",
