@@ -92,6 +92,14 @@ def test_a_session_that_is_not_a_number_counts_as_unmeasured_and_out_of_range_is
     assert got.prior == controller.default_prior
 
 
+def test_resource_and_session_ids_pass_through_and_must_match_the_duties() -> None:
+    view = AdmissionView(1.0, 4, duties=[0.1, None], resource="qpu", session_ids=["a", "b"])
+    got = AdmissionController().admit(view)
+    assert got.resource == "qpu" and got.session_ids == ("a", "b")
+    with pytest.raises(PolicyError, match="session_ids"):
+        AdmissionController().admit(AdmissionView(1.0, 4, duties=[0.1], session_ids=["a", "b"]))
+
+
 @pytest.mark.parametrize("licences", [0, -3])
 def test_no_licence_is_refused(licences: int) -> None:
     with pytest.raises(PolicyError, match="licences"):

@@ -141,6 +141,24 @@ def test_history_keeps_only_the_latest_sessions() -> None:
     assert duties.prior(0.0) == pytest.approx((0.5 + 0.25) / 2, rel=0.05)
 
 
+def test_each_group_has_its_own_prior() -> None:
+    duties = DutyCycles(min_tasks=1)
+
+    def session(name: str, think: float, group: str) -> None:
+        now = 0.0
+        for _ in range(200):
+            duties.finished(name, submitted_at=now, started_at=now, finished_at=now + 1,
+                            qpu_seconds=1.0, group=group)  # fmt: skip
+            now += 1 + think
+        duties.forget(name, now - think)
+
+    session("a", 1.0, "fast-qpu")
+    session("b", 9.0, "slow-qpu")
+    assert duties.prior(0.0, "fast-qpu") == pytest.approx(0.5, rel=0.05)
+    assert duties.prior(0.0, "slow-qpu") == pytest.approx(0.1, rel=0.1)
+    assert duties.prior(0.0) is None  # the default group saw nothing
+
+
 def test_snapshot_keeps_the_order_asked() -> None:
     duties = DutyCycles(min_tasks=1)
     loop(duties, "b", service=1.0, think=1.0, iterations=5)

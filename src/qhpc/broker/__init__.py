@@ -50,6 +50,7 @@ from qhpc.broker.scheduler import (
 )
 from qhpc.broker.service import Broker
 from qhpc.broker.sessions import SessionTaskOutcome
+from qhpc.broker.steering import DEFAULT_LICENCES, MAX_LICENCES, AdmissionSettings
 from qhpc.broker.telemetry import (
     EPILOG_SLURMCTLD,
     HOOK_ERROR,
@@ -62,6 +63,7 @@ from qhpc.broker.usage import UsageTracker
 
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
+    "DEFAULT_LICENCES",
     "DEFAULT_OUTPUT_LIMIT",
     "DEFAULT_PRIOR",
     "DEFAULT_TARGET",
@@ -70,11 +72,13 @@ __all__ = [
     "HOOK_OK",
     "HOOK_REFUSED",
     "IDEMPOTENCY_TTL",
+    "MAX_LICENCES",
     "MIN_OUTPUT_LIMIT",
     "POLICIES",
     "PROLOG_SLURMCTLD",
     "Admission",
     "AdmissionController",
+    "AdmissionSettings",
     "AdmissionView",
     "Broker",
     "BrokerConfig",

@@ -72,13 +72,17 @@ class AdmissionView:
     ``duties``: the open sessions' duty cycles, oldest first (None: not measured yet);
     ``prior``: what an unmeasured or future session is assumed to use (None: the
     controller's ``default_prior``); ``licences``: the most sessions Slurm may ever
-    let hold the QPU at once.
+    let hold the QPU at once. ``resource`` and ``session_ids`` (the open sessions', in
+    the order of ``duties``) are passed through to the answer, to say whose figures
+    they are.
     """
 
     now: float
     licences: int
     duties: Sequence[float | None] = ()
     prior: float | None = None
+    resource: str = ""
+    session_ids: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class Admission:
     duty_cycles: tuple[float | None, ...]
     predicted_latency_ratio: float
     open_latency_ratio: float
+    resource: str = ""
+    session_ids: tuple[str, ...] = ()
 
     @property
     def hold(self) -> int:
@@ -122,6 +128,8 @@ class AdmissionController:
     def admit(self, view: AdmissionView) -> Admission:
         if view.licences < 1:
             raise PolicyError(f"licences must be at least 1, got {view.licences!r}")
+        if view.session_ids and len(view.session_ids) != len(view.duties):
+            raise PolicyError("session_ids must name the sessions of duties, one each")
         prior = _fraction(view.prior)
         prior = self.default_prior if prior is None else prior
         duties = tuple(_fraction(d) for d in view.duties)
@@ -142,6 +150,7 @@ class AdmissionController:
             at=view.now, admitted=admitted, open=len(duties), licences=view.licences,
             target=self.target, prior=prior, duty_cycles=duties,
             predicted_latency_ratio=worst, open_latency_ratio=self._worst(assumed),
+            resource=view.resource, session_ids=tuple(view.session_ids),
         )  # fmt: skip
 
     def _worst(self, duties: Sequence[float]) -> float:

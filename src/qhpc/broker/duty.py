@@ -59,10 +59,12 @@ class SessionDuty:
 class _Meter:
     """Decayed sums of one session, as of ``at``."""
 
-    __slots__ = ("at", "busy", "covered", "tasks", "wall")
+    __slots__ = ("at", "busy", "covered", "group", "tasks", "wall")
 
-    def __init__(self, at: float) -> None:
+    def __init__(self, at: float, group: str) -> None:
         self.at = at
+        #: whose prior the session informs (the broker's: its resource)
+        self.group = group
         #: decayed QPU seconds
         self.busy = 0.0
         #: decayed wall seconds, waits in the queue taken out
@@ -95,8 +97,9 @@ class DutyCycles:
         self.min_tasks = min_tasks
         self._rate = math.log(2) / self.half_life
         self._meters: dict[str, _Meter] = {}
-        #: the last measured duty cycles of closed sessions, newest last
-        self._history: deque[float] = deque(maxlen=history)
+        self._history_size = history
+        #: per group, the last measured duty cycles of closed sessions, newest last
+        self._history: dict[str, deque[float]] = {}
 
     # -- events ------------------------------------------------------------------------
     def finished(
@@ -107,15 +110,17 @@ class DutyCycles:
         started_at: float,
         finished_at: float,
         qpu_seconds: float,
+        group: str = "",
     ) -> None:
         """A task of ``session_id`` submitted, started and finished at these times, having
         used ``qpu_seconds`` of the device. Times that are not numbers are ignored (a
-        task with no start never used the QPU)."""
+        task with no start never used the QPU). ``group`` (the session's resource, say)
+        is the prior the session informs, fixed by its first task."""
         if not (math.isfinite(submitted_at) and math.isfinite(finished_at)):
             return
         meter = self._meters.get(session_id)
         if meter is None:
-            meter = self._meters[session_id] = _Meter(submitted_at)
+            meter = self._meters[session_id] = _Meter(submitted_at, group)
         now = max(meter.at, finished_at)
         self._advance(meter, now)
         meter.busy += qpu_seconds if qpu_seconds > 0 else 0.0
@@ -136,7 +141,10 @@ class DutyCycles:
         if meter is not None:
             duty = self._duty(meter, now)
             if duty is not None:
-                self._history.append(duty)
+                history = self._history.get(meter.group)
+                if history is None:
+                    history = self._history[meter.group] = deque(maxlen=self._history_size)
+                history.append(duty)
 
     # -- reads -------------------------------------------------------------------------
     def duty(self, session_id: str, now: float) -> SessionDuty:
@@ -150,12 +158,13 @@ class DutyCycles:
         """The duty cycles of ``session_ids``, in the order given."""
         return [self.duty(session_id, now) for session_id in session_ids]
 
-    def prior(self, now: float) -> float | None:
-        """The median duty cycle of recent sessions — those closed lately and the measured
-        ones still open — for sessions not measured yet (None: no session measured)."""
-        known = list(self._history)
+    def prior(self, now: float, group: str = "") -> float | None:
+        """The median duty cycle of ``group``'s recent sessions — those closed lately and
+        the measured ones still open — for sessions not measured yet (None: no session
+        of the group measured)."""
+        known = list(self._history.get(group, ()))
         for meter in self._meters.values():
-            duty = self._duty(meter, now)
+            duty = self._duty(meter, now) if meter.group == group else None
             if duty is not None:
                 known.append(duty)
         return statistics.median(known) if known else None
