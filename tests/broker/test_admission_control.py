@@ -23,10 +23,16 @@ def reference(
 ) -> int:
     """The definition, spelt out: the largest n whose sessions (open ones oldest first,
     then newcomers at the prior) all stay within the target, each judged by the sum of
-    the others' duty cycles; at least 1."""
+    the others' duty cycles, and with no more newcomers than ``unmeasured`` less the
+    unmeasured sessions held; at least 1."""
     known = [prior if d is None else d for d in duties]
     best = 1
     for n in range(2, licences + 1):
+        newcomers = n - len(duties)
+        guesses = sum(1 for d in duties[:n] if d is None) + max(0, newcomers)
+        limited = controller.unmeasured is not None and newcomers > 0
+        if limited and guesses > (controller.unmeasured or 0):
+            break
         chosen = (known + [prior] * n)[:n]
         ratios = [controller.model.ratio(sum(chosen) - own) for own in chosen]
         if max(ratios) <= controller.target:
@@ -57,12 +63,27 @@ def test_light_sessions_share_and_heavy_ones_do_not() -> None:
 
 
 def test_all_unmeasured_sessions_count_at_the_prior() -> None:
-    controller = AdmissionController()
+    controller = AdmissionController(unmeasured=None)
     unmeasured = controller.admit(AdmissionView(0.0, 6, duties=[None, None, None], prior=0.05))
     measured = controller.admit(AdmissionView(0.0, 6, duties=[0.05, 0.05, 0.05], prior=0.05))
-    assert unmeasured.admitted == measured.admitted
+    assert unmeasured.admitted == measured.admitted > 3
     assert unmeasured.predicted_latency_ratio == pytest.approx(measured.predicted_latency_ratio)
     assert unmeasured.duty_cycles == (None, None, None)
+
+
+def test_no_newcomer_while_a_session_is_held_unmeasured() -> None:
+    """A prior is a guess: newcomers wait until the held guesses are measured."""
+    controller = AdmissionController()  # unmeasured=1
+    light = [0.05, 0.05, 0.05]
+    assert controller.admit(AdmissionView(0.0, 6, duties=light, prior=0.05)).admitted == 4
+    guessing = controller.admit(AdmissionView(0.0, 6, duties=[0.05, None, 0.05], prior=0.05))
+    assert guessing.admitted == 3  # the open ones keep their place; nobody new
+    crowd = controller.admit(AdmissionView(0.0, 6, duties=[None] * 5, prior=0.0))
+    assert crowd.admitted == 5  # more guesses open than allowed: none is sent away
+    two = AdmissionController(unmeasured=2)
+    assert two.admit(AdmissionView(0.0, 6, duties=[0.05, None, 0.05], prior=0.05)).admitted == 4
+    # with nothing open, the first session is let in
+    assert controller.admit(AdmissionView(0.0, 6, duties=[], prior=0.0)).admitted == 1
 
 
 def test_duty_cycles_summing_past_one_admit_a_single_session() -> None:
@@ -80,8 +101,10 @@ def test_one_licence_admits_one_whatever_the_sessions() -> None:
         assert controller.admit(AdmissionView(0.0, 1, duties=duties, prior=0.0)).admitted == 1
 
 
-def test_idle_sessions_fill_every_licence() -> None:
-    got = AdmissionController().admit(AdmissionView(0.0, 16, duties=[0.0] * 3, prior=0.0))
+def test_idle_sessions_fill_every_licence_one_newcomer_at_a_time() -> None:
+    idle = AdmissionView(0.0, 16, duties=[0.0] * 3, prior=0.0)
+    assert AdmissionController().admit(idle).admitted == 4
+    got = AdmissionController(unmeasured=None).admit(idle)
     assert got.admitted == 16 and got.hold == 0
 
 
@@ -115,6 +138,7 @@ def test_no_licence_is_refused(licences: int) -> None:
         {"default_prior": 1.5},
         {"default_prior": -0.1},
         {"default_prior": math.nan},
+        {"unmeasured": 0},
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
@@ -143,18 +167,23 @@ duty = st.one_of(st.none(), st.floats(0.0, 1.0))
     prior=st.floats(0.0, 1.0),
     licences=st.integers(1, 20),
     target=st.floats(1.0, 3.0),
+    unmeasured=st.one_of(st.none(), st.integers(1, 4)),
 )
 def test_admits_what_the_definition_says_within_bounds(
-    duties: list[float | None], prior: float, licences: int, target: float
+    duties: list[float | None],
+    prior: float,
+    licences: int,
+    target: float,
+    unmeasured: int | None,
 ) -> None:
-    controller = AdmissionController(target=target)
+    controller = AdmissionController(target=target, unmeasured=unmeasured)
     got: Admission = controller.admit(AdmissionView(0.0, licences, duties=duties, prior=prior))
     assert 1 <= got.admitted <= licences
     assert got.admitted == reference(controller, duties, prior, licences)
     if got.admitted > 1:
         assert got.predicted_latency_ratio <= target
     # a looser target, or lighter sessions, never admit fewer
-    looser = AdmissionController(target=target + 0.5)
+    looser = AdmissionController(target=target + 0.5, unmeasured=unmeasured)
     assert looser.admit(AdmissionView(0.0, licences, duties, prior)).admitted >= got.admitted
     lighter = [None if d is None else d / 2 for d in duties]
     assert (

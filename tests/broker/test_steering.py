@@ -122,19 +122,26 @@ def test_an_unknown_resource_is_refused(broker: Broker) -> None:
 
 
 def test_settings_are_checked_when_made() -> None:
-    for bad in ({"target": 0.5}, {"prior": 2.0}, {"licences": 0}, {"half_life": 0.0}):
+    for bad in (
+        {"target": 0.5},
+        {"prior": 2.0},
+        {"licences": 0},
+        {"half_life": 0.0},
+        {"unmeasured": 0},
+    ):
         with pytest.raises(PolicyError):
             AdmissionSettings(**bad).duty_cycles()  # type: ignore[arg-type]
 
 
 def test_the_configured_target_and_prior_are_the_controllers(tmp_path: Path) -> None:
     registry = ResourceRegistry([ResourceSpec("null", "null", {})])
-    settings = AdmissionSettings(target=1.5, prior=0.1, licences=9)
+    settings = AdmissionSettings(target=1.5, prior=0.1, licences=9, unmeasured=None)
     with Store.open(tmp_path / "s.db") as store:
         broker = Broker(store, registry, replace(BrokerConfig(), admission=settings))
         got = broker.admission("null")
     registry.close()
     assert got.target == 1.5 and got.prior == 0.1 and got.licences == 9
-    # prior 0.1, target 1.5: several sessions fit (and the answer is the controller's)
+    # prior 0.1, target 1.5, newcomers not one at a time: several sessions fit (and the
+    # answer is the controller's)
     assert got.admitted > 1
     assert got.admitted == settings.controller().admit(AdmissionView(0.0, 9)).admitted

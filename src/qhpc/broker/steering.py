@@ -42,12 +42,14 @@ class AdmissionSettings:
     QPU); ``prior``: the duty cycle assumed for a session before any was measured on its
     QPU (after that, the median of recent ones); ``licences``: Slurm's licence total per
     QPU, unless a request says (the feedback agent passes Slurm's count);
-    ``half_life``, ``min_tasks``, ``history``: the measurement's (duty.py).
+    ``unmeasured``: how many sessions may be held before they are measured (the
+    controller's); ``half_life``, ``min_tasks``, ``history``: the measurement's (duty.py).
     """
 
     target: float = DEFAULT_TARGET
     prior: float = DEFAULT_PRIOR
     licences: int = DEFAULT_LICENCES
+    unmeasured: int | None = 1
     half_life: float = DUTY_HALF_LIFE
     min_tasks: int = MIN_TASKS
     history: int = PRIOR_HISTORY
@@ -57,7 +59,9 @@ class AdmissionSettings:
         check_licences(self.licences)
 
     def controller(self) -> AdmissionController:
-        return AdmissionController(target=self.target, default_prior=self.prior)
+        return AdmissionController(
+            target=self.target, default_prior=self.prior, unmeasured=self.unmeasured
+        )
 
     def duty_cycles(self) -> DutyCycles:
         return DutyCycles(self.half_life, self.min_tasks, self.history)
