@@ -1,8 +1,9 @@
-"""Scheduling study: the four ways of scheduling hybrid work, simulated with the broker's policies.
+"""Scheduling study: the five ways of scheduling hybrid work, simulated with the broker's policies.
 
-Simulates exclusive reservation per job, FIFO per circuit, split jobs and qhpc's
-multiplex (each with fair share off and on) on the named scenarios, prints the
-metrics and the goals, and writes ``study.json`` plus PNG plots to ``--out``.
+Simulates exclusive reservation per job, FIFO per circuit, split jobs, qhpc's
+multiplex and multiplex with duty-cycle admission (each with fair share off and
+on) on the named scenarios, fits the admission controller's latency model, prints
+the metrics and the goals, and writes ``study.json`` plus PNG plots to ``--out``.
 Same as ``qhpc bench study``. ``--publish`` rewrites ``bench/scenarios/*.json``
 from the scenario definitions in ``qhpc.study.workload``.
 
@@ -50,7 +51,11 @@ def print_report(report: dict[str, object]) -> None:
     print("\ngoals")
     for goal in goals:
         mark = "reached" if goal["reached"] else "MISSED"
-        where = goal["scenario"] + (f", K={goal['licences']}" if goal.get("licences") else "")
+        mode = goal.get("mode") or "multiplex"
+        if mode.startswith("admission"):
+            where = f"{goal['scenario']}, adm." + ("+uf" if mode != "admission" else "")
+        else:
+            where = goal["scenario"] + (f", K={goal['licences']}" if goal.get("licences") else "")
         print(
             f"  {where:17s} {goal['goal']:52s} {goal['value']:.3f} "
             f"{goal['comparison']} {goal['target']:g}  {mark}"

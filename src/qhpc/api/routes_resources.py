@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 import qhpc
 from qhpc.api.deps import BrokerDep, CurrentPrincipal
@@ -14,14 +16,16 @@ from qhpc.api.views import (
     PoolView,
     QueueEntry,
     QueueView,
+    ResourceAdmission,
     ResourceDetail,
     ResourceSummary,
     VersionInfo,
+    admission_view,
     drain_view,
     json_safe,
     known,
 )
-from qhpc.broker import Broker, DrainRequest, QueuedTask
+from qhpc.broker import MAX_LICENCES, Broker, DrainRequest, QueuedTask
 from qhpc.security import Principal, Role
 from qhpc.store import NotFoundError
 
@@ -182,3 +186,40 @@ def drain_resource(
 def resume_resource(broker: BrokerDep, principal: CurrentPrincipal, name: PathId) -> DrainView:
     principal.require(Role.ADMIN)
     return drain_view(broker.resume(name, by=principal.subject))
+
+
+Licences = Annotated[
+    int | None,
+    Query(
+        ge=1, le=MAX_LICENCES,
+        description="Slurm's licence total for this QPU (default: the broker's setting)",
+    ),
+]  # fmt: skip
+
+
+@resources.get(
+    "/{name}/admission",
+    summary="how many sessions may hold the resource now, from their duty cycles (operators)",
+    description="The admission controller's answer from the open sessions' measured duty "
+    "cycles: `admitted` sessions keep the worst-off one's predicted iteration latency within "
+    "`target` times alone; the Slurm feedback agent holds `hold` = `licences` − `admitted` "
+    "licences back. Admin tokens see every session's id; centre tokens the figures of all "
+    "and the ids of their centre's sessions; user and session tokens get 403 (other tenants' "
+    "sessions are not theirs to see, and the count is Slurm's to act on).",
+)
+def get_admission(
+    broker: BrokerDep, principal: CurrentPrincipal, name: PathId, licences: Licences = None
+) -> ResourceAdmission:
+    principal.require(Role.ADMIN, Role.CENTRE)
+    admission = broker.admission(name, licences)
+    if principal.role is Role.ADMIN:
+        return admission_view(admission, lambda _: True)
+
+    def own(session_id: str) -> bool:
+        try:
+            session = broker.records.session(session_id)
+        except NotFoundError:  # closed and gone between the two reads
+            return False
+        return principal.may_act_for(session.user, session.centre)
+
+    return admission_view(admission, own)

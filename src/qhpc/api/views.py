@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from qhpc.broker import ProgramInfo
+from qhpc.broker import Admission, ProgramInfo
 from qhpc.resources import TaskResult
 from qhpc.store import (
     AccountRecord,
@@ -317,6 +318,55 @@ def program_view(info: ProgramInfo) -> ProgramView:
 def known(seconds: float) -> float | None:
     """An ETA as the API shows it: None for one that is not known (inf)."""
     return seconds if math.isfinite(seconds) else None
+
+
+class AdmittedSession(BaseModel):
+    session_id: str | None = Field(
+        description="null for another centre's session (a centre token sees its own only)"
+    )
+    duty_cycle: float | None = Field(
+        description="the fraction of its time the session keeps the QPU busy, its waits in "
+        "the queue taken out; null until it has finished enough tasks to be measured"
+    )
+
+
+class ResourceAdmission(BaseModel):
+    """How many sessions may hold a resource now (``Broker.admission``); plain numbers,
+    for the Slurm feedback agent: it holds ``hold`` of the ``licences``."""
+
+    resource: str
+    admitted: int = Field(
+        description="sessions that may hold the QPU now (1 ≤ admitted ≤ licences)"
+    )
+    open: int = Field(description="sessions open on it now")
+    licences: int = Field(description="Slurm's licence total used (the request's, or the broker's)")
+    hold: int = Field(description="licences − admitted: what Slurm should keep back")
+    target: float = Field(description="the latency ratio a session may reach (over alone)")
+    prior: float = Field(description="duty cycle assumed for unmeasured and future sessions")
+    duty_cycles: list[float | None] = Field(description="the open sessions', oldest first")
+    predicted_latency_ratio: float = Field(
+        description="the worst-off session's predicted latency over alone with `admitted` sessions"
+    )
+    open_latency_ratio: float = Field(
+        description="the same for the sessions open now (above target: more are open than fit)"
+    )
+    at: float = Field(description="UNIX seconds of the measurement")
+    sessions: list[AdmittedSession]
+
+
+def admission_view(admission: Admission, shown: Callable[[str], bool]) -> ResourceAdmission:
+    """The API's view of an admission; ``shown(session_id)``: may the caller see that id."""
+    sessions = [
+        AdmittedSession(session_id=sid if shown(sid) else None, duty_cycle=duty)
+        for sid, duty in zip(admission.session_ids, admission.duty_cycles, strict=True)
+    ]
+    return ResourceAdmission(
+        resource=admission.resource, admitted=admission.admitted, open=admission.open,
+        licences=admission.licences, hold=admission.hold, target=admission.target,
+        prior=admission.prior, duty_cycles=list(admission.duty_cycles),
+        predicted_latency_ratio=admission.predicted_latency_ratio,
+        open_latency_ratio=admission.open_latency_ratio, at=admission.at, sessions=sessions,
+    )  # fmt: skip
 
 
 class DrainView(BaseModel):

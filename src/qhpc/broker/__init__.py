@@ -3,9 +3,18 @@
 Public surface; other rooms import only these names.
 """
 
+from qhpc.broker.admission_control import (
+    DEFAULT_PRIOR,
+    DEFAULT_TARGET,
+    Admission,
+    AdmissionController,
+    AdmissionView,
+    LatencyModel,
+)
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.config import BrokerConfig
 from qhpc.broker.drains import DrainRequest, InvalidDrain, NotDrained
+from qhpc.broker.duty import DutyCycles, SessionDuty
 from qhpc.broker.errors import BrokerError
 from qhpc.broker.idempotency import (
     IDEMPOTENCY_TTL,
@@ -49,6 +58,7 @@ from qhpc.broker.scheduler import (
 )
 from qhpc.broker.service import Broker
 from qhpc.broker.sessions import SessionTaskOutcome
+from qhpc.broker.steering import DEFAULT_LICENCES, MAX_LICENCES, AdmissionSettings
 from qhpc.broker.telemetry import (
     EPILOG_SLURMCTLD,
     HOOK_ERROR,
@@ -61,25 +71,35 @@ from qhpc.broker.usage import UsageTracker
 
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
+    "DEFAULT_LICENCES",
     "DEFAULT_OUTPUT_LIMIT",
+    "DEFAULT_PRIOR",
+    "DEFAULT_TARGET",
     "EPILOG_SLURMCTLD",
     "HOOK_ERROR",
     "HOOK_OK",
     "HOOK_REFUSED",
     "IDEMPOTENCY_TTL",
+    "MAX_LICENCES",
     "MIN_OUTPUT_LIMIT",
     "POLICIES",
     "POOL_POLICY_CLASSES",
     "PROLOG_SLURMCTLD",
+    "Admission",
+    "AdmissionController",
+    "AdmissionSettings",
+    "AdmissionView",
     "Broker",
     "BrokerConfig",
     "BrokerError",
     "DrainRequest",
+    "DutyCycles",
     "FairSharePolicy",
     "FifoPolicy",
     "Idempotency",
     "IdempotencyKeyReused",
     "InvalidDrain",
+    "LatencyModel",
     "LowestEtaPolicy",
     "MemberView",
     "NoMemberFits",
@@ -98,6 +118,7 @@ __all__ = [
     "Retention",
     "Routed",
     "SchedulingView",
+    "SessionDuty",
     "SessionLease",
     "SessionMode",
     "SessionPolicy",

@@ -15,6 +15,7 @@ from qhpc.broker.idempotency import IDEMPOTENCY_TTL
 from qhpc.broker.journal import COMMIT_INTERVAL
 from qhpc.broker.output import DEFAULT_OUTPUT_LIMIT
 from qhpc.broker.retention import Retention
+from qhpc.broker.steering import AdmissionSettings
 from qhpc.resources import DEFAULT_LIMITS, MAX_PAYLOAD_BYTES, DecodeLimits
 from qhpc.runtime import Limits
 from qhpc.store import Store
@@ -61,6 +62,9 @@ class BrokerConfig:
     #: how long jobs' results, output and sources are kept (see retention.py); the
     #: default keeps them for ever, ``qhpc serve`` 30 days
     retention: Retention = field(default_factory=Retention)
+    #: how sessions' duty cycles are measured and how many sessions each QPU admits
+    #: (``Broker.admission``, steering.py): latency target, prior, licence total
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
 
 def journal_dir(store: Store, configured: str | None) -> Path | None:

@@ -12,6 +12,8 @@ that were running are queued again). The rooms:
   outcomes and the waiters (and the journal that commits them);
 * :mod:`~qhpc.broker.inputs` caches what the policies read besides the queue;
 * :mod:`~qhpc.broker.pools` turns a pool's name into the member work goes to;
+* :mod:`~qhpc.broker.steering` answers :meth:`Broker.admission`: how many sessions a
+  resource admits, from their duty cycles as :class:`Sessions` measures them;
 * :mod:`~qhpc.broker.telemetry` counts what happens for ``/metrics`` (every room gets
   the broker's one :class:`Telemetry`), :mod:`~qhpc.broker.gauges` reads the rest
   when Prometheus scrapes.
@@ -32,6 +34,7 @@ from functools import partial
 
 from qhpc.broker import admission
 from qhpc.broker.access import Access
+from qhpc.broker.admission_control import Admission
 from qhpc.broker.cancels import Cancels
 from qhpc.broker.config import BrokerConfig, journal_dir
 from qhpc.broker.drains import DrainRequest, Drains
@@ -51,6 +54,7 @@ from qhpc.broker.retention import Purger
 from qhpc.broker.scheduler import Policy, QueuedTask, SessionMode, SessionRhythms, build_policy
 from qhpc.broker.session_tasks import SessionTasks
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
+from qhpc.broker.steering import Steering
 from qhpc.broker.telemetry import Telemetry
 from qhpc.broker.usage import UsageTracker
 from qhpc.resources import (
@@ -101,7 +105,7 @@ class Broker:
         self.sessions = Sessions(
             self.shared.cond, store, self.rhythms, clock,
             journal_dir(store, config.journal_dir), config.journal_commit_interval,
-            self.telemetry,
+            self.telemetry, config.admission.duty_cycles(),
         )  # fmt: skip
         self.journal = self.sessions.journal
         self.tasks = TaskQueries(store, self.sessions, self.shared.cond)
@@ -133,6 +137,7 @@ class Broker:
         #: pool names to members at admission (pools.py)
         self.pools = PoolRouter(resources, self.executors, self.resource_status,
                                 self.leases.held, self.leases.open_on, clock)  # fmt: skip
+        self.steering = Steering(config.admission, self.sessions, self.shared, resources, clock)
         self.cancels = Cancels(
             store, self.shared, self.executors, self.sessions, clock, self.job_log.settled
         )
@@ -352,6 +357,10 @@ class Broker:
     def resource_status(self, name: str) -> ResourceStatus:
         """The broker's view of a resource: a drain wins over what the device says."""
         return self.operators.status(name)
+
+    def admission(self, resource: str, licences: int | None = None) -> Admission:
+        """How many sessions may hold ``resource`` now (see :meth:`Steering.admission`)."""
+        return self.steering.admission(resource, licences)
 
     def invalidate(self) -> None:
         """Re-read sessions, reservations and shares at the next scheduling decision."""

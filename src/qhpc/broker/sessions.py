@@ -16,12 +16,14 @@ never block.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from qhpc.broker.duty import DutyCycles
 from qhpc.broker.journal import Journal
 from qhpc.broker.scheduler import SessionRhythms
 from qhpc.broker.telemetry import Telemetry
@@ -57,10 +59,13 @@ class Sessions:
         journal_dir: Path | None,
         commit_interval: float,
         telemetry: Telemetry,
+        duties: DutyCycles | None = None,
     ) -> None:
         self.cond = cond
         self.store = store
         self.rhythms = rhythms
+        #: each open session's duty cycle, for admission (steering.py)
+        self.duties = duties or DutyCycles()
         self.clock = clock
         self.telemetry = telemetry
         self.journal = Journal(
@@ -104,6 +109,7 @@ class Sessions:
     def close(self, session_id: str) -> None:
         self.open.pop(session_id, None)
         self.rhythms.forget(session_id)
+        self.duties.forget(session_id, self.clock())
 
     # -- tasks in flight (caller holds the lock) --------------------------------------
     def visible(self, task: TaskRecord) -> TaskRecord:
@@ -190,6 +196,7 @@ class Sessions:
         if not self.journal.append(task, outcome):
             with self.cond:
                 self._step_ended(task, outcome)
+                self._measure(task, outcome)
             self.journal.flush()
             return
         task_id = task.task_id
@@ -198,6 +205,7 @@ class Sessions:
                 self._step_ended(task, outcome)
             if task.session_id is not None:
                 self.rhythms.released(task.session_id, self.clock())
+                self._measure(task, outcome)
             if task_id not in self.in_flight:
                 return  # committed (and signalled) already
             self._unstored[task_id] = outcome  # shown final from memory (visible)
@@ -205,6 +213,19 @@ class Sessions:
             if callback is not None:
                 self._outcomes[task_id] = SessionTaskOutcome.of(task_id, outcome)
                 callback(task_id)  # waiters of wait_task() are woken by the commit
+
+    def _measure(self, task: TaskRecord, outcome: TaskOutcome) -> None:
+        """Count a session task's device time into its session's duty cycle (caller holds
+        the lock); a task ending after its session closed counts for nothing."""
+        session_id = task.session_id
+        if session_id is None or session_id not in self.open:
+            return
+        started = math.nan if task.started_at is None else task.started_at
+        self.duties.finished(
+            session_id, submitted_at=task.submitted_at, started_at=started,
+            finished_at=outcome.finished_at, qpu_seconds=outcome.qpu_seconds,
+            group=task.resource,
+        )  # fmt: skip
 
     def committed(self, batch: Sequence[tuple[TaskRecord, TaskOutcome]]) -> None:
         """The journal's callback: these tasks are in the store now."""

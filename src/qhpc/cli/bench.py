@@ -72,7 +72,7 @@ def study(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
 ) -> None:
-    """Simulate the four scheduling modes (fair share off/on) on the scenarios."""
+    """Simulate the five scheduling modes (fair share off/on) on the scenarios."""
     from qhpc.study import ScenarioError, SimulationError
     from qhpc.study.report import run_study
 

@@ -1,4 +1,4 @@
-"""The four ways of scheduling hybrid work that the study compares.
+"""The five ways of scheduling hybrid work that the study compares.
 
 Each mode says how a job reaches the QPU; the broker's policy objects decide
 the order of tasks in every mode (see :mod:`qhpc.study.simulator`). A mode
@@ -16,6 +16,11 @@ this module sits below the simulator rather than in a circle with it.
 - ``multiplex`` (qhpc): Slurm grants up to ``licences`` hybrid jobs a shared
   session; the broker runs session tasks first and fills every gap with batch
   tasks.
+- ``admission`` (qhpc with duty-cycle admission): as ``multiplex``, but Slurm
+  grants a session only while the broker's admission controller
+  (:class:`qhpc.broker.AdmissionController`, fed the sessions' measured duty
+  cycles) says one more fits the latency target; jobs beyond wait for a licence,
+  batch work fills the rest.
 
 With fair share on, the base policy is ``fairshare`` (in the broker and for
 Slurm's job order); off, ``fifo``.
@@ -37,13 +42,18 @@ class Mode(StrEnum):
     FIFO_CIRCUIT = "fifo-circuit"
     SPLIT = "split"
     MULTIPLEX = "multiplex"
+    ADMISSION = "admission"
 
+
+#: the modes in which the broker multiplexes sessions and orders batch tasks itself
+MULTIPLEXED = frozenset({Mode.MULTIPLEX, Mode.ADMISSION})
 
 MODE_TITLES: dict[Mode, str] = {
     Mode.EXCLUSIVE: "exclusive reservation per job (high-level)",
     Mode.FIFO_CIRCUIT: "FIFO per circuit (low-level)",
     Mode.SPLIT: "split jobs (seed 002)",
     Mode.MULTIPLEX: "qhpc multiplex (sessions first + backfill)",
+    Mode.ADMISSION: "qhpc multiplex + duty-cycle admission",
 }
 
 
@@ -117,8 +127,8 @@ def grant_capacity(mode: Mode, licences: int) -> int:
     """How many jobs Slurm lets hold the QPU at once in ``mode`` (0: no gating)."""
     if mode in (Mode.EXCLUSIVE, Mode.SPLIT):
         return 1
-    if mode is Mode.MULTIPLEX:
-        return licences
+    if mode in MULTIPLEXED:
+        return licences  # admission: at most; the controller decides how many now
     return 0
 
 
@@ -203,7 +213,7 @@ def _split_block(engine: ModeEngine, job: HybridJob, index: int, ready: float) -
 def start_batch(engine: ModeEngine, job: BatchJob, mode: Mode) -> None:
     """Submit one batch job at its arrival (``engine.now``)."""
     ready = engine.now
-    if mode in (Mode.FIFO_CIRCUIT, Mode.MULTIPLEX):
+    if mode is Mode.FIFO_CIRCUIT or mode in MULTIPLEXED:
         sizes = [1] * job.circuits if mode is Mode.FIFO_CIRCUIT else job.task_sizes()
         engine.job_started(job.job_id)
         engine.submit(

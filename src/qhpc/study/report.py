@@ -4,9 +4,11 @@ The report holds each scenario's definition (so a figure can be traced to its
 inputs), the metrics of every strategy, the ratios the goals are stated in,
 multiplex with the broker's session policy before session-aware backfill (batch
 fills every gap) for comparison, a sweep of the licence count on every scenario
-(both policies), the hybrid jobs' duty cycle, and each goal with its value and
-whether it is reached — at the scenario's licence count and, where the latency
-goal needs another, at the largest count that reaches it.
+(both policies), the hybrid jobs' duty cycle, duty-cycle admission per scenario
+(:mod:`qhpc.study.admission`), the admission controller's latency model fitted on
+the simulator (:mod:`qhpc.study.latency_fit`), and each goal with its value and
+whether it is reached — at the scenario's licence count, where the latency goal
+needs another at the largest count that reaches it, and with admission.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 
 from qhpc import __version__
 from qhpc.broker import DEFAULT_CHUNK_SECONDS
+from qhpc.study.admission import admission_summary
+from qhpc.study.latency_fit import latency_fit
 from qhpc.study.metrics import Metrics, measure
-from qhpc.study.modes import MODE_TITLES, STRATEGIES, Mode, Strategy
+from qhpc.study.modes import MODE_TITLES, MULTIPLEXED, STRATEGIES, Mode, Strategy
 from qhpc.study.runs import ScenarioRun
 from qhpc.study.simulator import SimulationResult, simulate
 from qhpc.study.workload import SCENARIOS, Scenario
@@ -44,6 +48,8 @@ class Goal:
     target: float
     at_most: bool  # the value must be <= target (else >=)
     licences: int | None = None  # None: the scenario's own licence count
+    #: "multiplex", or the duty-cycle admission mode (licences: its total) and its variant
+    mode: str = "multiplex"
 
     @property
     def reached(self) -> bool:
@@ -60,6 +66,7 @@ class Goal:
             "comparison": "<=" if self.at_most else ">=",
             "reached": self.reached,
             "licences": self.licences,
+            "mode": self.mode,
         }
 
 
@@ -92,7 +99,7 @@ def run_scenario(
 
 def chunking(strategy: Strategy) -> float | None:
     """The broker's shot chunks where the broker orders batch tasks (multiplex)."""
-    return DEFAULT_CHUNK_SECONDS if strategy.mode is Mode.MULTIPLEX else None
+    return DEFAULT_CHUNK_SECONDS if strategy.mode in MULTIPLEXED else None
 
 
 def duty_cycle(result: SimulationResult) -> float:
@@ -200,11 +207,42 @@ def ratios(run: ScenarioRun) -> dict[str, float]:
     }
 
 
+#: scenarios whose makespan goal (<= 0.6 x exclusive) is stated: the hybrid-heavy ones
+MAKESPAN_GOAL = ("vqe-heavy", "mixed-duty")
+
+
+def admission_goals(name: str, summary: dict[str, Any]) -> list[Goal]:
+    """The goals for the duty-cycle admission mode of one scenario, as built and with
+    utilisation-first backfill."""
+    licences, out = summary["licences"], []
+    for mode, figures in (
+        ("admission", summary),
+        ("admission, utilisation-first backfill", summary["variants"]["utilisation_first"]),
+    ):
+        out += [
+            Goal("utilisation while work waits", name, figures["utilisation_waiting"], 0.95,
+                 False, licences, mode),
+            Goal("session iteration latency / exclusive reservation's", name,
+                 figures["latency_ratio"], LATENCY_TARGET, True, licences, mode),
+        ]  # fmt: skip
+        if name in MAKESPAN_GOAL:
+            out.append(
+                Goal("makespan / exclusive reservation's", name, figures["makespan_ratio"],
+                     0.6, True, licences, mode)
+            )  # fmt: skip
+    return out
+
+
 def goals(
-    runs: dict[str, ScenarioRun], sweeps: dict[str, dict[str, Any]] | None = None
+    runs: dict[str, ScenarioRun],
+    sweeps: dict[str, dict[str, Any]] | None = None,
+    admissions: dict[str, dict[str, Any] | None] | None = None,
 ) -> list[Goal]:
     out: list[Goal] = []
     for name, run in runs.items():
+        summary = (admissions or {}).get(name)
+        if summary is not None:
+            out += admission_goals(name, summary)
         qhpc = run.metrics.get(QHPC.key)
         if qhpc is None:
             continue
@@ -218,7 +256,7 @@ def goals(
                     r["latency_multiplex_over_exclusive"], 1.1, True,
                 )
             )  # fmt: skip
-        if name == "vqe-heavy" and "makespan_multiplex_over_exclusive" in r:
+        if name in MAKESPAN_GOAL and "makespan_multiplex_over_exclusive" in r:
             out.append(
                 Goal(
                     "makespan / exclusive reservation's", name,
@@ -237,7 +275,7 @@ def goals(
                 Goal("session iteration latency / exclusive reservation's", name,
                      row["latency_ratio"], LATENCY_TARGET, True, best),
             ]  # fmt: skip
-            if name == "vqe-heavy":
+            if name in MAKESPAN_GOAL:
                 out.append(
                     Goal("makespan / exclusive reservation's", name, row["makespan_ratio"],
                          0.6, True, best)
@@ -255,6 +293,8 @@ def build_report(
     quick: bool,
     sweeps: dict[str, dict[str, Any]] | None,
     seconds: float,
+    admissions: dict[str, dict[str, Any] | None] | None = None,
+    fit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "suite": "qhpc scheduling study",
@@ -276,8 +316,10 @@ def build_report(
             for name, run in runs.items()
         },
         "licence_sweep": sweeps or None,
+        "admission": admissions or None,
+        "latency_fit": fit,
         "chunk_seconds": DEFAULT_CHUNK_SECONDS,
-        "goals": [g.to_dict() for g in goals(runs, sweeps)],
+        "goals": [g.to_dict() for g in goals(runs, sweeps, admissions)],
     }
 
 
@@ -300,7 +342,14 @@ def run_study(
             if progress:
                 progress(f"{name}: licence sweep")
             sweeps[name] = licence_sweep(run)
-    report = build_report(runs, quick=quick, sweeps=sweeps, seconds=time.perf_counter() - started)
+    admissions = {name: admission_summary(run, sweeps.get(name)) for name, run in runs.items()}
+    if progress:
+        progress("latency model fit")
+    fit = latency_fit(chosen, scale=QUICK_SCALE if quick else 1.0)
+    report = build_report(
+        runs, quick=quick, sweeps=sweeps, seconds=time.perf_counter() - started,
+        admissions=admissions, fit=fit,
+    )  # fmt: skip
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if plots:

@@ -26,6 +26,12 @@ Above the broker sits a stand-in for Slurm: a queue of job-level *grants*
 (a reservation of the QPU, a licence for a session), ordered by the broker's
 base policy (``fifo`` or ``fairshare``: Slurm's fair-share factor is the same
 formula), with ``job_start_latency`` between a grant and the program running.
+With an :class:`~qhpc.broker.AdmissionController` (the ``admission`` mode) the
+number of licences Slurm may grant at a time is the controller's answer, asked
+before every grant from the held sessions' duty cycles — measured by the
+broker's :class:`~qhpc.broker.DutyCycles`, fed as the broker feeds it (each
+session task's submission, start, end and device time) — the way the feedback
+agent holds the rest of the licences back in a live cluster.
 
 Time is modelled seconds; events are ordered by (time, sequence), so a run is
 a pure function of the workload and the strategy.
@@ -41,6 +47,9 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from qhpc.broker import (
+    AdmissionController,
+    AdmissionView,
+    DutyCycles,
     FairSharePolicy,
     FifoPolicy,
     Policy,
@@ -121,6 +130,8 @@ class SimulationResult:
     calibrations: list[Window]
     shares: dict[str, float]
     decisions: int = 0
+    #: (time, admitted, held) at each change of the admission controller's answer
+    admissions: list[tuple[float, int, int]] = field(default_factory=list)
 
     @property
     def start(self) -> float:
@@ -163,6 +174,7 @@ class Engine:
         shares: dict[str, float],
         grant_capacity: int,
         chunk_seconds: float | None = None,
+        admission: AdmissionController | None = None,
     ) -> None:
         self.policy = policy
         self.grant_policy = grant_policy
@@ -174,6 +186,11 @@ class Engine:
         self.now = 0.0
         self.usage = UsageTracker(environment.fairshare_half_life)
         self.rhythms = SessionRhythms()
+        #: each session's duty cycle, as the broker measures it (for ``admission``)
+        self.duties = DutyCycles()
+        self.admission = admission
+        #: (time, admitted, held) each time the controller's answer changed
+        self.admissions: list[tuple[float, int, int]] = []
         self.decisions = 0
         self.tasks: list[TaskRun] = []
         self.iterations: list[IterationRun] = []
@@ -188,7 +205,10 @@ class Engine:
         self._recheck_at: float | None = None
         self._last_batch_start: float | None = None
         self._grants_waiting: list[_Grant] = []
-        self._grants_held: set[str] = set()
+        #: jobs holding a grant, in the order they got it
+        self._grants_held: dict[str, None] = {}
+        #: each job's latest session
+        self._session_of: dict[str, str] = {}
         self._ids = itertools.count()
         self._callbacks: dict[str, Callable[[], None]] = {}
         #: shots of the chunks still to run, per chunked batch task
@@ -230,11 +250,13 @@ class Engine:
             session_id=session_id, resource=RESOURCE, account=account, user=account,
             opened_at=self.now, deadline=math.inf, mode=mode,
         )  # fmt: skip
+        self._session_of[job_id] = session_id
         return session_id
 
     def close_session(self, session_id: str) -> None:
         del self._sessions[session_id]
         self.rhythms.forget(session_id)
+        self.duties.forget(session_id, self.now)
 
     def submit(
         self,
@@ -301,11 +323,36 @@ class Engine:
         self._grants_waiting.append(_Grant(job_id, account, self.now, then, next(self._seq)))
 
     def release_grant(self, job_id: str) -> None:
-        self._grants_held.discard(job_id)
+        self._grants_held.pop(job_id, None)
 
     # -- Slurm's side ----------------------------------------------------------
+    def _admitted(self) -> int:
+        """How many grants may be held now: the licences, or the controller's answer
+        from the held sessions' duty cycles (one granted but not started yet, or not
+        measured yet, counts at the prior)."""
+        if self.admission is None:
+            return self.capacity
+        now = self.now
+        duties: list[float | None] = []
+        for job_id in self._grants_held:
+            session = self._session_of.get(job_id)
+            if session is None or session not in self._sessions:
+                duties.append(None)
+            else:
+                duties.append(self.duties.duty(session, now).duty)
+        answer = self.admission.admit(
+            AdmissionView(now, self.capacity, duties, self.duties.prior(now), resource=RESOURCE)
+        )
+        change = (answer.admitted, len(duties))
+        if not self.admissions or self.admissions[-1][1:] != change:
+            self.admissions.append((now, *change))
+        return answer.admitted
+
     def _grant(self) -> None:
-        while self._grants_waiting and len(self._grants_held) < self.capacity:
+        if not self._grants_waiting:
+            return
+        admitted = self._admitted()
+        while self._grants_waiting and len(self._grants_held) < admitted:
             by_id = {f"g{g.seq:08d}": g for g in self._grants_waiting}
             view = SchedulingView(
                 now=self.now, resource=RESOURCE,
@@ -323,7 +370,7 @@ class Engine:
                 return
             grant = by_id[chosen.task_id]
             self._grants_waiting.remove(grant)
-            self._grants_held.add(grant.job_id)
+            self._grants_held[grant.job_id] = None
             self.after(self.environment.job_start_latency, grant.then)
 
     # -- the broker's executor -------------------------------------------------
@@ -403,6 +450,10 @@ class Engine:
         self.usage.record(task.account, used, self.now)
         if task.session_id is not None:
             self.rhythms.released(task.session_id, self.now)
+            self.duties.finished(
+                task.session_id, submitted_at=run.submitted_at, started_at=run.started_at,
+                finished_at=self.now, qpu_seconds=used,
+            )  # fmt: skip
         callback = self._callbacks.pop(task.task_id)
         if run.session or run.iteration is not None:
             # A live client receives the result one round trip later.
@@ -427,6 +478,7 @@ def simulate(
     *,
     backfill: bool = True,
     chunk_seconds: float | None = None,
+    admission: AdmissionController | None = None,
     **policy_options: float,
 ) -> SimulationResult:
     """Run ``workload`` (default: the scenario's own draw) under ``strategy``.
@@ -434,7 +486,9 @@ def simulate(
     ``backfill=False`` runs the broker's session policy without session-aware
     backfill (the policy before it); ``chunk_seconds`` runs batch tasks as shot
     chunks of at most that many seconds with cooperative pre-emption (None: whole);
-    ``policy_options`` go to ``build_policy``.
+    ``admission``: the controller of the ``admission`` mode (default: the broker's
+    default controller; ignored in the other modes); ``policy_options`` go to
+    ``build_policy``.
     """
     workload = workload or scenario.materialise()
     env = scenario.environment
@@ -445,9 +499,13 @@ def simulate(
     )  # fmt: skip
     grant_policy: Policy = FairSharePolicy() if strategy.fairshare else FifoPolicy()
     shares = {a: float(scenario.shares.get(a, 1.0)) for a in workload.accounts()}
+    if strategy.mode is not Mode.ADMISSION:
+        admission = None
+    elif admission is None:
+        admission = AdmissionController()
     engine = Engine(
         policy, grant_policy, scenario.qpu, env, shares,
-        grant_capacity(strategy.mode, env.licences), chunk_seconds,
+        grant_capacity(strategy.mode, env.licences), chunk_seconds, admission,
     )  # fmt: skip
     for hybrid in workload.hybrid:
         engine.job_arrives(hybrid.job_id, hybrid.account, "hybrid", hybrid.arrival)
@@ -471,6 +529,7 @@ def simulate(
         calibrations=engine.calibrations(end),
         shares=shares,
         decisions=engine.decisions,
+        admissions=engine.admissions,
     )
 
 

@@ -90,6 +90,9 @@ def goals_table(report: dict[str, Any]) -> str:
     for g in report["goals"]:
         mark = "✅" if g["reached"] else "❌"
         licences = _licences(report, g["scenario"], g.get("licences"))
+        mode = g.get("mode") or "multiplex"
+        if mode.startswith("admission"):
+            licences = f"duty-cycle {mode} (≤ {licences})"
         lines.append(
             f"| {g['goal']} | {g['scenario']} | {licences} "
             f"| {g['comparison']} {g['target']:g} | {mark} {_fmt(g['value'], '.3g')} |"
@@ -149,6 +152,92 @@ def settings_table(report: dict[str, Any]) -> str:
                 f"| {row['latency_ratio']:.2f} | {row['utilisation_waiting']:.0%} "
                 f"| {row['makespan_ratio']:.2f} |"
             )
+    return "\n".join(lines)
+
+
+def admission_table(report: dict[str, Any]) -> str:
+    """Per scenario: what duty-cycle admission did, beside the best static licence count
+    (chosen in hindsight from the sweep), then its variants."""
+    summaries = {k: v for k, v in (report.get("admission") or {}).items() if v}
+    if not summaries:
+        return ""
+    lines = [
+        "| scenario | licence total | admission | sessions admitted (min–max, mean) "
+        "| iteration latency / exclusive | utilisation while work waits | makespan / exclusive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, a in summaries.items():
+        n = a["admitted"]
+        rows = [("as built (newcomers one at a time, balanced backfill)", a)]
+        rows += [(v["label"], v) for v in a.get("variants", {}).values()]
+        for index, (label, figures) in enumerate(rows):
+            admitted = (
+                f"{_fmt(n['min'], '.0f')}–{_fmt(n['max'], '.0f')}, {_fmt(n['mean'], '.1f')}"
+                if index == 0
+                else ""
+            )
+            lines.append(
+                f"| {name} | {a['licences']} | {label} | {admitted} "
+                f"| {figures['latency_ratio']:.2f} | {figures['utilisation_waiting']:.0%} "
+                f"| {figures['makespan_ratio']:.2f} |"
+            )
+        best = a.get("best_static")
+        if best:
+            lines.append(
+                f"| {name} | {best['licences']} | static licence count, the best in hindsight "
+                f"(multiplex) | {best['licences']} | {best['latency_ratio']:.2f} "
+                f"| {best['utilisation_waiting']:.0%} | {best['makespan_ratio']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def limit_table(report: dict[str, Any]) -> str:
+    """Per scenario: how many sessions of its median duty cycle fit the latency target,
+    the QPU share they keep busy, and the makespan floor that leaves."""
+    summaries = {k: v for k, v in (report.get("admission") or {}).items() if v}
+    if not summaries:
+        return ""
+    lines = [
+        "| scenario | hybrid jobs' median duty cycle | sessions that fit 1.1× at that duty "
+        "| QPU share they keep busy | makespan floor / exclusive (hybrid jobs that many at a "
+        "time, as fast as alone) | idle while work waited with no batch work ready |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in summaries.items():
+        lines.append(
+            f"| {name} | {_fmt(a['median_duty'], '.0%')} "
+            f"| {_fmt(a['sessions_at_target'], '.0f')} "
+            f"| {_fmt(a['session_share_at_target'], '.0%')} "
+            f"| {_fmt(a['makespan_floor_ratio'], '.2f')} "
+            f"| {_fmt(a.get('idle_without_batch'), '.0%')} |"
+        )
+    return "\n".join(lines)
+
+
+def fit_table(report: dict[str, Any], max_load: float = 1.5) -> str:
+    """The latency model's fit: per bin of the other sessions' summed duty cycle, the
+    simulated latency over alone, the fitted model and the controller's."""
+    fit = report.get("latency_fit")
+    if not fit:
+        return ""
+    lines = [
+        f"Fitted on {fit['iterations']} iterations of {fit['runs']} runs, bins up to "
+        f"D = {fit['max_load']:g}: latency / alone ≈ 1 + {fit['linear']:.3f}·D + "
+        f"{fit['quadratic']:.3f}·D² (weighted rms {fit['rms']:.3f}); the controller runs "
+        f"with 1 + {fit['controller']['linear']:g}·D + {fit['controller']['quadratic']:g}·D² "
+        f"(rms {fit['controller_rms']:.3f}).",
+        "",
+        "| others' summed duty cycle D | iterations | simulated latency / alone "
+        "| fitted | the controller's model |",
+        "|---|---|---|---|---|",
+    ]
+    for b in fit["bins"]:
+        if b["load"] > max_load:
+            continue
+        lines.append(
+            f"| {b['load']:.2f} | {b['iterations']:.0f} | {b['ratio']:.3f} "
+            f"| {b['fitted']:.3f} | {b['controller']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -384,6 +473,15 @@ def docs_section(folder: Path) -> str:
                 "",
                 settings,
             ]
+        admission = admission_table(study)
+        if admission:
+            parts += ["", "#### Duty-cycle admission", "", admission]
+        limit = limit_table(study)
+        if limit:
+            parts += ["", "#### How many sessions fit the latency target", "", limit]
+        fit = fit_table(study)
+        if fit:
+            parts += ["", "#### The admission controller's latency model, fitted", "", fit]
         parts += ["", "#### Goals", "", goals_table(study)]
     real = _load(folder, "study_real.json")
     if real:

@@ -573,7 +573,54 @@ def _two_centres() -> Scenario:
     )
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (_vqe_heavy(), _batch_heavy(), _two_centres())}
+def _mixed_duty() -> Scenario:
+    return Scenario(
+        name="mixed-duty",
+        description=(
+            "Sessions whose QPU share differs sevenfold, over a stream of batch jobs: twelve "
+            "SQD-style jobs of account mat (10-20 iterations of 1-2 circuits x 4000 shots, "
+            "then ~20 s of classical diagonalisation: a duty cycle of ~6 %) and, from 300 s, "
+            "six VQE jobs of chem arriving close together (duty ~34 %). Slurm's licence "
+            "total is 8: how many sessions fit changes as the mix does."
+        ),
+        hybrid=(
+            HybridClass(
+                "sqd",
+                "mat",
+                Arrivals(12, 0.0, Dist.of("exponential", mean=15.0)),
+                iterations=Dist.of("randint", low=10, high=20),
+                circuits=Dist.of("randint", low=1, high=2),
+                shots=Dist.of("const", value=4000),
+                think=Dist.of(_LOG, median=20.0, sigma=0.4),
+            ),
+            HybridClass(
+                "vqe",
+                "chem",
+                Arrivals(6, 300.0, Dist.of("exponential", mean=10.0)),
+                iterations=Dist.of("randint", low=40, high=80),
+                circuits=Dist.of("randint", low=2, high=6),
+                shots=Dist.of("const", value=1000),
+                think=Dist.of(_LOG, median=1.5, sigma=0.4),
+            ),
+        ),
+        batch=(
+            BatchClass(
+                "sampling",
+                "phys",
+                Arrivals(120, 0.0, Dist.of("exponential", mean=14.0)),
+                circuits=Dist.of("randint", low=10, high=30),
+                shots=Dist.of("const", value=2000),
+            ),
+        ),
+        shares={"mat": 1.0, "chem": 1.0, "phys": 1.0},
+        qpu=QpuModel(calibration=CalibrationSchedule(every=600.0, duration=30.0)),
+        environment=Environment(licences=8),
+    )
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s for s in (_vqe_heavy(), _batch_heavy(), _two_centres(), _mixed_duty())
+}
 
 
 def scenario(name: str) -> Scenario:
