@@ -311,3 +311,62 @@ def test_naming_a_qpu_twice_fails_the_job_with_a_message(cluster: Cluster) -> No
     output = cluster.output(job)
     assert state == "FAILED" and "should-not-run" not in output
     assert "sim named twice" in output
+
+
+HEAVY = """
+import sys, time
+from qiskit import QuantumCircuit
+from qhpc.session import QPU
+qpu = QPU.from_env(timeout=120)
+bell = QuantumCircuit(2, 2); bell.h(0); bell.cx(0, 1); bell.measure([0, 1], [0, 1])
+end, tasks = time.time() + float(sys.argv[1]), 0
+while time.time() < end:  # no think time: the session keeps the QPU busy all along
+    qpu.run(bell, shots=100); tasks += 1
+print(f"tasks={tasks}", flush=True)
+"""
+
+
+def test_admission_steered_by_duty_cycle_keeps_a_second_session_job_waiting(
+    cluster: Cluster,
+) -> None:
+    (cluster.work / "heavy.py").write_text(HEAVY)
+    token = cluster.token_file(cluster.admin)
+    log = cluster.work / "steer.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "qhpc.cli", "slurm", "feedback", "--threshold", "30",
+         "--interval", "0.5", "--url", cluster.url, "--token-file", token],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    jobs: list[str] = []
+    try:
+        heavy = cluster.sbatch(
+            "--qpu=emu", "-J", "qhpc-heavy", f"--output={cluster.work}/job-%j.out",
+            script=cluster.job_script(f"{cluster.python} {cluster.work}/heavy.py 20"),
+        )  # fmt: skip
+        jobs.append(heavy)
+        # once the heavy session is measured, only it fits 1.1x: one of two licences open
+        wait_for("the admission hold", lambda: "admission emu: 1 of 2 licences open"
+                 in log.read_text(), timeout=60)  # fmt: skip
+        second = cluster.sbatch(
+            "--qpu=emu", "-J", "qhpc-second", f"--output={cluster.work}/job-%j.out",
+            script=cluster.job_script(f"{cluster.python} {cluster.work}/heavy.py 1"),
+        )  # fmt: skip
+        jobs.append(second)
+        wait_for("Reason=Licenses", lambda: squeue(second) == ("PENDING", "Licenses"), 30)
+        assert squeue(heavy)[0] == "RUNNING"
+        admission = cluster.broker("/resources/emu/admission?licences=2").json()
+        assert admission["admitted"] == 1 and admission["hold"] == 1, admission
+        assert admission["duty_cycles"][0] > 0.5
+        # the heavy job ends: its licence frees and the second one starts
+        state, _, code = finished(second, timeout=120)
+        assert (state, code) == ("COMPLETED", "0:0"), cluster.output(second)
+        assert finished(heavy, timeout=60)[0] == "COMPLETED"
+        started = run("sacct", "-n", "-P", "-X", "-j", second, "-o", "Start").stdout.strip()
+        ended = run("sacct", "-n", "-P", "-X", "-j", heavy, "-o", "End").stdout.strip()
+        assert started >= ended  # it waited for the heavy one (ISO times sort as text)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, log.read_text()
+        for job in jobs:
+            run("scancel", job, check=False)
+        run("scontrol", "delete", "ReservationName=qhpc_hold_emu", check=False)
