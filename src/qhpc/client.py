@@ -110,7 +110,111 @@ def payload_text(payload: Payload) -> str:
     return base64.b64encode(encode_payload(payload)).decode("ascii")
 
 
-class Client:
+class _Operations:
+    """What operators, centres and Slurm's hooks ask of a broker besides jobs: drains,
+    admission, sessions tied to Slurm jobs, reservations, accounts, accounting, tokens.
+    A part of :class:`Client` (kept apart to keep each class readable)."""
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        raise NotImplementedError  # Client's
+
+    def admission(self, name: str, licences: int | None = None) -> dict[str, Any]:
+        """How many sessions the broker's admission controller lets hold the resource
+        (``licences``: how many Slurm has for it, if the caller knows)."""
+        params = None if licences is None else {"licences": licences}
+        return dict(self._request("GET", f"/resources/{name}/admission", params=params))
+
+    def drain(
+        self, name: str, reason: str, *, until: float | None = None,
+        for_seconds: float | None = None, now: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Take a resource out of service (admin); neither end given: until resumed."""
+        body: dict[str, Any] = {"reason": reason, "now": now}
+        if until is not None:
+            body["until"] = until
+        if for_seconds is not None:
+            body["for_seconds"] = for_seconds
+        return dict(self._request("POST", f"/resources/{name}/drain", json=body))
+
+    def resume(self, name: str) -> dict[str, Any]:
+        """End a resource's drain (admin)."""
+        return dict(self._request("POST", f"/resources/{name}/resume"))
+
+    def tag_session(self, session_id: str, slurm_job_id: str) -> dict[str, Any]:
+        """Tie an open session to the Slurm job that will use it (admin, centre)."""
+        body = {"slurm_job_id": slurm_job_id}
+        return dict(self._request("PATCH", f"/sessions/{session_id}", json=body))
+
+    def reservations(
+        self, resource: str | None = None, include_past: bool = False
+    ) -> list[dict[str, Any]]:
+        params = {"resource": resource, "include_past": include_past}
+        return list(self._request("GET", "/reservations", params=params))
+
+    def create_reservation(
+        self, resource: str, account: str, start: float, end: float, allow_backfill: bool = False
+    ) -> dict[str, Any]:
+        body = {
+            "resource": resource, "account": account, "start": start, "end": end,
+            "allow_backfill": allow_backfill,
+        }  # fmt: skip
+        return dict(self._request("POST", "/reservations", json=body))
+
+    def delete_reservation(self, reservation_id: str) -> None:
+        self._request("DELETE", f"/reservations/{reservation_id}")
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/accounts"))
+
+    def account(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/accounts/{name}"))
+
+    def set_account(self, name: str, shares: float, centre: str | None = None) -> dict[str, Any]:
+        body = _compact({"shares": shares, "centre": centre})
+        return dict(self._request("PUT", f"/accounts/{name}", json=body))
+
+    def accounting(
+        self, group_by: str = "account", since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"group_by": group_by, "since": since, "until": until}
+        return list(self._request("GET", "/accounting", params=params)["rows"])
+
+    def create_token(
+        self,
+        role: str,
+        subject: str,
+        account: str | None = None,
+        centre: str | None = None,
+        ttl_seconds: float | None = None,
+        resource: str | None = None,
+    ) -> dict[str, Any]:
+        """Issue a token (admin); the answer's ``token`` is the secret, shown once."""
+        body = {
+            "role": role, "subject": subject, "account": account, "centre": centre,
+            "ttl_seconds": ttl_seconds, "resource": resource,
+        }  # fmt: skip
+        return dict(self._request("POST", "/tokens", json=_compact(body)))
+
+    def tokens(
+        self, subject: str | None = None, include_revoked: bool = False
+    ) -> list[dict[str, Any]]:
+        params = {"subject": subject, "include_revoked": include_revoked}
+        return list(self._request("GET", "/tokens", params=params))
+
+    def revoke_token(self, token_id: str) -> None:
+        self._request("DELETE", f"/tokens/{token_id}")
+
+
+class Client(_Operations):
     """A connection to one broker with one token; use :func:`connect` to make one."""
 
     def __init__(
@@ -207,28 +311,6 @@ class Client:
 
     def queue(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/resources/{name}/queue"))
-
-    def admission(self, name: str, licences: int | None = None) -> dict[str, Any]:
-        """How many sessions the broker's admission controller lets hold the resource
-        (``licences``: how many Slurm has for it, if the caller knows)."""
-        params = None if licences is None else {"licences": licences}
-        return dict(self._request("GET", f"/resources/{name}/admission", params=params))
-
-    def drain(
-        self, name: str, reason: str, *, until: float | None = None,
-        for_seconds: float | None = None, now: bool = False,
-    ) -> dict[str, Any]:  # fmt: skip
-        """Take a resource out of service (admin); neither end given: until resumed."""
-        body: dict[str, Any] = {"reason": reason, "now": now}
-        if until is not None:
-            body["until"] = until
-        if for_seconds is not None:
-            body["for_seconds"] = for_seconds
-        return dict(self._request("POST", f"/resources/{name}/drain", json=body))
-
-    def resume(self, name: str) -> dict[str, Any]:
-        """End a resource's drain (admin)."""
-        return dict(self._request("POST", f"/resources/{name}/resume"))
 
     # -- jobs --------------------------------------------------------------------------
     def submit(
@@ -361,11 +443,6 @@ class Client:
     def close_session(self, session_id: str) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/sessions/{session_id}"))
 
-    def tag_session(self, session_id: str, slurm_job_id: str) -> dict[str, Any]:
-        """Tie an open session to the Slurm job that will use it (admin, centre)."""
-        body = {"slurm_job_id": slurm_job_id}
-        return dict(self._request("PATCH", f"/sessions/{session_id}", json=body))
-
     def submit_session_task(
         self,
         session_id: str,
@@ -422,66 +499,6 @@ class Client:
                 return False
             raise
         return True
-
-    # -- reservations, accounts, accounting, tokens -----------------------------------
-    def reservations(
-        self, resource: str | None = None, include_past: bool = False
-    ) -> list[dict[str, Any]]:
-        params = {"resource": resource, "include_past": include_past}
-        return list(self._request("GET", "/reservations", params=params))
-
-    def create_reservation(
-        self, resource: str, account: str, start: float, end: float, allow_backfill: bool = False
-    ) -> dict[str, Any]:
-        body = {
-            "resource": resource, "account": account, "start": start, "end": end,
-            "allow_backfill": allow_backfill,
-        }  # fmt: skip
-        return dict(self._request("POST", "/reservations", json=body))
-
-    def delete_reservation(self, reservation_id: str) -> None:
-        self._request("DELETE", f"/reservations/{reservation_id}")
-
-    def accounts(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/accounts"))
-
-    def account(self, name: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/accounts/{name}"))
-
-    def set_account(self, name: str, shares: float, centre: str | None = None) -> dict[str, Any]:
-        body = _compact({"shares": shares, "centre": centre})
-        return dict(self._request("PUT", f"/accounts/{name}", json=body))
-
-    def accounting(
-        self, group_by: str = "account", since: float | None = None, until: float | None = None
-    ) -> list[dict[str, Any]]:
-        params = {"group_by": group_by, "since": since, "until": until}
-        return list(self._request("GET", "/accounting", params=params)["rows"])
-
-    def create_token(
-        self,
-        role: str,
-        subject: str,
-        account: str | None = None,
-        centre: str | None = None,
-        ttl_seconds: float | None = None,
-        resource: str | None = None,
-    ) -> dict[str, Any]:
-        """Issue a token (admin); the answer's ``token`` is the secret, shown once."""
-        body = {
-            "role": role, "subject": subject, "account": account, "centre": centre,
-            "ttl_seconds": ttl_seconds, "resource": resource,
-        }  # fmt: skip
-        return dict(self._request("POST", "/tokens", json=_compact(body)))
-
-    def tokens(
-        self, subject: str | None = None, include_revoked: bool = False
-    ) -> list[dict[str, Any]]:
-        params = {"subject": subject, "include_revoked": include_revoked}
-        return list(self._request("GET", "/tokens", params=params))
-
-    def revoke_token(self, token_id: str) -> None:
-        self._request("DELETE", f"/tokens/{token_id}")
 
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
