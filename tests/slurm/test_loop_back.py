@@ -99,7 +99,8 @@ def test_a_drained_qpu_holds_its_jobs_pending_and_releases_them_on_resume(
         state, _, exit_code = finished(job, timeout=120)
         assert (state, exit_code) == ("COMPLETED", "0:0"), cluster.output(job)
         assert "tasks=" in cluster.output(job)
-        assert "qhpc_hold_emu" not in run("scontrol", "show", "reservation", "-o").stdout
+        wait_for("the hold to go", lambda: "qhpc_hold_emu" not in run(
+            "scontrol", "show", "reservation", "-o").stdout, timeout=30)  # fmt: skip
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0, (cluster.work / "feedback.log").read_text()
@@ -292,10 +293,10 @@ def test_a_job_holds_a_session_on_each_of_several_qpus(cluster: Cluster) -> None
     assert (state, exit_code) == ("COMPLETED", "0:0"), output
     assert "sim: shots=100 on sim" in output and "emu: shots=100 on emu" in output
     assert "types aer,emulator" in output
+    usage = parse_usage_comment(booked(job))  # the epilog has closed and booked them
     sessions = cluster.sessions_of(job)
     assert sorted(s["resource"] for s in sessions) == ["emu", "sim"]
     assert all(s["closed_at"] is not None for s in sessions)  # both closed with the job
-    usage = parse_usage_comment(booked(job))
     assert usage is not None and usage["resource"] == "sim+emu" and usage["shots"] == 200
     # both licences held, each counted against its QPU's limit
     tres = run("sacct", "-n", "-P", "-X", "-j", job, "-o", "AllocTRES").stdout

@@ -44,12 +44,16 @@ def feedback(
             if licences is None:
                 return None  # no licence in Slurm: nothing to steer
             try:
-                value = client.admission(name, licences=licences).get("admitted")
+                advice = client.admission(name, licences=licences)
             except ClientError as exc:
                 if exc.status in (404, 405):  # a broker without admission control
                     return None
                 raise
-            return int(value) if isinstance(value, int) and value >= 1 else None
+            # Steer only on what open sessions have shown they use: with none measured the
+            # broker's answer rests on its prior alone, and Slurm's own count stands.
+            measured = [d for d in advice.get("duty_cycles") or [] if isinstance(d, int | float)]
+            value = advice.get("admitted")
+            return int(value) if measured and isinstance(value, int) and value >= 1 else None
 
         def states(totals: Mapping[str, int]) -> list[QpuState]:
             rows = client.resources()

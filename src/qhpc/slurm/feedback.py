@@ -25,7 +25,8 @@ admission controller (``GET /v1/resources/{name}/admission``) admits fewer sessi
 than the QPU has licences — the open sessions' measured duty cycles would push
 session latency past its target — the agent keeps the rest of the licences back,
 so Slurm starts no more session jobs than that, and lets them go as the duty
-cycles allow.
+cycles allow. Only measured sessions count: with none
+open, the advice rests on the broker's prior alone and Slurm's own count stands.
 
 Slurm's own ``Reason`` can only say ``Licenses``, so each pending job of a held QPU
 also gets a ``Comment`` naming the QPU's state, reason and expected end
