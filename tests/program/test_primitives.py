@@ -504,9 +504,9 @@ def test_wrong_parameter_count(estimator: EstimatorV2, sampler: SamplerV2) -> No
         sampler.run([bell(), bell(), (measured, [0.1, 0.2, 0.3])])
     with pytest.raises(ValueError, match="pub 0"):
         sampler.run([rotations()])  # unbound parameters, no values
-    job = sampler.run([bell(), (rotations(), [0.2, np.nan])])
-    with pytest.raises(ValueError, match="pub 1: cannot bind"):
-        job.result()
+    # refused at run(), as the estimator does (it used to fail only at result())
+    with pytest.raises(ValueError, match="pub 1: parameter values must be finite"):
+        sampler.run([bell(), (rotations(), [0.2, np.nan])])
     with pytest.raises(PayloadError, match="pub 0: parameter set 0 contains a non-finite"):
         estimator.run([(ansatz(), "ZZ", [0, np.nan])])
 
@@ -533,3 +533,58 @@ def test_unknown_options_are_rejected(qpu: AerResource) -> None:
     with pytest.raises(ValueError, match="unknown option"):
         SamplerV2(qpu, options={"shots": 3})
     assert EstimatorV2(qpu, options={"timeout": 5}).options.timeout == 5.0
+
+
+# -- defects found running Qiskit's own primitives tests (issue "Ecosystem", item 1) ------
+
+
+def test_exact_values_of_a_non_unitary_circuit_are_the_mixture_not_one_branch(
+    estimator: EstimatorV2,
+) -> None:
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.reset(0)  # qubit 1 is left maximally mixed: <ZI> = 0, <IZ> = 1
+    observables = [SparsePauliOp("ZI"), SparsePauliOp("IZ"), SparsePauliOp("ZI")]
+    for _ in range(3):  # one trajectory would give +-1 at random, "exactly"
+        (result,) = estimator.run([(bell, observables)]).result()
+        assert np.allclose(result.data.evs, [0.0, 1.0, 0.0], atol=1e-9)
+        assert np.allclose(result.data.stds, 0.0)
+
+
+def test_a_mid_circuit_measurement_is_sampled_with_a_real_standard_error(
+    estimator: EstimatorV2,
+) -> None:
+    circuit = QuantumCircuit(1, 1)
+    circuit.h(0)
+    circuit.measure(0, 0)  # a mixture of |0> and |1>: <Z> = 0, not +-1
+    (result,) = estimator.run([(circuit, SparsePauliOp("Z"))], precision=0.02).result()
+    assert abs(float(result.data.evs)) < 0.1
+    assert float(result.data.stds) > 0  # sampled, and says so
+
+
+def test_a_classical_register_never_written_reads_zeros(sampler: SamplerV2) -> None:
+    circuit = QuantumCircuit(2, 3)
+    circuit.h(0)  # no measurement at all
+    (result,) = sampler.run([circuit], shots=20).result()
+    assert result.data.c.get_counts() == {"000": 20}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -0.1])
+def test_bad_precision_is_refused_at_run_with_a_clear_error(
+    estimator: EstimatorV2, bad: float
+) -> None:
+    circuit = QuantumCircuit(1)
+    with pytest.raises(ValueError, match="precision must be a finite number >= 0"):
+        estimator.run([(circuit, "Z")], precision=bad)
+    with pytest.raises(ValueError, match="finite"):
+        EstimatorV2(estimator._qpu, default_precision=bad)
+
+
+def test_the_sampler_refuses_nan_parameters_at_run(sampler: SamplerV2) -> None:
+    theta = Parameter("t")
+    circuit = QuantumCircuit(1)
+    circuit.rx(theta, 0)
+    circuit.measure_all()
+    with pytest.raises(ValueError, match=r"pub 0: .*finite"):
+        sampler.run([(circuit, [math.nan])])

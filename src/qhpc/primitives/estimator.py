@@ -46,6 +46,8 @@ SPARSITY_LIMIT = 2
 
 def shots_for_precision(precision: float) -> int | None:
     """Shots that reach ``precision`` (one standard error); None means exact."""
+    if not (math.isfinite(precision) and precision >= 0):
+        raise ValueError(f"precision must be a finite number >= 0, got {precision}")
     if precision == 0:
         return None
     return math.ceil(round(1.0 / precision**2, 6))  # 1/0.1**2 is 100.00000000000001
@@ -121,8 +123,10 @@ class EstimatorV2(BaseEstimatorV2):  # type: ignore[misc]
         seed: SeedLike = None,
         options: PrimitiveOptions | Mapping[str, Any] | None = None,
     ) -> None:
-        if not default_precision >= 0:
-            raise ValueError(f"default_precision must be non-negative, got {default_precision}")
+        if not (math.isfinite(default_precision) and default_precision >= 0):
+            raise ValueError(
+                f"default_precision must be a finite number >= 0, got {default_precision}"
+            )
         self._qpu = qpu
         self._default_precision = float(default_precision)
         self._seed = seed
@@ -150,6 +154,7 @@ class EstimatorV2(BaseEstimatorV2):  # type: ignore[misc]
         """Estimate every pub; errors in the pubs are raised here, naming the pub."""
         if precision is None:
             precision = self._default_precision
+        shots_for_precision(float(precision))  # nan, inf, negative: refused here, not later
         target = self._qpu.target()
         plans: list[_PubPlan] = []
         for index, pub in enumerate(pubs):

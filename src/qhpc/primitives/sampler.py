@@ -94,6 +94,10 @@ class SamplerV2(BaseSamplerV2):  # type: ignore[misc]
         for index, pub in enumerate(pubs):
             try:
                 coerced.append(SamplerPub.coerce(pub, shots))
+                values = coerced[-1].parameter_values.as_array()
+                if values.size and not np.all(np.isfinite(values)):
+                    # refused here, as the estimator does, not when result() is read
+                    raise ValueError("parameter values must be finite numbers (nan or inf given)")
             except (ValueError, TypeError) as exc:
                 raise with_context(f"pub {index}", exc) from exc
         target = self._qpu.target()

@@ -40,6 +40,11 @@ from qhpc.resources.target import DeviceTarget
 METHODS = ("automatic", "statevector", "matrix_product_state")
 #: 16 bytes per amplitude: 28 qubits is 4 GiB, a sane ceiling on a 24 GiB node
 STATEVECTOR_MAX_QUBITS = 28
+#: widest circuit with a reset whose exact expectation values use a density matrix
+#: (4^n amplitudes: 14 qubits is 4 GiB); wider ones are sampled
+DENSITY_MATRIX_MAX_QUBITS = 12
+#: operations after which no single simulation is the expectation value: sampled
+SAMPLED_ONLY = frozenset({"measure", "if_else", "while_loop", "for_loop", "switch_case"})
 MPS_MAX_QUBITS = 64
 #: circuits handed to Aer per run() call; between chunks a task can be stopped
 CHUNK = 64
@@ -183,6 +188,17 @@ class AerResource(SamplingResource):
     def _exact_expectations(self, task: EstimatorTask, record: LocalTask) -> EstimatorResult | None:
         if self._noise_model is not None:
             return None  # a noisy exact value needs density matrices; sample instead
+        ops = set(task.circuit.count_ops())
+        if ops & SAMPLED_ONLY:
+            # A mid-circuit measurement or classical control makes the state a mixture
+            # of branches: one statevector trajectory is one branch, not the expectation.
+            # Sampling gives the mixture honestly, with a real standard error.
+            return None
+        # A reset is a channel: a density matrix carries the mixture exactly (a
+        # statevector would pick one branch at random and call it exact).
+        mixed = "reset" in ops
+        if mixed and task.circuit.num_qubits > DENSITY_MATRIX_MAX_QUBITS:
+            return None
         import qiskit_aer  # noqa: F401  (registers save_expectation_value)
 
         started = time.perf_counter()
@@ -195,7 +211,7 @@ class AerResource(SamplingResource):
             ]
         else:
             circuits = [prepared for _ in task.parameter_values]
-        method = self._method_for(task.circuit)
+        method = "density_matrix" if mixed else self._method_for(task.circuit)
         aer_result = self._simulator(method).run(circuits, shots=1).result()
         if not aer_result.success:
             raise TaskFailedError(f"Aer failed: {aer_result.status}")
@@ -267,6 +283,14 @@ def _sampled(
     experiment = aer_result.results[index]
     if not experiment.success:
         raise TaskFailedError(f"Aer failed on circuit {circuit.name!r}: {experiment.status}")
+    if "measure" not in circuit.count_ops():
+        # Classical bits nobody wrote stay 0 (as Qiskit's reference sampler gives);
+        # Aer reports no counts at all for such a circuit.
+        zeros = "0" * circuit.num_clbits
+        return SampledCircuit(
+            counts={zeros: shots}, shots=shots, num_bits=circuit.num_clbits,
+            memory=(zeros,) * shots if memory else None,
+        )  # fmt: skip
     counts = normalise_counts(aer_result.get_counts(index), circuit.num_clbits)
     shots_memory = None
     if memory:
