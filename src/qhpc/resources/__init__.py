@@ -34,7 +34,9 @@ from qhpc.resources.codec import (
 from qhpc.resources.config import (
     ResourceRegistry,
     ResourceSpec,
+    ResourceType,
     load_registry,
+    resource_types,
 )
 from qhpc.resources.decoding import (
     DecodePool,
@@ -102,10 +104,12 @@ from qhpc.resources.target import (
     DeviceTarget,
     device_target,
 )
+from qhpc.resources.types import ENTRY_POINT_GROUP
 
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_POOL_POLICY",
+    "ENTRY_POINT_GROUP",
     "MAX_PAYLOAD_BYTES",
     "POOL_POLICIES",
     "AcquisitionError",
@@ -137,6 +141,7 @@ __all__ = [
     "ResourceSpec",
     "ResourceState",
     "ResourceStatus",
+    "ResourceType",
     "SampledCircuit",
     "SamplerResult",
     "SamplerTask",
@@ -166,6 +171,7 @@ __all__ = [
     "load_registry",
     "measure_circuits",
     "observable_key",
+    "resource_types",
     "result_from_dict",
     "shared_pool",
     "validate_payload",

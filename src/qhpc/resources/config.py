@@ -24,6 +24,7 @@ from qhpc.resources.base import QuantumResource
 from qhpc.resources.errors import ResourceConfigError, UnknownResourceError
 from qhpc.resources.pools import PoolSpec, check_pools, parse_pools
 from qhpc.resources.target import device_target
+from qhpc.resources.types import plugin_types
 
 CONFIG_ENV = "QHPC_CONFIG"
 
@@ -232,8 +233,6 @@ def parse_qrmi_json(text: str, source: str) -> list[ResourceSpec]:
 
 # -- building adapters -------------------------------------------------------------
 
-_Builder = Callable[[ResourceSpec], QuantumResource]
-
 _OPTIONS: dict[str, set[str]] = {
     "aer": {"method", "device", "noise", "max_qubits", "max_shots", "seed"},
     "emulator": {
@@ -260,11 +259,28 @@ def _qrmi_types() -> Mapping[str, object]:
     return types
 
 
+@dataclass(frozen=True)
+class ResourceType:
+    """One kind of resource a resources file may name (``type = "<name>"``): what a
+    package declares under the ``qhpc.resources`` entry-point group (types.py)."""
+
+    name: str
+    #: the options a resource of this type accepts (besides the broker's own)
+    options: frozenset[str]
+    build: Callable[[ResourceSpec], QuantumResource]
+
+
+def resource_types() -> dict[str, ResourceType]:
+    """Every type a resources file may name besides QRMI's: qhpc's and installed plugins'."""
+    return plugin_types(BUILTIN_TYPES, ResourceType)
+
+
 def _check_spec(spec: ResourceSpec) -> None:
-    allowed = _OPTIONS.get(spec.type)
+    kind = resource_types().get(spec.type)
+    allowed = None if kind is None else set(kind.options)
     if allowed is None:
         if spec.type not in _qrmi_types():
-            known = sorted([*_OPTIONS, *_qrmi_types()])
+            known = sorted([*resource_types(), *_qrmi_types()])
             raise ResourceConfigError(
                 f"{spec.source}: unknown type {spec.type!r}; known types: {', '.join(known)}",
                 spec.name,
@@ -284,7 +300,8 @@ def _check_spec(spec: ResourceSpec) -> None:
 
 
 def build_resource(spec: ResourceSpec) -> QuantumResource:
-    builder = _BUILDERS.get(spec.type, _build_qrmi)
+    kind = resource_types().get(spec.type)
+    builder = kind.build if kind is not None else _build_qrmi
     try:
         return builder(spec)
     except ResourceConfigError as exc:
@@ -392,9 +409,9 @@ def _build_null(spec: ResourceSpec) -> QuantumResource:
     )
 
 
-_BUILDERS: dict[str, _Builder] = {
-    "null": _build_null,
-    "aer": _build_aer,
-    "emulator": _build_emulator,
-    "qx": _build_qx,
-}
+AER = ResourceType("aer", frozenset(_OPTIONS["aer"]), _build_aer)
+EMULATOR = ResourceType("emulator", frozenset(_OPTIONS["emulator"]), _build_emulator)
+QX = ResourceType("qx", frozenset(_OPTIONS["qx"]), _build_qx)
+NULL = ResourceType("null", frozenset(_OPTIONS["null"]), _build_null)
+#: qhpc's own types, declared in its pyproject.toml like any plugin's (types.py)
+BUILTIN_TYPES: dict[str, ResourceType] = {t.name: t for t in (NULL, AER, EMULATOR, QX)}
