@@ -276,7 +276,7 @@ class FastPathServer:
     def _notify(self, identity: bytes, request_id: bytes, connection: _Connection) -> None:
         """Tell a waiting client, once per drain, that its QPU is drained (it prints it
         into the job's output: a user should not have to guess why a step stalls)."""
-        notice = self.broker.drain_notice(connection.resource)
+        notice = self.broker.operators.notice(connection.resource)
         if notice is not None and notice != connection.told:
             connection.told = notice
             self._socket.send_multipart([identity, PROTOCOL, NOTICE, request_id + notice.encode()])

@@ -56,6 +56,12 @@ class Operators:
             self.shared.cond.notify_all()
         return ended
 
+    def lapse(self) -> None:
+        """End the drains past their end; the executors look again at once."""
+        if self.drains.lapse(self.clock()):
+            with self.shared.cond:
+                self.shared.cond.notify_all()
+
     def notice(self, resource: str) -> str | None:
         """A line for a session's user while ``resource`` is drained (None: it is not)."""
         drain = self.drains.active(resource, self.clock())

@@ -30,7 +30,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from qhpc.broker import admission
 from qhpc.broker.access import Access
@@ -185,8 +184,10 @@ class Broker:
             self._thread(self.purger.run, "qhpc-purge")
         for name, executor in self.executors.items():
             self._thread(executor.loop, f"qhpc-executor-{name}")
-        read = partial(resource_state, self)
-        self._thread(lambda: self.watch.run(self.executors, read, self._stopped), "qhpc-watch")
+        watch = self.watch  # the operator's log reads the broker's view (drains included)
+        self._thread(
+            lambda: watch.run(self.executors, self.resource_status, self._stopped), "qhpc-watch"
+        )
         self.programs.recover()
         # What exists now (qiskit, the broker, its caches) lives as long as the process:
         # keep it out of the collector's full passes (~50 ms each with qiskit loaded,
@@ -234,8 +235,8 @@ class Broker:
             resource=self.resources.get(resource), payloads=payloads, user=user,
             account=account, centre=centre, priority=priority, name=name,
             session_id=session_id, now=now, max_tasks=self.config.max_tasks_per_job,
-            max_bytes=self.config.max_payload_bytes, learnt_seconds=self._estimate(resource),
-            pool=routed.pool,
+            max_bytes=self.config.max_payload_bytes,
+            learnt_seconds=self.executors[resource].estimate(), pool=routed.pool,
         )  # fmt: skip
         winner = self.keys.store_once(
             idempotency, job.job_id, now, lambda key: self.store.create_job(job, tasks, key)
@@ -351,9 +352,6 @@ class Broker:
         """End the drain of ``resource`` (NotDrained if it has none); the drain ended."""
         return self.operators.resume(resource, by)
 
-    def drain_notice(self, resource: str) -> str | None:
-        return self.operators.notice(resource)
-
     def resource_status(self, name: str) -> ResourceStatus:
         """The broker's view of a resource: a drain wins over what the device says."""
         return self.operators.status(name)
@@ -372,18 +370,6 @@ class Broker:
         while not self._stopped.wait(REAP_SECONDS):
             try:
                 self.leases.close_expired()
-                if self.drains.lapse(self.clock()):
-                    with self.shared.cond:
-                        self.shared.cond.notify_all()
+                self.operators.lapse()
             except Exception:
                 log.exception("closing expired sessions or drains failed")
-
-    # -- internals -------------------------------------------------------------------------
-    def _estimate(self, resource: str) -> float:
-        return self.executors[resource].estimate()
-
-
-def resource_state(broker: Broker, name: str) -> ResourceStatus:
-    """A resource's state as the operator's log reports it: the broker's view (a drain
-    shows as maintenance)."""
-    return broker.resource_status(name)

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qhpc.slurm.errors import SlurmCommandError
-from qhpc.slurm.jobinfo import LICENCE_PREFIX, licence_name
+from qhpc.slurm.jobinfo import LICENCE_PREFIX, licence_name, parse_show_job
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class SlurmHolds:
         """QPU name → its licence count (``qpu_<name>`` licences only)."""
         totals = {}
         for line in self._run(["scontrol", "show", "licenses", "-o"]).splitlines():
-            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            fields = parse_show_job(line)  # any `scontrol show … -o` line
             name = fields.get("LicenseName", "")
             if name.startswith(LICENCE_PREFIX) and fields.get("Total", "").isdigit():
                 totals[name[len(LICENCE_PREFIX) :]] = int(fields["Total"])
@@ -155,7 +155,7 @@ class SlurmHolds:
         found = {}
         out = self._run(["scontrol", "show", "reservation", "-o"])
         for line in out.splitlines():
-            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            fields = parse_show_job(line)  # any `scontrol show … -o` line
             name = fields.get("ReservationName", "")
             if name.startswith(HOLD_PREFIX):
                 end = fields.get("EndTime", "")
