@@ -217,13 +217,14 @@ def test_a_busy_local_resource_declines_and_a_stop_request_cancels(null: NullRes
 
 
 class FlakyCommits:
-    """Makes ``store.record_finished_tasks`` fail ``failures`` times, then work."""
+    """Makes the journal's writer (the store in process, or the committer process)
+    fail ``failures`` times, then work."""
 
-    def __init__(self, store: Store, failures: int) -> None:
+    def __init__(self, writer: journal.Writer, failures: int) -> None:
         self.failures = failures
         self.calls = 0
-        self._real = store.record_finished_tasks
-        store.record_finished_tasks = self  # type: ignore[method-assign]
+        self._real = writer.record_finished_tasks
+        writer.record_finished_tasks = self  # type: ignore[method-assign]
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         self.calls += 1
@@ -232,17 +233,18 @@ class FlakyCommits:
         return self._real(*args, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "committer"])
 @pytest.mark.parametrize("failures", [1, 4])
 def test_a_failing_commit_is_retried_and_nothing_released_is_lost(
-    tmp_path: Path, failures: int
+    tmp_path: Path, failures: int, in_process: bool
 ) -> None:
     with Store.open(tmp_path / "f.db") as store:
-        broker, registry = null_broker(store)
+        broker, registry = null_broker(store, commit_in_process=in_process)
         try:
             session, _ = broker.open_session(
                 user="u", account="a", resource="null", deadline=time.time() + 600
             )
-            flaky = FlakyCommits(store, failures)
+            flaky = FlakyCommits(broker.journal.writer, failures)
             outcome = broker.run_session_task(
                 session.session_id, SamplerTask((measured(),), shots=3)
             )
@@ -266,7 +268,7 @@ def test_while_the_store_fails_the_log_and_the_task_in_memory_are_kept(tmp_path:
             session, _ = broker.open_session(
                 user="u", account="a", resource="null", deadline=time.time() + 600
             )
-            flaky = FlakyCommits(store, 10**9)  # down for good
+            flaky = FlakyCommits(broker.journal.writer, 10**9)  # down for good
             outcome = broker.run_session_task(
                 session.session_id, SamplerTask((measured(),), shots=3)
             )
@@ -283,7 +285,6 @@ def test_while_the_store_fails_the_log_and_the_task_in_memory_are_kept(tmp_path:
         assert store.tasks_of_job(session.session_id) == []
         assert sum(p.stat().st_size for p in log_dir.glob("*.log")) > 0
 
-        store.record_finished_tasks = flaky._real  # type: ignore[method-assign]
         broker, registry = null_broker(store)  # recover() stores it
         broker.stop()
         registry.close()

@@ -57,6 +57,10 @@ class BrokerConfig:
     journal_dir: str | None = None
     #: how long the journal gathers finished session tasks into one commit (seconds)
     journal_commit_interval: float = COMMIT_INTERVAL
+    #: run the journal's commits on the broker's own interpreter instead of a committer
+    #: process (qhpc.store.committer); a store only this process can open (in memory)
+    #: always commits in process
+    commit_in_process: bool = False
     #: how long an Idempotency-Key names its submission (see idempotency.py)
     idempotency_ttl: float = IDEMPOTENCY_TTL
     #: how long jobs' results, output and sources are kept (see retention.py); the

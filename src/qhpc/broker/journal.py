@@ -45,12 +45,13 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 
 from qhpc.files import open_private, private_dir, secure_dir, tighten_file
 from qhpc.store import (
+    CommitterProcess,
     ConflictError,
     NotFoundError,
     Store,
@@ -87,6 +88,48 @@ _decoder = msgspec.msgpack.Decoder(tuple[TaskRecord, TaskOutcome])
 Finished = tuple[TaskRecord, TaskOutcome]
 
 
+class Writer(Protocol):
+    """What commits the journal's batches: the store itself, in this process, or a
+    :class:`~qhpc.store.CommitterProcess` (the same calls in a child process)."""
+
+    def record_finished_tasks(
+        self, finished: Sequence[Finished], *, relaxed: bool = True
+    ) -> list[UsageRecord]: ...
+
+    def is_stored(self, task_id: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """The store's own calls, run by the journal's thread (an in-memory store, which
+    no other process can open, or a broker configured so)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record_finished_tasks(
+        self, finished: Sequence[Finished], *, relaxed: bool = True
+    ) -> list[UsageRecord]:
+        return self.store.record_finished_tasks(finished, relaxed=relaxed)
+
+    def is_stored(self, task_id: str) -> bool:
+        try:
+            self.store.get_task(task_id)
+        except NotFoundError:
+            return False
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def writer_for(store: Store, in_process: bool = False) -> Writer:
+    """A committer process for a store other processes can open, unless ``in_process``."""
+    url = None if in_process else store.reopen_url()
+    return InProcess(store) if url is None else CommitterProcess(url)
+
+
 class Journal:
     """One writer thread; ``append`` never waits for the disk or the store."""
 
@@ -98,8 +141,11 @@ class Journal:
         log_dir: Path | None = None,
         commit_interval: float = COMMIT_INTERVAL,
         on_booked: Callable[[Sequence[UsageRecord]], None] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.store = store
+        #: commits the batches (the store in this process unless a committer is given)
+        self.writer = writer or InProcess(store)
         self.on_committed = on_committed
         #: told the usage each commit booked (the broker counts it for /metrics)
         self.on_booked = on_booked
@@ -166,6 +212,7 @@ class Journal:
                       uncommitted, where)  # fmt: skip
         if spare is not None:
             _discard(spare)
+        self.writer.close()
 
     def recover(self) -> int:
         """Store what the log of an earlier run holds and the store does not (a crash
@@ -388,7 +435,7 @@ class Journal:
         refuses it for good. Raises on a transient failure (nothing is lost then: the
         caller retries, and tasks stored meanwhile are recognised and skipped)."""
         try:
-            self._booked(self.store.record_finished_tasks(batch, relaxed=relaxed))
+            self._booked(self.writer.record_finished_tasks(batch, relaxed=relaxed))
             return
         except StoreError as error:
             if not _permanent(error):
@@ -399,7 +446,7 @@ class Journal:
         # answer was lost) must not take the batch down with it: one by one.
         for item in batch:
             try:
-                self._booked(self.store.record_finished_tasks([item], relaxed=relaxed))
+                self._booked(self.writer.record_finished_tasks([item], relaxed=relaxed))
             except StoreError as error:
                 if not _permanent(error):
                     raise
@@ -435,11 +482,7 @@ class Journal:
         )  # fmt: skip
 
     def _is_stored(self, task_id: str) -> bool:
-        try:
-            self.store.get_task(task_id)
-        except NotFoundError:
-            return False
-        return True
+        return self.writer.is_stored(task_id)
 
 
 def _permanent(error: StoreError) -> bool:

@@ -41,6 +41,7 @@ from qhpc.broker.executor import Context, ResourceExecutor, Shared
 from qhpc.broker.gauges import BrokerCollector
 from qhpc.broker.idempotency import Idempotency, Keys
 from qhpc.broker.inputs import PolicyInputs
+from qhpc.broker.journal import writer_for
 from qhpc.broker.leases import Leases
 from qhpc.broker.lifecycle import JobLog, ResourceWatch
 from qhpc.broker.operators import Operators
@@ -105,6 +106,7 @@ class Broker:
             self.shared.cond, store, self.rhythms, clock,
             journal_dir(store, config.journal_dir), config.journal_commit_interval,
             self.telemetry, config.admission.duty_cycles(),
+            writer_for(store, in_process=config.commit_in_process),
         )  # fmt: skip
         self.journal = self.sessions.journal
         self.tasks = TaskQueries(store, self.sessions, self.shared.cond)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qhpc.broker.duty import DutyCycles
-from qhpc.broker.journal import Journal
+from qhpc.broker.journal import Journal, Writer
 from qhpc.broker.scheduler import SessionRhythms
 from qhpc.broker.telemetry import Telemetry
 from qhpc.states import OPEN_STATES, TaskStatus
@@ -60,6 +60,7 @@ class Sessions:
         commit_interval: float,
         telemetry: Telemetry,
         duties: DutyCycles | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.cond = cond
         self.store = store
@@ -70,7 +71,7 @@ class Sessions:
         self.telemetry = telemetry
         self.journal = Journal(
             store, self.committed, log_dir=journal_dir, commit_interval=commit_interval,
-            on_booked=telemetry.booked,
+            on_booked=telemetry.booked, writer=writer,
         )  # fmt: skip
         self.open: dict[str, SessionRecord] = {}
         #: tasks per session so far (a session task's index), filled lazily

@@ -18,6 +18,7 @@ from qhpc.store.backup import (
     pg_restore_command,
     restore,
 )
+from qhpc.store.committer import CommitterProcess
 from qhpc.store.database import is_postgres, sqlite_path
 from qhpc.store.errors import ConflictError, NotFoundError, PurgedError, StoreError
 from qhpc.store.migrations import LATEST_VERSION
@@ -59,6 +60,7 @@ __all__ = [
     "TOKEN_ROLES",
     "AccountRecord",
     "BackupReport",
+    "CommitterProcess",
     "ConflictError",
     "DrainRecord",
     "IdempotencyRecord",

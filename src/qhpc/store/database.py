@@ -85,6 +85,14 @@ class Database:
         self._write_lock = threading.Lock()
         self._closed = False
 
+    def reopen_url(self) -> str | None:
+        """The engine's URL with its password; None in memory (see Store.reopen_url)."""
+        if self._memory:
+            return None
+        if self.is_sqlite:
+            return str(self.path)
+        return self.engine.url.render_as_string(hide_password=False)
+
     @classmethod
     def connect(cls, url: str | Path) -> Database:
         """Builds the engine for ``url`` (no connection is made yet)."""

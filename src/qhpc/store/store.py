@@ -97,6 +97,12 @@ class Store(
         """Where the store lives, password hidden."""
         return self._db.display_url
 
+    def reopen_url(self) -> str | None:
+        """The URL another process opens this store with, password included (hand it
+        over a pipe, never log it); None for an in-memory store, which no other
+        process can share."""
+        return self._db.reopen_url()
+
     @property
     def backend(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""

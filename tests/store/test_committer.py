@@ -1,0 +1,158 @@
+"""The journal's committer process (qhpc.store.committer): the same commits as the
+store's own call, made in a child, and every way the child can fail is a transient
+store error that a retry with a fresh child gets past."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_store import done, job_with_tasks, make_task
+
+from helpers import postgres_schema_url
+from qhpc.broker.journal import InProcess, writer_for
+from qhpc.store import CommitterProcess, ConflictError, Store, StoreError
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "committer.db")
+    else:
+        yield from postgres_schema_url("qhpc_committer")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    with Store.open(store_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def committer(store: Store) -> Iterator[CommitterProcess]:
+    url = store.reopen_url()
+    assert url is not None
+    process = CommitterProcess(url)
+    yield process
+    process.close()
+
+
+def test_a_batch_committed_by_the_child_is_what_the_store_would_have_stored(
+    store: Store, committer: CommitterProcess
+) -> None:
+    one, _ = job_with_tasks("s-a", 0, kind="session", session_id="sa")
+    two, _ = job_with_tasks("s-b", 0, kind="session", session_id="sb", centre=None)
+    store.create_job(one, [])
+    store.create_job(two, [])
+    batch = [
+        (make_task(one, 0), done(10.0)),
+        (make_task(two, 0), done(11.0, state="cancelled", qpu=0.0)),
+        (make_task(one, 1), done(12.0, state="failed", qpu=0.5)),
+    ]
+    booked = committer.record_finished_tasks(batch)
+    assert [(u.task_id, u.centre, u.qpu_seconds) for u in booked] == [
+        ("s-a.0", "jsc", 1.5),
+        ("s-a.1", "jsc", 0.5),
+    ]
+    assert [t.state for t in store.tasks_of_job("s-a")] == ["completed", "failed"]
+    assert store.task_result("s-a.0") == b"result\x00"
+    assert committer.is_stored("s-b.0") and not committer.is_stored("s-b.9")
+    # The store's typed refusals arrive as the same types, so the journal tells a
+    # permanent refusal (dead letter) from a transient one (retry) as before.
+    with pytest.raises(ConflictError):
+        committer.record_finished_tasks([(make_task(one, 0), done())], relaxed=False)
+    store.set_job_state("s-b", "completed", finished_at=20.0)
+    with pytest.raises(ConflictError, match="completed"):
+        committer.record_finished_tasks([(make_task(two, 1), done())])
+    assert len(store.usage()) == 2
+
+
+def test_a_killed_child_is_a_transient_error_and_the_next_call_starts_a_new_one(
+    store: Store, committer: CommitterProcess
+) -> None:
+    job, _ = job_with_tasks("s", 0, kind="session", session_id="s")
+    store.create_job(job, [])
+    committer.record_finished_tasks([(make_task(job, 0), done())])
+    first = committer.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while committer.pid is not None:  # the parent sees it gone once it has exited
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    booked = committer.record_finished_tasks([(make_task(job, 1), done())])
+    assert [u.task_id for u in booked] == ["s.1"]
+    assert committer.pid not in (None, first)
+
+
+def test_a_hung_child_is_killed_after_the_answer_limit_and_replaced(
+    store: Store, store_url: str
+) -> None:
+    job, _ = job_with_tasks("s", 0, kind="session", session_id="s")
+    store.create_job(job, [])
+    url = store.reopen_url()
+    assert url is not None
+    committer = CommitterProcess(url, answer_seconds=1.0)
+    try:
+        committer.record_finished_tasks([(make_task(job, 0), done())])
+        hung = committer.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="did not answer in time"):
+            committer.record_finished_tasks([(make_task(job, 1), done())])
+        assert time.monotonic() - started < 10
+        assert committer.pid is None  # killed, not left stopped
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)
+        # The batch that timed out may or may not have been stored (it was not: the
+        # child was stopped before it read it); the retry stores it once either way.
+        booked = committer.record_finished_tasks([(make_task(job, 1), done())])
+        assert [u.task_id for u in booked] == ["s.1"]
+    finally:
+        committer.close()
+
+
+def test_a_store_the_child_cannot_open_fails_each_call_without_hanging(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    committer = CommitterProcess(str(blocker / "store.db"), answer_seconds=30)
+    try:
+        for _ in range(2):
+            with pytest.raises(StoreError, match="cannot open the store"):
+                committer.is_stored("t")
+    finally:
+        committer.close()
+
+
+def test_the_child_gets_no_secret_on_its_command_line_and_no_inherited_environment(
+    store: Store, committer: CommitterProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QHPC_TOKEN", "secret-token-of-the-broker")
+    committer.close()  # the next call starts a child under the patched environment
+    assert not committer.is_stored("nothing")
+    pid = committer.pid
+    assert pid is not None
+    cmdline = [arg for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
+    # The URL (with its password) travels on the pipe: the command line is fixed.
+    assert cmdline == [os.fsencode(sys.executable), b"-m", b"qhpc.store.commit_child"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert {item.split(b"=", 1)[0] for item in environ if item} <= {b"PATH", b"PYTHONPATH"}
+
+
+def test_the_journal_commits_in_a_child_unless_the_store_lives_in_memory(tmp_path: Path) -> None:
+    with Store.open(":memory:") as memory:
+        assert memory.reopen_url() is None
+        assert isinstance(writer_for(memory), InProcess)
+    with Store.open(tmp_path / "file.db") as on_disk:
+        writer = writer_for(on_disk)
+        try:
+            assert isinstance(writer, CommitterProcess)
+        finally:
+            writer.close()
+        assert isinstance(writer_for(on_disk, in_process=True), InProcess)
