@@ -1,0 +1,42 @@
+"""The run-time limit's watchdog (broker/runner.py): one thread that is woken only
+when a new deadline is earlier than the one it sleeps on, and a heap that does not
+grow with finished tasks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from qhpc.broker.runner import _Watchdog
+
+
+def test_an_earlier_deadline_registered_later_still_fires_on_time() -> None:
+    watchdog = _Watchdog()
+    late, soon = threading.Event(), threading.Event()
+    far = watchdog.watch(3600, late)
+    started = time.monotonic()
+    near = watchdog.watch(0.2, soon)
+    assert soon.wait(5)
+    assert 0.15 <= time.monotonic() - started < 3
+    assert near.passed and not far.passed and not late.is_set()
+
+
+def test_finished_tasks_leave_the_heap_without_waking_the_thread() -> None:
+    watchdog = _Watchdog()
+    for _ in range(10_000):
+        deadline = watchdog.watch(600, threading.Event())
+        deadline.done = True  # the task finished well inside its limit
+    assert len(watchdog._heap) == 1  # only the newest, not yet seen finished
+    stop = threading.Event()
+    watchdog.watch(0.1, stop)
+    assert stop.wait(5)  # still watching after all that
+
+
+def test_a_deadline_after_the_one_it_sleeps_on_fires_when_its_turn_comes() -> None:
+    watchdog = _Watchdog()
+    first, second = threading.Event(), threading.Event()
+    watchdog.watch(0.1, first)
+    watchdog.watch(0.3, second)  # later than the thread's wake-up: no notify needed
+    assert first.wait(5)
+    assert not second.is_set()
+    assert second.wait(5)
