@@ -338,6 +338,8 @@ class _Converter:
     ) -> pyqir.BasicBlock:
         if not isinstance(value, pyqir.BasicBlock) or value not in self.index:
             self._unsupported("a branch to something that is not a block", block, position)
+        if value in self.visited:
+            self._unsupported("a branch back to an earlier block (a loop)", block, position)
         return value
 
     def _merge(self, taken: pyqir.BasicBlock, other: pyqir.BasicBlock) -> pyqir.BasicBlock | None:
