@@ -32,6 +32,7 @@ from qhpc.resources import (
     check_qir_metadata,
     decode_payload,
     detect_format,
+    drop_qir_metadata,
     dump_circuit,
     dump_qpy,
     encode_payload,
@@ -396,3 +397,19 @@ def test_base64_bitcode_prefixes_are_fixed() -> None:
     wrapped = (0x0B17C0DE).to_bytes(4, "little") + bytes(16) + raw
     for data in (raw, wrapped):
         assert base64.b64encode(data).decode().startswith(BITCODE_BASE64_PREFIXES)
+
+
+def test_transpile_plugin_drops_the_qir_it_no_longer_matches() -> None:
+    from qhpc.program import Batch, Job
+    from qhpc.program.transpile import Transpile
+    from qhpc.resources import device_target
+
+    circuit = load_circuit(TYPED_GHZ)
+    kept = drop_qir_metadata(circuit)
+    assert QIR_METADATA not in kept.metadata and QIR_METADATA in circuit.metadata
+    assert kept == circuit  # the same gates, a copy
+    plain = typed_ghz_expected()
+    assert drop_qir_metadata(plain) is plain
+    (job,) = Transpile().compile(Batch([Job.sample(circuit, 10)]), device_target("line-5"))
+    assert QIR_METADATA not in (job.circuit.metadata or {})
+    check_qir_metadata([job.circuit])  # nothing left to mismatch

@@ -98,6 +98,7 @@ from qhpc.resources.qir import (
     QIR_ENTRY_METADATA,
     QIR_METADATA,
     check_qir_metadata,
+    drop_qir_metadata,
     qir_to_circuits,
 )
 from qhpc.resources.qrmi import (
@@ -170,6 +171,7 @@ __all__ = [
     "decode_result",
     "detect_format",
     "device_target",
+    "drop_qir_metadata",
     "dump_circuit",
     "dump_qpy",
     "encode_payload",

@@ -53,6 +53,7 @@ __all__ = [
     "QIR_ENTRY_METADATA",
     "QIR_METADATA",
     "check_qir_metadata",
+    "drop_qir_metadata",
     "is_bitcode",
     "is_qir_text",
     "qir_to_circuits",
@@ -167,6 +168,18 @@ def check_qir_metadata(
                 "describe its gates; send the QIR source itself, or drop that metadata "
                 "after changing the circuit"
             )
+
+
+def drop_qir_metadata(circuit: QuantumCircuit) -> QuantumCircuit:
+    """``circuit`` without the QIR it was read from (a copy; the same object if it has
+    none): for code that changes a circuit's gates, e.g. the ``Transpile`` plugin, so
+    the changed circuit is not refused by :func:`check_qir_metadata`."""
+    metadata = circuit.metadata or {}
+    if QIR_METADATA not in metadata:
+        return circuit
+    copy = circuit.copy()
+    copy.metadata = {k: v for k, v in metadata.items() if not k.startswith("qhpc_qir")}
+    return copy
 
 
 def _parse(source: str | bytes, limits: DecodeLimits) -> tuple[pyqir.Module, str]:
