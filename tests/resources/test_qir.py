@@ -10,6 +10,7 @@ of the kept program, and the decoding workers that run all of it for the broker.
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import pyqir
@@ -413,3 +414,20 @@ def test_transpile_plugin_drops_the_qir_it_no_longer_matches() -> None:
     (job,) = Transpile().compile(Batch([Job.sample(circuit, 10)]), device_target("line-5"))
     assert QIR_METADATA not in (job.circuit.metadata or {})
     check_qir_metadata([job.circuit])  # nothing left to mismatch
+
+
+def test_a_slow_module_is_stopped_at_the_time_limit_and_the_worker_recovers() -> None:
+    """~100,000 gates take ~9 s to read here; the worker is stopped at 4 s (the walk's
+    own deadline check, or the pool's kill while LLVM parses) and replaced."""
+    text = bell_module().ir()
+    many = "  call void @__quantum__qis__h__body(ptr null)\n" * 100_000
+    slow = text.replace("entry:\n", "entry:\n" + many, 1)
+    pool = DecodePool(DecodeLimits(max_seconds=4, max_source_bytes=8 << 20), workers=1)
+    try:
+        began = time.monotonic()
+        with pytest.raises(LimitExceeded, match="max_seconds"):
+            pool.circuits([slow])
+        assert time.monotonic() - began < 4 + 3
+        assert pool.circuits([TYPED_GHZ])[0][0] == typed_ghz_expected()
+    finally:
+        pool.close()
