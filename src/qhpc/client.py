@@ -93,10 +93,13 @@ def result_from_dict(data: Mapping[str, Any]) -> TaskResult:
         raise ClientError(f"the broker's answer holds a {exc}") from None
 
 
-def circuit_text(circuit: QuantumCircuit | str) -> str:
-    """How a circuit travels in JSON: source text as is, a QuantumCircuit as base64 QPY."""
+def circuit_text(circuit: QuantumCircuit | str | bytes) -> str:
+    """How a circuit travels in JSON: source text as is, binary data (QPY, QIR bitcode)
+    as base64, a QuantumCircuit as base64 QPY."""
     if isinstance(circuit, str):
         return circuit
+    if isinstance(circuit, bytes):
+        return base64.b64encode(circuit).decode("ascii")
     from qiskit import qpy
 
     buffer = io.BytesIO()
@@ -316,7 +319,7 @@ class Client(_Operations):
     def submit(
         self,
         resource: str,
-        circuits: Sequence[QuantumCircuit | str],
+        circuits: Sequence[QuantumCircuit | str | bytes],
         shots: int,
         priority: int = 0,
         account: str | None = None,
@@ -332,8 +335,8 @@ class Client(_Operations):
         ``idempotency_key`` names this submission (default: a fresh one); a caller that
         repeats a submission after losing its answer passes the key it used before.
         """
-        if isinstance(circuits, str) or not isinstance(circuits, Sequence):
-            circuits = [circuits]  # one circuit (text or a QuantumCircuit)
+        if isinstance(circuits, str | bytes) or not isinstance(circuits, Sequence):
+            circuits = [circuits]  # one circuit (text, bytes or a QuantumCircuit)
         body = {
             "resource": resource, "circuits": [circuit_text(c) for c in circuits],
             "shots": shots, "priority": priority, "account": account, "name": name,
@@ -446,7 +449,7 @@ class Client(_Operations):
     def submit_session_task(
         self,
         session_id: str,
-        circuits: Sequence[QuantumCircuit | str] | None = None,
+        circuits: Sequence[QuantumCircuit | str | bytes] | None = None,
         shots: int | None = None,
         *,
         payload: Payload | None = None,

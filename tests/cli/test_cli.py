@@ -116,3 +116,25 @@ def test_demo_runs_on_embedded_defaults(capsys: pytest.CaptureFixture[str]) -> N
     assert booked["chem"]["tasks"] == 6
     # three batch tasks, one session task, and every QPU call of the hybrid program
     assert booked["phys"]["tasks"] == 4 + hybrid["qpu_calls"]
+
+
+def test_run_reads_qir_text_and_bitcode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qir_samples import TYPED_TELEPORT, bell_module
+
+    module = bell_module()
+    (tmp_path / "bell.ll").write_text(module.ir())
+    (tmp_path / "bell.bc").write_bytes(module.bitcode())
+    (tmp_path / "teleport.ll").write_text(TYPED_TELEPORT)
+    for name in ("bell.ll", "bell.bc"):
+        code, out, err = run_cli(
+            ["run", str(tmp_path / name), "-r", "aer", "-s", "200", "--json", "--seed", "3"],
+            capsys,
+        )
+        assert code == 0, err
+        assert set(json.loads(out)["circuits"][0]["counts"]) <= {"00", "11"}
+    code, out, err = run_cli(["run", str(tmp_path / "teleport.ll"), "--json"], capsys)
+    assert code == 0, err
+    assert {k[:2] for k in json.loads(out)["circuits"][0]["counts"]} == {"01"}
+    (tmp_path / "bad.ll").write_text(module.ir().replace("ret void", "ret vid"))
+    code, _, err = run_cli(["run", str(tmp_path / "bad.ll")], capsys)
+    assert code != 0 and "invalid qir circuit at line" in " ".join(err.split())

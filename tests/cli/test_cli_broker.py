@@ -177,3 +177,44 @@ def test_an_operator_drains_and_resumes_a_resource(
         capsys,
     )
     assert code == 2 and "not both" in " ".join(err.split())
+
+
+def test_submit_qir_files_to_a_served_broker(
+    served: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``qhpc submit`` reads .ll and .bc locally and sends each as QPY carrying its QIR;
+    the broker's decoding workers check that QIR against the gates before queueing."""
+    from qir_samples import bell_module
+
+    url, admin = served
+    admin_file = tmp_path / "admin.qhpc"
+    admin_file.write_text(admin + "\n")
+    code, out, err = run_cli(
+        ["token", "create", "--role", "user", "--subject", "carol", "--account", "qir",
+         "--url", url, "--token-file", str(admin_file)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    user_file = tmp_path / "carol.token"
+    user_file.write_text(out.strip().splitlines()[-1] + "\n")
+    module = bell_module()
+    (tmp_path / "bell.ll").write_text(module.ir())
+    (tmp_path / "bell.bc").write_bytes(module.bitcode())
+    auth = ["--url", url, "--token-file", str(user_file)]
+    code, out, err = run_cli(
+        ["submit", str(tmp_path / "bell.ll"), str(tmp_path / "bell.bc"), "-s", "100", "--json",
+         *auth],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    job_id = json.loads(out)["job_id"]
+    code, out, err = run_cli(["result", job_id, "--wait", "60", "--json", *auth], capsys)
+    assert code == 0, err
+    results = json.loads(out)
+    assert len(results) == 2
+    for result in results:
+        counts = result["circuits"][0]["counts"]
+        assert set(counts) <= {"00", "11"} and sum(counts.values()) == 100
+    (tmp_path / "bad.ll").write_text(module.ir().replace("__quantum__qis__h", "__quantum__qis__q"))
+    code, _, err = run_cli(["submit", str(tmp_path / "bad.ll"), *auth], capsys)
+    assert code == 1 and "unknown intrinsic" in " ".join(err.split())

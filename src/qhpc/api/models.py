@@ -38,7 +38,7 @@ Seconds = Annotated[float, Field(gt=0, le=10 * 366 * 86400, allow_inf_nan=False)
 Priority = Annotated[int, Field(ge=-1000, le=1000)]
 Shots = Annotated[int, Field(gt=0, le=10**9)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-#: one circuit: OpenQASM 2/3 or cQASM source, or base64 QPY
+#: one circuit: OpenQASM 2/3, cQASM or QIR (LLVM IR) source, or base64 QPY or QIR bitcode
 CircuitText = Annotated[str, StringConstraints(min_length=1)]
 #: one task payload as produced by ``qhpc.resources.codec.encode_payload``, base64
 PayloadText = Annotated[str, StringConstraints(min_length=1)]
@@ -83,7 +83,8 @@ class CircuitsBody(_Body):
         None,
         min_length=1,
         max_length=10_000,
-        description="circuits as OpenQASM 2/3 or cQASM source, or base64 QPY; "
+        description="circuits as OpenQASM 2/3, cQASM or QIR (LLVM IR text) source, or "
+        "base64 QPY or QIR bitcode; "
         "together they form one sampler task (see split_circuits)",
     )
     shots: Shots | None = Field(None, description="shots per circuit; required with circuits")

@@ -1,4 +1,5 @@
-"""Turn request bodies into task payloads: circuit text, base64 QPY, encoded payloads.
+"""Turn request bodies into task payloads: circuit text, base64 QPY or QIR bitcode,
+encoded payloads.
 
 Decoding only; whether a payload fits a resource is the broker's call
 (``Broker.submit`` validates against the target).
@@ -23,6 +24,10 @@ from qhpc.resources import (
 #: base64 of QPY's magic bytes b"QISKIT": 6 bytes make exactly 8 characters, so the
 #: prefix of any base64 QPY blob is fixed and cannot be confused with circuit source.
 QPY_BASE64_PREFIX = "UUlTS0lU"
+#: base64 of LLVM bitcode's magic b"BC\xc0\xde" and of its wrapper's b"\xde\xc0\x17\x0b":
+#: their first 5 characters are fixed (30 bits of the 32), and no OpenQASM, cQASM or
+#: LLVM IR text starts with them, so QIR bitcode travels as base64 like QPY
+BITCODE_BASE64_PREFIXES = ("QkPA3", "3sAXC")
 
 
 def _b64(text: str, what: str) -> bytes:
@@ -37,9 +42,13 @@ def circuits_of(sources: list[str], decoder: DecodePool) -> list[QuantumCircuit]
     (one budget for the whole request)."""
     raw: list[str | bytes] = []
     for index, source in enumerate(sources):
-        if source.lstrip().startswith(QPY_BASE64_PREFIX):
+        start = source.lstrip()
+        binary = "QPY data" if start.startswith(QPY_BASE64_PREFIX) else None
+        if start.startswith(BITCODE_BASE64_PREFIXES):
+            binary = "QIR bitcode"
+        if binary is not None:
             try:
-                raw.append(_b64(source, "QPY data"))
+                raw.append(_b64(source, binary))
             except PayloadError as exc:
                 raise PayloadError(f"circuit {index}: {exc}") from None
         else:

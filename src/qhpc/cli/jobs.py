@@ -23,7 +23,8 @@ from qhpc.slurm import slurm_accounting
 
 def submit(
     files: Annotated[
-        list[Path], typer.Argument(help="Circuit files (QASM 2/3, cQASM, QPY), or one program.")
+        list[Path],
+        typer.Argument(help="Circuit files (QASM 2/3, cQASM, QPY, QIR .ll/.bc), or one program."),
     ],
     resource: Annotated[str, typer.Option("--resource", "-r")] = "aer",
     shots: Annotated[int, typer.Option("--shots", "-s")] = 1024,

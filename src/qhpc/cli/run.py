@@ -29,7 +29,9 @@ from qhpc.resources import (
 
 
 def run(
-    file: Annotated[Path, typer.Argument(help="Circuit file: OpenQASM 2/3, cQASM v3 or QPY.")],
+    file: Annotated[
+        Path, typer.Argument(help="Circuit file: OpenQASM 2/3, cQASM v3, QPY or QIR (.ll/.bc).")
+    ],
     resource: Annotated[str, typer.Option("--resource", "-r", help="Resource name.")] = "aer",
     shots: Annotated[int, typer.Option("--shots", "-s", help="Shots per circuit.")] = 1024,
     seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,

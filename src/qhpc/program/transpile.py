@@ -12,7 +12,7 @@ from qiskit.circuit import QuantumCircuit
 from qhpc.program.job import Batch, Job
 from qhpc.program.registry import register_plugin
 from qhpc.program.stack import Plugin
-from qhpc.resources import DeviceTarget, circuit_key
+from qhpc.resources import DeviceTarget, circuit_key, drop_qir_metadata
 
 #: transpiled circuits kept per plugin (a variational loop reuses one circuit)
 CACHE_SIZE = 256
@@ -26,7 +26,8 @@ class Transpile(Plugin):
     gate set, so the circuit keeps its width. Parameterised circuits are
     transpiled once, unbound, and cached by circuit: a variational loop that
     resubmits one circuit pays for the transpiler once. Expectation jobs get
-    ``observable.apply_layout(transpiled.layout)``.
+    ``observable.apply_layout(transpiled.layout)``. A circuit read from QIR loses its
+    ``qhpc_qir`` metadata: the transpiled gates are no longer that program.
     """
 
     def __init__(self, optimization_level: int = 1, seed_transpiler: int | None = 11) -> None:
@@ -98,7 +99,9 @@ class Transpile(Plugin):
         return Batch((self._job(job, specs) for job in batch), batch.meta)
 
     def _job(self, job: Job, specs: DeviceTarget) -> Job:
-        circuit = self.transpiled(job.circuit, specs)
+        # a circuit read from QIR no longer is that program once transpiled: the QIR
+        # it carries goes, or the broker would refuse the circuit as not matching it
+        circuit = drop_qir_metadata(self.transpiled(job.circuit, specs))
         values = job.parameter_dict()
         params = {p.name: values[p.name] for p in circuit.parameters} if values else None
         observable = job.observable

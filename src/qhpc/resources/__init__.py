@@ -94,6 +94,13 @@ from qhpc.resources.pools import (
     POOL_POLICIES,
     PoolSpec,
 )
+from qhpc.resources.qir import (
+    QIR_ENTRY_METADATA,
+    QIR_METADATA,
+    check_qir_metadata,
+    drop_qir_metadata,
+    qir_to_circuits,
+)
 from qhpc.resources.qrmi import (
     QrmiResource,
 )
@@ -112,6 +119,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "MAX_PAYLOAD_BYTES",
     "POOL_POLICIES",
+    "QIR_ENTRY_METADATA",
+    "QIR_METADATA",
     "AcquisitionError",
     "AerResource",
     "CalibrationSchedule",
@@ -156,11 +165,13 @@ __all__ = [
     "UnsupportedCircuitError",
     "UnsupportedPayloadError",
     "Window",
+    "check_qir_metadata",
     "circuit_key",
     "decode_payload",
     "decode_result",
     "detect_format",
     "device_target",
+    "drop_qir_metadata",
     "dump_circuit",
     "dump_qpy",
     "encode_payload",
@@ -171,6 +182,7 @@ __all__ = [
     "load_registry",
     "measure_circuits",
     "observable_key",
+    "qir_to_circuits",
     "resource_types",
     "result_from_dict",
     "shared_pool",

@@ -1,8 +1,10 @@
 """Read circuits from every accepted format into the one canonical form.
 
-Accepted: OpenQASM 2, OpenQASM 3, cQASM v3 (analysed by libqasm) and QPY
-(Qiskit's binary format, possibly several circuits). The canonical internal
-form is Qiskit's ``QuantumCircuit``. Parse errors carry line and column.
+Accepted: OpenQASM 2, OpenQASM 3, cQASM v3 (analysed by libqasm), QPY
+(Qiskit's binary format, possibly several circuits) and QIR (LLVM IR text or
+bitcode, read by :mod:`qhpc.resources.qir`; one circuit per entry point). The
+canonical internal form is Qiskit's ``QuantumCircuit``. Parse errors carry line
+and column (QIR's semantic errors: function, block and instruction).
 
 Sources are untrusted. Nothing here opens a file or a socket because of what a source
 says: OpenQASM 2 may include only ``qelib1.inc`` and OpenQASM 3 only ``stdgates.inc``
@@ -25,6 +27,7 @@ from qiskit.circuit import QuantumCircuit
 from qhpc.resources.cqasm import circuit_to_cqasm, cqasm_to_circuit
 from qhpc.resources.errors import CircuitParseError, LimitExceeded, UnsupportedCircuitError
 from qhpc.resources.limits import DEFAULT_LIMITS, DecodeLimits, measure_circuits
+from qhpc.resources.qir import is_bitcode, is_qir_text, qir_to_circuits
 
 QPY_MAGIC = b"QISKIT"
 #: the only file each text format may include; the parsers carry these built in
@@ -36,6 +39,7 @@ class CircuitFormat(enum.StrEnum):
     QASM3 = "qasm3"
     CQASM = "cqasm"
     QPY = "qpy"
+    QIR = "qir"
 
 
 _HEADER = re.compile(
@@ -45,20 +49,26 @@ _HEADER = re.compile(
 
 
 def detect_format(source: str | bytes) -> CircuitFormat:
-    """Tell the format from the content: QPY magic, ``OPENQASM 2/3`` or ``version 3``."""
+    """Tell the format from the content: QPY magic, LLVM bitcode magic (QIR),
+    ``OPENQASM 2/3``, ``version 3``, or LLVM IR text using ``__quantum__`` names (QIR)."""
     if isinstance(source, bytes):
         if source.startswith(QPY_MAGIC):
             return CircuitFormat.QPY
+        if is_bitcode(source):
+            return CircuitFormat.QIR
         try:
             source = source.decode("utf-8")
         except UnicodeDecodeError:
-            raise CircuitParseError("circuit", "binary data that is not QPY") from None
+            why = "binary data that is not QPY or QIR bitcode"
+            raise CircuitParseError("circuit", why) from None
     match = _HEADER.match(source)
     if match is None:
+        if is_qir_text(source):
+            return CircuitFormat.QIR
         raise CircuitParseError(
             "circuit",
             "unknown format: expected an 'OPENQASM 2.0;' / 'OPENQASM 3.0;' header, "
-            "a cQASM 'version 3.0' line, or QPY data",
+            "a cQASM 'version 3.0' line, QPY data, or QIR (LLVM IR or bitcode)",
             line=1,
             column=1,
         )
@@ -112,6 +122,8 @@ def _parse(
     kind = CircuitFormat(fmt) if fmt is not None else detect_format(source)
     if kind is CircuitFormat.QPY:
         return _load_qpy(source if isinstance(source, bytes) else source.encode(), name)
+    if kind is CircuitFormat.QIR:
+        return qir_to_circuits(source, name, limits)
     text = source.decode("utf-8", errors="replace") if isinstance(source, bytes) else source
     check_includes(text, kind)
     _check_declared_sizes(text, kind, limits.max_register_bits)
@@ -132,13 +144,18 @@ def load_circuit(
     """Exactly one circuit from ``source``."""
     circuits = load_circuits(source, fmt, name)
     if len(circuits) != 1:
-        raise CircuitParseError("qpy", f"expected one circuit, found {len(circuits)}")
+        raise CircuitParseError("circuit", f"expected one circuit, found {len(circuits)}")
     return circuits[0]
 
 
 def dump_circuit(circuit: QuantumCircuit, fmt: CircuitFormat | str) -> str | bytes:
-    """Write ``circuit`` in ``fmt`` (QPY gives bytes, the rest text)."""
+    """Write ``circuit`` in ``fmt`` (QPY gives bytes, the rest text; QIR is read only)."""
     kind = CircuitFormat(fmt)
+    if kind is CircuitFormat.QIR:
+        raise UnsupportedCircuitError(
+            "qhpc reads QIR but does not write it; a circuit read from QIR keeps its "
+            "program in circuit.metadata['qhpc_qir']"
+        )
     if kind is CircuitFormat.QPY:
         from qiskit import qpy
 
@@ -165,6 +182,7 @@ _FORMAT_NAMES = {
     CircuitFormat.QASM3: "OpenQASM 3",
     CircuitFormat.CQASM: "cqasm",
     CircuitFormat.QPY: "qpy",
+    CircuitFormat.QIR: "qir",
 }
 _INCLUDE = re.compile(r"\binclude\b")
 # What may stand between ``include`` and its file name: blanks and comments.

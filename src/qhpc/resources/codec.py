@@ -180,6 +180,11 @@ def _payload_from(
     raise PayloadError(f"unknown payload kind {kind!r}; expected 'sampler' or 'estimator'")
 
 
+def payload_circuits(payload: Payload) -> tuple[QuantumCircuit, ...]:
+    """The circuits a payload carries (a sampler task's, or an estimator task's one)."""
+    return payload.circuits if isinstance(payload, SamplerTask) else (payload.circuit,)
+
+
 def encode_result(result: TaskResult) -> bytes:
     body = result.to_dict()
     body["metadata"] = _plain(result.metadata)

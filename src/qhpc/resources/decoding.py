@@ -19,6 +19,11 @@ before to a :class:`DecodePool`:
   the broker run code: it can only send circuits as QPY, which the broker reads back
   and measures again against the same budget.
 
+QIR (LLVM IR text or bitcode) is read here too, since LLVM cannot be interrupted either.
+A circuit sent as QPY that carries QIR metadata (``qhpc_qir``, which resources taking
+QIR run instead of the gates) has that QIR converted again and compared with its gates
+here (:func:`~qhpc.resources.qir.check_qir_metadata`): the broker never parses QIR.
+
 Circuit text comes back as QPY (the broker never parses the text itself); for a QPY
 blob or an encoded payload the worker's answer is only "within budget", after which
 the broker decodes the same bytes itself — deterministic, so the same bounded cost.
@@ -351,15 +356,17 @@ def _serve(read: Any, write: Any) -> None:
         "qiskit.qasm3",
         "qiskit_qasm3_import",
         "cqasm.v3x",
+        "pyqir",
     ):
         try:
             importlib.import_module(parser)
         except ImportError:  # an optional parser: its requests fail as unreadable
             pass
 
-    from qhpc.resources.circuits import load_circuits
-    from qhpc.resources.codec import PayloadDecoder, dump_qpy, load_qpy
+    from qhpc.resources.circuits import QPY_MAGIC, load_circuits
+    from qhpc.resources.codec import PayloadDecoder, dump_qpy, load_qpy, payload_circuits
     from qhpc.resources.limits import measure_circuits
+    from qhpc.resources.qir import check_qir_metadata
 
     def frame() -> Any:
         head = read.read(_FRAME.size)
@@ -382,6 +389,8 @@ def _serve(read: Any, write: Any) -> None:
                 counts = []
                 for index, source in enumerate(request["sources"]):
                     found = _load_one(load_circuits, source, limits, index)
+                    if isinstance(source, bytes) and source.startswith(QPY_MAGIC):
+                        check_qir_metadata(found, limits)  # QIR it carries must be its own
                     circuits.extend(found)
                     counts.append(len(found))
                 measure_circuits(circuits, limits, deadline)  # the request as a whole
@@ -391,12 +400,14 @@ def _serve(read: Any, write: Any) -> None:
                 decoder = PayloadDecoder(limits=limits)
                 for index, blob in enumerate(request["blobs"]):
                     try:
-                        decoder.decode(blob)
+                        payload = decoder.decode(blob)
+                        check_qir_metadata(payload_circuits(payload), limits)
                     except PayloadError as exc:
                         raise PayloadError(f"payload {index}: {exc}") from None
                 answer = {}
             elif op == "qpy":
-                load_qpy(request["blob"], allow_empty=True, limits=limits)
+                blob_circuits = load_qpy(request["blob"], allow_empty=True, limits=limits)
+                check_qir_metadata(blob_circuits, limits)
                 answer = {}
             else:
                 answer = {"error": "PayloadError", "args": ["unknown decoder request"]}
