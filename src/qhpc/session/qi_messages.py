@@ -130,9 +130,7 @@ def decode(frame: bytes, limits: MessageLimits) -> dict[str, Any]:
             f"message is not valid JSON (line {exc.lineno}, column {exc.colno})"
         ) from None
     except (ValueError, RecursionError):  # NaN/Infinity, an integer of too many digits
-        raise QiProtocolError(
-            "message is not valid JSON (NaN, Infinity or a huge number)"
-        ) from None
+        raise QiProtocolError("message is not JSON (NaN, Infinity or a huge number)") from None
     if not isinstance(message, dict):
         raise QiProtocolError(f"message is a JSON {type(message).__name__}, not an object")
     return message

@@ -186,8 +186,7 @@ class QiEndpoint:
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> QiEndpoint:
-        rep = self._socket(zmq.REP, self.config.bind)
-        rep.setsockopt(zmq.MAXMSGSIZE, self.config.limits.frame_cap)
+        rep = self._socket(zmq.REP, self.config.bind, self.config.limits.frame_cap)
         self.endpoint = rep.getsockopt_string(zmq.LAST_ENDPOINT)
         self._threads = [threading.Thread(target=self._serve, args=(rep,), daemon=True,
                                           name="qi-endpoint")]  # fmt: skip
@@ -323,9 +322,11 @@ class QiEndpoint:
         }
 
     # -- the threads ---------------------------------------------------------------------
-    def _socket(self, kind: int, address: str) -> zmq.Socket[bytes]:
+    def _socket(self, kind: int, address: str, max_frame: int = -1) -> zmq.Socket[bytes]:
         socket = self._context.socket(kind)
         socket.setsockopt(zmq.LINGER, 0)
+        # before bind: the listener copies the options its connections will have
+        socket.setsockopt(zmq.MAXMSGSIZE, max_frame)
         socket.bind(address)
         return socket
 
