@@ -24,10 +24,10 @@ import pytest
 import zmq
 from jsonschema import Draft202012Validator
 
-from helpers import free_port, start_serve, wait_healthy
+from helpers import free_port, run_cli, start_serve, wait_healthy
 from qhpc.client import connect
 from qhpc.errors import QhpcError
-from qhpc.program import BrokerDevice
+from qhpc.program import BrokerDevice, RemoteError
 from qhpc.session import EndpointConfig, QiEndpoint, open_channel
 from qhpc.session.qi_messages import MessageLimits, schema
 from qhpc.session.quantuminspire import is_local
@@ -409,3 +409,16 @@ def test_static_data_keeps_a_devices_coupling_map_and_states_map_in_protocol_ord
     ]:  # fmt: skip
         assert hardware_state(DeviceStatus(state), executing) == published
     assert hardware_state(None, True) == "OFFLINE"  # the broker out of reach
+
+
+def test_the_command_refuses_an_open_bind_without_a_token_and_a_missing_session(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("QHPC_FASTPATH", "QHPC_SESSION", "QHPC_URL", "QHPC_QI_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = run_cli(["session", "qi-endpoint", "--bind", "tcp://*:4203"], capsys)
+    assert code == 1 and "reachable from other hosts" in err and "token" in err
+    code, _, err = run_cli(["session", "qi-endpoint", "--publish", ""], capsys)
+    assert code == 1 and "QHPC_FASTPATH" in err and "QHPC_SESSION" in err
+    with pytest.raises(RemoteError, match="QHPC_URL"):
+        BrokerDevice.from_env("aer")

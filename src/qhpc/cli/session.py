@@ -59,7 +59,11 @@ def qi_endpoint(
         limits=MessageLimits(max_bytes=max_message_bytes),
     )  # fmt: skip
     channel = channel_from_env(timeout=timeout, resource=resource)
-    device = BrokerDevice.from_env(resource or channel.resource)
+    try:
+        device = BrokerDevice.from_env(channel.resource)
+    except BaseException:
+        channel.close()
+        raise
     endpoint = QiEndpoint(channel, device, config).start()
 
     def stop(signum: int, frame: FrameType | None) -> None:  # scancel / the job's end

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
 from qhpc.client import Client, ClientError, connect
-from qhpc.envvars import FASTPATH_ENV, SESSION_ENV, URL_ENV
+from qhpc.envvars import FASTPATH_ENV, RESOURCE_ENV, SESSION_ENV, URL_ENV, session_env_for
 from qhpc.errors import QhpcError
 from qhpc.program.errors import RemoteError
 from qhpc.program.executor import LocalQPU
@@ -160,9 +160,14 @@ class BrokerDevice:
 
     @classmethod
     def from_env(cls, resource: str, url: str | None = None, token: str | None = None) -> Self:
-        """``QHPC_URL`` and the session token ``QHPC_SESSION`` unless given."""
+        """``QHPC_URL`` and the session token unless given: ``QHPC_SESSION``, or in a job
+        holding several QPUs, ``QHPC_SESSION_<RESOURCE>`` for another than ``QHPC_RESOURCE``."""
         url = url or os.environ.get(URL_ENV)
-        token = token or os.environ.get(SESSION_ENV)
+        if not token:
+            held = os.environ.get(RESOURCE_ENV)
+            token = os.environ.get(
+                SESSION_ENV if held in (None, resource) else session_env_for(resource)
+            )
         if not url or not token:
             raise RemoteError(
                 f"the device of {resource!r} is read from the broker's REST API: set {URL_ENV} "
