@@ -16,8 +16,6 @@ import typer
 
 from qhpc.envvars import QI_TOKEN_ENV
 from qhpc.logcontext import configure
-from qhpc.program import BrokerDevice
-from qhpc.session import EndpointConfig, QiEndpoint, channel_from_env
 from qhpc.session.qi_messages import PUBLISH_PORT, REQUEST_PORT, MessageLimits
 
 from .options import secret_option
@@ -53,6 +51,10 @@ def qi_endpoint(
     timeout: Annotated[float, typer.Option(help="Seconds one execute may take.")] = 600.0,
 ) -> None:
     """Serve Quantum Inspire's compute-runtime protocol for this job's session."""
+    # here, not above: every other qhpc command would pay for loading them
+    from qhpc.program import BrokerDevice
+    from qhpc.session import EndpointConfig, QiEndpoint, channel_from_env
+
     configure("text", "INFO")
     config = EndpointConfig(
         bind=bind, publish=publish or None, heartbeat=heartbeat, token=token or None,

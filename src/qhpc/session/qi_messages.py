@@ -28,12 +28,13 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, cast
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any, cast
 
 from qhpc.errors import QhpcError
+
+if TYPE_CHECKING:  # jsonschema loads on the first validation: the command line stays quick
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 PROTOCOL_VERSION = 3
 #: the ports the published protocol names for the REP (requests) and PUB (state) sockets
@@ -150,7 +151,7 @@ def check_request(message: dict[str, Any]) -> str:
             shown = f" {command!r}" if len(command) <= 32 and command.isprintable() else ""
             problem = f"unknown command{shown}"
         raise QiProtocolError(f"{problem}; requests are {', '.join(REQUESTS)}", reply_to)
-    error = best_match(_validator("Request").iter_errors(message))
+    error = _first_error("Request", message)
     if error is not None:
         raise QiProtocolError(f"invalid {command} request: {describe(error)}", reply_to)
     return str(command)
@@ -158,7 +159,7 @@ def check_request(message: dict[str, Any]) -> str:
 
 def check(message: dict[str, Any], entry: str) -> None:
     """Validate an outgoing ``message`` against the schema entry ``entry``."""
-    error = best_match(_validator(entry).iter_errors(message))
+    error = _first_error(entry, message)
     if error is not None:
         raise QiProtocolError(f"invalid {entry}: {describe(error)}", NIL_SESSION)
 
@@ -208,8 +209,17 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
+def _first_error(entry: str, message: Any) -> ValidationError | None:
+    from jsonschema.exceptions import best_match
+
+    error: ValidationError | None = best_match(_validator(entry).iter_errors(message))
+    return error
+
+
 @cache
 def _validator(entry: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     root = schema()
     if entry not in root["$defs"]:
         raise KeyError(f"no schema entry {entry!r}")
