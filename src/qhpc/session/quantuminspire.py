@@ -337,8 +337,11 @@ class QiEndpoint:
                     continue
                 reply = self.handle(rep.recv_multipart())
                 rep.send(qi.encode(reply))
+        except Exception:  # the socket itself failed: no point beating on, say so and end
+            log.exception("Quantum Inspire endpoint stopped serving")
         finally:
             rep.close()
+            self._stop.set()  # wait() returns: the command ends rather than hang unserved
 
     def _publish(self, pub: zmq.Socket[bytes]) -> None:
         last = None
