@@ -19,6 +19,8 @@ same thing wherever it is set:
 ``QHPC_SESSION_<QPU>``  with several QPUs (``--qpu=a,b``), each one's session token
                        (and ``QHPC_SESSION_ID_<QPU>``); ``<QPU>`` is the name in
                        capitals, other characters as ``_``
+``QHPC_QI_TOKEN``      the token a Quantum Inspire runtime must send in ``initialize``
+                       to ``qhpc session qi-endpoint`` (required off loopback)
 ``QRMI_JOB_QPU_RESOURCES``  the job's QPUs, comma-separated (IBM QRMI's contract)
 ``QRMI_JOB_QPU_TYPES``  their resource types, in the same order (QRMI's contract)
 =====================  ==========================================================
@@ -33,6 +35,7 @@ SESSION_ID_ENV = "QHPC_SESSION_ID"
 FASTPATH_ENV = "QHPC_FASTPATH"
 RESOURCE_ENV = "QHPC_RESOURCE"
 PROGRAM_ID_ENV = "QHPC_PROGRAM_ID"
+QI_TOKEN_ENV = "QHPC_QI_TOKEN"
 QRMI_RESOURCES_ENV = "QRMI_JOB_QPU_RESOURCES"
 QRMI_TYPES_ENV = "QRMI_JOB_QPU_TYPES"
 
@@ -53,6 +56,7 @@ def session_id_env_for(resource: str) -> str:
 __all__ = [
     "FASTPATH_ENV",
     "PROGRAM_ID_ENV",
+    "QI_TOKEN_ENV",
     "QRMI_RESOURCES_ENV",
     "QRMI_TYPES_ENV",
     "RESOURCE_ENV",

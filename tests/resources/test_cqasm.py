@@ -311,3 +311,14 @@ def test_deleting_a_character_parses_or_reports_a_line(index: int) -> None:
     except CircuitParseError as exc:
         assert exc.line is not None
         assert exc.line >= 1
+
+
+def test_gate_sets_are_named_in_cqasm() -> None:
+    from qhpc.resources.cqasm import cqasm_gate_names
+
+    assert cqasm_gate_names(["id", "rz", "sx", "x", "cz"]) == ["I", "Rz", "X90", "X", "CZ"]
+    # the writer's name where there is one, the reader's first name otherwise; p is Rz
+    # only up to a phase, and gates cQASM lacks are left out
+    assert cqasm_gate_names(["ry", "ccx", "cp", "p", "rxx", "cx", "cx"]) == [
+        "Ry", "CCNOT", "CR", "CNOT",
+    ]  # fmt: skip

@@ -13,6 +13,8 @@ below is the order ``qhpc --help`` lists them) and runs it from :func:`main`.
 - :mod:`~qhpc.cli.tokens` — ``token``; :mod:`~qhpc.cli.bench` — ``bench``;
 - :mod:`~qhpc.cli.store` — ``store purge|backup|restore``: the store itself;
 - :mod:`~qhpc.cli.top` — ``top``: a live view of a broker's QPUs, queue and sessions;
+- :mod:`~qhpc.cli.session` — ``session qi-endpoint``: a running session behind Quantum
+  Inspire's compute-runtime protocol;
 - :mod:`~qhpc.cli.slurm` — ``slurm config|template``, with ``slurm submit|job``
   (:mod:`~qhpc.cli.remote`) and ``slurm chain`` (:mod:`~qhpc.cli.chain`).
 
@@ -32,6 +34,7 @@ from qhpc.cli import chain, hybrid, jobs, remote, run, serve, slurm_feedback, to
 from qhpc.cli.bench import bench_app
 from qhpc.cli.output import fail, out
 from qhpc.cli.resources import pools, resources_app
+from qhpc.cli.session import session_app
 from qhpc.cli.slurm import slurm_app, template_app
 from qhpc.cli.store import store_app
 from qhpc.cli.tokens import token_app
@@ -60,6 +63,7 @@ app.add_typer(resources_app, name="resources")
 app.add_typer(token_app, name="token")
 app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
+app.add_typer(session_app, name="session")
 slurm_app.command("submit")(remote.submit)
 slurm_app.command("job")(remote.job)
 slurm_app.command("feedback")(slurm_feedback.feedback)

@@ -44,7 +44,7 @@ from qhpc.program.observables import ObservableMeasurement
 from qhpc.program.registry import plugin_spec, register_plugin, registered_plugins
 from qhpc.program.remote import RemoteQPU, qpu, target_from_dict
 from qhpc.program.result import BatchResult, Result
-from qhpc.program.session import SessionQPU, session_qpu
+from qhpc.program.session import BrokerDevice, SessionQPU, session_qpu
 from qhpc.program.specs import plugin_from_spec, stack_from_spec, stack_spec
 from qhpc.program.stack import Plugin, Stack
 from qhpc.program.transpile import Transpile
@@ -52,6 +52,7 @@ from qhpc.program.transpile import Transpile
 __all__ = [
     "Batch",
     "BatchResult",
+    "BrokerDevice",
     "CancelledError",
     "Connection",
     "Executor",

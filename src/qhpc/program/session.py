@@ -9,17 +9,19 @@ session exactly as it does over a local resource or a :class:`RemoteQPU`.
 
 The fast path carries tasks only, so the device target (what ``Transpile``
 compiles for) comes from the broker's REST API (``QHPC_URL``, read with the
-session token) or is given by the caller.
+session token) or is given by the caller; :class:`BrokerDevice` reads target and
+status that way for the Quantum Inspire endpoint (:class:`qhpc.session.QiEndpoint`).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
-from qhpc.client import ClientError, connect
-from qhpc.envvars import FASTPATH_ENV, SESSION_ENV, URL_ENV
+from qhpc.client import Client, ClientError, connect
+from qhpc.envvars import FASTPATH_ENV, RESOURCE_ENV, SESSION_ENV, URL_ENV, session_env_for
 from qhpc.errors import QhpcError
 from qhpc.program.errors import RemoteError
 from qhpc.program.executor import LocalQPU
@@ -29,7 +31,7 @@ from qhpc.resources.target import DeviceTarget
 from qhpc.session import open_channel
 
 if TYPE_CHECKING:
-    from qhpc.session import SessionChannel
+    from qhpc.session import DeviceStatus, SessionChannel
 
 #: ``runner(payload) -> result``: one session task, run to completion
 PayloadRunner = Callable[[Payload], TaskResult]
@@ -141,3 +143,56 @@ def _target_over_rest(url: str | None, token: str, resource: str) -> DeviceTarge
     except ClientError as exc:
         raise RemoteError(f"cannot read the target of {resource!r} at {url}: {exc}") from exc
     return DeviceTarget.from_dict(data["target"])
+
+
+class BrokerDevice:
+    """A session's resource as its own token sees it on the broker's REST API: the device
+    target and the broker's status of it (a :class:`qhpc.session.DeviceView`).
+
+    Both threads of a :class:`~qhpc.session.QiEndpoint` read it; one lock keeps their
+    requests on the shared HTTP client one at a time.
+    """
+
+    def __init__(self, client: Client, resource: str) -> None:
+        self.client = client
+        self.resource = resource
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, resource: str, url: str | None = None, token: str | None = None) -> Self:
+        """``QHPC_URL`` and the session token unless given: ``QHPC_SESSION``, or in a job
+        holding several QPUs, ``QHPC_SESSION_<RESOURCE>`` for another than ``QHPC_RESOURCE``."""
+        url = url or os.environ.get(URL_ENV)
+        if not token:
+            held = os.environ.get(RESOURCE_ENV)
+            token = os.environ.get(
+                SESSION_ENV if held in (None, resource) else session_env_for(resource)
+            )
+        if not url or not token:
+            raise RemoteError(
+                f"the device of {resource!r} is read from the broker's REST API: set {URL_ENV} "
+                f"and {SESSION_ENV}, as qhpc's Slurm TaskProlog does"
+            )
+        return cls(connect(url, token), resource)
+
+    def _detail(self) -> dict[str, Any]:
+        with self._lock:
+            try:
+                return self.client.resource(self.resource)
+            except ClientError as exc:
+                raise RemoteError(f"cannot read {self.resource!r} from the broker: {exc}") from exc
+
+    def target(self) -> DeviceTarget:
+        return DeviceTarget.from_dict(self._detail()["target"])
+
+    def status(self) -> DeviceStatus:
+        from qhpc.session import DeviceStatus  # on first use: it loads the QI protocol
+
+        data = self._detail()
+        return DeviceStatus(
+            state=str(data["state"]), reason=str(data.get("reason") or ""),
+            queue_length=int(data.get("queue_length") or 0), pending=int(data.get("pending") or 0),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.client.close()

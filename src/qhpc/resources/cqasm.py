@@ -32,6 +32,7 @@ from qhpc.resources.errors import CircuitParseError, UnsupportedCircuitError
 
 __all__ = [
     "circuit_to_cqasm",
+    "cqasm_gate_names",
     "cqasm_to_circuit",
     "measured_clbits",
     "qubit_counts_to_clbit_counts",
@@ -420,6 +421,28 @@ def _format_float(param: Any, name: str) -> str:
     mantissa, e, exponent = text.partition("e")
     # libqasm's FLOAT_LITERAL needs a dot ("1e-05" is a syntax error, "1.0e-05" is fine).
     return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
+
+
+def cqasm_gate_names(basis_gates: Sequence[str]) -> list[str]:
+    """The cQASM v3 names of those Qiskit gates in ``basis_gates`` that cQASM has, in order
+    (e.g. Quantum Inspire's primitive gate set of a device)."""
+    names = _cqasm_names()
+    found = [names[g] for g in basis_gates if g in names]
+    return list(dict.fromkeys(found))
+
+
+@lru_cache(maxsize=1)
+def _cqasm_names() -> dict[str, str]:
+    """Qiskit gate name -> cQASM name: the writer's choice where it has one, else the first
+    cQASM gate the reader turns into that Qiskit gate (so ``ccx`` is ``CCNOT``)."""
+    table: dict[str, str] = {}
+    for cq, make in _FIXED_GATES.items():
+        table.setdefault(make().name, cq)
+    for cq, make_param in _PARAM_GATES.items():
+        table.setdefault(make_param([0.0, 0.0, 0.0]).name, cq)
+    # p and u1 are Rz only up to a global phase: the writer may, a gate set may not say so
+    table.update({q: cq for q, cq in _EMIT.items() if q not in ("p", "u1")})
+    return table
 
 
 def measured_clbits(circuit: QuantumCircuit) -> dict[int, int]:

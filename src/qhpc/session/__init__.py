@@ -16,6 +16,9 @@ A session's tasks leave by one of two channels, chosen by the endpoint's scheme
 Unix-socket channel (``unix://``; :class:`DirectClient`). Both run one payload per
 call and raise :class:`FastPathError` with the broker's status.
 
+:class:`QiEndpoint` (:mod:`qhpc.session.quantuminspire`) puts a session behind Quantum
+Inspire's compute-runtime protocol, so a QI-style hybrid runtime drives it.
+
 This room stands below the programming model (``qhpc.program``), the runtime pool
 and the servers (``qhpc.api``, ``qhpc.broker``), and imports only
 ``qhpc.resources`` and the bottom modules: a hybrid program reaches its session
@@ -39,19 +42,26 @@ if TYPE_CHECKING:
         QpuTimings,
         SessionChannel,
         SessionLease,
+        channel_from_env,
         make_qpu,
         open_channel,
     )
+    from qhpc.session.quantuminspire import DeviceStatus, DeviceView, EndpointConfig, QiEndpoint
 
 __all__ = [
     "QPU",
+    "DeviceStatus",
+    "DeviceView",
     "DirectClient",
+    "EndpointConfig",
     "FastPathClient",
     "FastPathError",
+    "QiEndpoint",
     "QpuNotConfiguredError",
     "QpuTimings",
     "SessionChannel",
     "SessionLease",
+    "channel_from_env",
     "make_qpu",
     "open_channel",
 ]
@@ -63,7 +73,12 @@ _LAZY = {
     "QpuTimings": "qhpc.session.handle",
     "SessionChannel": "qhpc.session.handle",
     "SessionLease": "qhpc.session.handle",
+    "channel_from_env": "qhpc.session.handle",
     "make_qpu": "qhpc.session.handle",
+    "DeviceStatus": "qhpc.session.quantuminspire",
+    "DeviceView": "qhpc.session.quantuminspire",
+    "EndpointConfig": "qhpc.session.quantuminspire",
+    "QiEndpoint": "qhpc.session.quantuminspire",
     "open_channel": "qhpc.session.handle",
 }
 

@@ -94,22 +94,7 @@ class QPU:
     def from_env(cls, timeout: float = 600.0, resource: str | None = None) -> QPU:
         """The session a Slurm job (or a shell) was given through the environment; with
         ``resource``, the session on that one of a job's several QPUs (``--qpu=a,b``)."""
-        endpoint = os.environ.get(FASTPATH_ENV)
-        token = os.environ.get(SESSION_ENV)
-        if resource is not None and resource != os.environ.get(RESOURCE_ENV):
-            token = os.environ.get(session_env_for(resource))
-            if endpoint and not token:
-                held = os.environ.get(QRMI_RESOURCES_ENV) or os.environ.get(RESOURCE_ENV)
-                raise QpuNotConfiguredError(
-                    f"no session on QPU {resource!r} here: this job holds {held or 'none'} "
-                    f"({session_env_for(resource)} is unset)"
-                )
-        if not endpoint or not token:
-            raise QpuNotConfiguredError(
-                f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "
-                f"{SESSION_ENV} (a session token), e.g. from qhpc's Slurm TaskProlog"
-            )
-        return cls(open_channel(endpoint, token, timeout=timeout))
+        return cls(channel_from_env(timeout, resource))
 
     def run(
         self, circuits: QuantumCircuit | Sequence[QuantumCircuit], shots: int | None = None
@@ -164,6 +149,27 @@ def open_channel(endpoint: str, token: str, timeout: float = 600.0) -> SessionCh
     if endpoint.startswith(DIRECT_SCHEME):
         return DirectClient(endpoint, token, timeout=timeout)
     return FastPathClient(endpoint, token, timeout=timeout)
+
+
+def channel_from_env(timeout: float = 600.0, resource: str | None = None) -> SessionChannel:
+    """The channel of the session a Slurm job (or a shell) was given through the environment
+    (``QHPC_FASTPATH``, ``QHPC_SESSION``); with ``resource``, of that one of its QPUs."""
+    endpoint = os.environ.get(FASTPATH_ENV)
+    token = os.environ.get(SESSION_ENV)
+    if resource is not None and resource != os.environ.get(RESOURCE_ENV):
+        token = os.environ.get(session_env_for(resource))
+        if endpoint and not token:
+            held = os.environ.get(QRMI_RESOURCES_ENV) or os.environ.get(RESOURCE_ENV)
+            raise QpuNotConfiguredError(
+                f"no session on QPU {resource!r} here: this job holds {held or 'none'} "
+                f"({session_env_for(resource)} is unset)"
+            )
+    if not endpoint or not token:
+        raise QpuNotConfiguredError(
+            f"no QPU session: set {FASTPATH_ENV} (the broker's fast-path endpoint) and "
+            f"{SESSION_ENV} (a session token), e.g. from qhpc's Slurm TaskProlog"
+        )
+    return open_channel(endpoint, token, timeout=timeout)
 
 
 def make_qpu(context: SessionLease) -> QPU:
