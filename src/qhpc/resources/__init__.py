@@ -94,6 +94,12 @@ from qhpc.resources.pools import (
     POOL_POLICIES,
     PoolSpec,
 )
+from qhpc.resources.proxy import (
+    PROXY_SEGMENT,
+    AllowRule,
+    ProxySpec,
+    parse_proxy,
+)
 from qhpc.resources.qrmi import (
     QrmiResource,
 )
@@ -112,8 +118,10 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "MAX_PAYLOAD_BYTES",
     "POOL_POLICIES",
+    "PROXY_SEGMENT",
     "AcquisitionError",
     "AerResource",
+    "AllowRule",
     "CalibrationSchedule",
     "CircuitFormat",
     "CircuitParseError",
@@ -132,6 +140,7 @@ __all__ = [
     "PayloadDecoder",
     "PayloadError",
     "PoolSpec",
+    "ProxySpec",
     "QrmiResource",
     "QuantumResource",
     "QxResource",
@@ -171,6 +180,7 @@ __all__ = [
     "load_registry",
     "measure_circuits",
     "observable_key",
+    "parse_proxy",
     "resource_types",
     "result_from_dict",
     "shared_pool",
