@@ -50,18 +50,6 @@ def holder_of(principal: Principal, resource: str) -> str:
     return principal.session_id
 
 
-@proxy.api_route(
-    "/{resource}/{path:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-    summary="forward a vendor API call of this session's QPU, with the broker's credential",
-    description="For vendor SDKs inside a Slurm job (QRMI, qiskit-ibm-runtime): point the "
-    "SDK's endpoint at `/v1/proxy/RESOURCE` and send the session token as the bearer. "
-    "Submissions must name the session's backend; a job's own paths answer its submitter "
-    "only; other paths only if the resource's proxy allows them. Vendor answers pass "
-    "through as they are (status, body, Content-Type, Retry-After); 502/504 when the "
-    "vendor cannot be reached or answers what the proxy will not pass on.",
-    response_class=Response,
-)
 async def forward(
     resource: str, path: str, request: Request, broker: BrokerDep, principal: CurrentPrincipal
 ) -> Response:
@@ -85,6 +73,26 @@ async def forward(
     if 200 <= answer.status < 300:
         await run_in_threadpool(_book, broker, spec, decision, session_id, answer.body, submission)
     return Response(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+# One route per method, each with its own operation id (one route for all five would
+# publish five operations under one id).
+for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+    proxy.add_api_route(
+        "/{resource}/{path:path}",
+        forward,
+        methods=[_method],
+        operation_id=f"proxy_{_method.lower()}",
+        summary=f"forward a vendor API {_method} of this session's QPU, with the broker's "
+        "credential",
+        description="For vendor SDKs inside a Slurm job (QRMI, qiskit-ibm-runtime): point "
+        "the SDK's endpoint at `/v1/proxy/RESOURCE` and send the session token as the "
+        "bearer. Submissions must name the session's backend; a job's own paths answer its "
+        "submitter only; other paths only if the resource's proxy allows them. Vendor "
+        "answers pass through as they are (status, body, Content-Type, Retry-After); 502/504 "
+        "when the vendor cannot be reached or answers what the proxy will not pass on.",
+        response_class=Response,
+    )
 
 
 def _book(

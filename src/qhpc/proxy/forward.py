@@ -104,7 +104,9 @@ class VendorProxy:
         """Send the request to the vendor and read its answer within the budgets."""
         spec = self.spec
         headers = self.outgoing_headers(client_headers)
-        url = httpx.URL(spec.base_url + decision.path, query=query.encode("ascii", "replace"))
+        url = httpx.URL(spec.base_url + decision.path)
+        if query:
+            url = url.copy_with(query=query.encode("ascii", "replace"))
         client = self._client_for_loop()
         what = f"the vendor of resource {spec.resource!r}"
         try:
