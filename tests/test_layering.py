@@ -18,7 +18,10 @@
   (``from qhpc.ROOM import NAME``), never a module inside it; nor does the
   command line reach ``api`` or ``broker`` any other way;
 - ``web`` (the console, mounted by ``api``) sits below ``api``: it never imports it,
-  and, like ``api``, never holds the broker's store.
+  and, like ``api``, never holds the broker's store;
+- ``proxy`` (the vendor proxy, served by ``api``) imports only ``resources``,
+  ``security`` and the bottom: it decides and forwards, the broker books (``api``
+  joins the two), so it never reaches the store or the broker.
 
 Imports are read with ``ast`` (also those inside functions and ``TYPE_CHECKING``
 blocks), so a violation fails here before anyone runs the code.
@@ -133,7 +136,13 @@ def test_resources_import_only_resources() -> None:
 
 @pytest.mark.parametrize(
     ("room", "rooms_reached"),
-    [("api", None), ("broker", None), ("web", None), ("cli", {"api", "broker"})],
+    [
+        ("api", None),
+        ("broker", None),
+        ("web", None),
+        ("proxy", None),
+        ("cli", {"api", "broker"}),
+    ],
 )
 def test_other_rooms_are_reached_through_their_public_surface(
     room: str, rooms_reached: set[str] | None
@@ -151,6 +160,25 @@ def test_other_rooms_are_reached_through_their_public_surface(
     assert not wrong, "import these names from the room's __init__ (export them there): " + (
         ", ".join(f"{i.file} imports {i.module}" for i in wrong)
     )
+
+
+#: what the vendor proxy room may import
+PROXY_MAY_IMPORT = {"proxy", "resources", "security"}
+
+
+def test_the_vendor_proxy_stands_below_the_broker_and_the_api() -> None:
+    found = all_imports()
+    assert {i.file for i in found if i.room == "proxy"}, "no proxy room where expected"
+    wrong = [
+        i
+        for i in found
+        if i.room == "proxy" and i.target not in PROXY_MAY_IMPORT and i.module not in BOTTOM
+    ]
+    assert not wrong, "qhpc.proxy imports only resources, security and the bottom: " + (
+        ", ".join(f"{i.file} imports {i.module}" for i in wrong)
+    )
+    users = {i.room for i in found if i.target == "proxy" and i.room != "proxy"}
+    assert users <= {"api"}, f"only qhpc.api serves the vendor proxy; also: {sorted(users)}"
 
 
 def test_the_bottom_modules_import_nothing_above_them() -> None:

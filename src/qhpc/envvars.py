@@ -16,9 +16,12 @@ same thing wherever it is set:
                        co-located with the broker)
 ``QHPC_RESOURCE``      the session's resource
 ``QHPC_PROGRAM_ID``    a co-located program's job id
+``QHPC_PROXY``         the broker's vendor proxy for the session's resource,
+                       ``$QHPC_URL/v1/proxy/<resource>``: a vendor SDK's endpoint
+                       (answers 404 when the resource has no vendor proxy)
 ``QHPC_SESSION_<QPU>``  with several QPUs (``--qpu=a,b``), each one's session token
-                       (and ``QHPC_SESSION_ID_<QPU>``); ``<QPU>`` is the name in
-                       capitals, other characters as ``_``
+                       (and ``QHPC_SESSION_ID_<QPU>``, ``QHPC_PROXY_<QPU>``);
+                       ``<QPU>`` is the name in capitals, other characters as ``_``
 ``QHPC_QI_TOKEN``      the token a Quantum Inspire runtime must send in ``initialize``
                        to ``qhpc session qi-endpoint`` (required off loopback)
 ``QRMI_JOB_QPU_RESOURCES``  the job's QPUs, comma-separated (IBM QRMI's contract)
@@ -28,6 +31,8 @@ same thing wherever it is set:
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 URL_ENV = "QHPC_URL"
 TOKEN_ENV = "QHPC_TOKEN"
 SESSION_ENV = "QHPC_SESSION"
@@ -35,6 +40,9 @@ SESSION_ID_ENV = "QHPC_SESSION_ID"
 FASTPATH_ENV = "QHPC_FASTPATH"
 RESOURCE_ENV = "QHPC_RESOURCE"
 PROGRAM_ID_ENV = "QHPC_PROGRAM_ID"
+PROXY_ENV = "QHPC_PROXY"
+#: where the broker serves the vendor proxy of a resource, below its URL
+PROXY_PATH = "/v1/proxy"
 QI_TOKEN_ENV = "QHPC_QI_TOKEN"
 QRMI_RESOURCES_ENV = "QRMI_JOB_QPU_RESOURCES"
 QRMI_TYPES_ENV = "QRMI_JOB_QPU_TYPES"
@@ -53,9 +61,21 @@ def session_id_env_for(resource: str) -> str:
     return f"{SESSION_ID_ENV}_{_key(resource)}"
 
 
+def proxy_env_for(resource: str) -> str:
+    """The variable holding the vendor proxy URL of ``resource`` in a job with several QPUs."""
+    return f"{PROXY_ENV}_{_key(resource)}"
+
+
+def proxy_url(url: str, resource: str) -> str:
+    """The vendor proxy of ``resource`` at the broker whose REST API is ``url``."""
+    return f"{url.rstrip('/')}{PROXY_PATH}/{quote(resource, safe='')}"
+
+
 __all__ = [
     "FASTPATH_ENV",
     "PROGRAM_ID_ENV",
+    "PROXY_ENV",
+    "PROXY_PATH",
     "QI_TOKEN_ENV",
     "QRMI_RESOURCES_ENV",
     "QRMI_TYPES_ENV",
@@ -64,6 +84,8 @@ __all__ = [
     "SESSION_ID_ENV",
     "TOKEN_ENV",
     "URL_ENV",
+    "proxy_env_for",
+    "proxy_url",
     "session_env_for",
     "session_id_env_for",
 ]

@@ -132,8 +132,9 @@ def test_session_handed_over_used_closed_and_booked(
     assert code == 0
     assert set(exports) == {
         "QHPC_URL", "QHPC_FASTPATH", "QHPC_RESOURCE", "QHPC_SESSION", "QHPC_SESSION_ID",
-        "QRMI_JOB_QPU_RESOURCES", "QRMI_JOB_QPU_TYPES",
+        "QRMI_JOB_QPU_RESOURCES", "QRMI_JOB_QPU_TYPES", "QHPC_PROXY",
     }  # fmt: skip
+    assert exports["QHPC_PROXY"] == exports["QHPC_URL"].rstrip("/") + "/v1/proxy/sim"
     assert exports["QHPC_SESSION"] == controller.token
     assert broker.admin not in text
 
@@ -581,6 +582,21 @@ def test_a_hetjob_task_finds_its_components_handover() -> None:
     hostile = {"SLURM_JOB_ID": "7", "SLURM_HET_SIZE": "99999999", "SLURM_JOB_ID_HET_GROUP_0":
                "../../etc", "SLURM_JOB_NODELIST": "x"}  # fmt: skip
     assert component_job_ids(hostile) == ["7"]
+
+
+def test_each_qpu_of_a_job_gets_its_vendor_proxy_url_and_never_a_credential() -> None:
+    one = hooks.Handover("120", "heron", session_id="s1", token="qhpc_a", url="https://b:8080/",
+                   fastpath="tcp://b:5555")  # fmt: skip
+    assert one.exports()["QHPC_PROXY"] == "https://b:8080/v1/proxy/heron"
+    assert not any(name.startswith("QHPC_PROXY_") for name in one.exports())
+    two = hooks.Handover("121", "heron", session_id="s1", token="qhpc_a", url="https://b:8080",
+                   fastpath="tcp://b:5555", others=[{"resource": "ibm eagle",
+                   "session_id": "s2", "token": "qhpc_b"}])  # fmt: skip
+    exports = two.exports()
+    assert exports["QHPC_PROXY"] == exports["QHPC_PROXY_HERON"] == "https://b:8080/v1/proxy/heron"
+    assert exports["QHPC_PROXY_IBM_EAGLE"] == "https://b:8080/v1/proxy/ibm%20eagle"
+    proxies = {k: v for k, v in exports.items() if k.startswith("QHPC_PROXY")}
+    assert all(v.startswith("https://b:8080/v1/proxy/") for v in proxies.values())
 
 
 def _centre_session(broker: Broker, job_id: str, centre: str = "north") -> dict[str, object]:

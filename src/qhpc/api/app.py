@@ -3,24 +3,28 @@ request ids (``X-Request-ID``), ``/metrics`` (mounted from qhpc.web)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
 import qhpc
-from qhpc.api import routes_admin, routes_jobs, routes_resources, routes_sessions
+from qhpc.api import routes_admin, routes_jobs, routes_proxy, routes_resources, routes_sessions
 from qhpc.api.limits import DEFAULT_BODY_TIMEOUT, BodyLimit
 from qhpc.api.problems import PROBLEM_MEDIA_TYPE, install_handlers
 from qhpc.api.requestids import RequestIds
 from qhpc.api.views import Problem
 from qhpc.broker import Broker
+from qhpc.proxy import VendorProxies
 from qhpc.web import install_metrics, mount_console
 
 API_PREFIX = "/v1"
 
 _DESCRIPTION = """\
 REST front of the qhpc broker: resources, batch and hybrid jobs, sessions, reservations,
-accounts, accounting and tokens. Authenticate with `Authorization: Bearer <token>`.
+accounts, accounting, tokens, and the vendor proxy for vendor SDKs inside Slurm jobs.
+Authenticate with `Authorization: Bearer <token>`.
 Every error is an RFC 9457 problem body (`application/problem+json`).
 """
 
@@ -34,6 +38,8 @@ def _problem_responses() -> dict[int | str, dict[str, Any]]:
         409: "conflicts with the current state",
         413: "request body too large (the connection is closed)",
         422: "invalid input: validation, circuits, payloads",
+        502: "the vendor proxy's vendor cannot be reached or answered what it will not pass on",
+        504: "the vendor proxy's vendor did not answer in time",
     }
     return {
         status: {"model": Problem, "description": text, "content": {PROBLEM_MEDIA_TYPE: {}}}
@@ -53,15 +59,28 @@ def create_app(
     ``max_body_bytes`` defaults to the broker's payload limit
     (``BrokerConfig.max_payload_bytes``, i.e. ``MAX_PAYLOAD_BYTES``); a body must
     arrive within ``body_timeout`` seconds (408 otherwise). ``GET /metrics`` answers
-    admin tokens and ``metrics_token`` (qhpc.web).
+    admin tokens and ``metrics_token`` (qhpc.web). The vendor proxies of the broker's
+    resources are built here, their credentials read (CredentialError if one is
+    unusable), and their connections closed when the app's lifespan ends.
     """
+    proxies = VendorProxies.of(broker.resources)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await proxies.aclose()
+
     app = FastAPI(
         title="qhpc broker",
         version=qhpc.__version__,
         description=_DESCRIPTION,
         responses=_problem_responses(),
+        lifespan=lifespan,
     )
     app.state.broker = broker
+    app.state.vendor_proxies = proxies
     install_handlers(app)
     v1 = APIRouter(prefix=API_PREFIX)
     for router in (
@@ -76,6 +95,7 @@ def create_app(
         routes_admin.accounts,
         routes_admin.accounting,
         routes_admin.tokens,
+        routes_proxy.proxy,
     ):
         v1.include_router(router)
     app.include_router(v1)

@@ -33,6 +33,7 @@ from qhpc.broker import (
 )
 from qhpc.errors import QhpcError
 from qhpc.logcontext import fields
+from qhpc.proxy import CredentialError, NoProxy, VendorTimeout, VendorUnreachable
 from qhpc.resources import (
     CircuitParseError,
     LimitExceeded,
@@ -83,6 +84,13 @@ STATUS_OF: dict[type[QhpcError], int] = {
     # caller's mistake; 503 tells clients to retry later.
     ResourceError: 503,
     StoreError: 503,
+    # The vendor proxy: no proxy for the resource; its vendor unreachable or answering
+    # what is not passed on (a gateway's 502), or too slow (504); the broker's vendor
+    # credential unusable (503, its detail logged only: it names the file).
+    NoProxy: 404,
+    VendorUnreachable: 502,
+    VendorTimeout: 504,
+    CredentialError: 503,
     QhpcError: 400,
 }
 

@@ -68,6 +68,7 @@ from qhpc.broker.telemetry import (
     Telemetry,
 )
 from qhpc.broker.usage import UsageTracker
+from qhpc.broker.vendor import VENDOR_TASK_PREFIX, VendorJobs, vendor_task_id
 
 __all__ = [
     "DEFAULT_CHUNK_SECONDS",
@@ -85,6 +86,7 @@ __all__ = [
     "POLICIES",
     "POOL_POLICY_CLASSES",
     "PROLOG_SLURMCTLD",
+    "VENDOR_TASK_PREFIX",
     "Admission",
     "AdmissionController",
     "AdmissionSettings",
@@ -127,10 +129,12 @@ __all__ = [
     "SessionTaskOutcome",
     "Telemetry",
     "UsageTracker",
+    "VendorJobs",
     "build_policy",
     "entry_points",
     "purge_expired",
     "register_entry_point",
     "scope_of",
     "shot_chunks",
+    "vendor_task_id",
 ]

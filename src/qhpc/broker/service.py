@@ -14,6 +14,8 @@ that were running are queued again). The rooms:
 * :mod:`~qhpc.broker.pools` turns a pool's name into the member work goes to;
 * :mod:`~qhpc.broker.steering` answers :meth:`Broker.admission`: how many sessions a
   resource admits, from their duty cycles as :class:`Sessions` measures them;
+* :mod:`~qhpc.broker.vendor` books the vendor jobs sessions submit through the vendor
+  proxy (``qhpc.proxy``) and owns their ids;
 * :mod:`~qhpc.broker.telemetry` counts what happens for ``/metrics`` (every room gets
   the broker's one :class:`Telemetry`), :mod:`~qhpc.broker.gauges` reads the rest
   when Prometheus scrapes.
@@ -57,6 +59,7 @@ from qhpc.broker.sessions import Sessions, SessionTaskOutcome
 from qhpc.broker.steering import Steering
 from qhpc.broker.telemetry import Telemetry
 from qhpc.broker.usage import UsageTracker
+from qhpc.broker.vendor import VendorJobs
 from qhpc.resources import (
     DecodePool,
     Payload,
@@ -117,6 +120,8 @@ class Broker:
         #: each job's submission and end, once, in the operator's log (lifecycle.py)
         self.job_log = JobLog(store)
         self.watch = ResourceWatch()
+        #: jobs sessions submitted through the vendor proxy, and their usage (vendor.py)
+        self.vendor_jobs = VendorJobs(store, self.usage, self.telemetry, clock)
         context = Context(
             self.shared, store, self.sessions, self.inputs, lambda: self.policy, self.usage,
             clock, config.chunk_seconds, self.drains, self.telemetry, self.job_log.settled,

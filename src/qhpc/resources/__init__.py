@@ -94,6 +94,12 @@ from qhpc.resources.pools import (
     POOL_POLICIES,
     PoolSpec,
 )
+from qhpc.resources.proxy import (
+    PROXY_SEGMENT,
+    AllowRule,
+    ProxySpec,
+    parse_proxy,
+)
 from qhpc.resources.qir import (
     QIR_ENTRY_METADATA,
     QIR_METADATA,
@@ -119,10 +125,12 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "MAX_PAYLOAD_BYTES",
     "POOL_POLICIES",
+    "PROXY_SEGMENT",
     "QIR_ENTRY_METADATA",
     "QIR_METADATA",
     "AcquisitionError",
     "AerResource",
+    "AllowRule",
     "CalibrationSchedule",
     "CircuitFormat",
     "CircuitParseError",
@@ -141,6 +149,7 @@ __all__ = [
     "PayloadDecoder",
     "PayloadError",
     "PoolSpec",
+    "ProxySpec",
     "QrmiResource",
     "QuantumResource",
     "QxResource",
@@ -182,6 +191,7 @@ __all__ = [
     "load_registry",
     "measure_circuits",
     "observable_key",
+    "parse_proxy",
     "qir_to_circuits",
     "resource_types",
     "result_from_dict",

@@ -6,7 +6,8 @@ and that type's options; ``qrmi_config = "path"`` pulls in a QRMI file too. A
 ``.json`` file is read as a QRMI config. Errors name the file, the resource and
 the key. ``[pools.NAME] members = [...]`` puts several resources behind one name
 (``pools.py``). With no file at all, built-in defaults give an ``aer`` simulator, an
-``emulator`` (5-qubit line device) and ``qx``.
+``emulator`` (5-qubit line device) and ``qx``. Any resource may add a vendor proxy
+table, ``[resources.NAME.proxy]`` (``proxy.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, cast
 from qhpc.resources.base import QuantumResource
 from qhpc.resources.errors import ResourceConfigError, UnknownResourceError
 from qhpc.resources.pools import PoolSpec, check_pools, parse_pools
+from qhpc.resources.proxy import ProxySpec, parse_proxy
 from qhpc.resources.target import device_target
 from qhpc.resources.types import plugin_types
 
@@ -63,6 +65,12 @@ class ResourceSpec:
                 "max_task_seconds",
             )
         return cast(float | None, value)
+
+    @property
+    def proxy(self) -> ProxySpec | None:
+        """The vendor proxy of this resource (``[resources.NAME.proxy]``); None: none."""
+        table = self.options.get("proxy")
+        return None if table is None else parse_proxy(self.name, table, self.source)
 
     def public_options(self) -> dict[str, Any]:
         """Options safe to show: environment values (vendor credentials) are hidden."""
@@ -249,7 +257,7 @@ _OPTIONS: dict[str, set[str]] = {
 }
 _QRMI_OPTIONS = {"environment", "num_qubits", "max_shots"}
 #: options of every type, read by the broker rather than the adapter
-_BROKER_OPTIONS = {"max_task_seconds"}
+_BROKER_OPTIONS = {"max_task_seconds", "proxy"}
 
 
 def _qrmi_types() -> Mapping[str, object]:
@@ -289,6 +297,7 @@ def _check_spec(spec: ResourceSpec) -> None:
         allowed = _QRMI_OPTIONS
     allowed = allowed | _BROKER_OPTIONS
     spec.max_task_seconds  # noqa: B018 - validates the value now, not at the first task
+    spec.proxy  # noqa: B018 - likewise the proxy table, at load rather than at serve
     for key in spec.options:
         if key not in allowed:
             raise ResourceConfigError(

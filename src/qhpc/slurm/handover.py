@@ -20,12 +20,15 @@ from typing import Any
 
 from qhpc.envvars import (
     FASTPATH_ENV,
+    PROXY_ENV,
     QRMI_RESOURCES_ENV,
     QRMI_TYPES_ENV,
     RESOURCE_ENV,
     SESSION_ENV,
     SESSION_ID_ENV,
     URL_ENV,
+    proxy_env_for,
+    proxy_url,
     session_env_for,
     session_id_env_for,
 )
@@ -56,7 +59,8 @@ class Handover:
         return self.error is None and (self.token is not None or self.adopted)
 
     def exports(self) -> dict[str, str]:
-        """The job's environment: the broker's addresses and the session token, nothing else."""
+        """The job's environment: the broker's addresses and the session token, nothing else
+        (the vendor proxy's URL is an address too: the vendor credential stays at the broker)."""
         if not self.ok or self.adopted:
             return {}
         assert self.token and self.url and self.fastpath and self.resource and self.session_id
@@ -66,6 +70,7 @@ class Handover:
             RESOURCE_ENV: self.resource,
             SESSION_ENV: self.token,
             SESSION_ID_ENV: self.session_id,
+            PROXY_ENV: proxy_url(self.url, self.resource),
         }
         sessions = [(self.resource, self.session_id, self.token)] + [
             (o["resource"], o["session_id"], o["token"]) for o in self.others
@@ -77,6 +82,7 @@ class Handover:
             for resource, session_id, token in sessions:
                 exports[session_env_for(resource)] = token
                 exports[session_id_env_for(resource)] = session_id
+                exports[proxy_env_for(resource)] = proxy_url(self.url, resource)
         return exports
 
 

@@ -41,6 +41,7 @@ from qhpc.store._idempotency import IdempotencyMixin, claim_key
 from qhpc.store._maintenance import MaintenanceMixin
 from qhpc.store._output import OutputMixin
 from qhpc.store._programs import ProgramsMixin
+from qhpc.store._usage import UsageMixin
 from qhpc.store.database import Database
 from qhpc.store.errors import ConflictError, NotFoundError, PurgedError
 from qhpc.store.migrations import migrate
@@ -65,8 +66,9 @@ _TASK_COLUMNS = [c for c in _t.c if c.name != "result"]
 
 
 class Store(
-    AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin, MaintenanceMixin, DrainsMixin
-):
+    AdminMixin, ProgramsMixin, OutputMixin, IdempotencyMixin, MaintenanceMixin, DrainsMixin,
+    UsageMixin,
+):  # fmt: skip
     """Jobs, tasks, sessions, reservations, accounts, tokens and usage of one broker."""
 
     def __init__(self, db: Database, schema_version: int) -> None:
