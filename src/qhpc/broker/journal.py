@@ -93,7 +93,11 @@ class Writer(Protocol):
     :class:`~qhpc.store.CommitterProcess` (the same calls in a child process)."""
 
     def record_finished_tasks(
-        self, finished: Sequence[Finished], *, relaxed: bool = True
+        self,
+        finished: Sequence[Finished],
+        *,
+        relaxed: bool = True,
+        encoded: Sequence[bytes] | None = None,
     ) -> list[UsageRecord]: ...
 
     def is_stored(self, task_id: str) -> bool: ...
@@ -109,7 +113,11 @@ class InProcess:
         self.store = store
 
     def record_finished_tasks(
-        self, finished: Sequence[Finished], *, relaxed: bool = True
+        self,
+        finished: Sequence[Finished],
+        *,
+        relaxed: bool = True,
+        encoded: Sequence[bytes] | None = None,
     ) -> list[UsageRecord]:
         return self.store.record_finished_tasks(finished, relaxed=relaxed)
 
@@ -152,6 +160,9 @@ class Journal:
         self.log_dir = log_dir
         self.commit_interval = commit_interval
         self._pending: list[Finished] = []
+        #: the same tasks as their log records: a committer process is sent these bytes
+        #: rather than the objects encoded a second time
+        self._records: list[bytes] = []
         self._cond = threading.Condition()
         self._appended = 0
         self._committed = 0
@@ -261,6 +272,7 @@ class Journal:
         with self._cond:
             logged = self._log(record)
             self._pending.append((task, outcome))
+            self._records.append(record)
             self._appended += 1
             if len(self._pending) == 1:
                 self._cond.notify_all()
@@ -367,11 +379,12 @@ class Journal:
                     self.commit_interval,
                 )
                 batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
+                records = self._records[:MAX_BATCH]
+                del self._pending[:MAX_BATCH], self._records[:MAX_BATCH]
                 self._committing_since = batch[0][1].finished_at if batch else None
                 if not self._pending:
                     self._rotate()
-            if not self._commit(batch):
+            if not self._commit(batch, records):
                 with self._cond:
                     self._abandoned = True  # the segments stay; stop() says so
                     self._cond.notify_all()
@@ -402,13 +415,13 @@ class Journal:
         if not installed:
             _discard(opened)
 
-    def _commit(self, batch: list[Finished]) -> bool:
+    def _commit(self, batch: list[Finished], records: list[bytes]) -> bool:
         """Store ``batch``, retrying while the store fails; False if the journal is
         stopping and the store still fails (the log keeps the batch for recovery)."""
         delay = RETRY_FIRST_SECONDS
         while True:
             try:
-                self._store(batch, relaxed=self.relaxed)
+                self._store(batch, relaxed=self.relaxed, records=records)
                 return True
             except Exception as error:  # transient (see _store): the batch waits, whole
                 with self._cond:
@@ -430,12 +443,14 @@ class Journal:
             except Exception:  # counting is never a reason to lose a commit
                 log.exception("journal: reporting booked usage failed")
 
-    def _store(self, batch: list[Finished], *, relaxed: bool) -> None:
+    def _store(
+        self, batch: list[Finished], *, relaxed: bool, records: list[bytes] | None = None
+    ) -> None:
         """Store ``batch``: every task ends stored, or dead-lettered when the store
         refuses it for good. Raises on a transient failure (nothing is lost then: the
         caller retries, and tasks stored meanwhile are recognised and skipped)."""
         try:
-            self._booked(self.writer.record_finished_tasks(batch, relaxed=relaxed))
+            self._booked(self.writer.record_finished_tasks(batch, relaxed=relaxed, encoded=records))
             return
         except StoreError as error:
             if not _permanent(error):

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -82,10 +82,20 @@ class CommitterProcess:
     # -- the journal's two calls ---------------------------------------------------------
 
     def record_finished_tasks(
-        self, finished: Sequence[Finished], *, relaxed: bool = True
+        self,
+        finished: Sequence[Finished],
+        *,
+        relaxed: bool = True,
+        encoded: Sequence[bytes] | None = None,
     ) -> list[UsageRecord]:
-        """As :meth:`Store.record_finished_tasks`, in the child."""
-        answer = self._ask(ENCODER.encode(("store", relaxed, list(finished))))
+        """As :meth:`Store.record_finished_tasks`, in the child. ``encoded``: the same
+        tasks already encoded each as MessagePack ``[task, outcome]`` (the journal's log
+        records), sent as they are instead of encoding the objects again."""
+        if encoded is not None and len(encoded) == len(finished):
+            body: list[Any] = [msgspec.Raw(record) for record in encoded]
+        else:
+            body = list(finished)
+        answer = self._ask(ENCODER.encode(("store", relaxed, body)))
         return _usage.decode(answer)
 
     def is_stored(self, task_id: str) -> bool:
