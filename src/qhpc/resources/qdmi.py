@@ -359,14 +359,18 @@ class QdmiResource(QuantumResource):
         return task.plan.combine(sampled, meta)
 
     def close(self) -> None:
-        """Cancel this process's unfinished jobs (a simulator's worker ends with them)."""
+        """Cancel this process's unfinished jobs (a simulator's worker ends with them) and
+        let go of the device: the library's objects are freed now, not at exit."""
         with self._lock:
             open_tasks = [t for t in self._tasks.values() if not t.status.is_final]
+            self._tasks.clear()
         for task in open_tasks:
             try:
                 self._call("cancel", lambda t=task: [j.cancel() for j in t.jobs])
             except ResourceError:
                 pass
+        self.__dict__.pop("device", None)
+        self.__dict__.pop("_session", None)
 
 
 def _constant(task: _Task, plan: MeasurementPlan, name: str) -> _Task:
