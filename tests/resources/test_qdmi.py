@@ -23,6 +23,7 @@ import mqt.core
 import pytest
 from mqt.core import qdmi
 from qiskit.circuit import QuantumCircuit
+from qiskit.quantum_info import Statevector
 
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import (
@@ -40,6 +41,7 @@ from qhpc.resources import (
     resource_types,
 )
 from qhpc.resources.config import parse_toml
+from qhpc.resources.estimation import MeasurementPlan
 from qhpc.resources.qdmi import QdmiResource, job_status
 from qhpc.resources.qdmi_target import GATE_ALIASES, SECONDS_PER_UNIT, resource_state
 from qhpc.store import Store
@@ -155,6 +157,25 @@ def test_estimator_tasks_are_sampled_in_measurement_bases(
     assert values[:3] == (1.0, 1.0, -1.0) and values[4] == 1.0
     assert abs(values[3]) < 5 * errors[3] and 0 < errors[3] < 0.05
     assert result.shots == 4000 and result.metadata["exact"] is False
+
+
+def test_measurement_rotations_are_translated_into_the_device_gates(
+    bell: QuantumCircuit,
+) -> None:
+    """The basis rotations qhpc adds for an estimator (h, sdg) are not IQM Garnet's gates
+    (r, cz): they are translated to them, the state measured unchanged."""
+    garnet = QdmiResource("garnet", "mqt.sc.iqm.garnet")
+    state = bell.remove_final_measurements(inplace=False)
+    plan = MeasurementPlan.build(EstimatorTask.create(state, ["XX", "YY"]))
+    circuits = plan.circuits()
+    native = garnet._native(circuits)
+    allowed = set(garnet.target().basis_gates) | {"measure", "barrier"}
+    for ours, theirs in zip(circuits, native, strict=True):
+        assert {i.operation.name for i in theirs.data} <= allowed
+        assert "h" in {i.operation.name for i in ours.data}
+        before = Statevector(ours.remove_final_measurements(inplace=False))
+        assert before.equiv(Statevector(theirs.remove_final_measurements(inplace=False)))
+        assert theirs.num_clbits == ours.num_clbits
 
 
 def test_identity_only_observables_need_no_job(ddsim: QdmiResource) -> None:

@@ -245,7 +245,9 @@ class QdmiResource(QuantumResource):
         used = {i.operation.name for c in circuits for i in c.data} - _PLAIN
         if used <= basis:
             return circuits
-        return list(transpile(circuits, basis_gates=[*basis, *_PLAIN], optimization_level=0))
+        # barrier and delay are directives the translator passes through; not "gates" to it
+        gates = [*basis, "measure", "reset"]
+        return list(transpile(circuits, basis_gates=gates, optimization_level=0))
 
     def _submit(
         self, programs: Programs, shots: int
