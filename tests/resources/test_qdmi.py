@@ -488,6 +488,28 @@ def test_a_token_file_is_read_and_its_token_reaches_the_session(
     QdmiResource("x", DDSIM, token_file=str(group_readable))
 
 
+class _Quoting:
+    """The real device whose calls fail quoting the session token, as a careless
+    driver's error might."""
+
+    def __init__(self, device: qdmi.Device) -> None:
+        self._device = device
+
+    def status(self) -> None:
+        raise RuntimeError(f"authentication failed for token {TOKEN}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._device, name)
+
+
+def test_a_token_a_device_quotes_is_redacted(tmp_path: Path) -> None:
+    resource = QdmiResource("x", DDSIM, token_file=str(_token_file(tmp_path, 0o600)))
+    resource.device = _Quoting(resource.device)  # type: ignore[assignment]
+    status = resource.status()
+    assert status.state is ResourceState.OFFLINE
+    assert "token <redacted>" in status.reason and TOKEN not in status.reason
+
+
 @pytest.mark.parametrize(
     ("mode", "text", "message"),
     [

@@ -140,6 +140,8 @@ class QdmiResource(QuantumResource):
         self.token_file = token_file
         self.max_shots, self.max_circuits, self.timeout = max_shots, max_circuits, timeout
         token = None if token_file is None else read_token_file(name, token_file)
+        #: what error messages must never show (a driver may quote its parameters)
+        self._secret = token
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
         self._lock = threading.Lock()
         self._target: DeviceTarget | None = None
@@ -161,10 +163,10 @@ class QdmiResource(QuantumResource):
             session, device, known = bounded_call(open_device, (), self.timeout, "qdmi-open")
         except TimeoutError as exc:
             raise ResourceConfigError(f"opening the QDMI session: {exc}", self.name) from None
-        except Exception as exc:  # the driver's message names the library, never the token
+        except Exception as exc:
             where = "driver" if self.driver else "device"
             raise ResourceConfigError(
-                f"the QDMI session did not open: {exc}", self.name, where
+                f"the QDMI session did not open: {self._redact(exc)}", self.name, where
             ) from None
         if device is None:
             raise ResourceConfigError(
@@ -184,7 +186,11 @@ class QdmiResource(QuantumResource):
         except ResourceError:
             raise
         except Exception as exc:
-            raise TaskFailedError(f"{self.name}: {what} failed: {exc}") from None
+            raise TaskFailedError(f"{self.name}: {what} failed: {self._redact(exc)}") from None
+
+    def _redact(self, error: Exception) -> str:
+        text = str(error)
+        return text if not self._secret else text.replace(self._secret, "<redacted>")
 
     def metadata(self) -> dict[str, Any]:
         return super().metadata() | {
