@@ -31,7 +31,13 @@ def bounded_call(
     worker.join(timeout)
     if not box:
         raise TimeoutError(f"no answer within {timeout:g} s")
-    ok, value = box[0]
-    if not ok:
+    ok, value = box.pop()
+    if ok:
+        return value
+    try:
         raise value
-    return value
+    finally:
+        # The traceback holds this frame: drop the frame's own reference to the error,
+        # or error -> traceback -> frame -> error is a cycle that keeps the call's
+        # arguments (a device, a session) alive until the next full collection.
+        value = None
