@@ -128,3 +128,17 @@ def test_the_built_in_types_are_declared_like_any_plugin() -> None:
     declared = {e.name for e in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     assert {"aer", "emulator", "qx", "null"} <= declared
     assert all(isinstance(t, ResourceType) for t in resource_types().values())
+
+
+def test_every_built_in_type_is_declared_in_pyproject() -> None:
+    """The source tree's declarations (what an install will register) match the built-ins,
+    whatever the installed metadata says until the next ``pip install``."""
+    import tomllib
+
+    from qhpc.resources.config import BUILTIN_TYPES
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
+    assert set(declared) == set(BUILTIN_TYPES)
+    for name, value in declared.items():
+        assert value == f"qhpc.resources.config:{name.upper()}"

@@ -1,7 +1,7 @@
 """Resource configuration: qhpc's own TOML and IBM's ``qrmi_config.json``, read as is.
 
 A TOML file names resources under ``[resources.NAME]`` with a ``type``
-(``aer``, ``emulator``, ``qx``, or any QRMI type such as ``ibm-quantum-system``)
+(``aer``, ``emulator``, ``qx``, ``qdmi``, or any QRMI type such as ``ibm-quantum-system``)
 and that type's options; ``qrmi_config = "path"`` pulls in a QRMI file too. A
 ``.json`` file is read as a QRMI config. Errors name the file, the resource and
 the key. ``[pools.NAME] members = [...]`` puts several resources behind one name
@@ -254,6 +254,7 @@ _OPTIONS: dict[str, set[str]] = {
     },
     "qx": {"max_qubits", "max_shots", "seed"},
     "null": {"max_qubits", "max_shots"},
+    "qdmi": {"device", "driver", "token_file", "max_shots", "max_circuits", "timeout"},
 }
 _QRMI_OPTIONS = {"environment", "num_qubits", "max_shots"}
 #: options of every type, read by the broker rather than the adapter
@@ -276,6 +277,9 @@ class ResourceType:
     #: the options a resource of this type accepts (besides the broker's own)
     options: frozenset[str]
     build: Callable[[ResourceSpec], QuantumResource]
+    #: checks a spec when the file is read, before its options are matched against
+    #: ``options``: for errors that must say more than "unknown option" (an inline token)
+    check: Callable[[ResourceSpec], None] | None = None
 
 
 def resource_types() -> dict[str, ResourceType]:
@@ -295,6 +299,8 @@ def _check_spec(spec: ResourceSpec) -> None:
                 "type",
             )
         allowed = _QRMI_OPTIONS
+    elif kind is not None and kind.check is not None:
+        kind.check(spec)
     allowed = allowed | _BROKER_OPTIONS
     spec.max_task_seconds  # noqa: B018 - validates the value now, not at the first task
     spec.proxy  # noqa: B018 - likewise the proxy table, at load rather than at serve
@@ -418,9 +424,30 @@ def _build_null(spec: ResourceSpec) -> QuantumResource:
     )
 
 
+def _check_qdmi(spec: ResourceSpec) -> None:
+    from qhpc.resources.qdmi_config import check_qdmi_options
+
+    check_qdmi_options(spec.name, spec.options, spec.source)
+
+
+def _build_qdmi(spec: ResourceSpec) -> QuantumResource:
+    from qhpc.resources.qdmi import QdmiResource
+
+    return QdmiResource(
+        spec.name,
+        _get(spec, "device", str, None),
+        driver=_get(spec, "driver", str, None),
+        token_file=_get(spec, "token_file", str, None),
+        max_shots=_get(spec, "max_shots", int, 100_000),
+        max_circuits=_get(spec, "max_circuits", int, 300),
+        timeout=_get(spec, "timeout", float, 30.0),
+    )
+
+
 AER = ResourceType("aer", frozenset(_OPTIONS["aer"]), _build_aer)
 EMULATOR = ResourceType("emulator", frozenset(_OPTIONS["emulator"]), _build_emulator)
 QX = ResourceType("qx", frozenset(_OPTIONS["qx"]), _build_qx)
 NULL = ResourceType("null", frozenset(_OPTIONS["null"]), _build_null)
+QDMI = ResourceType("qdmi", frozenset(_OPTIONS["qdmi"]), _build_qdmi, _check_qdmi)
 #: qhpc's own types, declared in its pyproject.toml like any plugin's (types.py)
-BUILTIN_TYPES: dict[str, ResourceType] = {t.name: t for t in (NULL, AER, EMULATOR, QX)}
+BUILTIN_TYPES: dict[str, ResourceType] = {t.name: t for t in (NULL, AER, EMULATOR, QX, QDMI)}

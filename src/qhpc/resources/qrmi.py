@@ -45,6 +45,7 @@ from qiskit.primitives.containers import (
 )
 
 from qhpc.resources.base import QuantumResource, ResourceState, ResourceStatus, TaskStatus
+from qhpc.resources.bounded import bounded_call
 from qhpc.resources.errors import (
     AcquisitionError,
     PayloadError,
@@ -191,27 +192,6 @@ def _pauli_dict(op: Any, index: int) -> dict[str, float]:
     return {label: c.real for label, c in terms.items()}
 
 
-def _bounded(call: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
-    """Run ``call`` in a daemon thread; a hung vendor call must not hang qhpc (or its exit)."""
-    box: list[tuple[bool, Any]] = []
-
-    def work() -> None:
-        try:
-            box.append((True, call(*args)))
-        except Exception as exc:
-            box.append((False, exc))
-
-    worker = threading.Thread(target=work, name="qrmi-call", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not box:
-        raise TimeoutError(f"no answer within {timeout:g} s")
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return value
-
-
 class QrmiResource(QuantumResource):
     """One QRMI resource; ``name`` is also the vendor backend name unless ``backend`` is given.
 
@@ -288,7 +268,7 @@ class QrmiResource(QuantumResource):
 
     def _call(self, what: str, method: Callable[..., Any], *args: Any) -> Any:
         try:
-            return _bounded(method, args, self.timeout)
+            return bounded_call(method, args, self.timeout, "qrmi-call")
         except TimeoutError as exc:
             message = f"{self.name}: {what}: {exc} (the vendor may still act on it)"
             raise TaskFailedError(message) from None

@@ -9,7 +9,7 @@ A third party adds a resource type by installing a package that declares, in its
 where ``RESOURCE_TYPE`` is a :class:`~qhpc.resources.ResourceType`: the type's name (as written in a
 resources file), the options it accepts, and how to build the adapter from a
 :class:`~qhpc.resources.config.ResourceSpec`. No change to qhpc is needed; qhpc's own
-types (``aer``, ``emulator``, ``qx``, ``null``) are declared the same way in qhpc's
+types (``aer``, ``emulator``, ``qx``, ``qdmi``, ``null``) are declared the same way in qhpc's
 ``pyproject.toml`` and are also known without it (running from a source tree).
 
 Loading an entry point imports the package that declares it, so only what an admin

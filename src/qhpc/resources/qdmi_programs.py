@@ -1,0 +1,137 @@
+"""Circuits into QDMI programs, and QDMI histograms back into qhpc's counts.
+
+A QDMI job carries programs of one format. qhpc writes:
+
+- **QIR** (text, base or adaptive profile) when every circuit of a task was read from
+  QIR — its ``metadata["qhpc_qir"]`` holds the LLVM IR text it was read from — and the
+  device takes that profile (a base-profile program also runs as adaptive): the device
+  then runs exactly what the tenant sent;
+- else **OpenQASM 2** where the device takes it and the circuits fit it (its registers
+  start at zero, so a partly measured register reads as Qiskit's);
+- else **OpenQASM 3**, every classical register first set to zero: OpenQASM 3 bits
+  start undefined, and mqt-core's DDSIM device refuses an output register that is not
+  fully written.
+
+Results come back as histograms keyed by bitstrings with classical bit 0 rightmost
+(Qiskit's order; QIR: result 0 rightmost), checked here before qhpc trusts them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mqt.core import qdmi
+from qiskit import qasm2, qasm3
+from qiskit.circuit import QuantumCircuit
+
+from qhpc.resources.errors import PayloadError, TaskFailedError, UnsupportedPayloadError
+from qhpc.resources.limits import DEFAULT_LIMITS
+from qhpc.resources.payload import normalise_counts
+
+#: the circuit metadata key of a circuit read from QIR: the LLVM IR text itself
+QIR_METADATA_KEY = "qhpc_qir"
+Format = qdmi.ProgramFormat
+_PROFILE = re.compile(r'"qir_profiles"\s*=\s*"([A-Za-z_]+)"')
+#: the QIR formats that run a program of each profile, preferred first
+_QIR_FORMATS = {
+    "base_profile": (Format.QIR_BASE_STRING, Format.QIR_ADAPTIVE_STRING),
+    "adaptive_profile": (Format.QIR_ADAPTIVE_STRING,),
+}
+
+
+@dataclass(frozen=True)
+class Programs:
+    """One task's programs, in circuit order, and the format they are written in."""
+
+    texts: tuple[str, ...]
+    format: qdmi.ProgramFormat
+
+
+def qir_profile(text: str) -> str:
+    """The QIR profile a module declares (``base_profile`` if it declares none)."""
+    match = _PROFILE.search(text)
+    return match.group(1) if match else "base_profile"
+
+
+def _qir(circuits: Sequence[QuantumCircuit], formats: set[qdmi.ProgramFormat]) -> Programs | None:
+    texts = []
+    chosen: set[qdmi.ProgramFormat] = set()
+    for index, circuit in enumerate(circuits):
+        text = (circuit.metadata or {}).get(QIR_METADATA_KEY)
+        if not isinstance(text, str):
+            return None
+        if len(text.encode("utf-8")) > DEFAULT_LIMITS.max_source_bytes:
+            raise PayloadError(
+                f"circuit {index}: its QIR is larger than {DEFAULT_LIMITS.max_source_bytes} bytes"
+            )
+        usable = [f for f in _QIR_FORMATS.get(qir_profile(text), ()) if f in formats]
+        if not usable:
+            return None
+        chosen.add(usable[0])
+        texts.append(text)
+    if len(chosen) != 1:  # base and adaptive programs in one task: run them all as adaptive
+        if Format.QIR_ADAPTIVE_STRING not in formats:
+            return None
+        chosen = {Format.QIR_ADAPTIVE_STRING}
+    return Programs(tuple(texts), chosen.pop())
+
+
+def _qasm3(circuit: QuantumCircuit) -> str:
+    start = circuit.copy_empty_like(vars_mode="drop")
+    start.global_phase = 0
+    for register in start.cregs:
+        start.store(register, 0)
+    for bit in start.clbits:
+        if not start.find_bit(bit).registers:
+            start.store(bit, False)
+    return str(qasm3.dumps(start.compose(circuit)))
+
+
+def build_programs(
+    circuits: Sequence[QuantumCircuit], formats: Sequence[qdmi.ProgramFormat], device: str
+) -> Programs:
+    """The programs for ``circuits`` in the best format the device takes (module docstring)."""
+    offered = set(formats)
+    qir = _qir(circuits, offered)
+    if qir is not None:
+        return qir
+    failures = []
+    for fmt, write in ((Format.QASM2, qasm2.dumps), (Format.QASM3, _qasm3)):
+        if fmt not in offered:
+            continue
+        try:
+            return Programs(tuple(str(write(c)) for c in circuits), fmt)
+        except Exception as exc:  # the exporter's own message names the instruction
+            failures.append(f"{fmt.name}: {exc}")
+    if failures:
+        raise UnsupportedPayloadError(
+            f"{device}: cannot write the circuits in a format the device takes "
+            f"({'; '.join(failures)})"
+        )
+    reported = ", ".join(f.name for f in formats) or "none (it describes a device, runs nothing)"
+    raise UnsupportedPayloadError(
+        f"{device}: the device takes no program format qhpc writes (OpenQASM 2, OpenQASM 3, "
+        f"QIR text); it reports: {reported}"
+    )
+
+
+def decode_counts(raw: Mapping[str, int], width: int, where: str) -> dict[str, int]:
+    """A device histogram as qhpc's counts (``width`` bits, bit 0 rightmost), checked."""
+    for key, value in raw.items():
+        if not isinstance(key, str) or key.strip("01") or len(key) > width:
+            shown = key[:80] if isinstance(key, str) else type(key).__name__
+            raise TaskFailedError(
+                f"{where}: the device returned the outcome {shown!r} for a circuit with "
+                f"{width} classical bits"
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TaskFailedError(f"{where}: the device returned a count that is not a number")
+    return normalise_counts(raw, width)
+
+
+def decode_shots(raw: Sequence[str], width: int, where: str) -> tuple[str, ...]:
+    """Per-shot outcomes, checked like :func:`decode_counts`."""
+    decode_counts(dict.fromkeys(raw, 1), width, where)
+    return tuple(bits.zfill(width) for bits in raw)
