@@ -255,7 +255,7 @@ def test_oversized_qir_is_refused_before_it_reaches_the_device(ddsim: QdmiResour
 def test_a_device_program_failure_fails_the_task_with_a_log_line(ddsim: QdmiResource) -> None:
     circuit = QuantumCircuit(1, 1)
     circuit.measure(0, 0)
-    circuit.metadata = {"qhpc_qir": "this is not LLVM IR"}
+    circuit.metadata = {"qhpc_qir": "define i64 @main() #0 {\n  this is not LLVM IR\n}\n"}
     task_id = ddsim.task_start(SamplerTask((circuit,), shots=1))
     assert ddsim.task_wait(task_id, timeout=60) is TaskStatus.FAILED
     assert "reported the job FAILED" in ddsim.task_logs(task_id).splitlines()[-1]
@@ -600,3 +600,36 @@ def test_a_task_runs_through_a_broker_configured_with_a_qdmi_resource(
                 )  # fmt: skip
         finally:
             broker.stop()
+
+
+def test_qir_read_by_qhpc_is_passed_through_to_a_qdmi_device_as_sent(ddsim: QdmiResource) -> None:
+    """The two halves meet: a program loaded from QIR (qhpc.resources.qir) runs on a
+    device that takes QIR as the QIR text. Only the counts can tell: the QIR prepares
+    a Bell pair and flips qubit 2."""
+    from qhpc.resources import QIR_METADATA, load_circuits
+
+    (circuit,) = load_circuits(BELL_QIR.replace("PROFILE", "base_profile"))
+    assert "__quantum__qis__h__body" in circuit.metadata[QIR_METADATA]
+    task_id = ddsim.task_start(SamplerTask((circuit,), shots=300))
+    assert ddsim.task_wait(task_id, timeout=60) is TaskStatus.COMPLETED
+    result = ddsim.task_result(task_id)
+    assert isinstance(result, SamplerResult)
+    assert set(result.circuits[0].counts) == {"100", "111"}
+    assert "QIR_BASE_STRING" in ddsim.task_logs(task_id)
+
+
+def test_older_qir_with_a_void_entry_point_runs_as_the_circuit_read_from_it(
+    ddsim: QdmiResource,
+) -> None:
+    """pyqir 0.12's builder writes ``void`` entry points, which DDSIM refuses (QIR 2.0
+    wants ``i64``): the circuit read from the same instructions runs as OpenQASM."""
+    from qhpc.resources import load_circuits
+    from qir_samples import bell_module
+
+    (circuit,) = load_circuits(bell_module().bitcode())
+    task_id = ddsim.task_start(SamplerTask((circuit,), shots=300))
+    assert ddsim.task_wait(task_id, timeout=60) is TaskStatus.COMPLETED
+    result = ddsim.task_result(task_id)
+    assert isinstance(result, SamplerResult)
+    assert set(result.circuits[0].counts) <= {"00", "11"}
+    assert "QASM" in ddsim.task_logs(task_id)

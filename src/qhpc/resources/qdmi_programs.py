@@ -33,6 +33,7 @@ from qhpc.resources.payload import normalise_counts
 #: the circuit metadata key of a circuit read from QIR: the LLVM IR text itself
 QIR_METADATA_KEY = "qhpc_qir"
 Format = qdmi.ProgramFormat
+_ENTRY_I64 = re.compile(r"^define\s+i64\s+@", re.MULTILINE)
 _PROFILE = re.compile(r'"qir_profiles"\s*=\s*"([A-Za-z_]+)"')
 #: the QIR formats that run a program of each profile, preferred first
 _QIR_FORMATS = {
@@ -49,10 +50,19 @@ class Programs:
     format: qdmi.ProgramFormat
 
 
-def qir_profile(text: str) -> str:
-    """The QIR profile a module declares (``base_profile`` if it declares none)."""
+def qir_profile(text: str, circuit: QuantumCircuit | None = None) -> str:
+    """The QIR profile a module declares (``base_profile`` if it declares none).
+
+    Generators also write profiles of their own (pyqir's builder: ``custom``). Such a
+    module was read instruction by instruction into ``circuit`` (qhpc.resources.qir
+    refuses what it does not know), so the circuit tells which standard profile it
+    fits: base without control flow, adaptive with it."""
     match = _PROFILE.search(text)
-    return match.group(1) if match else "base_profile"
+    declared = match.group(1) if match else "base_profile"
+    if declared in _QIR_FORMATS or circuit is None:
+        return declared
+    branches = any(instruction.operation.name == "if_else" for instruction in circuit.data)
+    return "adaptive_profile" if branches else "base_profile"
 
 
 def _qir(circuits: Sequence[QuantumCircuit], formats: set[qdmi.ProgramFormat]) -> Programs | None:
@@ -66,7 +76,12 @@ def _qir(circuits: Sequence[QuantumCircuit], formats: set[qdmi.ProgramFormat]) -
             raise PayloadError(
                 f"circuit {index}: its QIR is larger than {DEFAULT_LIMITS.max_source_bytes} bytes"
             )
-        usable = [f for f in _QIR_FORMATS.get(qir_profile(text), ()) if f in formats]
+        if not _ENTRY_I64.search(text):
+            # QIR 2.0 entry points return an i64 exit code, and DDSIM refuses the older
+            # ``void`` form (pyqir 0.12's builder still writes it). The circuit was read
+            # from every instruction of the same program, so it runs as OpenQASM instead.
+            return None
+        usable = [f for f in _QIR_FORMATS.get(qir_profile(text, circuit), ()) if f in formats]
         if not usable:
             return None
         chosen.add(usable[0])
