@@ -169,3 +169,23 @@ def test_malformed_payloads_fail_as_without_the_cache() -> None:
     body["circuit"] = b"not qpy"
     with pytest.raises(PayloadError, match="not readable QPY"):
         decoder.decode(msgspec.msgpack.encode(body))
+
+
+def test_a_byte_identical_payload_is_decoded_once_and_a_large_one_is_not_kept() -> None:
+    from qhpc.resources.codec import MAX_REMEMBERED_PAYLOAD_BYTES
+
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    decoder = PayloadDecoder()
+    data = encode_payload(SamplerTask((circuit,), shots=10))
+    first = decoder.decode(data)
+    assert decoder.decode(bytes(data)) is first  # served whole, not rebuilt
+    assert (decoder.misses, decoder.hits) == (1, 1)
+    wide = QuantumCircuit(1, 1)
+    for _ in range(MAX_REMEMBERED_PAYLOAD_BYTES // 8):
+        wide.x(0)
+    wide.measure(0, 0)
+    large = encode_payload(SamplerTask((wide,), shots=10))
+    assert len(large) > MAX_REMEMBERED_PAYLOAD_BYTES
+    assert decoder.decode(large) is not decoder.decode(large)  # circuits cached, payload not
+    assert len(decoder._payloads) == 1
