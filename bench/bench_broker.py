@@ -4,8 +4,11 @@ A real broker (SQLite store in a temp dir, or ``--db postgresql://…``) with a
 null (instant) resource, so the figures are the broker's own cost: admission,
 persistence, scheduling, executor hand-off and transport.
 
-- Fast path: several clients run concurrently, each in its own session, each
-  sending tasks back to back.
+- Fast path: one or several client processes (as real programs are: clients as
+  threads of this process would share the broker's interpreter lock), each in its
+  own session, each sending tasks back to back, one at a time or 64 in flight;
+  with ``--postgres URL`` (or ``$QHPC_BENCH_POSTGRES_URL``) the same again on
+  PostgreSQL, in the same run, reported beside SQLite's.
 - REST: a real uvicorn server in this process on 127.0.0.1 (a free port), with
   several concurrent httpx clients (threads, one keep-alive connection each).
   Requests/s of ``GET /v1/health`` (no token, no store) and ``GET /v1/resources``
@@ -24,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -44,7 +50,6 @@ from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerTask
 from qhpc.resources.codec import encode_payload
 from qhpc.security import Role
-from qhpc.session import FastPathClient
 from qhpc.store import FINAL_STATES, Store
 
 #: concurrent REST clients (threads, one keep-alive connection each)
@@ -63,44 +68,106 @@ def payload_bytes() -> bytes:
     return encode_payload(SamplerTask((circuit,), shots=100))
 
 
+#: one fast-path client: a process of its own, as a real program is (clients as threads
+#: of the broker's process would share its interpreter lock and understate the broker)
+CLIENT = """
+import sys, time
+sys.path.insert(0, sys.argv[5])
+from bench_broker import payload_bytes
+from qhpc.session import FastPathClient
+client = FastPathClient(sys.argv[1], sys.stdin.readline().strip(), timeout=120)
+data, tasks, pipelined = payload_bytes(), int(sys.argv[2]), sys.argv[3] == "1"
+for _ in range(int(sys.argv[4])):  # warm-up: caches and the broker's estimate
+    client.run_encoded(data)
+print("ready", flush=True)
+sys.stdin.readline()  # the common start
+started = time.perf_counter()
+if pipelined:
+    client.run_many_encoded([data] * tasks, window=64)
+else:
+    for _ in range(tasks):
+        client.run_encoded(data)
+print(time.perf_counter() - started, flush=True)
+client.close()
+"""
+WARMUP_TASKS = 50
+
+
 def fastpath_rate(
     broker: Broker, server: FastPathServer, clients: int, tasks: int, pipelined: bool = False
 ) -> float:
-    tokens = [
+    """Tasks/s of ``clients`` client processes, each in its own session, each sending
+    ``tasks`` tasks (one at a time, or 64 in flight), from a common start."""
+    sessions = [
         broker.open_session(user=f"u{i}", account="bench", resource="null",
-                            deadline=time.time() + 3600)[1]
+                            deadline=time.time() + 3600)
         for i in range(clients)
     ]  # fmt: skip
-    data = payload_bytes()
-    connections = [FastPathClient(server.endpoint, t, timeout=60) for t in tokens]
-    barrier = threading.Barrier(clients + 1)
-    failures: list[BaseException] = []
-
-    def work(client: FastPathClient) -> None:
-        barrier.wait()
-        try:
-            if pipelined:
-                client.run_many_encoded([data] * tasks, window=64)
-            else:
-                for _ in range(tasks):
-                    client.run_encoded(data)
-        except BaseException as exc:  # reported below: a failed run has no rate
-            failures.append(exc)
-
-    threads = [threading.Thread(target=work, args=(c,)) for c in connections]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{len(failures)} client(s) failed: {failures[0]!r}")
-    for client in connections:
-        broker.close_session(client.session_id)
-        client.close()
+    here = str(Path(__file__).resolve().parent)
+    command = [sys.executable, "-c", CLIENT, server.endpoint, str(tasks), str(int(pipelined)),
+               str(WARMUP_TASKS), here]  # fmt: skip
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in sessions
+    ]
+    try:
+        for proc, (_, token) in zip(procs, sessions, strict=True):
+            assert proc.stdin is not None
+            proc.stdin.write(token + "\n")  # the token on a pipe, never an argument
+            proc.stdin.flush()
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a fast-path client failed to start")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        # Each client times its own loop (its exit, with Qiskit's teardown, is not part
+        # of it); they start within microseconds, so the slowest one's time is the wall's.
+        took = []
+        for proc in procs:
+            output, _ = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"a fast-path client failed (exit {proc.returncode})")
+            took.append(float(output.split()[-1]))
+        elapsed = max(took)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for session, _ in sessions:
+        broker.close_session(session.session_id)
     return clients * tasks / elapsed
+
+
+def fastpath_report(db: str | Path, tasks: int, repeats: int) -> dict[str, float | str]:
+    """The fast-path figures on the store at ``db`` (a broker of its own)."""
+    registry = ResourceRegistry([ResourceSpec("null", "null", {})])
+    with Store.open(db) as store:
+        broker = Broker(store, registry, BrokerConfig(policy="fifo"))
+        broker.start()
+        server = FastPathServer(broker).start()
+        try:
+            one = [fastpath_rate(broker, server, 1, tasks) for _ in range(repeats)]
+            four = [fastpath_rate(broker, server, 4, tasks // 4) for _ in range(repeats)]
+            piped = [
+                fastpath_rate(broker, server, 1, tasks * 4, pipelined=True) for _ in range(repeats)
+            ]
+            if not broker.journal.flush(120):
+                raise RuntimeError("the journal did not commit the fast-path tasks")
+        finally:
+            server.stop()
+            broker.stop()
+            registry.close()
+        return {
+            "store": store.backend,
+            "fastpath_1_client_tasks_per_s": statistics.median(one),
+            "fastpath_1_client_roundtrip_ms": 1e3 / statistics.median(one),
+            "fastpath_4_clients_tasks_per_s": statistics.median(four),
+            "fastpath_pipelined_tasks_per_s": statistics.median(piped),
+        }
 
 
 # -- REST ---------------------------------------------------------------------------
@@ -261,39 +328,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few tasks (CI smoke test)")
     parser.add_argument("--db", help="store URL (default: SQLite in a temp dir)")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("QHPC_BENCH_POSTGRES_URL"),
+        help="also measure the fast path on this PostgreSQL store, in the same run "
+        "(default: $QHPC_BENCH_POSTGRES_URL)",
+    )
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args()
-    tasks = 50 if args.quick else 500
+    tasks = 200 if args.quick else 4000
     repeats = 1 if args.quick else 3
 
-    registry = ResourceRegistry([ResourceSpec("null", "null", {})])
-    with tempfile.TemporaryDirectory() as tmp, Store.open(args.db or Path(tmp) / "b.db") as store:
-        broker = Broker(store, registry, BrokerConfig(policy="fifo"))
-        broker.start()
-        server = FastPathServer(broker).start()
-        try:
-            one = [fastpath_rate(broker, server, 1, tasks) for _ in range(repeats)]
-            four = [fastpath_rate(broker, server, 4, tasks // 4) for _ in range(repeats)]
-            piped = [
-                fastpath_rate(broker, server, 1, tasks * 4, pipelined=True) for _ in range(repeats)
-            ]
-            rest = rest_report(broker, args.quick, repeats)
-        finally:
-            server.stop()
-            broker.stop()
-            registry.close()
-        backend = store.backend
-    report = {
-        "store": backend,
-        "fastpath_1_client_tasks_per_s": statistics.median(one),
-        "fastpath_1_client_roundtrip_ms": 1e3 / statistics.median(one),
-        "fastpath_4_clients_tasks_per_s": statistics.median(four),
-        "fastpath_pipelined_tasks_per_s": statistics.median(piped),
+    with tempfile.TemporaryDirectory() as tmp:
+        fast = fastpath_report(args.db or Path(tmp) / "b.db", tasks, repeats)
+        postgres = {} if not args.postgres else fastpath_report(args.postgres, tasks, repeats)
+        registry = ResourceRegistry([ResourceSpec("null", "null", {})])
+        with Store.open(args.db or Path(tmp) / "r.db") as store:
+            broker = Broker(store, registry, BrokerConfig(policy="fifo"))
+            broker.start()
+            try:
+                rest = rest_report(broker, args.quick, repeats)
+            finally:
+                broker.stop()
+                registry.close()
+    report: dict[str, object] = {
+        **fast,
+        "fastpath_clients_are_processes": True,
         "goal_tasks_per_s": 10_000,
+        "goal_one_at_a_time_tasks_per_s": 5_000,
         **rest,
     }
+    if postgres:
+        report["postgresql"] = postgres
     for key, value in report.items():
-        print(f"{key:<34} {value:>12.3f}" if isinstance(value, float) else f"{key:<34} {value:>12}")
+        if isinstance(value, dict):
+            for inner, figure in value.items():
+                shown = f"{figure:>12.3f}" if isinstance(figure, float) else f"{figure}"
+                print(f"{key + '.' + inner:<44} {shown}")
+        else:
+            print(f"{key:<44} {value:>12.3f}" if isinstance(value, float) else f"{key:<44} {value}")
     if args.json:
         write_report(args.json, report)
 
