@@ -241,10 +241,15 @@ static char *read_token_file(const char *path, qhpc_error *err)
         return NULL;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_TOKEN_FILE) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        qhpc_report(err, QHPC_E_ENV, "the token file %s is not a regular file of at most %d bytes",
-                    path, MAX_TOKEN_FILE);
+        qhpc_report(err, QHPC_E_ENV, "the token file %s is not a regular file", path);
+        return NULL;
+    }
+    if (st.st_size > MAX_TOKEN_FILE) {
+        close(fd);
+        qhpc_report(err, QHPC_E_ENV, "the token file %s is larger than %d bytes", path,
+                    MAX_TOKEN_FILE);
         return NULL;
     }
     char *text = calloc(MAX_TOKEN_FILE + 2, 1);

@@ -89,7 +89,7 @@ const char *qhpc_strerror(qhpc_status code)
 {
     switch (code) {
     case QHPC_OK: return "ok";
-    case QHPC_E_ENV: return "no QPU session in the environment";
+    case QHPC_E_ENV: return "no usable session (environment or token file)";
     case QHPC_E_AUTH: return "session token refused";
     case QHPC_E_CLOSED: return "session closed";
     case QHPC_E_INPUT: return "circuit or shots refused";
