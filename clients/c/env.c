@@ -186,10 +186,14 @@ static qhpc_session *from_env(const char *qpu, qhpc_error *err)
     const char *id_name = SESSION_ID_ENV;
     char keyed_token[64 + QHPC_MAX_ID];
     char keyed_id[64 + QHPC_MAX_ID];
+    if (qpu != NULL && strlen(qpu) > QHPC_MAX_ID) {
+        qhpc_report(err, QHPC_E_ARG, "the QPU name is longer than %d characters", QHPC_MAX_ID);
+        return NULL;
+    }
     if (qpu != NULL && (resource == NULL || strcmp(qpu, resource) != 0)) {
         if (!keyed_name(keyed_token, sizeof keyed_token, SESSION_ENV, qpu) ||
             !keyed_name(keyed_id, sizeof keyed_id, SESSION_ID_ENV, qpu)) {
-            qhpc_report(err, QHPC_E_ARG, "the QPU name is longer than %d characters", QHPC_MAX_ID);
+            qhpc_report(err, QHPC_E_ARG, "the QPU name is too long");
             return NULL;
         }
         token_name = keyed_token;

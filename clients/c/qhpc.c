@@ -34,6 +34,7 @@ struct qhpc_task {
     char *id;
     int ended;               /* final at the broker: `outcome` is the answer */
     qhpc_status outcome;
+    char *reason;            /* why it ended without counts, to repeat on a later wait */
     size_t ncircuits;
     outcomes *circuits;
 };
@@ -175,6 +176,7 @@ void qhpc_task_free(qhpc_task *task)
     }
     free_outcomes(task);
     free(task->id);
+    free(task->reason);
     release(task->session);
     free(task);
 }
@@ -437,6 +439,9 @@ static qhpc_status settle(qhpc_task *task, json_t *detail)
     }
     task->ended = 1;
     task->outcome = code;
+    if (code != QHPC_OK) {
+        task->reason = strdup(session->message); /* NULL (no memory): the status alone */
+    }
     return code;
 }
 
@@ -455,8 +460,8 @@ qhpc_status qhpc_wait(qhpc_task *task, double timeout_s)
     qhpc_session *session = task->session;
     if (task->ended) {
         if (task->outcome != QHPC_OK && !session->closed) {
-            qhpc_fail(session, task->outcome, "task %s has ended: %s", task->id,
-                      qhpc_strerror(task->outcome));
+            qhpc_fail(session, task->outcome, "%s",
+                      task->reason ? task->reason : qhpc_strerror(task->outcome));
         }
         return task->outcome;
     }

@@ -46,9 +46,7 @@ def programs(cluster: Cluster) -> Path:
     return out
 
 
-def test_a_c_program_uses_its_jobs_session_and_is_booked(
-    cluster: Cluster, programs: Path
-) -> None:
+def test_a_c_program_uses_its_jobs_session_and_is_booked(cluster: Cluster, programs: Path) -> None:
     dump = cluster.work / "c-job.env"
     body = f"env > {dump}\n{programs}/bell 500\n{programs}/sweep 5 200 2"
     job = cluster.sbatch(
