@@ -198,10 +198,13 @@ def test_every_kind_of_bad_token_is_401(world: tuple[World, TestClient]) -> None
         "expired": bearer(expired),
         "revoked": bearer(revoked),
     }
+    # a client tells "session over" from "wrong token" by the type, not the wording
+    kinds = {"expired": "token-expired", "revoked": "token-revoked"}
     for fragment, headers in cases.items():
         response = http.get("/v1/jobs", headers=headers)
         body = assert_problem(response, 401)
         assert fragment in body["detail"]
+        assert body["type"] == f"urn:qhpc:problem:{kinds.get(fragment, 'auth')}"
         assert response.headers["www-authenticate"] == "Bearer"
         still_serves(http, w.alice)
 

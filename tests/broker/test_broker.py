@@ -113,7 +113,7 @@ def test_session_tasks_tokens_and_close(broker: Broker, store: Store, bell: Quan
     import time as _time
 
     from qhpc.broker.scheduler import SessionMode
-    from qhpc.security import AuthError, Role
+    from qhpc.security import AuthError, Role, TokenRevoked
 
     session, secret = broker.open_session(
         user="bob", account="phys", resource="aer", deadline=_time.time() + 60,
@@ -130,13 +130,15 @@ def test_session_tasks_tokens_and_close(broker: Broker, store: Store, bell: Quan
         assert broker.wait_task(task_id, timeout=60).state == "completed"
     assert [t.index for t in store.tasks_of_job(session.session_id)] == [0, 1, 2]
     broker.close_session(session.session_id)
-    with pytest.raises(AuthError, match="revoked"):
+    with pytest.raises(TokenRevoked, match="revoked"):  # an AuthError, typed for clients
         broker.access.authenticate(secret)
+    assert issubclass(TokenRevoked, AuthError)
     assert store.get_job(session.session_id).state == "completed"
-    from qhpc.broker import BrokerError
+    from qhpc.broker import BrokerError, SessionClosed
 
-    with pytest.raises(BrokerError, match="closed"):
+    with pytest.raises(SessionClosed, match="closed"):  # a BrokerError: still 409
         broker.submit_session_task(session.session_id, SamplerTask((bell,), 1))
+    assert issubclass(SessionClosed, BrokerError)
 
 
 def test_expired_sessions_are_closed(broker: Broker, store: Store) -> None:

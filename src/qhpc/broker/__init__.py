@@ -15,7 +15,7 @@ from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.config import BrokerConfig
 from qhpc.broker.drains import DrainRequest, InvalidDrain, NotDrained
 from qhpc.broker.duty import DutyCycles, SessionDuty
-from qhpc.broker.errors import BrokerError
+from qhpc.broker.errors import BrokerError, SessionClosed
 from qhpc.broker.idempotency import (
     IDEMPOTENCY_TTL,
     Idempotency,
@@ -120,6 +120,7 @@ __all__ = [
     "Retention",
     "Routed",
     "SchedulingView",
+    "SessionClosed",
     "SessionDuty",
     "SessionLease",
     "SessionMode",

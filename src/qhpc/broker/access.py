@@ -12,7 +12,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from qhpc.security import AuthError, Principal, Role, hash_token, new_token
+from qhpc.security import (
+    AuthError,
+    Principal,
+    Role,
+    TokenExpired,
+    TokenRevoked,
+    hash_token,
+    new_token,
+)
 from qhpc.store import Store, TokenRecord
 
 
@@ -57,9 +65,9 @@ class Access:
         if record is None:
             raise AuthError("unknown token")
         if record.revoked_at is not None:
-            raise AuthError("token was revoked")
+            raise TokenRevoked("token was revoked")
         if record.expires_at is not None and record.expires_at <= self.clock():
-            raise AuthError("token has expired")
+            raise TokenExpired("token has expired")
         return Principal(
             token_id=record.token_id,
             role=Role(record.role),

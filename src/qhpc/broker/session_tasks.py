@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from qhpc.broker import admission
-from qhpc.broker.errors import BrokerError
+from qhpc.broker.errors import BrokerError, SessionClosed
 from qhpc.broker.executor import ResourceExecutor, Shared, queued
 from qhpc.broker.sessions import Sessions, SessionTaskOutcome
 from qhpc.broker.telemetry import DIRECT, FASTPATH, REST
@@ -93,12 +93,12 @@ class SessionTasks:
         now = self.clock()
         if session is None or session.deadline <= now:
             self.store.get_session(session_id)  # unknown → NotFoundError
-            raise BrokerError(f"session {session_id} is closed")
+            raise SessionClosed(f"session {session_id} is closed")
         executor = self.executors[session.resource]
         data = admission.encoded(payload, executor.resource, self.max_payload_bytes, data=encoded)
         with self.shared.cond:
             if session_id not in self.sessions.open:
-                raise BrokerError(f"session {session_id} is closed")
+                raise SessionClosed(f"session {session_id} is closed")
             if self.shared.stopping:
                 raise BrokerError("the broker is stopping")
             task = admission.session_task(

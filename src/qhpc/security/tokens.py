@@ -35,6 +35,17 @@ class AuthError(QhpcError):
     """The token is missing, malformed, unknown, expired or revoked (HTTP 401)."""
 
 
+class TokenRevoked(AuthError):
+    """The token was revoked: for a session token, its session was closed (HTTP 401,
+    problem type ``token-revoked``, so a client can tell "session over" from "wrong
+    token" without reading the message)."""
+
+
+class TokenExpired(AuthError):
+    """The token's end has passed: for a session token, its session's deadline (HTTP
+    401, problem type ``token-expired``)."""
+
+
 class PermissionDenied(QhpcError):
     """The token is valid but may not do this (HTTP 403)."""
 
