@@ -40,3 +40,28 @@ def test_a_deadline_after_the_one_it_sleeps_on_fires_when_its_turn_comes() -> No
     assert first.wait(5)
     assert not second.is_set()
     assert second.wait(5)
+
+
+def test_a_task_that_finished_before_the_thread_looked_does_not_make_it_wake_per_task() -> None:
+    """The watchdog's thread often finds the heap empty (inline tasks finish in
+    microseconds); it must not then need a notify from every next task."""
+    watchdog = _Watchdog()
+    wakes = 0
+    notify = watchdog._cond.notify
+
+    def counted(n: int = 1) -> None:
+        nonlocal wakes
+        wakes += 1
+        notify(n)
+
+    watchdog._cond.notify = counted  # type: ignore[method-assign]
+    first = watchdog.watch(600, threading.Event())
+    first.done = True
+    deadline = time.monotonic() + 5
+    while watchdog._wakes_at > time.monotonic() + 3600:  # until the thread has slept once
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for _ in range(1000):
+        watchdog.watch(600, threading.Event()).done = True
+        time.sleep(0)
+    assert wakes <= 2

@@ -48,6 +48,11 @@ class _Deadline:
     done: bool = False
 
 
+#: how long the watchdog's thread sleeps when no task is running (tasks whose limit
+#: ends sooner wake it; see _Watchdog.watch)
+IDLE_WAKE_SECONDS = 30.0
+
+
 @dataclass
 class _Watchdog:
     """Sets the stop request of every task that runs past its deadline (one thread,
@@ -57,7 +62,7 @@ class _Watchdog:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _order: itertools.count[int] = field(default_factory=itertools.count)
     _thread: threading.Thread | None = None
-    #: when the watchdog's thread wakes next on its own (inf: only when notified)
+    #: when the watchdog's thread wakes next on its own (inf: before it first sleeps)
     _wakes_at: float = math.inf
 
     def watch(self, seconds: float, stop: threading.Event) -> _Deadline:
@@ -86,8 +91,11 @@ class _Watchdog:
                 while self._heap and self._heap[0][2].done:
                     heapq.heappop(self._heap)
                 if not self._heap:
-                    self._wakes_at = math.inf
-                    self._cond.wait()
+                    # Not an indefinite wait: inline tasks finish before this thread gets
+                    # to look, so it often finds the heap empty, and a thread that slept
+                    # "until notified" would have to be woken by the very next task.
+                    self._wakes_at = time.monotonic() + IDLE_WAKE_SECONDS
+                    self._cond.wait(IDLE_WAKE_SECONDS)
                     continue
                 due, _, deadline = self._heap[0]
                 left = due - time.monotonic()
