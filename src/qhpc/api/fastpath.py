@@ -101,8 +101,12 @@ def __getattr__(name: str) -> Any:
 
 #: a session task expected to take at most this long (seconds) runs on the server's
 #: own thread when its resource is idle: two thread hand-offs fewer, while a longer
-#: one would hold up the other connections' messages
-INLINE_BUDGET = 0.0005
+#: one would hold up the other connections' messages. 2 ms covers a small exact
+#: estimator step on Aer (H2's VQE step: ~0.75 ms), whose hand-offs to the executor's
+#: thread and back cost more than the step itself (bench/bench_vqe.py: ~1.5 ms per
+#: evaluation less than with a 0.5 ms budget, paired runs); another connection's
+#: message waits at most that long, about one step of a session on the same QPU
+INLINE_BUDGET = 0.002
 #: connections remembered at once (each may hold a cache of decoded circuits)
 MAX_CONNECTIONS = 1024
 #: how often (seconds) connections of closed sessions are forgotten
