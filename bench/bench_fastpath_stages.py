@@ -11,8 +11,10 @@ per-connection payload cache), admission (session checks, task record, may it ru
 now), run (the resource, inline on the server's thread when idle), result
 encoding, journal log (the write that makes releasing the result safe), broker →
 client (handler end → the client has the reply). The journal's group commit is
-off the path; its cost per task is shown apart (it still takes the broker's
-interpreter lock). Prints medians in µs; ``--json PATH`` writes them.
+off the path, in a committer process (qhpc.store.committer); the wall time the
+journal's thread waits for it, per task, is shown apart (waiting on a pipe does
+not hold the broker's interpreter lock). Prints medians in µs; ``--json PATH``
+writes them.
 
 Run: ``.venv/bin/python bench/bench_fastpath_stages.py [--tasks N] [--json results/stages.json]``
 """
@@ -35,7 +37,7 @@ from typing import Any
 from qhpc.api import fastpath
 from qhpc.broker import admission, dispatch, executor, journal, service
 from qhpc.resources import ResourceRegistry, ResourceSpec, codec
-from qhpc.store import Store
+from qhpc.store import CommitterProcess, Store
 
 Marks = dict[str, list[tuple[float, float]]]
 LABELS = {
@@ -44,7 +46,7 @@ LABELS = {
     "encode": "result encoding",
     "log": "journal log (release point)",
 }
-COMMIT = "group commit, mean per task (off the path)"
+COMMIT = "group commit, wall per task (committer process, off the path)"
 
 CLIENT = """
 import json, sys, time
@@ -94,7 +96,7 @@ def stages_of(path: str, tasks: int) -> dict[str, float]:
             (executor.ResourceExecutor, "run_one"),
             (executor, "encode_result"),
             (journal.Journal, "append"),
-            (Store, "record_finished_tasks"),
+            (CommitterProcess, "record_finished_tasks"),
         )
     ]
     wrap(*handler, "handler", marks)
@@ -103,7 +105,7 @@ def stages_of(path: str, tasks: int) -> dict[str, float]:
     wrap(executor.ResourceExecutor, "run_one", "run", marks)
     wrap(executor, "encode_result", "encode", marks)
     wrap(journal.Journal, "append", "log", marks)
-    wrap(Store, "record_finished_tasks", "commit", marks)
+    wrap(CommitterProcess, "record_finished_tasks", "commit", marks)
     registry = ResourceRegistry([ResourceSpec("null", "null", {})])
     try:
         with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.db") as store:

@@ -46,6 +46,7 @@ from qhpc.broker.inputs import PolicyInputs
 from qhpc.broker.journal import writer_for
 from qhpc.broker.leases import Leases
 from qhpc.broker.lifecycle import JobLog, ResourceWatch
+from qhpc.broker.memory import MemoryReturn
 from qhpc.broker.operators import Operators
 from qhpc.broker.pools import PoolRouter
 from qhpc.broker.programs import ProgramManager
@@ -112,6 +113,8 @@ class Broker:
             writer_for(store, in_process=config.commit_in_process),
         )  # fmt: skip
         self.journal = self.sessions.journal
+        #: gives the heap's free pages back once a burst of work has drained (memory.py)
+        self.memory = MemoryReturn()
         self.tasks = TaskQueries(store, self.sessions, self.shared.cond)
         #: what the API reads and changes besides jobs and sessions (records.py)
         self.records = Records(store, self.invalidate)
@@ -380,3 +383,8 @@ class Broker:
                 self.operators.lapse()
             except Exception:
                 log.exception("closing expired sessions or drains failed")
+            with self.shared.cond:
+                busy = bool(self.sessions.in_flight) or any(
+                    e.queue or e.running is not None for e in self.executors.values()
+                )
+            self.memory.observe(busy)
