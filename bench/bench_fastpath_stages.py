@@ -83,7 +83,7 @@ def first_after(spans: list[tuple[float, float]], t: float) -> tuple[float, floa
     return spans[min(index, len(spans) - 1)]
 
 
-def stages_of(path: str, tasks: int) -> dict[str, float]:
+def stages_of(path: str, tasks: int, in_process: bool = False) -> dict[str, float]:
     marks: Marks = collections.defaultdict(list)
     handler = (fastpath.FastPathServer, "_run") if path == "fast path" else (
         dispatch.DirectDispatcher, "_run_frame")  # fmt: skip
@@ -97,6 +97,7 @@ def stages_of(path: str, tasks: int) -> dict[str, float]:
             (executor, "encode_result"),
             (journal.Journal, "append"),
             (CommitterProcess, "record_finished_tasks"),
+            (journal.InProcess, "record_finished_tasks"),
         )
     ]
     wrap(*handler, "handler", marks)
@@ -106,10 +107,12 @@ def stages_of(path: str, tasks: int) -> dict[str, float]:
     wrap(executor, "encode_result", "encode", marks)
     wrap(journal.Journal, "append", "log", marks)
     wrap(CommitterProcess, "record_finished_tasks", "commit", marks)
+    wrap(journal.InProcess, "record_finished_tasks", "commit", marks)
     registry = ResourceRegistry([ResourceSpec("null", "null", {})])
     try:
         with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.db") as store:
-            broker = service.Broker(store, registry, service.BrokerConfig(policy="fifo"))
+            config = service.BrokerConfig(policy="fifo", commit_in_process=in_process)
+            broker = service.Broker(store, registry, config)
             broker.start()
             server: Any = (
                 fastpath.FastPathServer(broker).start()
@@ -158,9 +161,18 @@ def stages_of(path: str, tasks: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument(
+        "--commit-in-process",
+        action="store_true",
+        help="the journal commits on the broker's own interpreter (as before the committer "
+        "process), for comparison",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    found = {path: stages_of(path, args.tasks) for path in ("fast path", "direct channel")}
+    found = {
+        path: stages_of(path, args.tasks, args.commit_in_process)
+        for path in ("fast path", "direct channel")
+    }
     for path, report in found.items():
         print(path)
         for name, value in report.items():
