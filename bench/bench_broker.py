@@ -8,7 +8,9 @@ persistence, scheduling, executor hand-off and transport.
   threads of this process would share the broker's interpreter lock), each in its
   own session, each sending tasks back to back, one at a time or 64 in flight;
   with ``--postgres URL`` (or ``$QHPC_BENCH_POSTGRES_URL``) the same again on
-  PostgreSQL, in the same run, reported beside SQLite's.
+  PostgreSQL, in the same run, reported beside SQLite's. The same one-at-a-time
+  loops also run over the direct channel on TCP (``direct://``, ``qhpc serve
+  --direct-bind``), which has no pipelining (one frame in flight per connection).
 - REST: a real uvicorn server in this process on 127.0.0.1 (a free port), with
   several concurrent httpx clients (threads, one keep-alive connection each).
   Requests/s of ``GET /v1/health`` (no token, no store) and ``GET /v1/resources``
@@ -46,6 +48,7 @@ from qiskit.circuit import QuantumCircuit
 
 from qhpc.api import create_app
 from qhpc.api.fastpath import FastPathServer
+from qhpc.broker.dispatch import DirectDispatcher
 from qhpc.broker.service import Broker, BrokerConfig
 from qhpc.resources import ResourceRegistry, ResourceSpec, SamplerTask
 from qhpc.resources.codec import encode_payload
@@ -74,8 +77,8 @@ CLIENT = """
 import sys, time
 sys.path.insert(0, sys.argv[5])
 from bench_broker import payload_bytes
-from qhpc.session import FastPathClient
-client = FastPathClient(sys.argv[1], sys.stdin.readline().strip(), timeout=120)
+from qhpc.session import open_channel
+client = open_channel(sys.argv[1], sys.stdin.readline().strip(), timeout=120)
 data, tasks, pipelined = payload_bytes(), int(sys.argv[2]), sys.argv[3] == "1"
 for _ in range(int(sys.argv[4])):  # warm-up: caches and the broker's estimate
     client.run_encoded(data)
@@ -94,7 +97,7 @@ WARMUP_TASKS = 50
 
 
 def fastpath_rate(
-    broker: Broker, server: FastPathServer, clients: int, tasks: int, pipelined: bool = False
+    broker: Broker, endpoint: str, clients: int, tasks: int, pipelined: bool = False
 ) -> float:
     """Tasks/s of ``clients`` client processes, each in its own session, each sending
     ``tasks`` tasks (one at a time, or 64 in flight), from a common start."""
@@ -104,7 +107,7 @@ def fastpath_rate(
         for i in range(clients)
     ]  # fmt: skip
     here = str(Path(__file__).resolve().parent)
-    command = [sys.executable, "-c", CLIENT, server.endpoint, str(tasks), str(int(pipelined)),
+    command = [sys.executable, "-c", CLIENT, endpoint, str(tasks), str(int(pipelined)),
                str(WARMUP_TASKS), here]  # fmt: skip
     procs = [
         subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -149,15 +152,23 @@ def fastpath_report(db: str | Path, tasks: int, repeats: int) -> dict[str, float
         broker = Broker(store, registry, BrokerConfig(policy="fifo"))
         broker.start()
         server = FastPathServer(broker).start()
+        direct = DirectDispatcher(broker, tcp=("127.0.0.1", 0))
+        assert direct.tcp_endpoint is not None
         try:
-            one = [fastpath_rate(broker, server, 1, tasks) for _ in range(repeats)]
-            four = [fastpath_rate(broker, server, 4, tasks // 4) for _ in range(repeats)]
+            zmq = server.endpoint
+            one = [fastpath_rate(broker, zmq, 1, tasks) for _ in range(repeats)]
+            four = [fastpath_rate(broker, zmq, 4, tasks // 4) for _ in range(repeats)]
             piped = [
-                fastpath_rate(broker, server, 1, tasks * 4, pipelined=True) for _ in range(repeats)
+                fastpath_rate(broker, zmq, 1, tasks * 4, pipelined=True) for _ in range(repeats)
+            ]
+            tcp = [fastpath_rate(broker, direct.tcp_endpoint, 1, tasks) for _ in range(repeats)]
+            tcp_four = [
+                fastpath_rate(broker, direct.tcp_endpoint, 4, tasks // 4) for _ in range(repeats)
             ]
             if not broker.journal.flush(120):
                 raise RuntimeError("the journal did not commit the fast-path tasks")
         finally:
+            direct.stop()
             server.stop()
             broker.stop()
             registry.close()
@@ -167,6 +178,9 @@ def fastpath_report(db: str | Path, tasks: int, repeats: int) -> dict[str, float
             "fastpath_1_client_roundtrip_ms": 1e3 / statistics.median(one),
             "fastpath_4_clients_tasks_per_s": statistics.median(four),
             "fastpath_pipelined_tasks_per_s": statistics.median(piped),
+            "direct_tcp_1_client_tasks_per_s": statistics.median(tcp),
+            "direct_tcp_1_client_roundtrip_ms": 1e3 / statistics.median(tcp),
+            "direct_tcp_4_clients_tasks_per_s": statistics.median(tcp_four),
         }
 
 

@@ -236,11 +236,11 @@ CO_LOCATED_PROGRAM = ITERATION_LOOP
 
 def role_fastpath_client(endpoint: str, token: str, iterations: int) -> None:
     """The client-driven loop: a separate process (as a Slurm job would be)."""
-    from qhpc.session import QPU, FastPathClient
+    from qhpc.session import QPU, open_channel
 
     namespace: dict[str, Any] = {}
     exec(compile(ITERATION_LOOP, "<loop>", "exec"), namespace)
-    qpu = QPU(FastPathClient(endpoint, token))
+    qpu = QPU(open_channel(endpoint, token))  # the fast path, or direct:// over TCP
     json.dump(namespace["main"](qpu, iterations), sys.stdout)
     qpu.close()
 
@@ -253,6 +253,8 @@ def qhpc_iteration_overhead(iterations: int) -> dict[str, dict[str, list[float]]
 
     ``client-driven``: the loop runs in a separate process; each iteration is a
     session task through the broker's ZeroMQ fast path (TCP loopback).
+    ``client-driven, direct TCP``: the same loop over the direct channel's frames on
+    TCP loopback (``qhpc serve --direct-bind``), no ZeroMQ.
     ``co-located``: the loop runs in a runtime-pool program started by the broker
     (a hybrid job); each iteration goes over the direct Unix-socket channel and runs
     inline on the broker's connection thread.
@@ -262,6 +264,7 @@ def qhpc_iteration_overhead(iterations: int) -> dict[str, dict[str, list[float]]
     transport and broker only).
     """
     from qhpc.api.fastpath import FastPathServer
+    from qhpc.broker.dispatch import DirectDispatcher
     from qhpc.broker.service import Broker, BrokerConfig
     from qhpc.resources import ResourceRegistry, ResourceSpec
     from qhpc.store import Store
@@ -284,6 +287,18 @@ def qhpc_iteration_overhead(iterations: int) -> dict[str, dict[str, list[float]]
             if client.returncode:
                 raise RuntimeError(f"client-driven loop failed with code {client.returncode}")
             found["client-driven"] = json.loads(output)
+            direct = DirectDispatcher(broker, tcp=("127.0.0.1", 0))
+            try:
+                assert direct.tcp_endpoint is not None
+                client = spawn_role("fastpath-client", "--endpoint", direct.tcp_endpoint,
+                                    "--iterations", str(iterations),
+                                    env={"QHPC_SESSION": token})  # fmt: skip
+                output, _ = client.communicate(timeout=600)
+            finally:
+                direct.stop()
+            if client.returncode:
+                raise RuntimeError(f"direct TCP loop failed with code {client.returncode}")
+            found["client-driven, direct TCP"] = json.loads(output)
             job = broker.programs.submit(
                 user="bench", account="bench", resource="null", source=CO_LOCATED_PROGRAM,
                 args={"iterations": iterations, "settle": 0.5}, timeout=600,

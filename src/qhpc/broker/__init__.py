@@ -13,6 +13,7 @@ from qhpc.broker.admission_control import (
 )
 from qhpc.broker.chunking import DEFAULT_CHUNK_SECONDS, shot_chunks
 from qhpc.broker.config import BrokerConfig
+from qhpc.broker.dispatch import DirectDispatcher
 from qhpc.broker.drains import DrainRequest, InvalidDrain, NotDrained
 from qhpc.broker.duty import DutyCycles, SessionDuty
 from qhpc.broker.errors import BrokerError, SessionClosed
@@ -94,6 +95,7 @@ __all__ = [
     "Broker",
     "BrokerConfig",
     "BrokerError",
+    "DirectDispatcher",
     "DrainRequest",
     "DutyCycles",
     "FairSharePolicy",

@@ -7,7 +7,9 @@ the session token once and then, per frame, runs the task through
 One thread per connection keeps a round trip to two context switches.
 
 The socket is world-connectable (programs run under an unprivileged uid): what
-protects it is the session token, checked exactly as on the fast path. Since any
+protects it is the session token, checked exactly as on the fast path. With a TCP
+address it also listens there (``direct://HOST:PORT``), the same frames, threads and
+limits: any host that reaches the port may connect, as on the ZeroMQ fast path. Since any
 local user can connect, a connection must send its HELLO within
 ``hello_timeout`` seconds or it is closed, and at most ``max_connections`` are
 open at once (authenticated or not); further ones are refused with an ERROR
@@ -44,6 +46,7 @@ from qhpc.session.direct import (
     RESULT,
     SCHEME,
     TASK,
+    TCP_SCHEME,
     FrameReader,
     frame,
 )
@@ -87,8 +90,13 @@ class _Refused(Exception):
         self.status, self.detail, self.fatal = status, detail, fatal
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class DirectDispatcher:
-    """Listens on ``unix://<private dir>/dispatch.sock`` for co-located programs."""
+    """Listens on ``unix://<private dir>/dispatch.sock`` for co-located programs, and
+    with ``tcp=(host, port)`` on ``direct://host:port`` for programs elsewhere."""
 
     def __init__(
         self,
@@ -97,6 +105,7 @@ class DirectDispatcher:
         *,
         hello_timeout: float = HELLO_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        tcp: tuple[str, int] | None = None,
     ) -> None:
         self.broker = broker
         self.hello_timeout = hello_timeout
@@ -119,8 +128,21 @@ class DirectDispatcher:
         self._refused = 0
         self._refusal_logged_at = float("-inf")
         self._max_frame = broker.config.max_payload_bytes + 1024
-        self._thread = threading.Thread(target=self._accept, name="qhpc-dispatch", daemon=True)
-        self._thread.start()
+        self._listeners = [self._listener]
+        #: ``direct://HOST:PORT`` when also listening on TCP (see qhpc.session.direct)
+        self.tcp_endpoint: str | None = None
+        if tcp is not None:
+            listener = socket.create_server(tcp, family=_family(tcp[0]), backlog=64)
+            host, port = listener.getsockname()[:2]
+            self.tcp_endpoint = f"{TCP_SCHEME}{f'[{host}]' if ':' in host else host}:{port}"
+            self._listeners.append(listener)
+        self._threads = [
+            threading.Thread(target=self._accept, args=(listener,), name="qhpc-dispatch",
+                             daemon=True)
+            for listener in self._listeners
+        ]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
 
     def stats(self, session_id: str) -> DispatchStats:
         """The session's figures so far (a copy; zeros if it made no direct call)."""
@@ -136,17 +158,19 @@ class DirectDispatcher:
         with self._lock:
             self._stopped = True
             connections = list(self._connections)
-        try:  # wakes the thread blocked in accept() (close() alone would not, on Linux)
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
+        for listener in self._listeners:
+            try:  # wakes the thread blocked in accept() (close() alone would not, on Linux)
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
         for conn in connections:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
         try:
             os.unlink(self.path)
         except OSError:
@@ -158,12 +182,14 @@ class DirectDispatcher:
 
     # -- serving ---------------------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except OSError:
                 return
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 if self._stopped:
                     conn.close()

@@ -67,8 +67,8 @@ def _finite(value: float) -> float:
     return value
 
 
-def metrics_address(text: str | None) -> tuple[str, int] | None:
-    """``HOST:PORT`` (``[::1]:9464`` for IPv6) of the metrics listener; None: off."""
+def metrics_address(text: str | None, option: str = "--metrics-bind") -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) of an extra listener; None: off."""
     if text is None:
         return None
     host, sep, port = text.rpartition(":")
@@ -77,7 +77,7 @@ def metrics_address(text: str | None) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise typer.BadParameter(
             "expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9464",
-            param_hint="--metrics-bind",
+            param_hint=option,
         )
     return host, int(port)
 
@@ -183,6 +183,15 @@ def serve(
             "private scrape network only (docs/monitoring.md). Default: off.",
         ),
     ] = None,
+    direct_bind: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Also serve session tasks over the direct channel on TCP (direct://HOST:PORT: "
+            "the fast path's job without ZeroMQ's I/O threads; plain text like the fast "
+            "path, for a private cluster network; docs/runtime.md). Default: off.",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker: REST API + ZeroMQ fast path over the configured resources."""
 
@@ -200,7 +209,7 @@ def serve(
         run_server,
         write_secret,
     )
-    from qhpc.broker import Broker, BrokerConfig, Retention
+    from qhpc.broker import Broker, BrokerConfig, DirectDispatcher, Retention
     from qhpc.files import NotPrivateError
     from qhpc.resources import load_registry
     from qhpc.store import Store
@@ -212,6 +221,7 @@ def serve(
     )  # fmt: skip
     db = store_url(db)
     metrics_at = metrics_address(metrics_bind)
+    direct_at = metrics_address(direct_bind, "--direct-bind")
     metrics_token = None
     if metrics_token_file is not None:
         try:
@@ -255,11 +265,22 @@ def serve(
             # stdout, not the log on stderr: a log is kept and shipped, a token must not be
             out.print(f"admin token (shown once): {secret}", markup=False, highlight=False)
             log.info("admin token issued and shown once on stdout")
+    direct = None
+    if direct_at is not None:
+        try:  # bound now, like the metrics listener: an address in use ends the start here
+            direct = DirectDispatcher(broker, tcp=direct_at)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            err.print(f"qhpc serve: --direct-bind {direct_bind}: {reason}", markup=False)
+            registry.close()
+            store.close()
+            raise typer.Exit(2) from None
     broker.start()
     fast = FastPathServer(broker, fastpath).start()
     log.info(
-        "qhpc broker: REST http://%s:%s/v1, fast path %s, store %s",
-        host, port, fast.endpoint, store.url,
+        "qhpc broker: REST http://%s:%s/v1, fast path %s%s, store %s",
+        host, port, fast.endpoint,
+        "" if direct is None else f" and {direct.tcp_endpoint}", store.url,
     )  # fmt: skip
     if metrics is not None:
         metrics.start()
@@ -270,6 +291,8 @@ def serve(
         if metrics is not None:
             metrics.stop()
         fast.stop()
+        if direct is not None:
+            direct.stop()
         broker.stop()
         registry.close()
         store.close()

@@ -1,4 +1,4 @@
-"""The direct dispatch channel: a co-located program's QPU calls over one Unix socket.
+"""The direct dispatch channel: a program's QPU calls over one stream socket (Unix or TCP).
 
 This module is the protocol's frames and the program's end (:class:`DirectClient`);
 the broker's end (``qhpc.broker``'s dispatcher) imports the frames from here, so
@@ -11,6 +11,13 @@ framing, no extra I/O thread on either side. The broker serves each connection
 on its own thread and runs the task right there when the resource is free (see
 ``Broker.run_session_task``), so an iteration costs about one Unix-socket round
 trip plus the codec.
+
+The same frames also travel over TCP (``direct://HOST:PORT``, when the broker is
+started with ``--direct-bind``): a client-driven program on another node then
+skips ZeroMQ's I/O threads too (about half of a fast-path round trip in
+``bench/bench_fastpath_stages.py``). Like the ZeroMQ fast path, the TCP form is
+plain text: for a cluster's private network, with the session token as the only
+credential.
 
 Frames, both ways: ``!IB`` (body length, kind) then the body.
 
@@ -54,11 +61,50 @@ MAX_REPLY_BYTES: Final = 512 << 20
 READ_AHEAD: Final = 64 << 10
 
 
+#: the same protocol over TCP: ``direct://HOST:PORT`` (a client-driven program on another
+#: node, or a data plane on a QPU's control host); no ZeroMQ I/O threads on either side
+TCP_SCHEME: Final = "direct://"
+
+
 def socket_path(endpoint: str) -> str:
     """The filesystem path of a ``unix://`` endpoint."""
     if not endpoint.startswith(SCHEME):
         raise ValueError(f"not a direct dispatch endpoint (expected {SCHEME}PATH): {endpoint!r}")
     return endpoint[len(SCHEME) :]
+
+
+def tcp_address(endpoint: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``direct://HOST:PORT`` endpoint (``[::1]:PORT`` for IPv6)."""
+    if not endpoint.startswith(TCP_SCHEME):
+        raise ValueError(f"not a direct TCP endpoint (expected {TCP_SCHEME}HOST:PORT)")
+    host, sep, port = endpoint[len(TCP_SCHEME) :].rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a direct TCP endpoint (expected {TCP_SCHEME}HOST:PORT)")
+    return host, int(port)
+
+
+def is_direct(endpoint: str) -> bool:
+    """Whether ``endpoint`` names this channel (Unix socket or TCP), not ZeroMQ's."""
+    return endpoint.startswith((SCHEME, TCP_SCHEME))
+
+
+def connect_stream(endpoint: str, timeout: float) -> socket.socket:
+    """A connected stream socket for a ``unix://`` or ``direct://`` endpoint."""
+    if endpoint.startswith(TCP_SCHEME):
+        sock = socket.create_connection(tcp_address(endpoint), timeout=timeout)
+        # A frame is one write: without this, Nagle holds a small frame back until
+        # the previous one is acknowledged, tens of milliseconds on some stacks.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(socket_path(endpoint))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def frame(kind: int, body: bytes) -> bytes:
@@ -150,14 +196,12 @@ class DirectClient:
 
     def __init__(self, endpoint: str, session_token: str, timeout: float = 600.0) -> None:
         self.timeout = timeout
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
         try:
-            self._sock.connect(socket_path(endpoint))
-            self._reader = FrameReader(self._sock)
+            self._sock = connect_stream(endpoint, timeout)
         except OSError as exc:
-            self._sock.close()
             raise FastPathError(503, f"cannot reach the broker at {endpoint}: {exc}") from None
+        self._sock.settimeout(timeout)
+        self._reader = FrameReader(self._sock)
         hello = msgspec.msgpack.encode({"version": DIRECT_VERSION, "token": session_token})
         info: dict[str, Any] = msgspec.msgpack.decode(self._call(HELLO, hello, READY))
         self.session_id: str = info["session_id"]

@@ -42,8 +42,7 @@ from qhpc.resources import (
     load_circuit,
 )
 from qhpc.resources.payload import ObservableLike
-from qhpc.session.direct import SCHEME as DIRECT_SCHEME
-from qhpc.session.direct import DirectClient
+from qhpc.session.direct import DirectClient, is_direct
 from qhpc.session.errors import QpuNotConfiguredError
 from qhpc.session.fastpath import FastPathClient
 
@@ -145,8 +144,9 @@ class QPU:
 
 def open_channel(endpoint: str, token: str, timeout: float = 600.0) -> SessionChannel:
     """A session's channel for ``endpoint``: ``unix://PATH`` is the broker's direct dispatch
-    socket (co-located programs), ``tcp://`` or ``ipc://`` its ZeroMQ fast path."""
-    if endpoint.startswith(DIRECT_SCHEME):
+    socket (co-located programs), ``direct://HOST:PORT`` the same protocol over TCP,
+    ``tcp://`` or ``ipc://`` its ZeroMQ fast path."""
+    if is_direct(endpoint):
         return DirectClient(endpoint, token, timeout=timeout)
     return FastPathClient(endpoint, token, timeout=timeout)
 

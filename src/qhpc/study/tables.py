@@ -266,7 +266,10 @@ def real_table(real: dict[str, Any]) -> str:
 HEADLINES = (
     "dispatcher: raw Unix socket round trip",
     "dispatcher: qhpc iteration, co-located, qpu.run",
+    "dispatcher: qhpc iteration, client-driven, direct TCP, qpu.run",
     "broker: ZeroMQ fast path, 64 tasks in flight",
+    "broker: direct channel over TCP, 1 client",
+    "broker on PostgreSQL: ZeroMQ fast path, 64 tasks in flight",
     "VQE H2 per evaluation: through a broker, ZeroMQ fast path",
     "broker: REST `GET /v1/health`",
 )
@@ -338,6 +341,26 @@ def _broker_rows(folder: Path) -> list[tuple[str, str, str]]:
             ("broker: ZeroMQ fast path, 64 tasks in flight",
              f"{broker['fastpath_pipelined_tasks_per_s']:.0f} tasks/s", "bench_broker.py"),
         ]  # fmt: skip
+        if "direct_tcp_1_client_tasks_per_s" in broker:
+            rows.append(
+                ("broker: direct channel over TCP, 1 client, one task at a time",
+                 f"{broker['direct_tcp_1_client_tasks_per_s']:.0f} tasks/s "
+                 f"({broker['direct_tcp_1_client_roundtrip_ms']:.2f} ms)", "bench_broker.py")
+            )  # fmt: skip
+        postgres = broker.get("postgresql")
+        if isinstance(postgres, dict):
+            rows += [
+                ("broker on PostgreSQL: ZeroMQ fast path, 1 client, one task at a time",
+                 f"{postgres['fastpath_1_client_tasks_per_s']:.0f} tasks/s", "bench_broker.py"),
+                ("broker on PostgreSQL: ZeroMQ fast path, 64 tasks in flight",
+                 f"{postgres['fastpath_pipelined_tasks_per_s']:.0f} tasks/s", "bench_broker.py"),
+            ]  # fmt: skip
+            if "direct_tcp_1_client_tasks_per_s" in postgres:
+                rows.append(
+                    ("broker on PostgreSQL: direct channel over TCP, 1 client",
+                     f"{postgres['direct_tcp_1_client_tasks_per_s']:.0f} tasks/s",
+                     "bench_broker.py")
+                )  # fmt: skip
     return rows
 
 
