@@ -190,7 +190,8 @@ def test_short_tasks_run_on_the_server_thread_and_unknown_ones_are_queued(
 ) -> None:
     from qhpc.api import fastpath as fastpath_module
 
-    assert fastpath_module.INLINE_BUDGET < 0.001
+    # Short: a small simulator step (a few ms at most), never a real device's task.
+    assert fastpath_module.INLINE_BUDGET <= 0.005
     # What is tested is the decision, not this machine's speed: a null task measured
     # at 0.6 ms on a busy machine must not make the test fail.
     monkeypatch.setattr(fastpath_module, "INLINE_BUDGET", 0.05)

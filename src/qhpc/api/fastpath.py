@@ -101,12 +101,13 @@ def __getattr__(name: str) -> Any:
 
 #: a session task expected to take at most this long (seconds) runs on the server's
 #: own thread when its resource is idle: two thread hand-offs fewer, while a longer
-#: one would hold up the other connections' messages. 2 ms covers a small exact
-#: estimator step on Aer (H2's VQE step: ~0.75 ms), whose hand-offs to the executor's
-#: thread and back cost more than the step itself (bench/bench_vqe.py: ~1.5 ms per
-#: evaluation less than with a 0.5 ms budget, paired runs); another connection's
-#: message waits at most that long, about one step of a session on the same QPU
-INLINE_BUDGET = 0.002
+#: one would hold up the other connections' messages. 5 ms covers a small exact
+#: estimator step on Aer (H2's VQE step: ~0.75 ms of device time, learnt as 0.8-2 ms
+#: of wall time on a loaded machine, so a 2 ms budget still sent some steps to the
+#: executor's thread), whose hand-offs to that thread and back cost more than the
+#: step itself (bench/bench_vqe.py); another connection's message waits at most that
+#: long, about a step of a session on the same QPU
+INLINE_BUDGET = 0.005
 #: connections remembered at once (each may hold a cache of decoded circuits)
 MAX_CONNECTIONS = 1024
 #: how often (seconds) connections of closed sessions are forgotten
