@@ -14,6 +14,7 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeAlias
 
 from qiskit.circuit import QuantumCircuit
@@ -63,8 +64,10 @@ class SamplerTask:
                     f"{[p.name for p in circuit.parameters]}; bind them before sampling"
                 )
 
-    @property
+    @cached_property
     def num_qubits(self) -> int:
+        # Cached: a session that repeats a payload gets the same (frozen) object back
+        # from the broker's decoder, and admission asks this of every task.
         return max(int(c.num_qubits) for c in self.circuits)
 
     @property
