@@ -57,10 +57,9 @@ def _serve(stdin: Any, stdout: Any) -> int:
     batch = msgspec.msgpack.Decoder(tuple[bool, list[tuple[TaskRecord, TaskOutcome]]])
     try:
         store = Store.open(url)
-    except Exception as error:  # answered to every request until the broker gives up
-        message = f"the committer cannot open the store: {error}"
-        while read() is not None:
-            write(("error", "store", message))
+    except Exception as error:  # say so once, then exit: the broker starts a new child
+        if read() is not None:
+            write(("error", "unopened", f"the committer cannot open the store: {error}"))
         return 1
     with store:
         while (request := read()) is not None:

@@ -22,8 +22,10 @@ frame carries the store URL with its password (a pipe, never the command line or
 the environment of a process others can read); then requests ``["store", relaxed,
 [[task, outcome], ...]]`` or ``["stored", task_id]``, answered ``["ok", value]`` or
 ``["error", kind, message]`` where ``kind`` names the store error to raise again
-(``conflict``, ``not_found``, ``store``) or ``record`` for a batch the store cannot
-take at all (the journal then sorts it out task by task).
+(``conflict``, ``not_found``, ``store``), ``record`` for a batch the store cannot
+take at all (:class:`CommitFailed`: the journal then sorts it out task by task), or
+``unopened`` when the child could not open the store (it exits after saying so, and
+the next request starts a new child).
 """
 
 from __future__ import annotations
@@ -64,9 +66,12 @@ _ERRORS: Final[dict[str, type[StoreError]]] = {
 }
 
 
-class CommitFailed(StoreError):
-    """The committer process could not store a batch: the store refused a record that
-    is not a store error (a bug, a value the driver cannot bind), or it died."""
+class CommitFailed(Exception):
+    """The committer process could not store a batch because of its records, not the
+    store: a value the store refuses outright (``_check_outcome``) or one the driver
+    cannot bind. Not a :class:`StoreError`, which the journal retries: the journal sorts
+    such a batch out task by task and keeps what cannot be stored in its dead letters,
+    exactly as when it commits in process."""
 
 
 class CommitterProcess:
@@ -130,17 +135,30 @@ class CommitterProcess:
                 if isinstance(error, StoreError):
                     raise
                 raise StoreError(f"the committer process failed: {error}") from None
-        status, *rest = PARTS.decode(answer)
-        if msgspec.msgpack.decode(status) == "ok" and len(rest) == 1:
-            return bytes(rest[0])
         try:
+            status, *rest = PARTS.decode(answer)
+            if msgspec.msgpack.decode(status) == "ok" and len(rest) == 1:
+                return bytes(rest[0])
             kind, message = (str(msgspec.msgpack.decode(part)) for part in rest)
         except (msgspec.DecodeError, ValueError):
-            raise CommitFailed("the committer process answered nonsense") from None
+            with self._lock:
+                self._stop()
+            raise StoreError("the committer process answered nonsense") from None
+        if kind == "unopened":
+            # The child could not open the store and has exited after saying so: the
+            # next call starts a new one (a database that was down may be back).
+            with self._lock:
+                self._stop()
+            raise StoreError(message)
         raise _ERRORS.get(kind, CommitFailed)(message)
 
     def _start(self) -> subprocess.Popen[bytes]:
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # The broker's own environment, which is the operator's, not a tenant's: libpq
+        # reads PGPASSFILE, PGSSL*, PGSERVICEFILE and KRB5CCNAME from it, and systemd's
+        # CREDENTIALS_DIRECTORY points at the password file of the documented set-up. Only
+        # qhpc's own variables (tokens among them) are left out: the child needs none.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QHPC_")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "qhpc.store.commit_child"],
