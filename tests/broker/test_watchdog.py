@@ -65,3 +65,14 @@ def test_a_task_that_finished_before_the_thread_looked_does_not_make_it_wake_per
         watchdog.watch(600, threading.Event()).done = True
         time.sleep(0)
     assert wakes <= 2
+
+
+def test_finished_tasks_behind_a_long_one_do_not_pile_up() -> None:
+    """A long task at the top of the heap (a 10-minute QPU task) must not keep every
+    finished session step below it for as long as it runs."""
+    watchdog = _Watchdog()
+    long_running = watchdog.watch(600, threading.Event())
+    for _ in range(100_000):
+        watchdog.watch(600, threading.Event()).done = True
+    assert len(watchdog._heap) <= 2048
+    assert any(entry[2] is long_running for entry in watchdog._heap)  # still watched

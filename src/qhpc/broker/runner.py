@@ -51,6 +51,9 @@ class _Deadline:
 #: how long the watchdog's thread sleeps when no task is running (tasks whose limit
 #: ends sooner wake it; see _Watchdog.watch)
 IDLE_WAKE_SECONDS = 30.0
+#: the watchdog's heap is compacted at twice the entries left after the last compaction,
+#: but never below this
+COMPACT_MIN = 1024
 
 
 @dataclass
@@ -64,6 +67,8 @@ class _Watchdog:
     _thread: threading.Thread | None = None
     #: when the watchdog's thread wakes next on its own (inf: before it first sleeps)
     _wakes_at: float = math.inf
+    #: heap size at which finished entries below the top are dropped
+    _compact_at: int = 1024
 
     def watch(self, seconds: float, stop: threading.Event) -> _Deadline:
         deadline = _Deadline(stop)
@@ -71,9 +76,15 @@ class _Watchdog:
         with self._cond:
             heap = self._heap
             # Tasks mostly finish in the order they started: dropping finished ones from
-            # the top here keeps the heap as small as the set of running tasks.
+            # the top here keeps the heap small without waking the watchdog.
             while heap and heap[0][2].done:
                 heapq.heappop(heap)
+            if len(heap) >= self._compact_at:
+                # A long task at the top keeps finished ones below it: drop them all.
+                # Amortised O(1) a task, as the threshold doubles with what remains.
+                heap[:] = [entry for entry in heap if not entry[2].done]
+                heapq.heapify(heap)
+                self._compact_at = max(COMPACT_MIN, 2 * len(heap))
             heapq.heappush(heap, (due, next(self._order), deadline))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="qhpc-limit")
