@@ -152,7 +152,7 @@ def fastpath_report(db: str | Path, tasks: int, repeats: int) -> dict[str, float
         broker = Broker(store, registry, BrokerConfig(policy="fifo"))
         broker.start()
         server = FastPathServer(broker).start()
-        direct = DirectDispatcher(broker, tcp=("127.0.0.1", 0))
+        direct = DirectDispatcher(broker, tcp=("127.0.0.1", 0), unix=False)
         assert direct.tcp_endpoint is not None
         try:
             zmq = server.endpoint

@@ -287,7 +287,7 @@ def qhpc_iteration_overhead(iterations: int) -> dict[str, dict[str, list[float]]
             if client.returncode:
                 raise RuntimeError(f"client-driven loop failed with code {client.returncode}")
             found["client-driven"] = json.loads(output)
-            direct = DirectDispatcher(broker, tcp=("127.0.0.1", 0))
+            direct = DirectDispatcher(broker, tcp=("127.0.0.1", 0), unix=False)
             try:
                 assert direct.tcp_endpoint is not None
                 client = spawn_role("fastpath-client", "--endpoint", direct.tcp_endpoint,

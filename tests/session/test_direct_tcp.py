@@ -3,6 +3,7 @@ the same frames, token check and limits as the Unix socket, on loopback only."""
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 @pytest.fixture
 def dispatcher(broker: Broker) -> Iterator[DirectDispatcher]:
-    served = DirectDispatcher(broker, tcp=("127.0.0.1", 0), hello_timeout=0.5)
+    served = DirectDispatcher(broker, tcp=("127.0.0.1", 0), hello_timeout=0.5, unix=False)
     yield served
     served.stop()
 
@@ -65,6 +66,7 @@ def test_a_program_runs_its_tasks_over_tcp_and_open_channel_picks_the_channel(
 ) -> None:
     assert dispatcher.tcp_endpoint is not None
     assert dispatcher.tcp_endpoint.startswith("direct://127.0.0.1:")
+    assert dispatcher.endpoint == dispatcher.tcp_endpoint  # TCP only: no Unix socket made
     session_id, token = token_of(broker)
     with open_channel(dispatcher.tcp_endpoint, token, timeout=30) as client:
         assert isinstance(client, DirectClient)
@@ -147,3 +149,31 @@ def test_serve_refuses_a_malformed_direct_bind_naming_the_option() -> None:
     with pytest.raises(typer.BadParameter) as bad:
         metrics_address("7070", "--direct-bind")
     assert bad.value.param_hint == "--direct-bind"
+
+
+def test_a_hello_trickled_a_byte_at_a_time_is_cut_off_at_the_hello_timeout(
+    dispatcher: DirectDispatcher,
+) -> None:
+    """A per-recv timeout alone would let a peer hold a slot for ever by sending one
+    byte just before each timeout; the HELLO has one deadline for the whole frame."""
+    assert dispatcher.tcp_endpoint is not None
+    hello = frame(HELLO, msgspec.msgpack.encode({"version": 1, "token": "x" * 200}))
+    started = time.monotonic()
+    closed_after = None
+    with socket.create_connection(tcp_address(dispatcher.tcp_endpoint), timeout=10) as slow:
+        for byte in hello:
+            if select.select([slow], [], [], 0.1)[0]:  # the broker answered (and closes)
+                try:
+                    error = error_of(slow)
+                    assert error["status"] == 408
+                except ConnectionResetError:
+                    pass  # its answer was lost to our late bytes: closed all the same
+                closed_after = time.monotonic() - started
+                break
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+    assert closed_after is not None, "the trickling peer was never cut off"
+    assert closed_after < 2.5  # ~0.5 s (the HELLO timeout), not 0.1 s x 200 bytes

@@ -90,6 +90,15 @@ class _Refused(Exception):
         self.status, self.detail, self.fatal = status, detail, fatal
 
 
+#: TCP keepalive of direct:// connections: first probe after 60 s idle, then every 10 s,
+#: given up after 6 (a dead peer's slot is free within about two minutes)
+_KEEPALIVE = tuple(
+    (getattr(socket, name), value)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
+    if hasattr(socket, name)
+)
+
+
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -106,21 +115,31 @@ class DirectDispatcher:
         hello_timeout: float = HELLO_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
         tcp: tuple[str, int] | None = None,
+        unix: bool = True,
     ) -> None:
         self.broker = broker
         self.hello_timeout = hello_timeout
         self.max_connections = max_connections
-        self._dir = directory or tempfile.mkdtemp(prefix="qhpc-dispatch-")
-        # Traversable by the programs' unprivileged uid, not listable.
-        os.chmod(self._dir, 0o711)
-        self.path = os.path.join(self._dir, "dispatch.sock")
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self.path)
-        os.chmod(self.path, 0o666)
-        self._listener.listen(64)
-        self.endpoint = SCHEME + self.path
+        #: per-session figures for co-located programs' timings; a TCP-only dispatcher
+        #: (``qhpc serve --direct-bind``) has no program to report them to, keeps none
+        self.keeps_stats = unix
+        self._listeners: list[socket.socket] = []
+        self._dir: str | None = None
+        self.path = ""
+        self.endpoint = ""
+        if unix:
+            self._dir = directory or tempfile.mkdtemp(prefix="qhpc-dispatch-")
+            # Traversable by the programs' unprivileged uid, not listable.
+            os.chmod(self._dir, 0o711)
+            self.path = os.path.join(self._dir, "dispatch.sock")
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(self.path)
+            os.chmod(self.path, 0o666)
+            listener.listen(64)
+            self._listeners.append(listener)
+            self.endpoint = SCHEME + self.path
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stats: dict[str, DispatchStats] = {}
@@ -128,7 +147,6 @@ class DirectDispatcher:
         self._refused = 0
         self._refusal_logged_at = float("-inf")
         self._max_frame = broker.config.max_payload_bytes + 1024
-        self._listeners = [self._listener]
         #: ``direct://HOST:PORT`` when also listening on TCP (see qhpc.session.direct)
         self.tcp_endpoint: str | None = None
         if tcp is not None:
@@ -136,6 +154,9 @@ class DirectDispatcher:
             host, port = listener.getsockname()[:2]
             self.tcp_endpoint = f"{TCP_SCHEME}{f'[{host}]' if ':' in host else host}:{port}"
             self._listeners.append(listener)
+            self.endpoint = self.endpoint or self.tcp_endpoint
+        if not self._listeners:
+            raise ValueError("a dispatcher needs a Unix socket, a TCP address or both")
         self._threads = [
             threading.Thread(target=self._accept, args=(listener,), name="qhpc-dispatch",
                              daemon=True)
@@ -171,6 +192,8 @@ class DirectDispatcher:
                 pass
         for thread in self._threads:
             thread.join(5)
+        if self._dir is None:
+            return
         try:
             os.unlink(self.path)
         except OSError:
@@ -190,6 +213,10 @@ class DirectDispatcher:
                 return
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A peer gone without a FIN (a node that died) must free its slot.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for option, value in _KEEPALIVE:
+                    conn.setsockopt(socket.IPPROTO_TCP, option, value)
             with self._lock:
                 if self._stopped:
                     conn.close()
@@ -211,7 +238,7 @@ class DirectDispatcher:
         if now - self._refusal_logged_at >= _REFUSAL_LOG_INTERVAL_S:
             log.warning(
                 "direct dispatch: refused %d connection(s): %s (max_connections) on %s",
-                self._refused, detail, self.path,
+                self._refused, detail, self.endpoint,
             )  # fmt: skip
             self._refused, self._refusal_logged_at = 0, now
         conn.setblocking(False)  # a fresh socket's buffer takes the small frame at once
@@ -221,11 +248,13 @@ class DirectDispatcher:
     def _serve(self, conn: socket.socket) -> None:
         try:
             reader = FrameReader(conn)
-            # Anyone on the host may connect: an idle, unauthenticated one must not
-            # hold this thread for long.
+            # Anyone on the host (or the network) may connect: an unauthenticated one
+            # must not hold this thread for long, however slowly it trickles its HELLO.
             conn.settimeout(self.hello_timeout)
+            reader.deadline = time.monotonic() + self.hello_timeout
             session_id = self._hello(conn, reader)
             if session_id is not None:
+                reader.deadline = None
                 conn.settimeout(None)
                 self._loop(conn, reader, session_id)
         except (OSError, ConnectionError):
@@ -275,7 +304,11 @@ class DirectDispatcher:
 
     def _loop(self, conn: socket.socket, reader: FrameReader, session_id: str) -> None:
         with self._lock:
-            stats = self._stats.setdefault(session_id, DispatchStats())
+            stats = (
+                self._stats.setdefault(session_id, DispatchStats())
+                if self.keeps_stats
+                else DispatchStats()
+            )
         decoder = self.broker.payload_decoder()  # the program resends its circuits
         while True:
             try:

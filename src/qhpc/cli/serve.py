@@ -268,7 +268,7 @@ def serve(
     direct = None
     if direct_at is not None:
         try:  # bound now, like the metrics listener: an address in use ends the start here
-            direct = DirectDispatcher(broker, tcp=direct_at)
+            direct = DirectDispatcher(broker, tcp=direct_at, unix=False)
         except OSError as error:
             reason = error.strerror or str(error)
             err.print(f"qhpc serve: --direct-bind {direct_bind}: {reason}", markup=False)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import Any, Final
 
 import msgspec
@@ -122,11 +123,14 @@ class FrameReader:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._rest = b""
+        #: a monotonic time by which the whole frame must have arrived (None: no limit
+        #: beyond the socket's own timeout); ``TimeoutError`` past it
+        self.deadline: float | None = None
 
     def read(self, limit: int) -> tuple[int, bytes] | None:
         """One frame, ``None`` at a clean end of stream; ``ValueError`` if oversized,
         ``ConnectionError`` if the stream ends inside a frame."""
-        data = self._rest or self._sock.recv(READ_AHEAD)
+        data = self._rest or self._recv(READ_AHEAD)
         self._rest = b""
         if not data:
             return None
@@ -147,8 +151,17 @@ class FrameReader:
             self._rest = data[end:]
         return kind, data[FRAME_HEADER.size : end]
 
+    def _recv(self, size: int) -> bytes:
+        if self.deadline is not None:
+            # A per-recv timeout alone lets a peer trickle a byte at a time for ever.
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the frame did not arrive in time")
+            self._sock.settimeout(left)
+        return self._sock.recv(size)
+
     def _more(self, size: int = READ_AHEAD) -> bytes:
-        chunk = self._sock.recv(size)
+        chunk = self._recv(size)
         if not chunk:
             raise ConnectionError("the peer closed the connection in the middle of a frame")
         return chunk
