@@ -235,7 +235,10 @@ def test_a_circuit_read_from_qir_runs_its_qir_text(
     # what ran, which only its counts can show.
     circuit = QuantumCircuit(3, 3)
     circuit.measure(range(3), range(3))
-    circuit.metadata = {"qhpc_qir": BELL_QIR.replace("PROFILE", profile)}
+    circuit.metadata = {
+        "qhpc_qir": BELL_QIR.replace("PROFILE", profile),
+        "qhpc_qir_entry_point": "main",
+    }
     task_id = ddsim.task_start(SamplerTask((circuit,), shots=200))
     assert ddsim.task_wait(task_id, timeout=60) is TaskStatus.COMPLETED
     result = ddsim.task_result(task_id)
@@ -255,7 +258,10 @@ def test_oversized_qir_is_refused_before_it_reaches_the_device(ddsim: QdmiResour
 def test_a_device_program_failure_fails_the_task_with_a_log_line(ddsim: QdmiResource) -> None:
     circuit = QuantumCircuit(1, 1)
     circuit.measure(0, 0)
-    circuit.metadata = {"qhpc_qir": "define i64 @main() #0 {\n  this is not LLVM IR\n}\n"}
+    circuit.metadata = {
+        "qhpc_qir": "define i64 @main() #0 {\n  this is not LLVM IR\n}\n",
+        "qhpc_qir_entry_point": "main",
+    }
     task_id = ddsim.task_start(SamplerTask((circuit,), shots=1))
     assert ddsim.task_wait(task_id, timeout=60) is TaskStatus.FAILED
     assert "reported the job FAILED" in ddsim.task_logs(task_id).splitlines()[-1]
@@ -633,3 +639,104 @@ def test_older_qir_with_a_void_entry_point_runs_as_the_circuit_read_from_it(
     assert isinstance(result, SamplerResult)
     assert set(result.circuits[0].counts) <= {"00", "11"}
     assert "QASM" in ddsim.task_logs(task_id)
+
+
+#: two entry points: ``first`` flips qubit 0, ``second`` qubit 1 (both measured)
+TWO_ENTRIES_QIR = """%Qubit = type opaque
+%Result = type opaque
+
+define i64 @first() #0 {
+entry:
+  call void @__quantum__qis__x__body(%Qubit* null)
+  call void @__quantum__qis__mz__body(%Qubit* null, %Result* null)
+  call void @__quantum__qis__mz__body(%Qubit* inttoptr (i64 1 to %Qubit*), %Result* inttoptr (i64 1 to %Result*))
+  ret i64 0
+}
+
+define i64 @second() #0 {
+entry:
+  call void @__quantum__qis__x__body(%Qubit* inttoptr (i64 1 to %Qubit*))
+  call void @__quantum__qis__mz__body(%Qubit* null, %Result* null)
+  call void @__quantum__qis__mz__body(%Qubit* inttoptr (i64 1 to %Qubit*), %Result* inttoptr (i64 1 to %Result*))
+  ret i64 0
+}
+
+declare void @__quantum__qis__x__body(%Qubit*)
+declare void @__quantum__qis__mz__body(%Qubit*, %Result* writeonly) #1
+
+attributes #0 = { "entry_point" "qir_profiles"="base_profile" "required_num_qubits"="2" "required_num_results"="2" }
+attributes #1 = { "irreversible" }
+"""  # noqa: E501 - LLVM IR lines as a QIR generator writes them
+
+
+def test_each_entry_point_of_a_module_with_several_runs_as_its_own_circuit(
+    ddsim: QdmiResource,
+) -> None:
+    """Every circuit of a two-entry module carries the whole module; sent as QIR, a
+    device would have to pick an entry itself (DDSIM refuses: "Multiple QIR entry
+    points"). Each circuit runs as the OpenQASM of its own entry point instead."""
+    from qhpc.resources import QIR_ENTRY_METADATA, load_circuits
+
+    first, second = load_circuits(TWO_ENTRIES_QIR)
+    assert (first.metadata[QIR_ENTRY_METADATA], second.metadata[QIR_ENTRY_METADATA]) == (
+        "first",
+        "second",
+    )
+    task_id = ddsim.task_start(SamplerTask((first, second), shots=50))
+    assert ddsim.task_wait(task_id, timeout=60) is TaskStatus.COMPLETED, ddsim.task_logs(task_id)
+    result = ddsim.task_result(task_id)
+    assert isinstance(result, SamplerResult)
+    assert [c.counts for c in result.circuits] == [{"01": 50}, {"10": 50}]  # result 0 rightmost
+    assert "QIR" not in ddsim.task_logs(task_id)
+
+
+@pytest.mark.parametrize("entry", [None, "other"], ids=["no-entry", "another-function"])
+def test_qir_whose_entry_point_is_not_the_circuits_runs_the_circuit_as_openqasm(
+    ddsim: QdmiResource, entry: str | None
+) -> None:
+    """The QIR defines ``main``; a circuit that names another entry point (or none)
+    runs as its own gates (measure only: all zeros), not as the QIR (a Bell pair)."""
+    circuit = QuantumCircuit(3, 3)
+    circuit.measure(range(3), range(3))
+    metadata = {"qhpc_qir": BELL_QIR.replace("PROFILE", "base_profile")}
+    if entry is not None:
+        metadata["qhpc_qir_entry_point"] = entry
+    circuit.metadata = metadata
+    task_id = ddsim.task_start(SamplerTask((circuit,), shots=40))
+    assert ddsim.task_wait(task_id, timeout=60) is TaskStatus.COMPLETED
+    result = ddsim.task_result(task_id)
+    assert isinstance(result, SamplerResult)
+    assert result.circuits[0].counts == {"000": 40}
+    assert "QASM" in ddsim.task_logs(task_id)
+
+
+@pytest.mark.parametrize(
+    ("define", "format_name"),
+    [
+        ("define i64 @main() #0 {", "QIR_BASE_STRING"),
+        ('define i64 @"main"() #0 {', "QIR_BASE_STRING"),  # LLVM's quoted form, same name
+        ("define dso_local noundef i64 @main() #0 {", "QIR_BASE_STRING"),
+        ("define\n  i64\n  @main() #0 {", "QIR_BASE_STRING"),  # LLVM allows newlines
+        ("define void @main() #0 {", "QASM2"),  # pre-2.0 QIR: DDSIM wants an exit code
+        ('define i64 @"ma\\69n"() #0 {', "QASM2"),  # escaped: not compared, so not trusted
+        ("define i64 @main2() #0 {", "QASM2"),  # not the circuit's entry point
+        ("define i64 @helper() {\n  ret i64 0\n}\ndefine i64 @main() #0 {", "QASM2"),
+        ("declare void @f() define i64 @g() {\n ret i64 0\n}\ndefine i64 @main() #0 {", "QASM2"),
+    ],
+)
+def test_qir_goes_to_the_device_only_when_its_one_function_is_the_circuits_entry_point(
+    define: str, format_name: str
+) -> None:
+    """What :func:`build_programs` sends (no device needed: it only chooses). A module
+    that defines any other function could make a device run something else than the
+    circuit qhpc checked, accounted and estimated; it goes as the circuit's OpenQASM."""
+    from qhpc.resources.qdmi_programs import build_programs
+
+    circuit = QuantumCircuit(3, 3)
+    circuit.measure(range(3), range(3))
+    text = BELL_QIR.replace("PROFILE", "base_profile").replace("define i64 @main() #0 {", define)
+    circuit.metadata = {"qhpc_qir": text, "qhpc_qir_entry_point": "main"}
+    formats = [qdmi.ProgramFormat.QASM2, qdmi.ProgramFormat.QIR_BASE_STRING]
+    programs = build_programs([circuit], formats, "dev")
+    assert programs.format.name == format_name
+    assert (programs.texts == (text,)) == format_name.startswith("QIR")

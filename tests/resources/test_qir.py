@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pyqir
 import pyqir.qis as qis
@@ -184,6 +185,32 @@ def test_qir_metadata_that_does_not_match_the_gates_is_refused() -> None:
     not_text.metadata = {QIR_METADATA: 5, QIR_ENTRY_METADATA: "ghz"}
     with pytest.raises(PayloadError, match="not text"):
         check_qir_metadata([not_text])
+
+
+def test_qir_metadata_over_the_source_limit_is_refused_before_llvm_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The QIR kept in a QPY circuit's metadata is a source like any other: bounded by
+    ``max_source_bytes`` (in UTF-8 bytes) before LLVM is given it."""
+    import qhpc.resources.qir as qir_module
+
+    circuit = load_circuit(TYPED_GHZ)
+    size = len(TYPED_GHZ.encode("utf-8"))
+    check_qir_metadata([circuit], DecodeLimits(max_source_bytes=size))  # at the limit: read
+
+    def no_llvm(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("the oversized QIR reached LLVM")
+
+    monkeypatch.setattr(qir_module, "qir_to_circuits", no_llvm)
+    with pytest.raises(LimitExceeded, match="max_source_bytes = 1000") as caught:
+        check_qir_metadata([circuit, circuit], DecodeLimits(max_source_bytes=1000))
+    assert caught.value.limit == "max_source_bytes"
+    assert str(caught.value).startswith("circuit 0: its QIR metadata")
+    # characters are not bytes: 600 two-byte characters are 1200 bytes
+    wide = circuit.copy()
+    wide.metadata = {**circuit.metadata, QIR_METADATA: "; " + "\u00e9" * 600}
+    with pytest.raises(LimitExceeded, match="max_source_bytes"):
+        check_qir_metadata([wide], DecodeLimits(max_source_bytes=1000))
 
 
 def test_qir_is_read_only() -> None:

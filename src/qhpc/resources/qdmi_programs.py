@@ -5,7 +5,11 @@ A QDMI job carries programs of one format. qhpc writes:
 - **QIR** (text, base or adaptive profile) when every circuit of a task was read from
   QIR — its ``metadata["qhpc_qir"]`` holds the LLVM IR text it was read from — and the
   device takes that profile (a base-profile program also runs as adaptive): the device
-  then runs exactly what the tenant sent;
+  then runs exactly what the tenant sent. Only a module whose one defined function is
+  the circuit's entry point (``metadata["qhpc_qir_entry_point"]``), returning ``i64``,
+  goes as QIR: a module of several entry points travels whole with each of its
+  circuits, and a device picking an entry itself could run another program than the
+  circuit qhpc checked, estimated and accounts for (DDSIM refuses such a module);
 - else **OpenQASM 2** where the device takes it and the circuits fit it (its registers
   start at zero, so a partly measured register reads as Qiskit's);
 - else **OpenQASM 3**, every classical register first set to zero: OpenQASM 3 bits
@@ -29,11 +33,15 @@ from qiskit.circuit import QuantumCircuit
 from qhpc.resources.errors import PayloadError, TaskFailedError, UnsupportedPayloadError
 from qhpc.resources.limits import DEFAULT_LIMITS
 from qhpc.resources.payload import normalise_counts
+from qhpc.resources.qir import QIR_ENTRY_METADATA, QIR_METADATA
 
-#: the circuit metadata key of a circuit read from QIR: the LLVM IR text itself
-QIR_METADATA_KEY = "qhpc_qir"
 Format = qdmi.ProgramFormat
-_ENTRY_I64 = re.compile(r"^define\s+i64\s+@", re.MULTILINE)
+#: every place that might be LLVM's ``define`` keyword; over-counting (a comment, a
+#: string, a name that says "define") only sends the circuit as OpenQASM
+_DEFINE_WORD = re.compile(r"\bdefine\b")
+#: the one definition: what precedes the name (linkage, attributes, the return type
+#: last; LLVM allows newlines between them), then the name, plain or quoted
+_DEFINE = re.compile(r'\bdefine\b([^@]*)@("[^"]*"|[-a-zA-Z$._][-a-zA-Z$._0-9]*)')
 _PROFILE = re.compile(r'"qir_profiles"\s*=\s*"([A-Za-z_]+)"')
 #: the QIR formats that run a program of each profile, preferred first
 _QIR_FORMATS = {
@@ -65,21 +73,41 @@ def qir_profile(text: str, circuit: QuantumCircuit | None = None) -> str:
     return "adaptive_profile" if branches else "base_profile"
 
 
+def _runs_as_entry(text: str, entry: object) -> bool:
+    """True when ``text`` defines one function, the entry point ``entry``, returning i64.
+
+    Read from the text, not by parsing it again: LLVM reads tenants' modules only in the
+    decoding workers. Anything unusual answers False, which costs only the QIR route."""
+    if not isinstance(entry, str) or len(_DEFINE_WORD.findall(text)) != 1:
+        return False
+    match = _DEFINE.search(text)
+    if match is None:
+        return False
+    before, name = match.group(1).split(), match.group(2)
+    if name.startswith('"'):
+        name = name[1:-1]
+        if "\\" in name:  # an escape (\XX): not worth decoding to compare
+            return False
+    # QIR 2.0 entry points return an i64 exit code, and DDSIM refuses the older ``void``
+    # form (pyqir 0.12's builder still writes it)
+    return name == entry and bool(before) and before[-1] == "i64"
+
+
 def _qir(circuits: Sequence[QuantumCircuit], formats: set[qdmi.ProgramFormat]) -> Programs | None:
     texts = []
     chosen: set[qdmi.ProgramFormat] = set()
     for index, circuit in enumerate(circuits):
-        text = (circuit.metadata or {}).get(QIR_METADATA_KEY)
+        metadata = circuit.metadata or {}
+        text = metadata.get(QIR_METADATA)
         if not isinstance(text, str):
             return None
         if len(text.encode("utf-8")) > DEFAULT_LIMITS.max_source_bytes:
             raise PayloadError(
                 f"circuit {index}: its QIR is larger than {DEFAULT_LIMITS.max_source_bytes} bytes"
             )
-        if not _ENTRY_I64.search(text):
-            # QIR 2.0 entry points return an i64 exit code, and DDSIM refuses the older
-            # ``void`` form (pyqir 0.12's builder still writes it). The circuit was read
-            # from every instruction of the same program, so it runs as OpenQASM instead.
+        if not _runs_as_entry(text, metadata.get(QIR_ENTRY_METADATA)):
+            # The circuit was read from every instruction of its entry point, so it runs
+            # as OpenQASM instead: the same program, without the choice of entry.
             return None
         usable = [f for f in _QIR_FORMATS.get(qir_profile(text, circuit), ()) if f in formats]
         if not usable:

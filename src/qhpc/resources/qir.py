@@ -148,7 +148,9 @@ def check_qir_metadata(
     """Refuse a circuit whose ``metadata["qhpc_qir"]`` is not the program of its gates.
 
     A resource that takes QIR runs that text instead of the circuit, so a circuit sent
-    as QPY must not carry QIR it does not match (nor QIR that was never checked)."""
+    as QPY must not carry QIR it does not match (nor QIR that was never checked). The
+    text is a source like any other: bounded by ``max_source_bytes`` before LLVM reads
+    it (:class:`LimitExceeded`)."""
     for index, circuit in enumerate(circuits):
         metadata = circuit.metadata or {}
         if QIR_METADATA not in metadata:
@@ -156,6 +158,13 @@ def check_qir_metadata(
         text, entry = metadata.get(QIR_METADATA), metadata.get(QIR_ENTRY_METADATA)
         if not isinstance(text, str) or not isinstance(entry, str):
             raise PayloadError(f"circuit {index}: its QIR metadata is not text")
+        size = len(text.encode("utf-8"))
+        if size > limits.max_source_bytes:
+            raise LimitExceeded(
+                "max_source_bytes",
+                limits.max_source_bytes,
+                f"circuit {index}: its QIR metadata of {size} bytes is too large",
+            )
         try:
             converted = qir_to_circuits(text, limits=limits)
             found = [c for c in converted if c.metadata[QIR_ENTRY_METADATA] == entry]
