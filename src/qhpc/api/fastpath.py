@@ -49,7 +49,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -60,8 +60,10 @@ from qhpc.resources import (
     CircuitParseError,
     DecoderUnavailable,
     LimitExceeded,
+    Payload,
     PayloadDecoder,
     PayloadError,
+    SamplerTask,
 )
 from qhpc.security import AuthError
 from qhpc.session import FastPathError as _FastPathError
@@ -99,14 +101,14 @@ def __getattr__(name: str) -> Any:
     return moved[name]
 
 
-#: a session task expected to take at most this long (seconds) runs on the server's
-#: own thread when its resource is idle: two thread hand-offs fewer, while a longer
-#: one would hold up the other connections' messages. 5 ms covers a small exact
-#: estimator step on Aer (H2's VQE step: ~0.75 ms of device time, learnt as 0.8-2 ms
-#: of wall time on a loaded machine, so a 2 ms budget still sent some steps to the
-#: executor's thread), whose hand-offs to that thread and back cost more than the
-#: step itself (bench/bench_vqe.py); another connection's message waits at most that
-#: long, about a step of a session on the same QPU
+#: a session task runs on the server's own thread, when its resource is idle, if the
+#: same payload shape (its circuits, shots and parameter-set count; see _shape) already
+#: ran within this many seconds on this connection: two thread hand-offs fewer. Any
+#: other task is queued for the executor and timed, so a tenant's new, heavy task never
+#: holds up the other connections' messages, and what runs inline has shown it takes
+#: at most about this long. 5 ms covers a small exact estimator step on Aer (H2's VQE
+#: step: ~0.75 ms of device time, 1-3 ms admission to answer through the executor on a
+#: loaded machine), whose hand-offs cost more than the step itself (bench/bench_vqe.py)
 INLINE_BUDGET = 0.005
 #: connections remembered at once (each may hold a cache of decoded circuits)
 MAX_CONNECTIONS = 1024
@@ -118,6 +120,11 @@ SWEEP_INTERVAL_S = 30.0
 class _Pending:
     identity: bytes
     request_id: bytes
+    #: the payload's shape and when it was admitted: its time, hand-offs included,
+    #: decides whether the same shape may run inline next time
+    shape: tuple[Any, ...] | None = None
+    started: float = 0.0
+    payload: Payload | None = None
 
 
 @dataclass
@@ -128,6 +135,41 @@ class _Connection:
     resource: str
     #: the notice this connection was last sent (one per drain, not one per task)
     told: str = ""
+    #: payload shapes this connection has run, and how long each took (see _shape)
+    timed: dict[tuple[Any, ...], tuple[float, Payload]] = field(default_factory=dict)
+
+    def may_run_inline(self, shape: tuple[Any, ...] | None) -> bool:
+        """Only a shape already seen to finish within the budget runs on the server's
+        thread: a tenant's first heavy task, whatever the resource's average, goes to
+        the executor, so one session cannot hold up every other connection."""
+        known = None if shape is None else self.timed.get(shape)
+        return known is not None and known[0] <= INLINE_BUDGET
+
+    def timed_shape(self, shape: tuple[Any, ...] | None, seconds: float, payload: Payload) -> None:
+        if shape is None:
+            return
+        if shape not in self.timed and len(self.timed) >= MAX_TIMED_SHAPES:
+            del self.timed[next(iter(self.timed))]  # the oldest
+        # The payload is kept with its figure: the shape names its circuits by id, and
+        # holding them keeps those ids from being reused by other circuits.
+        self.timed[shape] = (seconds, payload)
+
+
+#: payload shapes each connection remembers the run time of
+MAX_TIMED_SHAPES = 64
+
+
+def _shape(payload: Payload) -> tuple[Any, ...] | None:
+    """What a task's run time depends on, for a payload the connection's decoder served
+    from its caches: the very circuit (and observable) objects, the shots and the number
+    of parameter sets; not the parameter values (a variational loop's steps share a
+    shape). Fresh circuits get a fresh shape, so they are timed before they inline."""
+    if isinstance(payload, SamplerTask):
+        return ("sampler", *map(id, payload.circuits), payload.shots)
+    return (
+        "estimator", id(payload.circuit), id(payload.observables), payload.shots,
+        len(payload.parameter_values),
+    )  # fmt: skip
 
 
 class FastPathServer:
@@ -258,10 +300,13 @@ class FastPathServer:
         try:
             data = body[REQUEST_ID_BYTES:]
             payload = connection.decoder.decode(data)
+            shape = _shape(payload)
             # A short task on an idle resource runs right here (no executor hand-off);
             # anything else is queued and answered when it has finished.
+            budget = INLINE_BUDGET if connection.may_run_inline(shape) else -1.0
+            started = time.perf_counter()
             task_id, outcome = self.broker.start_session_task(
-                session_id, payload, data, on_done=self._finished, inline_budget=INLINE_BUDGET
+                session_id, payload, data, on_done=self._finished, inline_budget=budget
             )
         except LimitExceeded as exc:
             raise _Reject(413, request_id, str(exc)) from None
@@ -273,9 +318,10 @@ class FastPathServer:
             self._connections.pop(identity, None)  # its session is closed (or unknown)
             raise _Reject(409, request_id, str(exc)) from None
         if outcome is not None:
+            connection.timed_shape(shape, time.perf_counter() - started, payload)
             self._reply(identity, request_id, task_id, outcome.state, outcome.result, outcome.error)
         else:
-            self._pending[task_id] = _Pending(identity, request_id)
+            self._pending[task_id] = _Pending(identity, request_id, shape, started, payload)
             self._notify(identity, request_id, connection)
 
     def _notify(self, identity: bytes, request_id: bytes, connection: _Connection) -> None:
@@ -316,6 +362,12 @@ class FastPathServer:
             if pending is None:
                 continue
             ended = self.broker.take_outcome(task_id)
+            connection = self._connections.get(pending.identity)
+            if connection is not None and pending.payload is not None:
+                # From admission to here, queueing and hand-offs included: an upper
+                # bound of what the same shape costs inline.
+                took = time.perf_counter() - pending.started
+                connection.timed_shape(pending.shape, took, pending.payload)
             self._reply(
                 pending.identity, pending.request_id, task_id, ended.state, ended.result,
                 ended.error,
