@@ -490,8 +490,9 @@ def test_a_token_file_is_read_and_its_token_reaches_the_session(
     assert "Session parameter TOKEN not supported" in "".join(capfd.readouterr())
     shown = f"{resource!r} {resource.metadata()} {resource.target().to_dict()}"
     assert TOKEN not in shown and str(path) in shown
-    group_readable = _token_file(tmp_path, 0o640)  # a group may share a service token
-    QdmiResource("x", DDSIM, token_file=str(group_readable))
+    group_readable = _token_file(tmp_path, 0o640)  # one rule for credential files: no group
+    with pytest.raises(ResourceConfigError, match="open to other users"):
+        QdmiResource("x", DDSIM, token_file=str(group_readable))
 
 
 class _Quoting:
@@ -519,8 +520,8 @@ def test_a_token_a_device_quotes_is_redacted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mode", "text", "message"),
     [
-        (0o644, TOKEN, "open to every user of the machine .*0644.* chmod 600"),
-        (0o602, TOKEN, "open to every user"),
+        (0o644, TOKEN, "open to other users .*0644.* chmod 600"),
+        (0o602, TOKEN, "open to other users"),
         (0o600, "  \n", "is empty"),
         (0o600, "x" * (64 * 1024 + 1), "larger than 65536 bytes"),
     ],

@@ -8,8 +8,9 @@ the adapter is built:
 - a credential never sits in the resources file: the file is read by admins, copied to
   backups and shown (``qhpc resources``); an inline ``token`` (or ``password``, ``api_key``
   …) is refused with the way to do it instead (``token_file``);
-- the token file is the broker user's alone: one that others may read or write is
-  refused, as are a missing, unreadable, empty or oversized one; its content never
+- the token file is the broker user's alone (the same rule as the vendor proxy's
+  credential files): one owned by another user, or that a group or others may read or
+  write, is refused, as are a missing, unreadable, empty or oversized one; its content never
   appears in an error;
 - the driver is an absolute path to a shared library (ELF or Mach-O header) — it is
   loaded into the broker, so a path that is not one is refused before anything loads.
@@ -111,10 +112,19 @@ def read_token_file(name: str, value: str) -> str:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise ResourceConfigError(f"{path} is not a regular file", name, "token_file")
-            if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+            # One rule for every credential file qhpc reads (the vendor proxy's too):
+            # owned by root or the broker's user, and nobody else's to read or write.
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise ResourceConfigError(
-                    f"the token file {path} is open to every user of the machine (mode "
+                    f"the token file {path} is open to other users (mode "
                     f"{stat.S_IMODE(info.st_mode):04o}); chmod 600 it",
+                    name,
+                    "token_file",
+                )
+            if info.st_uid not in (0, os.geteuid()):
+                raise ResourceConfigError(
+                    f"the token file {path} is owned by uid {info.st_uid}, neither root "
+                    "nor the broker's user",
                     name,
                     "token_file",
                 )
