@@ -23,7 +23,7 @@ same thing wherever it is set:
                        (and ``QHPC_SESSION_ID_<QPU>``, ``QHPC_PROXY_<QPU>``);
                        ``<QPU>`` is the name in capitals, other characters as ``_``
 ``QHPC_QI_TOKEN``      the token a Quantum Inspire runtime must send in ``initialize``
-                       to ``qhpc session qi-endpoint`` (required off loopback)
+                       to ``qhpc session qi-endpoint`` (over TCP, else generated)
 ``QRMI_JOB_QPU_RESOURCES``  the job's QPUs, comma-separated (IBM QRMI's contract)
 ``QRMI_JOB_QPU_TYPES``  their resource types, in the same order (QRMI's contract)
 =====================  ==========================================================

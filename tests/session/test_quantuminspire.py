@@ -1,7 +1,9 @@
 """Quantum Inspire's compute-runtime protocol driving a real qhpc session.
 
 A real ``qhpc serve`` (aer, loopback) holds a session; ``qhpc session qi-endpoint`` runs
-as its own process with the session in its environment, as inside a Slurm job. The
+as its own process with the session in its environment, as inside a Slurm job (on an
+``ipc://`` socket in a directory of its own, the one place it serves without a token;
+over TCP it always has one, generated into a file when not given). The
 client here is written from the protocol's schema (QuTech's published v3 messages, as
 qhpc's ``compute_runtime_v3.schema.json`` states them): a REQ socket for requests and a
 SUB socket for ``publish_state``, every message it sends and every one it gets checked
@@ -13,11 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import stat
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +35,7 @@ from qhpc.errors import QhpcError
 from qhpc.program import BrokerDevice, RemoteError
 from qhpc.session import EndpointConfig, QiEndpoint, open_channel
 from qhpc.session.qi_messages import MessageLimits, schema
-from qhpc.session.quantuminspire import is_local
+from qhpc.session.quantuminspire import is_local, tokenless_refusal
 
 SHOTS = 4000
 
@@ -145,11 +150,11 @@ def bridge(
     """``qhpc session qi-endpoint`` as a process, the session in its environment only."""
     url, fastpath, admin = served
     session = open_session(url, admin)
-    endpoint, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QHPC_")}
-    env |= {"QHPC_URL": url, "QHPC_FASTPATH": fastpath, "QHPC_SESSION": session["token"],
-            "QHPC_RESOURCE": "aer"}  # fmt: skip
-    log_path = tmp_path_factory.mktemp("qi-bridge") / "bridge.log"
+    tmp = tmp_path_factory.mktemp("qi-bridge")
+    # tokenless: an ipc socket in a directory the endpoint creates, owner-only
+    endpoint, pub = f"ipc://{tmp}/sockets/qi-req", f"tcp://127.0.0.1:{free_port()}"
+    env = session_env(url, fastpath, session["token"])
+    log_path = tmp / "bridge.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "qhpc.cli", "session", "qi-endpoint", "--bind", endpoint,
@@ -157,12 +162,28 @@ def bridge(
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         try:
+            wait_for(lambda: (tmp / "sockets" / "qi-req").exists(), process, log_path)
+            assert stat.S_IMODE((tmp / "sockets").stat().st_mode) == 0o700
             yield Bridge(url, admin, session, endpoint, pub)
         finally:
             code = stop(process)
     output = log_path.read_text()
     assert code == 0, output  # SIGTERM (scancel, the job's end) stops it cleanly
     assert session["token"] not in output
+
+
+def session_env(url: str, fastpath: str, session_token: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QHPC_")}
+    return env | {"QHPC_URL": url, "QHPC_FASTPATH": fastpath, "QHPC_SESSION": session_token,
+                  "QHPC_RESOURCE": "aer"}  # fmt: skip
+
+
+def wait_for(ready: Any, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -262,6 +283,7 @@ def test_publish_state_beats_and_follows_initialize_and_terminate(
 BAD_FRAMES: list[tuple[str, list[bytes], str]] = [
     ("not JSON", [b"{ nope"], "not valid JSON"),
     ("not UTF-8", [b"\xff\xfe{}"], "not UTF-8"),
+    ("unended string", [b'{"command": "' + b'\\"' * 30_000], "a string at byte 12 never ends"),
     ("NaN", [b'{"command": "get_static", "x": NaN}'], "not JSON (NaN"),
     ("an array", [b"[1, 2]"], "JSON list, not an object"),
     ("too deep", [b'{"payload": ' + b"[" * 40 + b"]" * 40 + b"}"], "nested deeper than 16"),
@@ -336,16 +358,158 @@ def test_a_frame_past_the_hard_cap_drops_only_that_peer(bridge: Bridge) -> None:
         fresh.close()
 
 
-def test_the_endpoint_listens_on_loopback_unless_given_a_token() -> None:
+def test_only_a_private_ipc_socket_goes_without_a_token() -> None:
+    """127.0.0.1 is no boundary on a shared node: every TCP bind needs a token."""
     assert is_local("tcp://127.0.0.1:4203") and is_local("tcp://[::1]:1") and is_local("ipc:///x")
     assert is_local("tcp://localhost:4203")
     assert not is_local("tcp://*:4203") and not is_local("tcp://10.1.2.3:4203")
     assert not is_local("tcp://eth0:4203")
-    with pytest.raises(QhpcError, match=r"tcp://\*:4203 is reachable from other hosts"):
-        EndpointConfig(bind="tcp://*:4203")
+    for address in ("tcp://127.0.0.1:4203", "tcp://[::1]:4203", "tcp://*:4203"):
+        with pytest.raises(QhpcError, match="every user of this host, loopback included"):
+            EndpointConfig(bind=address, publish=None)
     with pytest.raises(QhpcError, match="set a token"):
-        EndpointConfig(publish="tcp://0.0.0.0:4204")
+        EndpointConfig()  # the default (the protocol's port on loopback) is not open to all
+    with pytest.raises(QhpcError, match="abstract socket"):
+        EndpointConfig(bind="ipc://@qi-endpoint", publish=None)
+    with pytest.raises(QhpcError, match="no directory of its own"):
+        EndpointConfig(bind="ipc://*", publish=None)
+    with pytest.raises(QhpcError, match=r"tcp://0\.0\.0\.0:4204 is reachable from other hosts"):
+        EndpointConfig(bind="ipc:///run/x/qi", publish="tcp://0.0.0.0:4204")
+    assert tokenless_refusal("ipc:///run/x/qi") is None and tokenless_refusal("inproc://x") is None
+    EndpointConfig(bind="ipc:///run/x/qi")  # checked again, on disk, when it binds
     assert "secret" not in repr(EndpointConfig(bind="tcp://*:1", token="secret"))
+
+
+@pytest.fixture(scope="module")
+def live(served: tuple[str, str, str]) -> Iterator[tuple[Any, BrokerDevice]]:
+    """A real session channel and device for endpoints started in this process."""
+    url, fastpath, admin = served
+    session = open_session(url, admin)
+    channel = open_channel(fastpath, session["token"], timeout=60)
+    device = BrokerDevice(connect(url, session["token"]), "aer")
+    try:
+        yield channel, device
+    finally:
+        device.close()
+        channel.close()
+
+
+def test_a_tokenless_ipc_socket_gets_a_directory_no_one_else_may_enter(
+    live: tuple[Any, BrokerDevice], tmp_path: Path
+) -> None:
+    channel, device = live
+    fresh = tmp_path / "new" / "qi"
+    endpoint = QiEndpoint(channel, device, EndpointConfig(bind=f"ipc://{fresh}/req",
+                                                          publish=None)).start()  # fmt: skip
+    client = SchemaClient(endpoint.endpoint)
+    try:
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+        assert stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700
+        assert client.request("get_static")["status"] == "success"
+    finally:
+        client.close()
+        endpoint.stop()
+    # an open directory is refused, not tightened: who is inside already stays inside
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    for address in (f"ipc://{shared}/req", "ipc:///tmp/qhpc-qi-test-req"):
+        with pytest.raises(QhpcError, match=r"not a directory of this user's alone \(0700\)"):
+            QiEndpoint(channel, device, EndpointConfig(bind=address, publish=None)).start()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755 and not list(shared.iterdir())
+    assert not Path("/tmp/qhpc-qi-test-req").exists()
+
+
+def test_a_hostile_frame_of_the_full_size_is_answered_in_linear_time(
+    live: tuple[Any, BrokerDevice],
+) -> None:
+    """An unterminated string of escaped quotes: the depth scan once retried its string
+    rule at every quote, quadratic (about 40 min of the one serving thread at 1 MiB)."""
+    channel, device = live
+    config = EndpointConfig(bind=f"tcp://127.0.0.1:{free_port()}", publish=None, token="t0k")
+    endpoint = QiEndpoint(channel, device, config).start()
+    client = SchemaClient(endpoint.endpoint, timeout_ms=30_000)
+    try:
+        frame = b'"' + b'\\"' * ((config.limits.max_bytes - 1) // 2)
+        assert len(frame) == config.limits.max_bytes - 1  # the full budget, to a byte
+        began = time.perf_counter()
+        reply = client.raw(frame)
+        assert time.perf_counter() - began < 2.0
+        assert reply["status"] == "failure"
+        assert reply["payload"]["error_msg"].endswith("a string at byte 0 never ends)")
+        assert client.request("initialize", {"token": "t0k"})["status"] == "success"
+        assert client.request("get_static")["status"] == "success"
+    finally:
+        client.close()
+        endpoint.stop()
+
+
+def test_over_tcp_the_command_generates_a_token_into_an_owner_only_file(
+    served: tuple[str, str, str], tmp_path: Path
+) -> None:
+    url, fastpath, admin = served
+    session = open_session(url, admin)
+    endpoint, token_file = f"tcp://127.0.0.1:{free_port()}", tmp_path / "keys" / "qi.token"
+    log_path = tmp_path / "endpoint.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qhpc.cli", "session", "qi-endpoint", "--bind", endpoint,
+             "--publish", "", "--token-out", str(token_file)],
+            stdout=log, stderr=subprocess.STDOUT, env=session_env(url, fastpath, session["token"]),
+        )  # fmt: skip
+        client = SchemaClient(endpoint)
+        try:
+            wait_for(token_file.exists, process, log_path)
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+            token = token_file.read_text().strip()
+            assert len(token) >= 32
+            # another user of the node reaches 127.0.0.1, but not without the token
+            assert client.request("get_static")["status"] == "failure"
+            for payload in (None, {"token": "guess"}):
+                refused = client.request("initialize", payload)
+                assert refused["status"] == "failure"
+                assert "payload.token" in refused["payload"]["error_msg"]
+            denied = client.execute(1, ry_circuit(math.pi), shots=4)
+            assert "is not initialized" in denied["payload"]["error_msg"]
+            assert client.request("initialize", {"token": token})["status"] == "success"
+            assert client.execute(2, ry_circuit(math.pi), shots=4)["payload"]["results"] == {"1": 4}
+        finally:
+            client.close()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=30)
+    output = log_path.read_text()
+    assert code == 0, output
+    assert str(token_file) in output and token not in output
+    assert not token_file.exists()  # removed with the endpoint
+
+
+def test_a_port_someone_else_holds_is_refused_and_no_token_is_written(
+    served: tuple[str, str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another user binding the protocol's port first would receive the runtime's
+    circuits and token: the endpoint fails, and no token file tells a runtime to go."""
+    url, fastpath, admin = served
+    session = open_session(url, admin)
+    for name, value in session_env(url, fastpath, session["token"]).items():
+        if name.startswith("QHPC_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("QHPC_QI_TOKEN", raising=False)
+    squatter = zmq.Context.instance().socket(zmq.REP)
+    squatter.setsockopt(zmq.LINGER, 0)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    token_file = tmp_path / "qi.token"
+    try:
+        args = ["session", "qi-endpoint", "--bind", f"tcp://127.0.0.1:{port}", "--publish", "",
+                "--token-out", str(token_file)]  # fmt: skip
+        code, _, err = run_cli(args, capsys)
+    finally:
+        squatter.close()
+    assert code == 1 and f"cannot listen on tcp://127.0.0.1:{port}" in err
+    assert "Address already in use" in err and not token_file.exists()
 
 
 def test_with_a_token_only_an_initialized_session_id_is_served(
@@ -411,12 +575,13 @@ def test_static_data_keeps_a_devices_coupling_map_and_states_map_in_protocol_ord
     assert hardware_state(None, True) == "OFFLINE"  # the broker out of reach
 
 
-def test_the_command_refuses_an_open_bind_without_a_token_and_a_missing_session(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_the_command_refuses_an_open_publish_without_a_token_and_a_missing_session(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     for name in ("QHPC_FASTPATH", "QHPC_SESSION", "QHPC_URL", "QHPC_QI_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    code, _, err = run_cli(["session", "qi-endpoint", "--bind", "tcp://*:4203"], capsys)
+    code, _, err = run_cli(["session", "qi-endpoint", "--bind", f"ipc://{tmp_path}/q",
+                            "--publish", "tcp://*:4204"], capsys)  # fmt: skip
     assert code == 1 and "reachable from other hosts" in err and "token" in err
     code, _, err = run_cli(["session", "qi-endpoint", "--publish", ""], capsys)
     assert code == 1 and "QHPC_FASTPATH" in err and "QHPC_SESSION" in err

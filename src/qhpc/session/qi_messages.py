@@ -17,7 +17,8 @@ out is checked against it here.
 
 Every frame comes from an untrusted peer, so decoding has a budget: its size, then
 the nesting depth of its JSON (counted by a scan before the parser runs, since
-Python's parser recurses), and no ``NaN``/``Infinity``. Error messages name the
+Python's parser recurses; the scan is linear in the frame, as it runs before the
+peer has proved anything), and no ``NaN``/``Infinity``. Error messages name the
 field and the rule it breaks, never the value that broke it.
 """
 
@@ -60,9 +61,11 @@ SUCCESS_REPLY = {
     "get_dynamic": "DynamicDataReply",
 }
 
-#: what a JSON scan must see: strings (skipped whole; possessive, so no backtracking)
-#: and brackets
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+#: what a JSON scan must see: strings (skipped whole; possessive, so no backtracking),
+#: brackets, and last a lone ``"``: a string that never ends. That one stops the scan
+#: (the frame is not JSON), since retrying the string rule at every later ``"`` would
+#: scan to the end each time, quadratic in the frame (``"\\"\\"\\"...``).
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]|"')
 _ERROR_TEXT = 300
 #: a schema rule in words (``{bound}`` is the schema's value for it, never the message's)
 _PHRASES = {
@@ -116,6 +119,10 @@ def decode(frame: bytes, limits: MessageLimits) -> dict[str, Any]:
     depth = 0
     for token in _JSON_TOKENS.finditer(frame):
         char = token.group()
+        if char == b'"':
+            raise QiProtocolError(
+                f"message is not valid JSON (a string at byte {token.start()} never ends)"
+            )
         if char in (b"[", b"{"):
             depth += 1
             if depth > limits.max_depth:

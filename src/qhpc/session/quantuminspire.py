@@ -21,9 +21,13 @@ error rates and the broker's view of it as metrics; both come from a
 
 The trust boundary does not move: the endpoint runs with the session's own token (from
 the environment, never an argument), so the runtime can do nothing the session cannot.
-It listens on loopback by default; off loopback it refuses to start without a token.
-Every incoming frame is budgeted and validated before anything acts on it, and a bad
-one gets a failure reply; the endpoint keeps serving.
+Who may talk to it is the other half. Loopback is no boundary on a shared node (every
+user's programs reach 127.0.0.1), so a TCP endpoint, loopback included, refuses to
+start without a token, which ``initialize`` must carry. Only an ``ipc://`` socket in a
+directory no one else may enter (created 0700 here, or already ours and 0700) and
+``inproc://`` go without one: there the file system is the boundary. Every incoming
+frame is budgeted and validated before anything acts on it, and a bad one gets a
+failure reply; the endpoint keeps serving.
 """
 
 from __future__ import annotations
@@ -31,15 +35,19 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
+import stat
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import zmq
 
 from qhpc.errors import QhpcError
+from qhpc.files import PRIVATE_DIR, NotPrivateError, private_dir
 from qhpc.resources import DeviceTarget, SamplerResult, SamplerTask, load_circuit
 from qhpc.resources.cqasm import cqasm_gate_names
 from qhpc.resources.payload import Payload, TaskResult
@@ -98,12 +106,58 @@ class EndpointConfig:
     def __post_init__(self) -> None:
         if self.heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
-        exposed = [a for a in (self.bind, self.publish) if a and not is_local(a)]
-        if exposed and not self.token:
+        if self.token:
+            return
+        why = tokenless_refusal(self.bind)
+        if why is not None:
             raise QhpcError(
-                f"{exposed[0]} is reachable from other hosts: set a token (QHPC_QI_TOKEN or "
-                "--token-file) that the runtime sends in initialize, or bind to 127.0.0.1"
+                f"{self.bind} {why}: set a token (--token-file or QHPC_QI_TOKEN) that the "
+                "runtime sends in initialize, or bind to ipc://DIR/NAME in a directory of "
+                "your own"
             )
+        if self.publish and not is_local(self.publish):
+            raise QhpcError(
+                f"{self.publish} is reachable from other hosts: set a token (QHPC_QI_TOKEN or "
+                "--token-file) that the runtime sends in initialize, or publish on 127.0.0.1"
+            )
+
+
+def tokenless_refusal(address: str) -> str | None:
+    """Why a request socket at ``address`` needs a token; ``None`` when the file system
+    (an ``ipc://`` path, its directory checked at bind) or the process keeps others out."""
+    scheme, _, path = address.partition("://")
+    if scheme == "inproc":
+        return None
+    if scheme != "ipc":
+        return "can be reached by every user of this host, loopback included"
+    if path.startswith("@"):
+        return "is an abstract socket: it has no file permissions, every local user reaches it"
+    if path in ("", "*"):
+        return "has no directory of its own (ZeroMQ would pick a shared one)"
+    return None
+
+
+def private_socket_dir(address: str) -> Path:
+    """The directory of the ``ipc://`` socket ``address``, created 0700 if missing; an
+    existing one must already be ours and 0700. It is not tightened: a program that
+    entered it while it was open could still reach the socket from inside."""
+    directory = Path(address.partition("://")[2]).expanduser().absolute().parent
+    existed = directory.exists()
+    try:
+        private_dir(directory, tighten=False)
+        info = directory.stat()
+    except (NotPrivateError, OSError) as exc:
+        raise QhpcError(f"cannot make {directory} private for {address}: {exc}") from None
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or mode != PRIVATE_DIR:
+        raise QhpcError(
+            f"{directory} (mode {mode:04o}, uid {info.st_uid}) is not a directory of this "
+            f"user's alone (0700): without a token, {address} needs one; name a new "
+            "directory and the endpoint creates it"
+        )
+    if not existed:
+        log.info("created %s (0700) for %s", directory, address)
+    return directory
 
 
 def is_local(address: str) -> bool:
@@ -186,12 +240,20 @@ class QiEndpoint:
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> QiEndpoint:
+        """Bind both sockets, then serve; :class:`QhpcError` if either cannot be bound
+        (a port another program holds: the runtime must not be pointed at it)."""
+        if not self.config.token and self.config.bind.startswith("ipc://"):
+            private_socket_dir(self.config.bind)
         rep = self._socket(zmq.REP, self.config.bind, self.config.limits.frame_cap)
         self.endpoint = rep.getsockopt_string(zmq.LAST_ENDPOINT)
         self._threads = [threading.Thread(target=self._serve, args=(rep,), daemon=True,
                                           name="qi-endpoint")]  # fmt: skip
         if self.config.publish:
-            pub = self._socket(zmq.PUB, self.config.publish)
+            try:
+                pub = self._socket(zmq.PUB, self.config.publish)
+            except BaseException:
+                rep.close()
+                raise
             self.publish_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self._threads.append(threading.Thread(target=self._publish, args=(pub,),
                                                   daemon=True, name="qi-publish"))  # fmt: skip
@@ -327,7 +389,14 @@ class QiEndpoint:
         socket.setsockopt(zmq.LINGER, 0)
         # before bind: the listener copies the options its connections will have
         socket.setsockopt(zmq.MAXMSGSIZE, max_frame)
-        socket.bind(address)
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as exc:
+            socket.close()
+            raise QhpcError(
+                f"cannot listen on {address}: {exc.strerror} (if another program holds it, "
+                "a runtime sent there would talk to that program: choose another address)"
+            ) from None
         return socket
 
     def _serve(self, rep: zmq.Socket[bytes]) -> None:
@@ -374,5 +443,7 @@ __all__ = [
     "dynamic_payload",
     "hardware_state",
     "is_local",
+    "private_socket_dir",
     "static_payload",
+    "tokenless_refusal",
 ]
