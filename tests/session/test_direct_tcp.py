@@ -142,12 +142,12 @@ def test_malformed_tcp_endpoints_are_refused_by_name(endpoint: str) -> None:
 def test_serve_refuses_a_malformed_direct_bind_naming_the_option() -> None:
     import typer
 
-    from qhpc.cli.serve import metrics_address
+    from qhpc.cli.serve import bind_address
 
-    assert metrics_address("127.0.0.1:7070", "--direct-bind") == ("127.0.0.1", 7070)
-    assert metrics_address("[::1]:7070", "--direct-bind") == ("::1", 7070)
+    assert bind_address("127.0.0.1:7070", "--direct-bind") == ("127.0.0.1", 7070)
+    assert bind_address("[::1]:7070", "--direct-bind") == ("::1", 7070)
     with pytest.raises(typer.BadParameter) as bad:
-        metrics_address("7070", "--direct-bind")
+        bind_address("7070", "--direct-bind")
     assert bad.value.param_hint == "--direct-bind"
 
 

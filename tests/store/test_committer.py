@@ -15,24 +15,9 @@ from pathlib import Path
 import pytest
 from test_store import done, job_with_tasks, make_task
 
-from helpers import postgres_schema_url
 from qhpc.broker.journal import DEAD_LETTER, InProcess, Journal, _read_segment, writer_for
 from qhpc.store import CommitterProcess, ConflictError, Store, StoreError
 from qhpc.store.committer import CommitFailed
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "committer.db")
-    else:
-        yield from postgres_schema_url("qhpc_committer")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store.open(store_url) as opened:
-        yield opened
 
 
 @pytest.fixture

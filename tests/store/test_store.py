@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 
-from helpers import postgres_schema_url
 from qhpc.store import (
     LATEST_VERSION,
     AccountRecord,
@@ -49,20 +48,6 @@ from qhpc.store.migrations import MIGRATIONS, Migration, migrate
 T = TypeVar("T")
 
 # -- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "store.db")
-    else:
-        yield from postgres_schema_url("qhpc_test")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store.open(store_url) as opened:
-        yield opened
 
 
 # -- record factories -----------------------------------------------------------------

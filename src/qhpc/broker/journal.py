@@ -59,6 +59,7 @@ from qhpc.store import (
     TaskOutcome,
     TaskRecord,
     UsageRecord,
+    task_is_stored,
 )
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,7 @@ class InProcess:
         return self.store.record_finished_tasks(finished, relaxed=relaxed)
 
     def is_stored(self, task_id: str) -> bool:
-        try:
-            self.store.get_task(task_id)
-        except NotFoundError:
-            return False
-        return True
+        return task_is_stored(self.store, task_id)
 
     def close(self) -> None:
         pass

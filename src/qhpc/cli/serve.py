@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from qhpc.cli.options import DEFAULT_KEEP_DAYS, DbOption, KeepDaysOption, store_url
 from qhpc.cli.output import err, out
 from qhpc.resources import DecodeLimits
+from qhpc.session.direct import split_host_port
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -67,19 +70,30 @@ def _finite(value: float) -> float:
     return value
 
 
-def metrics_address(text: str | None, option: str = "--metrics-bind") -> tuple[str, int] | None:
+def bind_address(text: str | None, option: str) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:9464`` for IPv6) of an extra listener; None: off."""
     if text is None:
         return None
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        return split_host_port(text)
+    except ValueError:
         raise typer.BadParameter(
             "expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9464",
             param_hint=option,
-        )
-    return host, int(port)
+        ) from None
+
+
+def _listen(make: Callable[[], T], option: str, text: str | None, *opened: Any) -> T:
+    """``make()`` an extra listener now: an address in use ends the start here, before
+    anything runs, closing ``opened`` (the registry and the store)."""
+    try:
+        return make()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        err.print(f"qhpc serve: {option} {text}: {reason}", markup=False)
+        for thing in opened:
+            thing.close()
+        raise typer.Exit(2) from None
 
 
 def serve(
@@ -220,8 +234,8 @@ def serve(
         max_header_bytes=max_header_bytes,
     )  # fmt: skip
     db = store_url(db)
-    metrics_at = metrics_address(metrics_bind)
-    direct_at = metrics_address(direct_bind, "--direct-bind")
+    metrics_at = bind_address(metrics_bind, "--metrics-bind")
+    direct_at = bind_address(direct_bind, "--direct-bind")
     metrics_token = None
     if metrics_token_file is not None:
         try:
@@ -246,14 +260,11 @@ def serve(
     broker = Broker(store, registry, settings)
     metrics = None
     if metrics_at is not None:
-        try:  # bound now: an address in use ends the start here, before anything runs
-            metrics = MetricsListener(broker, *metrics_at, limits)
-        except OSError as error:
-            reason = error.strerror or str(error)
-            err.print(f"qhpc serve: --metrics-bind {metrics_bind}: {reason}", markup=False)
-            registry.close()
-            store.close()
-            raise typer.Exit(2) from None
+        at = metrics_at
+        metrics = _listen(
+            lambda: MetricsListener(broker, *at, limits), "--metrics-bind", metrics_bind,
+            registry, store,
+        )  # fmt: skip
     broker.decoder.start()  # the decoding workers, before the first request waits for them
     broker.programs.rest_url = local_rest_url(host, port)  # co-located programs' QHPC_URL
     secret = bootstrap_admin_token(broker)
@@ -267,14 +278,11 @@ def serve(
             log.info("admin token issued and shown once on stdout")
     direct = None
     if direct_at is not None:
-        try:  # bound now, like the metrics listener: an address in use ends the start here
-            direct = DirectDispatcher(broker, tcp=direct_at, unix=False)
-        except OSError as error:
-            reason = error.strerror or str(error)
-            err.print(f"qhpc serve: --direct-bind {direct_bind}: {reason}", markup=False)
-            registry.close()
-            store.close()
-            raise typer.Exit(2) from None
+        tcp = direct_at
+        direct = _listen(
+            lambda: DirectDispatcher(broker, tcp=tcp, unix=False), "--direct-bind", direct_bind,
+            registry, store,
+        )  # fmt: skip
     broker.start()
     fast = FastPathServer(broker, fastpath).start()
     log.info(

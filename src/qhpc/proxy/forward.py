@@ -84,7 +84,7 @@ class VendorProxy:
             self._loop = loop
         return self._client
 
-    def outgoing_headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
+    def outgoing_headers(self, client_headers: Mapping[str, str], secret: str) -> dict[str, str]:
         """The request headers the vendor gets, names in lower case so that none can appear
         twice (the credential last: nothing overrides it)."""
         headers = {
@@ -93,8 +93,7 @@ class VendorProxy:
             if (value := client_headers.get(name)) is not None
         }
         headers.update((name.lower(), value) for name, value in self.spec.headers)
-        credential = self.spec.auth_header_value(self.credential.value())
-        headers[self.spec.auth_header.lower()] = credential
+        headers[self.spec.auth_header.lower()] = self.spec.auth_header_value(secret)
         return headers
 
     async def forward(
@@ -103,7 +102,9 @@ class VendorProxy:
     ) -> VendorAnswer:  # fmt: skip
         """Send the request to the vendor and read its answer within the budgets."""
         spec = self.spec
-        headers = self.outgoing_headers(client_headers)
+        # Read once a request: the same credential goes out and is cut out of the answer.
+        secret = self.credential.value()
+        headers = self.outgoing_headers(client_headers, secret)
         url = httpx.URL(spec.base_url + decision.path)
         if query:
             url = url.copy_with(query=query.encode("ascii", "replace"))
@@ -125,7 +126,7 @@ class VendorProxy:
             raise VendorUnreachable(
                 f"{what} could not be reached ({type(exc).__name__}); retry later"
             ) from None
-        return self._answer(response, content, what)
+        return self._answer(response, content, what, secret)
 
     async def _read(self, response: httpx.Response, what: str) -> bytes:
         limit = self.spec.max_response_bytes
@@ -145,7 +146,9 @@ class VendorProxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _answer(self, response: httpx.Response, content: bytes, what: str) -> VendorAnswer:
+    def _answer(
+        self, response: httpx.Response, content: bytes, what: str, secret: str
+    ) -> VendorAnswer:
         status = response.status_code
         if 300 <= status < 400:
             log.warning("%s answered a redirect (%d); not followed", what, status)
@@ -158,12 +161,11 @@ class VendorProxy:
             raise VendorUnreachable(
                 f"{what} refused the broker's credential for it; the operators must renew it"
             )
-        secret = self.credential.value().encode()
-        if secret in content:
+        if secret.encode() in content:
             log.error("%s echoed the credential in its answer; cut out", what)
-            content = content.replace(secret, REDACTED)
+            content = content.replace(secret.encode(), REDACTED)
         headers = {
-            name: value.replace(secret.decode(), REDACTED.decode())
+            name: value.replace(secret, REDACTED.decode())
             for name in self.spec.pass_response_headers
             if (value := response.headers.get(name)) is not None
         }

@@ -74,15 +74,23 @@ def socket_path(endpoint: str) -> str:
     return endpoint[len(SCHEME) :]
 
 
-def tcp_address(endpoint: str) -> tuple[str, int]:
-    """``(host, port)`` of a ``direct://HOST:PORT`` endpoint (``[::1]:PORT`` for IPv6)."""
-    if not endpoint.startswith(TCP_SCHEME):
-        raise ValueError(f"not a direct TCP endpoint (expected {TCP_SCHEME}HOST:PORT)")
-    host, sep, port = endpoint[len(TCP_SCHEME) :].rpartition(":")
+def split_host_port(text: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` (``[::1]:PORT`` for IPv6); ValueError otherwise."""
+    host, sep, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not a direct TCP endpoint (expected {TCP_SCHEME}HOST:PORT)")
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535")
     return host, int(port)
+
+
+def tcp_address(endpoint: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``direct://HOST:PORT`` endpoint."""
+    try:
+        if not endpoint.startswith(TCP_SCHEME):
+            raise ValueError
+        return split_host_port(endpoint[len(TCP_SCHEME) :])
+    except ValueError:
+        raise ValueError(f"not a direct TCP endpoint (expected {TCP_SCHEME}HOST:PORT)") from None
 
 
 def is_direct(endpoint: str) -> bool:

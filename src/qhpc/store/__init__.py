@@ -18,7 +18,7 @@ from qhpc.store.backup import (
     pg_restore_command,
     restore,
 )
-from qhpc.store.committer import CommitterProcess
+from qhpc.store.committer import CommitterProcess, task_is_stored
 from qhpc.store.database import is_postgres, sqlite_path
 from qhpc.store.errors import ConflictError, NotFoundError, PurgedError, StoreError
 from qhpc.store.migrations import LATEST_VERSION
@@ -85,4 +85,5 @@ __all__ = [
     "pg_restore_command",
     "restore",
     "sqlite_path",
+    "task_is_stored",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from qhpc.store.committer import ENCODER, FRAME, PARTS
+from qhpc.store.committer import ENCODER, FRAME, PARTS, task_is_stored
 from qhpc.store.errors import ConflictError, NotFoundError, StoreError
 from qhpc.store.records import TaskOutcome, TaskRecord
 from qhpc.store.store import Store
@@ -26,14 +26,6 @@ def _error_kind(error: Exception) -> str:
     if isinstance(error, StoreError):
         return "store"
     return "record"
-
-
-def _stored(store: Store, task_id: str) -> bool:
-    try:
-        store.get_task(task_id)
-    except NotFoundError:
-        return False
-    return True
 
 
 def _serve(stdin: Any, stdout: Any) -> int:
@@ -66,7 +58,7 @@ def _serve(stdin: Any, stdout: Any) -> int:
             try:
                 kind, *parts = PARTS.decode(request)
                 if msgspec.msgpack.decode(kind) == "stored":
-                    write(("ok", _stored(store, str(msgspec.msgpack.decode(parts[0])))))
+                    write(("ok", task_is_stored(store, str(msgspec.msgpack.decode(parts[0])))))
                     continue
                 relaxed, finished = batch.decode(ENCODER.encode(parts))
                 write(("ok", store.record_finished_tasks(finished, relaxed=relaxed)))

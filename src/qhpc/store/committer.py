@@ -39,12 +39,15 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from qhpc.store.errors import ConflictError, NotFoundError, StoreError
 from qhpc.store.records import TaskOutcome, TaskRecord, UsageRecord
+
+if TYPE_CHECKING:
+    from qhpc.store.store import Store
 
 FRAME: Final = struct.Struct("!I")
 #: longest a commit may take before the child is called hung, killed and replaced (its
@@ -64,6 +67,16 @@ _ERRORS: Final[dict[str, type[StoreError]]] = {
     "not_found": NotFoundError,
     "store": StoreError,
 }
+
+
+def task_is_stored(store: Store, task_id: str) -> bool:
+    """Whether ``store`` holds the task: the journal's question after a commit whose
+    answer was lost, asked in process or in the committer process."""
+    try:
+        store.get_task(task_id)
+    except NotFoundError:
+        return False
+    return True
 
 
 class CommitFailed(Exception):
